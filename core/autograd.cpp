@@ -1,0 +1,65 @@
+#include "core/autograd.h"
+
+#include "core/backend.h"
+
+namespace hsa {
+
+Tape& Tape::current() {
+    thread_local Tape tape;
+    return tape;
+}
+
+bool Tape::should_record(std::initializer_list<const Tensor*> inputs) const {
+    if (!enabled) return false;
+    for (const Tensor* t : inputs)
+        if (t && t->defined() && t->requires_grad()) return true;
+    return false;
+}
+
+void Tape::record(std::vector<Tensor> outputs, BackwardFn backward_fn) {
+    for (Tensor& t : outputs) t.set_requires_grad(true);
+    entries_.push_back({std::move(outputs), std::move(backward_fn)});
+}
+
+void Tape::backward(const Tensor& loss) {
+    HSA_CHECK(loss.defined() && loss.numel() == 1,
+              "backward() needs a scalar loss, got shape " << (loss.defined() ? shape_string(loss.shape()) : "undefined"));
+    HSA_CHECK(loss.requires_grad(), "backward(): the loss does not depend on any tensor that requires a gradient");
+    loss.set_grad(Tensor::full(loss.shape(), 1.0f, DType::F32, loss.device()));
+    // Closures must not record new entries while we walk.
+    bool previous = enabled;
+    enabled = false;
+    for (size_t i = entries_.size(); i-- > 0;) {
+        Entry& entry = entries_[i];
+        bool any = false;
+        for (const Tensor& out : entry.outputs) any = any || out.grad().defined();
+        if (!any) continue;
+        std::vector<Tensor> grads;
+        grads.reserve(entry.outputs.size());
+        for (const Tensor& out : entry.outputs)
+            grads.push_back(out.grad().defined() ? out.grad() : Tensor::zeros(out.shape(), DType::F32, out.device()));
+        entry.backward(grads);
+        // Intermediate gradients are not needed once consumed; drop them to save memory,
+        // except for tensors the user holds as leaves (not tape outputs).
+        for (Tensor& out : entry.outputs) out.zero_grad();
+        entry.backward = nullptr;
+    }
+    enabled = previous;
+    entries_.clear();
+}
+
+void Tape::clear() { entries_.clear(); }
+
+void Tensor::accumulate_grad(const Tensor& g) const {
+    if (!requires_grad()) return;
+    HSA_CHECK(g.shape() == shape(), "gradient of shape " << shape_string(g.shape()) << " for tensor '" << name()
+                                                         << "' of shape " << shape_string(shape()));
+    if (!impl_->grad.defined()) {
+        // Adopt a private copy so later in-place accumulation cannot alias another tensor.
+        impl_->grad = g.clone();
+        return;
+    }
+    backend_for(g.device()).axpy(1.0f, g, impl_->grad);
+}
+
+}  // namespace hsa

@@ -1,0 +1,135 @@
+// Backend: the device-level implementations behind every op. core/ops.h (the autograd
+// layer) allocates outputs, calls a backend's forward, and records a closure on the tape
+// that calls the matching backward. The CPU backend (core/cpu/) is the reference; the
+// CUDA backend (kernels/) registers itself at start-up and must match it.
+//
+// Conventions, stated once:
+// - All floating tensors are contiguous; f32 on the CPU backend. Index tensors are i32.
+// - Outputs are preallocated by the caller with the documented shapes.
+// - Backward methods WRITE (=) their gradient outputs; the tape accumulates them (+=)
+//   into the tensors' .grad. A gradient output that is undefined is not wanted: skip it.
+// - Shapes: B batch, T tokens, H query heads, Hk key/value heads (H % Hk == 0, head h
+//   uses KV head h / (H/Hk)), d head dim, C chunks, S chunk size, Hr retrieval heads
+//   (Hk % Hr == 0; KV head g uses retrieval head g / (Hk/Hr)), dr retrieval head dim, K top-K.
+// The math of every op is in shared/design/MODEL.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace hsa {
+
+// Which keys a query sees in local_attention.
+struct AttentionSpan {
+    bool causal = true;   // causal: token t sees s <= t; otherwise all s (bidirectional)
+    int64_t window = 0;   // causal only: t sees s in [t - window + 1, t]; 0 = unlimited
+};
+
+enum class WeightKind { Softmax, StickBreak };
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual Device device() const = 0;
+
+    // ---- elementwise and data movement (any shapes, equal numel) ----
+    virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;         // out = a + b
+    virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;         // out = a * b
+    virtual void scale(const Tensor& a, float alpha, Tensor& out) = 0;           // out = alpha * a
+    virtual void axpy(float alpha, const Tensor& x, Tensor& target) = 0;         // target += alpha * x
+    // Views src as [outer, src_len, inner] and dst as [outer, dst_len, inner] and copies
+    // rows [src_start, src_start+length) to rows [dst_start, ...). accumulate: += instead of =.
+    virtual void copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst,
+                           int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) = 0;
+    // out[o, i] = alpha * sum_n x[o, n, i]      (x viewed as [outer, n, inner])
+    virtual void sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) = 0;
+    // out[o, n, i] = alpha * x[o, i]            (out viewed as [outer, n, inner])
+    virtual void broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha,
+                                  Tensor& out) = 0;
+    virtual double sum_of_squares(const Tensor& x) = 0;  // accumulated in double
+    virtual double sum(const Tensor& x) = 0;             // accumulated in double
+
+    // ---- embedding: table [V, D], ids i32 [N] (each in [0, V)), out [N, D] ----
+    virtual void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+    virtual void embedding_backward(const Tensor& ids, const Tensor& grad_out, Tensor& grad_table) = 0;
+
+    // ---- matrix product: out = op(a) . op(b), op = transpose when asked ----
+    // a: [Ba, M, K] (or [K, M] transposed), b: [Bb, K, N] (or [N, K]), out: [Bo, M, N];
+    // 2-D tensors are batch 1. Batch counts are 1 or a common B: a batch of 1 is shared,
+    // and an out batch of 1 with B > 1 sums over the batch. accumulate: out += instead of =.
+    virtual void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
+                      bool accumulate) = 0;
+
+    // ---- RMSNorm over the last dim: x [N, D], weight [D] or undefined, inv_rms [N] ----
+    virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out,
+                                 Tensor& inv_rms) = 0;
+    virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) = 0;
+
+    // ---- RoPE, rotate-half convention: x [B, T, H, d] (d even), position of token t is
+    // position_offset + t; pair (i, i + d/2) rotates by angle pos * base^(-2i/d) ----
+    virtual void rope_forward(const Tensor& x, int64_t position_offset, float base, Tensor& out) = 0;
+    virtual void rope_backward(const Tensor& grad_out, int64_t position_offset, float base, Tensor& grad_x) = 0;
+
+    // ---- SwiGLU: out = silu(gate) * up, same shapes ----
+    virtual void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+    virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& grad_out, Tensor& grad_gate,
+                                 Tensor& grad_up) = 0;
+
+    // ---- local attention (sliding-window causal, or bidirectional), GQA, scale 1/sqrt(d) ----
+    // q [B, T, H, d], k and v [B, T, Hk, d], out [B, T, H, d], lse [B, T, H] (natural-log
+    // sum-exp of the scaled scores, what the backward needs instead of probabilities).
+    virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
+                                   Tensor& out, Tensor& lse) = 0;
+    virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                    const Tensor& lse, const Tensor& grad_out, AttentionSpan span, Tensor& grad_q,
+                                    Tensor& grad_k, Tensor& grad_v) = 0;
+
+    // ---- retrieval ----
+    // qr [B, T, Hr, dr], landmarks [B, C, Hr, dr]. score(t, c) = qr[t] . l[c] / sqrt(dr),
+    // visible only when c < floor(t / chunk_size). Writes indices [B, T, Hr, K] i32: the
+    // K best visible chunks (ties to the larger chunk index), sorted by chunk index
+    // descending (most recent first), padded with -1 when fewer than K are visible.
+    virtual void select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, Tensor& indices) = 0;
+    // weights [B, T, Hr, K] over the selected chunks, in the listed order; 0 at padding.
+    // Softmax: w_k = exp(s_k) / sum_j exp(s_j). StickBreak: w_k = sigmoid(s_k) * prod_{j<k} (1 - sigmoid(s_j)).
+    virtual void chunk_weights_forward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
+                                       WeightKind kind, Tensor& weights) = 0;
+    virtual void chunk_weights_backward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
+                                        WeightKind kind, const Tensor& weights, const Tensor& grad_weights,
+                                        Tensor& grad_qr, Tensor& grad_landmarks) = 0;
+
+    // ---- hierarchical sparse attention ----
+    // q [B, T, H, d]; kmem, vmem [B, Tm, Hk, d] with chunk c at rows [c*S, c*S + S);
+    // indices, weights [B, T, Hr, K]. For head h (KV head g, retrieval head r):
+    //   o[t,h,k] = softmax over the S keys of chunk indices[t,r,k] of q.kmem / sqrt(d), applied to vmem
+    //   out[t,h] = sum_k weights[t,r,k] * o[t,h,k]   (padding index -1 contributes nothing)
+    // lse [B, T, H, K]: log-sum-exp per (token, head, selected chunk); 0 at padding.
+    virtual void hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
+                             const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse) = 0;
+    virtual void hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
+                              const Tensor& weights, int64_t chunk_size, const Tensor& lse, const Tensor& grad_out,
+                              Tensor& grad_q, Tensor& grad_kmem, Tensor& grad_vmem, Tensor& grad_weights) = 0;
+
+    // ---- cross-entropy: logits [N, V], targets i32 [N] (negative = ignored), mask [N] or
+    // undefined (all ones). loss = sum_i mask_i * nll_i / max(sum_i mask_i over non-ignored, tiny).
+    // Writes loss [] (scalar) and lse [N]. ----
+    virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
+                                       Tensor& lse) = 0;
+    virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                        const Tensor& lse, float grad_loss, Tensor& grad_logits) = 0;
+
+    // ---- optimiser: AdamW with decoupled weight decay, bias-corrected, step counts from 1 ----
+    // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat) + eps) + wd p)
+    virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
+                            float beta2, float eps, float weight_decay, int64_t step) = 0;
+};
+
+// The backend for a device. Throws a clear error when no backend is registered for it
+// (a CPU-only build asked for CUDA).
+Backend& backend_for(Device device);
+void register_backend(Device device, std::unique_ptr<Backend> backend);
+
+}  // namespace hsa

@@ -1,0 +1,520 @@
+#include "core/ops.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+
+namespace hsa::ops {
+
+namespace {
+
+Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
+
+Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32, t.device()); }
+
+void check_float(const Tensor& t, const char* op, const char* what) {
+    HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
+    HSA_CHECK(t.dtype() == DType::F32, op << ": " << what << " has dtype " << dtype_name(t.dtype()) << ", expected f32");
+    HSA_CHECK(t.is_contiguous(), op << ": " << what << " must be contiguous");
+}
+
+void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
+    HSA_CHECK(a.device() == b.device(), op << ": inputs on different devices (" << device_name(a.device()) << " and "
+                                           << device_name(b.device()) << ")");
+}
+
+int normalize_dim(int dim, int ndim, const char* op) {
+    int d = dim < 0 ? dim + ndim : dim;
+    HSA_CHECK(d >= 0 && d < ndim, op << ": dimension " << dim << " out of range for " << ndim << "-d tensor");
+    return d;
+}
+
+// outer = product of dims before `dim`, inner = product after.
+void split_at(const Shape& shape, int dim, int64_t& outer, int64_t& inner) {
+    outer = 1;
+    inner = 1;
+    for (int i = 0; i < dim; ++i) outer *= shape[i];
+    for (size_t i = dim + 1; i < shape.size(); ++i) inner *= shape[i];
+}
+
+Tensor grad_buffer(const Tensor& like) { return Tensor::empty(like.shape(), DType::F32, like.device()); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- elementwise and shape
+
+Tensor add(const Tensor& a, const Tensor& b) {
+    check_float(a, "add", "a");
+    check_float(b, "add", "b");
+    check_same_device(a, b, "add");
+    HSA_CHECK(a.shape() == b.shape(), "add: shapes " << shape_string(a.shape()) << " and " << shape_string(b.shape()) << " differ");
+    Tensor out = empty_like(a);
+    backend_of(a).add(a, b, out);
+    if (Tape::current().should_record({&a, &b})) {
+        Tape::current().record({out}, [a, b](const std::vector<Tensor>& g) {
+            Tensor ga = a, gb = b;
+            ga.accumulate_grad(g[0]);
+            gb.accumulate_grad(g[0]);
+        });
+    }
+    return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+    check_float(a, "mul", "a");
+    check_float(b, "mul", "b");
+    check_same_device(a, b, "mul");
+    HSA_CHECK(a.shape() == b.shape(), "mul: shapes " << shape_string(a.shape()) << " and " << shape_string(b.shape()) << " differ");
+    Tensor out = empty_like(a);
+    backend_of(a).mul(a, b, out);
+    if (Tape::current().should_record({&a, &b})) {
+        Tape::current().record({out}, [a, b](const std::vector<Tensor>& g) {
+            Tensor ga = a, gb = b;
+            if (a.requires_grad()) {
+                Tensor t = grad_buffer(a);
+                backend_of(a).mul(g[0], b, t);
+                ga.accumulate_grad(t);
+            }
+            if (b.requires_grad()) {
+                Tensor t = grad_buffer(b);
+                backend_of(b).mul(g[0], a, t);
+                gb.accumulate_grad(t);
+            }
+        });
+    }
+    return out;
+}
+
+Tensor scale(const Tensor& a, float alpha) {
+    check_float(a, "scale", "a");
+    Tensor out = empty_like(a);
+    backend_of(a).scale(a, alpha, out);
+    if (Tape::current().should_record({&a})) {
+        Tape::current().record({out}, [a, alpha](const std::vector<Tensor>& g) {
+            Tensor ga = a, t = grad_buffer(a);
+            backend_of(a).scale(g[0], alpha, t);
+            ga.accumulate_grad(t);
+        });
+    }
+    return out;
+}
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+    HSA_CHECK(x.defined(), "reshape: input is undefined");
+    // A view shares storage; its own autograd identity routes gradients back to x.
+    Tensor out = x.view(shape);
+    out.set_requires_grad(false);
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x](const std::vector<Tensor>& g) {
+            Tensor gx = x;
+            gx.accumulate_grad(g[0].view(x.shape()));
+        });
+    }
+    return out;
+}
+
+Tensor slice(const Tensor& x, int dim_in, int64_t start, int64_t length) {
+    check_float(x, "slice", "x");
+    int dim = normalize_dim(dim_in, x.ndim(), "slice");
+    const int64_t len = x.shape()[dim];
+    HSA_CHECK(start >= 0 && length >= 0 && start + length <= len,
+              "slice: range [" << start << ", " << start + length << ") outside dimension of size " << len);
+    int64_t outer, inner;
+    split_at(x.shape(), dim, outer, inner);
+    Shape shape = x.shape();
+    shape[dim] = length;
+    Tensor out = Tensor::empty(shape, DType::F32, x.device());
+    backend_of(x).copy_rows(x, outer, len, start, out, length, 0, length, inner, false);
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x, outer, inner, len, start, length](const std::vector<Tensor>& g) {
+            Tensor gx = Tensor::zeros(x.shape(), DType::F32, x.device());
+            backend_of(x).copy_rows(g[0], outer, length, 0, gx, len, start, length, inner, false);
+            Tensor target = x;
+            target.accumulate_grad(gx);
+        });
+    }
+    return out;
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int dim_in) {
+    HSA_CHECK(!xs.empty(), "concat: no inputs");
+    for (const Tensor& x : xs) check_float(x, "concat", "input");
+    const int ndim = xs[0].ndim();
+    int dim = normalize_dim(dim_in, ndim, "concat");
+    Shape shape = xs[0].shape();
+    int64_t total = 0;
+    for (const Tensor& x : xs) {
+        check_same_device(x, xs[0], "concat");
+        Shape other = x.shape();
+        HSA_CHECK(x.ndim() == ndim, "concat: inputs of different ranks");
+        other[dim] = shape[dim];
+        HSA_CHECK(other == shape, "concat: shape " << shape_string(x.shape()) << " does not match "
+                                                   << shape_string(xs[0].shape()) << " outside dimension " << dim);
+        total += x.shape()[dim];
+    }
+    shape[dim] = total;
+    int64_t outer, inner;
+    split_at(shape, dim, outer, inner);
+    Tensor out = Tensor::empty(shape, DType::F32, xs[0].device());
+    int64_t offset = 0;
+    for (const Tensor& x : xs) {
+        backend_of(x).copy_rows(x, outer, x.shape()[dim], 0, out, total, offset, x.shape()[dim], inner, false);
+        offset += x.shape()[dim];
+    }
+    bool record = false;
+    for (const Tensor& x : xs) record = record || Tape::current().should_record({&x});
+    if (record) {
+        Tape::current().record({out}, [xs, dim, outer, inner, total](const std::vector<Tensor>& g) {
+            int64_t at = 0;
+            for (const Tensor& x : xs) {
+                const int64_t len = x.shape()[dim];
+                if (x.requires_grad()) {
+                    Tensor gx = grad_buffer(x);
+                    backend_of(x).copy_rows(g[0], outer, total, at, gx, len, 0, len, inner, false);
+                    Tensor target = x;
+                    target.accumulate_grad(gx);
+                }
+                at += len;
+            }
+        });
+    }
+    return out;
+}
+
+Tensor mean(const Tensor& x, int dim_in) {
+    check_float(x, "mean", "x");
+    int dim = normalize_dim(dim_in, x.ndim(), "mean");
+    int64_t outer, inner;
+    split_at(x.shape(), dim, outer, inner);
+    const int64_t n = x.shape()[dim];
+    HSA_CHECK(n > 0, "mean over an empty dimension");
+    Shape shape = x.shape();
+    shape.erase(shape.begin() + dim);
+    Tensor out = Tensor::empty(shape, DType::F32, x.device());
+    backend_of(x).sum_middle(x, outer, n, inner, 1.0f / static_cast<float>(n), out);
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x, outer, n, inner](const std::vector<Tensor>& g) {
+            Tensor gx = grad_buffer(x);
+            backend_of(x).broadcast_middle(g[0], outer, n, inner, 1.0f / static_cast<float>(n), gx);
+            Tensor target = x;
+            target.accumulate_grad(gx);
+        });
+    }
+    return out;
+}
+
+Tensor sum(const Tensor& x) {
+    check_float(x, "sum", "x");
+    Tensor out = Tensor::full({}, static_cast<float>(backend_of(x).sum(x)), DType::F32, x.device());
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x](const std::vector<Tensor>& g) {
+            Tensor gx = grad_buffer(x);
+            backend_of(x).broadcast_middle(g[0], 1, x.numel(), 1, 1.0f, gx);
+            Tensor target = x;
+            target.accumulate_grad(gx);
+        });
+    }
+    return out;
+}
+
+Tensor repeat_leading(const Tensor& x, int64_t n) {
+    check_float(x, "repeat_leading", "x");
+    HSA_CHECK(n >= 1, "repeat_leading: count " << n << " < 1");
+    Shape shape = x.shape();
+    shape.insert(shape.begin(), n);
+    Tensor out = Tensor::empty(shape, DType::F32, x.device());
+    backend_of(x).broadcast_middle(x, 1, n, x.numel(), 1.0f, out);
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x, n](const std::vector<Tensor>& g) {
+            Tensor gx = grad_buffer(x);
+            backend_of(x).sum_middle(g[0], 1, n, x.numel(), 1.0f, gx);
+            Tensor target = x;
+            target.accumulate_grad(gx);
+        });
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------- layers
+
+Tensor embedding(const Tensor& table, const Tensor& ids) {
+    check_float(table, "embedding", "table");
+    HSA_CHECK(table.ndim() == 2, "embedding: table must be [V, D], got " << shape_string(table.shape()));
+    HSA_CHECK(ids.dtype() == DType::I32, "embedding: ids must be i32, got " << dtype_name(ids.dtype()));
+    check_same_device(table, ids, "embedding");
+    Shape shape = ids.shape();
+    shape.push_back(table.size(1));
+    Tensor flat_ids = ids.view({ids.numel()});
+    Tensor out = Tensor::empty({ids.numel(), table.size(1)}, DType::F32, table.device());
+    backend_of(table).embedding_forward(table, flat_ids, out);
+    out = out.view(shape);
+    if (Tape::current().should_record({&table})) {
+        Tape::current().record({out}, [table, flat_ids](const std::vector<Tensor>& g) {
+            Tensor gt = grad_buffer(table);
+            backend_of(table).embedding_backward(flat_ids, g[0].view({flat_ids.numel(), table.size(1)}), gt);
+            Tensor target = table;
+            target.accumulate_grad(gt);
+        });
+    }
+    return out;
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+    check_float(a, "matmul", "a");
+    check_float(b, "matmul", "b");
+    check_same_device(a, b, "matmul");
+    HSA_CHECK(a.ndim() == 2 || a.ndim() == 3, "matmul: a must be 2-D or 3-D, got " << shape_string(a.shape()));
+    HSA_CHECK(b.ndim() == 2 || b.ndim() == 3, "matmul: b must be 2-D or 3-D, got " << shape_string(b.shape()));
+    const int64_t batch_a = a.ndim() == 3 ? a.size(0) : 1, batch_b = b.ndim() == 3 ? b.size(0) : 1;
+    HSA_CHECK(batch_a == batch_b || batch_a == 1 || batch_b == 1,
+              "matmul: batch sizes " << batch_a << " and " << batch_b << " do not broadcast");
+    const int64_t m = transpose_a ? a.size(-1) : a.size(-2);
+    const int64_t k_a = transpose_a ? a.size(-2) : a.size(-1);
+    const int64_t k_b = transpose_b ? b.size(-1) : b.size(-2);
+    const int64_t n = transpose_b ? b.size(-2) : b.size(-1);
+    HSA_CHECK(k_a == k_b, "matmul: inner dimensions " << k_a << " and " << k_b << " differ (a " << shape_string(a.shape())
+                                                      << ", b " << shape_string(b.shape()) << ")");
+    const bool batched = a.ndim() == 3 || b.ndim() == 3;
+    const int64_t batch = std::max(batch_a, batch_b);
+    Tensor out = batched ? Tensor::empty({batch, m, n}, DType::F32, a.device()) : Tensor::empty({m, n}, DType::F32, a.device());
+    backend_of(a).gemm(a, transpose_a, b, transpose_b, out, false);
+    if (Tape::current().should_record({&a, &b})) {
+        Tape::current().record({out}, [a, b, transpose_a, transpose_b](const std::vector<Tensor>& g) {
+            // out = op(a) op(b).  d op(a) = g op(b)^T,  d op(b) = op(a)^T g.
+            // A shared (batch-1) operand gets its gradient summed over the batch by gemm.
+            if (a.requires_grad()) {
+                Tensor ga = grad_buffer(a);
+                if (!transpose_a) backend_of(a).gemm(g[0], false, b, !transpose_b, ga, false);  // g op(b)^T
+                else backend_of(a).gemm(b, transpose_b, g[0], true, ga, false);                 // op(b) g^T
+                Tensor target = a;
+                target.accumulate_grad(ga);
+            }
+            if (b.requires_grad()) {
+                Tensor gb = grad_buffer(b);
+                if (!transpose_b) backend_of(b).gemm(a, !transpose_a, g[0], false, gb, false);  // op(a)^T g
+                else backend_of(b).gemm(g[0], true, a, transpose_a, gb, false);                 // g^T op(a)
+                Tensor target = b;
+                target.accumulate_grad(gb);
+            }
+        });
+    }
+    return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight) {
+    HSA_CHECK(weight.ndim() == 2, "linear: weight must be [Din, Dout], got " << shape_string(weight.shape()));
+    HSA_CHECK(x.size(-1) == weight.size(0), "linear: input feature size " << x.size(-1) << " does not match weight "
+                                                                         << shape_string(weight.shape()));
+    Shape out_shape = x.shape();
+    out_shape.back() = weight.size(1);
+    Tensor flat = reshape(x, {-1, x.size(-1)});
+    return reshape(matmul(flat, weight), out_shape);
+}
+
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
+    check_float(x, "rmsnorm", "x");
+    const int64_t d = x.size(-1);
+    if (weight.defined()) {
+        check_float(weight, "rmsnorm", "weight");
+        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
+                  "rmsnorm: weight " << shape_string(weight.shape()) << " does not match feature size " << d);
+        check_same_device(x, weight, "rmsnorm");
+    }
+    Tensor flat = x.view({-1, d});
+    Tensor out = Tensor::empty(flat.shape(), DType::F32, x.device());
+    Tensor inv_rms = Tensor::empty({flat.size(0)}, DType::F32, x.device());
+    backend_of(x).rmsnorm_forward(flat, weight, eps, out, inv_rms);
+    out = out.view(x.shape());
+    if (Tape::current().should_record({&x, &weight})) {
+        Tape::current().record({out}, [x, weight, inv_rms, d](const std::vector<Tensor>& g) {
+            Tensor flat_x = x.view({-1, d});
+            Tensor gx = x.requires_grad() ? grad_buffer(flat_x) : Tensor();
+            Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
+            backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw);
+            Tensor tx = x, tw = weight;
+            if (gx.defined()) tx.accumulate_grad(gx.view(x.shape()));
+            if (gw.defined()) tw.accumulate_grad(gw);
+        });
+    }
+    return out;
+}
+
+Tensor rope(const Tensor& x, int64_t position_offset, float base) {
+    check_float(x, "rope", "x");
+    HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0, "rope: x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));
+    Tensor out = empty_like(x);
+    backend_of(x).rope_forward(x, position_offset, base, out);
+    if (Tape::current().should_record({&x})) {
+        Tape::current().record({out}, [x, position_offset, base](const std::vector<Tensor>& g) {
+            Tensor gx = grad_buffer(x);
+            backend_of(x).rope_backward(g[0], position_offset, base, gx);
+            Tensor target = x;
+            target.accumulate_grad(gx);
+        });
+    }
+    return out;
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+    check_float(gate, "swiglu", "gate");
+    check_float(up, "swiglu", "up");
+    HSA_CHECK(gate.shape() == up.shape(), "swiglu: gate " << shape_string(gate.shape()) << " and up "
+                                                          << shape_string(up.shape()) << " differ");
+    Tensor out = empty_like(gate);
+    backend_of(gate).swiglu_forward(gate, up, out);
+    if (Tape::current().should_record({&gate, &up})) {
+        Tape::current().record({out}, [gate, up](const std::vector<Tensor>& g) {
+            Tensor gg = gate.requires_grad() ? grad_buffer(gate) : Tensor();
+            Tensor gu = up.requires_grad() ? grad_buffer(up) : Tensor();
+            backend_of(gate).swiglu_backward(gate, up, g[0], gg, gu);
+            Tensor tg = gate, tu = up;
+            if (gg.defined()) tg.accumulate_grad(gg);
+            if (gu.defined()) tu.accumulate_grad(gu);
+        });
+    }
+    return out;
+}
+
+Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span) {
+    check_float(q, "attention", "q");
+    check_float(k, "attention", "k");
+    check_float(v, "attention", "v");
+    HSA_CHECK(q.ndim() == 4, "attention: q must be [B, T, H, d], got " << shape_string(q.shape()));
+    HSA_CHECK(k.ndim() == 4 && k.shape() == v.shape(), "attention: k " << shape_string(k.shape()) << " and v "
+                                                                        << shape_string(v.shape()) << " must be equal [B, T, Hk, d]");
+    HSA_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "attention: k " << shape_string(k.shape()) << " does not match q " << shape_string(q.shape()));
+    HSA_CHECK(q.size(2) % k.size(2) == 0, "attention: query heads " << q.size(2) << " not a multiple of kv heads " << k.size(2));
+    HSA_CHECK(span.window >= 0, "attention: window " << span.window << " < 0");
+    Tensor out = empty_like(q);
+    Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, DType::F32, q.device());
+    backend_of(q).attention_forward(q, k, v, span, out, lse);
+    if (Tape::current().should_record({&q, &k, &v})) {
+        Tape::current().record({out}, [q, k, v, out, lse, span](const std::vector<Tensor>& g) {
+            Tensor gq = q.requires_grad() ? grad_buffer(q) : Tensor();
+            Tensor gk = k.requires_grad() ? grad_buffer(k) : Tensor();
+            Tensor gv = v.requires_grad() ? grad_buffer(v) : Tensor();
+            backend_of(q).attention_backward(q, k, v, out, lse, g[0], span, gq, gk, gv);
+            Tensor tq = q, tk = k, tv = v;
+            if (gq.defined()) tq.accumulate_grad(gq);
+            if (gk.defined()) tk.accumulate_grad(gk);
+            if (gv.defined()) tv.accumulate_grad(gv);
+        });
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------- retrieval and HSA
+
+static void check_retrieval_inputs(const Tensor& qr, const Tensor& landmarks, const char* op) {
+    check_float(qr, op, "qr");
+    check_float(landmarks, op, "landmarks");
+    HSA_CHECK(qr.ndim() == 4, op << ": qr must be [B, T, Hr, dr], got " << shape_string(qr.shape()));
+    HSA_CHECK(landmarks.ndim() == 4 && landmarks.size(0) == qr.size(0) && landmarks.size(2) == qr.size(2) &&
+                  landmarks.size(3) == qr.size(3),
+              op << ": landmarks " << shape_string(landmarks.shape()) << " must be [B, C, Hr, dr] matching qr "
+                 << shape_string(qr.shape()));
+    check_same_device(qr, landmarks, op);
+}
+
+static void check_indices(const Tensor& indices, const Tensor& qr, const char* op) {
+    HSA_CHECK(indices.dtype() == DType::I32, op << ": indices must be i32, got " << dtype_name(indices.dtype()));
+    HSA_CHECK(indices.ndim() == 4 && indices.size(0) == qr.size(0) && indices.size(1) == qr.size(1) &&
+                  indices.size(2) == qr.size(2),
+              op << ": indices " << shape_string(indices.shape()) << " must be [B, T, Hr, K] for qr " << shape_string(qr.shape()));
+}
+
+Tensor select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, int64_t topk) {
+    check_retrieval_inputs(qr, landmarks, "select_chunks");
+    HSA_CHECK(chunk_size >= 1, "select_chunks: chunk size " << chunk_size << " < 1");
+    HSA_CHECK(topk >= 1, "select_chunks: top-K " << topk << " < 1");
+    Tensor indices = Tensor::empty({qr.size(0), qr.size(1), qr.size(2), topk}, DType::I32, qr.device());
+    backend_of(qr).select_chunks(qr, landmarks, chunk_size, indices);
+    return indices;
+}
+
+Tensor chunk_weights(const Tensor& qr, const Tensor& landmarks, const Tensor& indices, WeightKind kind) {
+    check_retrieval_inputs(qr, landmarks, "chunk_weights");
+    check_indices(indices, qr, "chunk_weights");
+    Tensor weights = Tensor::empty(indices.shape(), DType::F32, qr.device());
+    backend_of(qr).chunk_weights_forward(qr, landmarks, indices, kind, weights);
+    if (Tape::current().should_record({&qr, &landmarks})) {
+        Tape::current().record({weights}, [qr, landmarks, indices, kind, weights](const std::vector<Tensor>& g) {
+            Tensor gq = qr.requires_grad() ? grad_buffer(qr) : Tensor();
+            Tensor gl = landmarks.requires_grad() ? grad_buffer(landmarks) : Tensor();
+            backend_of(qr).chunk_weights_backward(qr, landmarks, indices, kind, weights, g[0], gq, gl);
+            Tensor tq = qr, tl = landmarks;
+            if (gq.defined()) tq.accumulate_grad(gq);
+            if (gl.defined()) tl.accumulate_grad(gl);
+        });
+    }
+    return weights;
+}
+
+Tensor hsa_attention(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
+                     const Tensor& weights, int64_t chunk_size) {
+    check_float(q, "hsa_attention", "q");
+    check_float(kmem, "hsa_attention", "kmem");
+    check_float(vmem, "hsa_attention", "vmem");
+    check_float(weights, "hsa_attention", "weights");
+    HSA_CHECK(q.ndim() == 4, "hsa_attention: q must be [B, T, H, d], got " << shape_string(q.shape()));
+    HSA_CHECK(kmem.ndim() == 4 && kmem.shape() == vmem.shape() && kmem.size(0) == q.size(0) && kmem.size(3) == q.size(3),
+              "hsa_attention: kmem " << shape_string(kmem.shape()) << " and vmem " << shape_string(vmem.shape())
+                                     << " must be equal [B, Tm, Hk, d] matching q " << shape_string(q.shape()));
+    HSA_CHECK(q.size(2) % kmem.size(2) == 0, "hsa_attention: query heads " << q.size(2) << " not a multiple of kv heads " << kmem.size(2));
+    HSA_CHECK(indices.dtype() == DType::I32 && indices.ndim() == 4 && indices.size(0) == q.size(0) &&
+                  indices.size(1) == q.size(1) && kmem.size(2) % indices.size(2) == 0,
+              "hsa_attention: indices " << shape_string(indices.shape()) << " must be i32 [B, T, Hr, K] with Hk % Hr == 0");
+    HSA_CHECK(weights.shape() == indices.shape(), "hsa_attention: weights " << shape_string(weights.shape())
+                                                                            << " must match indices " << shape_string(indices.shape()));
+    HSA_CHECK(chunk_size >= 1, "hsa_attention: chunk size " << chunk_size << " < 1");
+    Tensor out = empty_like(q);
+    Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2), indices.size(3)}, DType::F32, q.device());
+    backend_of(q).hsa_forward(q, kmem, vmem, indices, weights, chunk_size, out, lse);
+    if (Tape::current().should_record({&q, &kmem, &vmem, &weights})) {
+        Tape::current().record({out}, [q, kmem, vmem, indices, weights, chunk_size, lse](const std::vector<Tensor>& g) {
+            Tensor gq = q.requires_grad() ? grad_buffer(q) : Tensor();
+            Tensor gk = kmem.requires_grad() ? grad_buffer(kmem) : Tensor();
+            Tensor gv = vmem.requires_grad() ? grad_buffer(vmem) : Tensor();
+            Tensor gw = weights.requires_grad() ? grad_buffer(weights) : Tensor();
+            backend_of(q).hsa_backward(q, kmem, vmem, indices, weights, chunk_size, lse, g[0], gq, gk, gv, gw);
+            Tensor tq = q, tk = kmem, tv = vmem, tw = weights;
+            if (gq.defined()) tq.accumulate_grad(gq);
+            if (gk.defined()) tk.accumulate_grad(gk);
+            if (gv.defined()) tv.accumulate_grad(gv);
+            if (gw.defined()) tw.accumulate_grad(gw);
+        });
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------- loss
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask) {
+    check_float(logits, "cross_entropy", "logits");
+    HSA_CHECK(logits.ndim() == 2, "cross_entropy: logits must be [N, V], got " << shape_string(logits.shape()));
+    HSA_CHECK(targets.dtype() == DType::I32 && targets.numel() == logits.size(0),
+              "cross_entropy: targets must be i32 with " << logits.size(0) << " entries, got " << dtype_name(targets.dtype())
+                                                         << " " << shape_string(targets.shape()));
+    Tensor flat_targets = targets.view({targets.numel()});
+    Tensor flat_mask;
+    if (mask.defined()) {
+        check_float(mask, "cross_entropy", "mask");
+        HSA_CHECK(mask.numel() == logits.size(0), "cross_entropy: mask has " << mask.numel() << " entries, expected " << logits.size(0));
+        flat_mask = mask.view({mask.numel()});
+    }
+    Tensor loss = Tensor::empty({}, DType::F32, logits.device());
+    Tensor lse = Tensor::empty({logits.size(0)}, DType::F32, logits.device());
+    backend_of(logits).cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);
+    if (Tape::current().should_record({&logits})) {
+        Tape::current().record({loss}, [logits, flat_targets, flat_mask, lse](const std::vector<Tensor>& g) {
+            Tensor gl = grad_buffer(logits);
+            backend_of(logits).cross_entropy_backward(logits, flat_targets, flat_mask, lse, g[0].item(), gl);
+            Tensor target = logits;
+            target.accumulate_grad(gl);
+        });
+    }
+    return loss;
+}
+
+}  // namespace hsa::ops

@@ -1,0 +1,46 @@
+// The differentiable ops. Each one checks shapes (clear one-line errors), dispatches to
+// the backend of its inputs' device (core/backend.h) and, when an input requires a
+// gradient, records its backward on the tape (core/autograd.h).
+// Shapes use the letters of core/backend.h. The math is in shared/design/MODEL.md.
+#pragma once
+
+#include <vector>
+
+#include "core/backend.h"
+#include "core/tensor.h"
+
+namespace hsa::ops {
+
+// ---- elementwise and shape ----
+Tensor add(const Tensor& a, const Tensor& b);   // equal shapes
+Tensor mul(const Tensor& a, const Tensor& b);   // equal shapes
+Tensor scale(const Tensor& a, float alpha);
+Tensor reshape(const Tensor& x, const Shape& shape);  // a view; -1 infers one dim
+Tensor slice(const Tensor& x, int dim, int64_t start, int64_t length);
+Tensor concat(const std::vector<Tensor>& xs, int dim);
+Tensor mean(const Tensor& x, int dim);           // removes dim
+Tensor sum(const Tensor& x);                     // scalar
+// x [D...] -> [n, D...]: n copies stacked on a new leading dim (gradient sums them).
+Tensor repeat_leading(const Tensor& x, int64_t n);
+
+// ---- layers ----
+Tensor embedding(const Tensor& table, const Tensor& ids);   // [V, D], i32 [...] -> [..., D]
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a = false, bool transpose_b = false);
+Tensor linear(const Tensor& x, const Tensor& weight);       // x [..., Din] . W [Din, Dout]
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);  // over the last dim
+Tensor rope(const Tensor& x, int64_t position_offset = 0, float base = 10000.0f);  // x [B, T, H, d]
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span);
+
+// ---- retrieval and HSA ----
+// Not differentiable: the top-K choice (core/backend.h select_chunks).
+Tensor select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, int64_t topk);
+Tensor chunk_weights(const Tensor& qr, const Tensor& landmarks, const Tensor& indices, WeightKind kind);
+Tensor hsa_attention(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
+                     const Tensor& weights, int64_t chunk_size);
+
+// ---- loss ----
+// logits [N, V], targets i32 [N] (negative = ignored), mask [N] f32 or undefined.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask = Tensor());
+
+}  // namespace hsa::ops

@@ -1,0 +1,49 @@
+#include "core/optimizer.h"
+
+#include <cmath>
+
+#include "core/backend.h"
+
+namespace hsa {
+
+AdamW::AdamW(ParameterStore& params, const AdamWConfig& config) : params_(params), config_(config) {
+    for (const auto& e : params_.entries()) {
+        m_.push_back(Tensor::zeros(e.tensor.shape(), DType::F32, e.tensor.device()));
+        v_.push_back(Tensor::zeros(e.tensor.shape(), DType::F32, e.tensor.device()));
+    }
+}
+
+double AdamW::grad_norm() const {
+    double total = 0;
+    for (const auto& e : params_.entries()) {
+        Tensor g = e.tensor.grad();
+        if (g.defined()) total += backend_for(g.device()).sum_of_squares(g);
+    }
+    return std::sqrt(total);
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+    double norm = grad_norm();
+    if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
+        const float factor = static_cast<float>(max_norm / (norm + 1e-6));
+        for (auto& e : params_.entries()) {
+            Tensor g = e.tensor.grad();
+            if (g.defined()) backend_for(g.device()).scale(g, factor, g);
+        }
+    }
+    return norm;
+}
+
+void AdamW::step(float lr) {
+    ++step_;
+    auto& entries = params_.entries();
+    for (size_t i = 0; i < entries.size(); ++i) {
+        Tensor grad = entries[i].tensor.grad();
+        if (!grad.defined()) continue;
+        const float decay = entries[i].weight_decay ? config_.weight_decay : 0.0f;
+        backend_for(grad.device())
+            .adamw_step(entries[i].tensor, grad, m_[i], v_[i], lr, config_.beta1, config_.beta2, config_.eps, decay, step_);
+    }
+}
+
+}  // namespace hsa

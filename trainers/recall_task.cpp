@@ -1,0 +1,113 @@
+#include "trainers/recall_task.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/model/config.h"
+#include "core/rng.h"
+
+namespace hsa {
+
+void RecallTaskConfig::validate(int64_t seq_len, int64_t window, int64_t vocab_size) const {
+    auto bad = [](const std::string& what) { throw ConfigError("config task." + what); };
+    if (pairs < 1) bad("pairs: must be >= 1, got " + std::to_string(pairs));
+    if (keys < pairs) bad("keys: must be >= pairs = " + std::to_string(pairs) + ", got " + std::to_string(keys));
+    if (values < 2) bad("values: must be >= 2, got " + std::to_string(values));
+    if (filler < 1) bad("filler: must be >= 1, got " + std::to_string(filler));
+    if (vocab_needed() > vocab_size)
+        bad("keys/values/filler: the task needs " + std::to_string(vocab_needed()) + " token ids but model.vocab_size is " +
+            std::to_string(vocab_size));
+    // Pairs occupy the first 3*pairs tokens after BOS (at random slots of the first third);
+    // queries the last 3*pairs. The gap must exceed the window.
+    const int64_t pair_region = std::max<int64_t>(3 * pairs, seq_len / 3);
+    if (seq_len - 3 * pairs - pair_region <= window)
+        bad("pairs: with seq_len " + std::to_string(seq_len) + " and window " + std::to_string(window) +
+            " the queries would be within the sliding window of the pairs; use a longer seq_len");
+}
+
+RecallTaskConfig RecallTaskConfig::from_json(const Json& section) {
+    RecallTaskConfig t;
+    ConfigReader r(section, "task");
+    r.read("pairs", t.pairs);
+    r.read("keys", t.keys);
+    r.read("values", t.values);
+    r.read("filler", t.filler);
+    r.finish();
+    return t;
+}
+
+RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, uint64_t seed,
+                              uint64_t batch_index) {
+    const int64_t T = seq_len, P = task.pairs;
+    const int32_t key_base = 3, value_base = 3 + static_cast<int32_t>(task.keys);
+    const int32_t filler_base = value_base + static_cast<int32_t>(task.values);
+    const int64_t pair_region = std::max<int64_t>(3 * P, T / 3);
+
+    RecallBatch out;
+    out.tokens = Tensor::empty({batch, T}, DType::I32);
+    out.targets = Tensor::empty({batch, T}, DType::I32);
+    out.mask = Tensor::zeros({batch, T}, DType::F32);
+    int32_t* tokens = out.tokens.data<int32_t>();
+    int32_t* targets = out.targets.data<int32_t>();
+    float* mask = out.mask.data<float>();
+
+    for (int64_t b = 0; b < batch; ++b) {
+        // One generator per (seed, batch, row): rows are independent of batch size splits.
+        Rng rng(seed * 0x9E3779B97F4A7C15ull + batch_index * 1000003ull + static_cast<uint64_t>(b));
+        int32_t* row = tokens + b * T;
+        for (int64_t t = 0; t < T; ++t) row[t] = filler_base + static_cast<int32_t>(rng.next_int(0, task.filler));
+        row[0] = 0;  // BOS
+
+        // Distinct keys, random values.
+        std::vector<int32_t> keys(static_cast<size_t>(task.keys));
+        for (int64_t i = 0; i < task.keys; ++i) keys[i] = static_cast<int32_t>(i);
+        for (int64_t i = 0; i < P; ++i) std::swap(keys[i], keys[rng.next_int(i, task.keys)]);
+        std::vector<int32_t> values(static_cast<size_t>(P));
+        for (int64_t i = 0; i < P; ++i) values[i] = static_cast<int32_t>(rng.next_int(0, task.values));
+
+        // Pairs at non-overlapping 3-token slots inside [1, pair_region).
+        const int64_t slots = (pair_region - 1) / 3;
+        std::vector<int64_t> slot_ids(static_cast<size_t>(slots));
+        for (int64_t i = 0; i < slots; ++i) slot_ids[i] = i;
+        for (int64_t i = 0; i < P; ++i) std::swap(slot_ids[i], slot_ids[rng.next_int(i, slots)]);
+        for (int64_t i = 0; i < P; ++i) {
+            int64_t at = 1 + 3 * slot_ids[i];
+            row[at] = 1;
+            row[at + 1] = key_base + keys[i];
+            row[at + 2] = value_base + values[i];
+        }
+        // Queries at the end, in a random order.
+        std::vector<int64_t> order(static_cast<size_t>(P));
+        for (int64_t i = 0; i < P; ++i) order[i] = i;
+        for (int64_t i = 0; i < P; ++i) std::swap(order[i], order[rng.next_int(i, P)]);
+        for (int64_t j = 0; j < P; ++j) {
+            int64_t at = T - 3 * P + 3 * j;
+            row[at] = 2;
+            row[at + 1] = key_base + keys[order[j]];
+            row[at + 2] = value_base + values[order[j]];
+        }
+        for (int64_t t = 0; t < T; ++t) targets[b * T + t] = t + 1 < T ? row[t + 1] : -1;
+        for (int64_t j = 0; j < P; ++j) mask[b * T + (T - 3 * P + 3 * j + 1)] = 1.0f;
+    }
+    out.answers = batch * P;
+    return out;
+}
+
+double recall_accuracy(const Tensor& logits_in, const RecallBatch& batch) {
+    Tensor logits = logits_in.to(Device::CPU);
+    const int64_t V = logits.size(-1), n = batch.tokens.numel();
+    const float* l = logits.data<float>();
+    const float* mask = batch.mask.data<float>();
+    const int32_t* targets = batch.targets.data<int32_t>();
+    int64_t correct = 0, total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (mask[i] == 0.0f) continue;
+        const float* row = l + i * V;
+        int64_t best = std::max_element(row, row + V) - row;
+        correct += best == targets[i];
+        ++total;
+    }
+    return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
+}
+
+}  // namespace hsa
