@@ -59,12 +59,6 @@ GradCheckOptions every_element() {
     return options;
 }
 
-Tensor clone_no_grad(const Tensor& t) {
-    Tensor c = t.clone();
-    c.set_requires_grad(false);
-    return c;
-}
-
 // ---------------------------------------------------------------- naive references
 
 struct NaiveAttention {
@@ -244,10 +238,10 @@ TEST(OpsAttentionGrad, ChunkWeightsStickBreak) { check_chunk_weights_grad(Weight
 
 // T = 13, S = 3: tokens 0-2 retrieve nothing, 3-5 one chunk (K = 3: padded), 12 chooses 3 of 4.
 // extra_rows > 0 puts rows past the last whole chunk into kmem/vmem (they get zero gradient).
-void check_hsa_grad(int64_t Hr, int64_t extra_rows) {
+void check_hsa_grad(int64_t H, int64_t Hk, int64_t Hr, int64_t extra_rows) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    const int64_t B = 2, T = 13, S = 3, C = 4, H = 4, Hk = 2, d = 6, dr = 5, K = 3;
+    const int64_t B = 2, T = 13, S = 3, C = 4, d = 6, dr = 5, K = 3;
     const int64_t Tm = C * S + extra_rows;
     Tensor indices = select_fixed(rng.normal({B, T, Hr, dr}), rng.normal({B, C, Hr, dr}), S, K);
     auto f = [indices](const std::vector<Tensor>& x) { return ops::hsa_attention(x[0], x[1], x[2], indices, x[3], 3); };
@@ -283,11 +277,14 @@ void check_hsa_grad(int64_t Hr, int64_t extra_rows) {
         if (iv[i] < 0) { EXPECT_EQ(gw[i], 0.0f) << "weight gradient at padding, element " << i; }
 }
 
-TEST(OpsAttentionGrad, HsaOneRetrievalHead) { check_hsa_grad(1, 0); }
+TEST(OpsAttentionGrad, HsaOneRetrievalHead) { check_hsa_grad(4, 2, 1, 0); }
 
-TEST(OpsAttentionGrad, HsaRetrievalHeadPerKvHead) { check_hsa_grad(2, 0); }
+TEST(OpsAttentionGrad, HsaRetrievalHeadPerKvHead) { check_hsa_grad(4, 2, 2, 0); }
 
-TEST(OpsAttentionGrad, HsaMemoryWithTailRows) { check_hsa_grad(1, 2); }
+// 1 < Hr < Hk: KV heads 0,1 use retrieval head 0 and KV heads 2,3 use retrieval head 1.
+TEST(OpsAttentionGrad, HsaTwoKvHeadsPerRetrievalHead) { check_hsa_grad(8, 4, 2, 0); }
+
+TEST(OpsAttentionGrad, HsaMemoryWithTailRows) { check_hsa_grad(4, 2, 1, 2); }
 
 // ================================================================ forward values
 
@@ -351,8 +348,8 @@ TEST(OpsAttentionForward, HsaMatchesNaive) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     const int64_t B = 2, T = 7, H = 6, d = 5, S = 3, C = 4, K = 3;
-    for (int64_t Hk : {1, 3}) {
-        for (int64_t Hr : {int64_t{1}, Hk}) {
+    for (int64_t Hk : {1, 3, 6}) {
+        for (int64_t Hr : {int64_t{1}, Hk, Hk == 6 ? int64_t{2} : Hk}) {
             SCOPED_TRACE("Hk " + std::to_string(Hk) + " Hr " + std::to_string(Hr));
             // Arbitrary indices (padding in the middle of rows, repeats) and arbitrary weights.
             Tensor q = rng.normal({B, T, H, d}), kmem = rng.normal({B, C * S + 1, Hk, d});

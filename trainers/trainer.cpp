@@ -73,15 +73,16 @@ FullConfig FullConfig::from_json(const Json& root) {
 }
 
 Json default_train_config() {
-    // Tiny: D 64, 4 heads of 16, one KV head, window 16, chunks of 8, K 2; 128-token
-    // sequences hold 16 chunks, so even training picks 2 of up to 15 visible chunks.
+    // Tiny: D 64, 4 heads of 16, one KV head, window 8, chunks of 8, K 2. A 64-token
+    // sequence holds 8 chunks; the pair sits in the first third and the query at the end,
+    // so the answer is out of the window's reach and training picks 2 of up to 7 chunks.
     return Json::parse(R"({
       "model": {"vocab_size": 64, "hidden": 64, "heads": 4, "kv_heads": 1, "mlp_hidden": 128,
-                "window": 16, "chunk_size": 8, "topk": 2, "retrieval_dim": 32,
+                "window": 8, "chunk_size": 8, "topk": 2, "retrieval_dim": 32,
                 "encoder_layers": 1, "lower_layers": 1, "upper_groups": 1, "upper_layers": 1},
-      "train": {"steps": 300, "batch_size": 8, "seq_len": 128, "lr": 3e-3, "warmup": 20,
-                "seed": 1, "log_every": 10, "eval_every": 100},
-      "task": {"pairs": 2, "keys": 16, "values": 16, "filler": 29}
+      "train": {"steps": 800, "batch_size": 16, "seq_len": 64, "lr": 1e-2, "warmup": 20,
+                "seed": 1, "log_every": 50, "eval_every": 200},
+      "task": {"pairs": 1, "keys": 16, "values": 8, "filler": 37}
     })", "default config");
 }
 

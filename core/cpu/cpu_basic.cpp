@@ -17,6 +17,11 @@ namespace hsa {
 
 namespace {
 
+// Loops over less work than this run on the calling thread (an `if` clause): forking a team
+// for a few hundred elements costs more than the work, badly so on an oversubscribed host.
+// The clause never changes results, only which thread computes an element.
+constexpr int64_t kMinParallelWork = int64_t{1} << 14;
+
 // Checks a tensor is a defined, contiguous f32 CPU tensor and returns its data.
 float* f32_data(const Tensor& t, const char* op, const char* what) {
     HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
@@ -47,7 +52,7 @@ double blocked_sum(const float* x, int64_t n, F f) {
     constexpr int64_t kBlock = 4096;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
         double acc = 0.0;
@@ -83,7 +88,7 @@ void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
     const int64_t n = a.numel();
     check_numel(b, n, "add", "b");
     check_numel(out, n, "add", "out");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = pa[i] + pb[i];
 }
 
@@ -94,7 +99,7 @@ void CpuBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
     const int64_t n = a.numel();
     check_numel(b, n, "mul", "b");
     check_numel(out, n, "mul", "out");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = pa[i] * pb[i];
 }
 
@@ -103,7 +108,7 @@ void CpuBackend::scale(const Tensor& a, float alpha, Tensor& out) {
     float* po = f32_data(out, "scale", "out");
     const int64_t n = a.numel();
     check_numel(out, n, "scale", "out");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = alpha * pa[i];
 }
 
@@ -112,7 +117,7 @@ void CpuBackend::axpy(float alpha, const Tensor& x, Tensor& target) {
     float* pt = f32_data(target, "axpy", "target");
     const int64_t n = target.numel();
     check_numel(x, n, "axpy", "x");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) pt[i] += alpha * px[i];
 }
 
@@ -131,7 +136,7 @@ void CpuBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, in
               "copy_rows: destination rows [" << dst_start << ", " << dst_start + length << ") outside [0, " << dst_len
                                               << ")");
     const int64_t rows = outer * length;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * inner >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t o = r / length, j = r % length;
         const float* s = ps + (o * src_len + src_start + j) * inner;
@@ -154,7 +159,7 @@ void CpuBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t i
     constexpr int64_t kBlock = 256;
     const int64_t blocks_per_outer = (inner + kBlock - 1) / kBlock;
     const int64_t tasks = outer * blocks_per_outer;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (outer * n * inner >= kMinParallelWork)
     for (int64_t task = 0; task < tasks; ++task) {
         const int64_t o = task / blocks_per_outer;
         const int64_t begin = (task % blocks_per_outer) * kBlock, end = std::min(inner, begin + kBlock);
@@ -177,7 +182,7 @@ void CpuBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int
     check_numel(x, outer * inner, "broadcast_middle", "x");
     check_numel(out, outer * n * inner, "broadcast_middle", "out");
     const int64_t rows = outer * n;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * inner >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
         const float* s = px + (r / n) * inner;
         float* d = po + r * inner;
@@ -208,7 +213,7 @@ void CpuBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tenso
     for (int64_t n = 0; n < N; ++n)
         HSA_CHECK(pi[n] >= 0 && pi[n] < V, "embedding: id " << pi[n] << " at position " << n
                                                             << " is outside the vocabulary [0, " << V << ")");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
     for (int64_t n = 0; n < N; ++n) {
         const float* s = pt + static_cast<int64_t>(pi[n]) * D;
         float* d = po + n * D;
@@ -239,7 +244,7 @@ void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, T
         std::vector<int64_t> fill(start.begin(), start.end() - 1);
         for (int64_t n = 0; n < N; ++n) positions[static_cast<size_t>(fill[static_cast<size_t>(pi[n])]++)] = n;
     }
-#pragma omp parallel
+#pragma omp parallel if ((N + V) * D >= kMinParallelWork)
     {
         std::vector<double> acc(static_cast<size_t>(D));
 #pragma omp for schedule(dynamic, 16)
@@ -295,7 +300,7 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
     if (transpose_b) {
         packed.resize(static_cast<size_t>(sb.batch * K * N));
         const int64_t rows = sb.batch * K;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * N >= kMinParallelWork)
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t bb = r / K, k = r % K;
             const float* s = pb_raw + bb * N * K + k;  // b[bb] is [N, K]
@@ -312,7 +317,7 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
     constexpr int64_t MR = 4, NB = 256;
     const int64_t m_tiles = (M + MR - 1) / MR, n_tiles = (N + NB - 1) / NB;
     const int64_t tasks = Bo * m_tiles * n_tiles;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (Bsum * Bo * M * N * K >= kMinParallelWork * 8)
     for (int64_t task = 0; task < tasks; ++task) {
         const int64_t bo = task / (m_tiles * n_tiles);
         const int64_t rem = task % (m_tiles * n_tiles);
@@ -382,7 +387,7 @@ void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float ep
     }
     check_numel(out, N * D, "rmsnorm", "out");
     check_numel(inv_rms, N, "rmsnorm", "inv_rms");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
     for (int64_t n = 0; n < N; ++n) {
         const float* xr = px + n * D;
         float* orow = po + n * D;
@@ -419,7 +424,7 @@ void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const T
     if (grad_x.defined()) {
         float* pgx = f32_data(grad_x, "rmsnorm_backward", "grad_x");
         check_numel(grad_x, N * D, "rmsnorm_backward", "grad_x");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
         for (int64_t n = 0; n < N; ++n) {
             const float* xr = px + n * D;
             const float* gr = pg + n * D;
@@ -440,7 +445,7 @@ void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const T
         check_numel(grad_weight, D, "rmsnorm_backward", "grad_weight");
         constexpr int64_t kBlock = 64;
         const int64_t blocks = (D + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
         for (int64_t blk = 0; blk < blocks; ++blk) {
             const int64_t begin = blk * kBlock, end = std::min(D, begin + kBlock);
             double acc[kBlock] = {};
@@ -476,7 +481,7 @@ void rope_apply(const Tensor& in, int64_t position_offset, float base, Tensor& o
     std::vector<double> freq(static_cast<size_t>(half));
     for (int64_t i = 0; i < half; ++i)
         freq[i] = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(d));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * half >= kMinParallelWork)
     for (int64_t t = 0; t < T; ++t) {
         const double pos = static_cast<double>(position_offset + t);
         for (int64_t i = 0; i < half; ++i) {
@@ -486,7 +491,7 @@ void rope_apply(const Tensor& in, int64_t position_offset, float base, Tensor& o
         }
     }
     const int64_t rows = B * T;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * H * d >= kMinParallelWork)
     for (int64_t row = 0; row < rows; ++row) {
         const int64_t t = row % T;
         const double* c = cosv.data() + t * half;
@@ -525,7 +530,7 @@ void CpuBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& ou
               "swiglu: up " << shape_string(up.shape()) << " should match gate " << shape_string(gate.shape()));
     const int64_t n = gate.numel();
     check_numel(out, n, "swiglu", "out");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork / 8)
     for (int64_t i = 0; i < n; ++i) {
         const double g = pg[i];
         const double s = 1.0 / (1.0 + std::exp(-g));
@@ -552,7 +557,7 @@ void CpuBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Ten
         check_numel(grad_up, n, "swiglu_backward", "grad_up");
     }
     if (!pgg && !pgu) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork / 8)
     for (int64_t i = 0; i < n; ++i) {
         const double g = pg[i];
         const double s = 1.0 / (1.0 + std::exp(-g));
@@ -615,7 +620,7 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
     HSA_CHECK(in.V > 0 || in.N == 0, "cross_entropy: logits " << shape_string(logits.shape()) << " has V = 0");
     std::vector<double> nll(static_cast<size_t>(in.N), 0.0);
     const int64_t N = in.N, V = in.V;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= kMinParallelWork / 8)
     for (int64_t i = 0; i < N; ++i) {
         const float* row = in.logits + i * V;
         float mx = row[0];
@@ -646,7 +651,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
                                                          << shape_string(logits.shape()));
     const double denom = ce_denominator(in);
     const int64_t N = in.N, V = in.V;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V >= kMinParallelWork / 8)
     for (int64_t i = 0; i < N; ++i) {
         float* g = pgrad + i * V;
         const int32_t t = in.targets[i];
@@ -683,7 +688,7 @@ void CpuBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor
     const double c1 = 1.0 - std::pow(b1, static_cast<double>(step));
     const double c2 = 1.0 - std::pow(b2, static_cast<double>(step));
     const double lrd = lr, epsd = eps, wd = weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
         const double g = pg[i];
         const double mi = b1 * pm[i] + (1.0 - b1) * g;

@@ -1,0 +1,236 @@
+// Model-level tests: gradients of the whole model for every switch setting (finite
+// differences along random directions, top-K held fixed), causality, ragged lengths,
+// determinism, and that a tiny model learns the recall task through HSA.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "core/autograd.h"
+#include "core/model/model.h"
+#include "core/ops.h"
+#include "op_test_harness.h"
+#include "trainers/trainer.h"
+
+namespace hsa {
+namespace {
+
+using test::test_rng;
+
+ModelConfig tiny_config() {
+    ModelConfig c;
+    c.vocab_size = 16;
+    c.hidden = 16;
+    c.heads = 2;
+    c.kv_heads = 1;
+    c.mlp_hidden = 24;
+    c.window = 4;
+    c.chunk_size = 4;
+    c.topk = 2;
+    c.retrieval_dim = 8;
+    c.encoder_layers = 1;
+    c.lower_layers = 1;
+    c.upper_groups = 1;
+    c.upper_layers = 1;
+    c.init_std = 0.3f;  // large enough that every path carries gradient well above f32 noise
+    return c;
+}
+
+Tensor random_tokens(Rng& rng, int64_t batch, int64_t length, int64_t vocab) {
+    std::vector<int32_t> ids(static_cast<size_t>(batch * length));
+    for (auto& id : ids) id = static_cast<int32_t>(rng.next_int(0, vocab));
+    return Tensor::from_vector_i32(ids, {batch, length});
+}
+
+struct SwitchCase {
+    const char* name;
+    std::function<void(ModelConfig&)> apply;
+};
+
+std::vector<SwitchCase> switch_cases() {
+    return {
+        {"default", [](ModelConfig&) {}},
+        {"no_encoder", [](ModelConfig& c) { c.encoder_layers = 0; c.cls = false; }},
+        {"mean_landmark", [](ModelConfig& c) { c.cls = false; }},
+        {"residual_standard", [](ModelConfig& c) { c.residual = ResidualMode::Standard; }},
+        {"stickbreak", [](ModelConfig& c) { c.stickbreak = true; }},
+        {"train_topk_all", [](ModelConfig& c) { c.train_topk = -1; }},
+        {"retrieval_heads_per_kv", [](ModelConfig& c) { c.kv_heads = 2; c.retrieval_heads = 2; }},
+        {"no_qk_norm", [](ModelConfig& c) { c.qk_norm = false; c.retrieval_norm = false; }},
+        {"tied_two_groups", [](ModelConfig& c) { c.tie_embeddings = true; c.upper_groups = 2; c.encoder_layers = 2; }},
+    };
+}
+
+// d loss / d theta along a random direction v, analytic (g . v) against a five-point
+// finite difference of L(theta + s v), per parameter tensor, with the top-K selection
+// recorded once and held fixed.
+// Tolerance: the loss is f32 through ~100 ops, so its rounding noise is ~1e-6 absolute;
+// the stencil turns that into ~1e-3 in the quotient at eps = 1e-3, and its O(eps^4)
+// truncation error is smaller. |analytic - numeric| <= 2e-3 + 3e-2 |numeric| leaves room
+// for noise only: a wrong gradient term is off by O(1) relative.
+void check_model_gradients(const ModelConfig& config, Rng& rng) {
+    const int64_t B = 2, T = 18;  // 4 complete chunks and a partial one
+    Model model(config, rng.next_u64());
+    Tensor tokens = random_tokens(rng, B, T, config.vocab_size);
+    Tensor targets = random_tokens(rng, B, T, config.vocab_size);
+    Tensor mask = rng.uniform({B, T}, 0.5f, 1.5f);
+
+    std::vector<Tensor> selection;
+    ForwardOptions record;
+    record.record_selection = &selection;
+    model.parameters().zero_grad();
+    Tensor loss = model.loss(tokens, targets, mask, record);
+    backward(loss);
+
+    ForwardOptions fixed;
+    fixed.fixed_selection = &selection;
+    NoGradGuard no_grad;
+    const float eps = 1e-3f;
+    int checked = 0;
+    for (auto& entry : model.parameters().entries()) {
+        Tensor p = entry.tensor;
+        Tensor g = p.grad();
+        ASSERT_TRUE(g.defined()) << "parameter " << entry.name << " received no gradient";
+        std::vector<float> direction = rng.normal(p.shape()).to_vector();
+        std::vector<float> grad = g.to_vector();
+        double analytic = 0;
+        for (size_t i = 0; i < grad.size(); ++i) analytic += static_cast<double>(grad[i]) * direction[i];
+        std::vector<float> original = p.to_vector();
+        float* data = p.data<float>();
+        auto loss_at = [&](float step) {
+            for (size_t i = 0; i < original.size(); ++i) data[i] = original[i] + step * direction[i];
+            return static_cast<double>(model.loss(tokens, targets, mask, fixed).item());
+        };
+        // Five-point stencil: the eps^2 truncation term cancels, which matters where the
+        // loss is strongly curved (softmax attention at this large init).
+        const double numeric =
+            (8.0 * (loss_at(eps) - loss_at(-eps)) - (loss_at(2 * eps) - loss_at(-2 * eps))) / (12.0 * eps);
+        std::memcpy(data, original.data(), original.size() * sizeof(float));
+        EXPECT_NEAR(analytic, numeric, 2e-3 + 3e-2 * std::fabs(numeric))
+            << "parameter " << entry.name << " " << shape_string(p.shape());
+        ++checked;
+    }
+    EXPECT_EQ(checked, static_cast<int>(model.parameters().entries().size()));
+}
+
+class ModelGradient : public ::testing::TestWithParam<SwitchCase> {};
+
+TEST_P(ModelGradient, MatchesFiniteDifferencesForEveryParameter) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    ModelConfig config = tiny_config();
+    GetParam().apply(config);
+    config.validate();
+    check_model_gradients(config, rng);
+}
+
+INSTANTIATE_TEST_SUITE_P(Switches, ModelGradient, ::testing::ValuesIn(switch_cases()),
+                         [](const ::testing::TestParamInfo<SwitchCase>& info) { return std::string(info.param.name); });
+
+// Changing a later token leaves every earlier position's logits bit-identical, in training
+// mode and in evaluation mode, for every switch setting.
+TEST(Model, OutputsDoNotDependOnFutureTokens) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (const auto& sc : switch_cases()) {
+        SCOPED_TRACE(sc.name);
+        ModelConfig config = tiny_config();
+        sc.apply(config);
+        Model model(config, 7);
+        NoGradGuard no_grad;
+        const int64_t T = 23;
+        Tensor tokens = random_tokens(rng, 1, T, config.vocab_size);
+        for (bool training : {true, false}) {
+            ForwardOptions options;
+            options.training = training;
+            std::vector<float> base = model.forward(tokens, options).to_vector();
+            for (int64_t changed : {5, 12, 16, 22}) {
+                Tensor altered = tokens.clone();
+                int32_t* ids = altered.data<int32_t>();
+                ids[changed] = (ids[changed] + 1 + static_cast<int32_t>(rng.next_int(0, config.vocab_size - 1))) %
+                               static_cast<int32_t>(config.vocab_size);
+                std::vector<float> other = model.forward(altered, options).to_vector();
+                const int64_t V = config.vocab_size;
+                EXPECT_EQ(0, std::memcmp(base.data(), other.data(), static_cast<size_t>(changed * V) * sizeof(float)))
+                    << "logits before position " << changed << " changed";
+                bool later_changed = false;
+                for (int64_t i = changed * V; i < T * V; ++i) later_changed = later_changed || base[i] != other[i];
+                EXPECT_TRUE(later_changed) << "changing token " << changed << " changed nothing";
+            }
+        }
+    }
+}
+
+// Sequences of any length run; with fewer tokens than one chunk there is no memory and
+// the HSA layers pass only their MLP.
+TEST(Model, RaggedAndShortLengths) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Model model(tiny_config(), 3);
+    NoGradGuard no_grad;
+    for (int64_t T : {1, 3, 4, 5, 9, 17}) {
+        Tensor logits = model.forward(random_tokens(rng, 2, T, 16));
+        EXPECT_EQ(logits.shape(), (Shape{2, T, 16}));
+        for (float v : logits.to_vector()) ASSERT_TRUE(std::isfinite(v));
+    }
+}
+
+// A prefix's logits equal the logits of the same positions in a longer sequence: the
+// model is causal across the chunk boundary padding too.
+TEST(Model, PrefixLogitsMatchFullSequence) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Model model(tiny_config(), 5);
+    NoGradGuard no_grad;
+    Tensor tokens = random_tokens(rng, 1, 21, 16);
+    std::vector<float> full = model.forward(tokens).to_vector();
+    for (int64_t prefix : {6, 13, 16}) {
+        Tensor head = Tensor::from_vector_i32(
+            std::vector<int32_t>(tokens.data<int32_t>(), tokens.data<int32_t>() + prefix), {1, prefix});
+        std::vector<float> part = model.forward(head).to_vector();
+        for (size_t i = 0; i < part.size(); ++i) ASSERT_EQ(part[i], full[i]) << "prefix " << prefix << " element " << i;
+    }
+}
+
+TEST(Model, ParameterCountFollowsTheConfig) {
+    ModelConfig c = tiny_config();
+    Model untied(c, 1);
+    c.tie_embeddings = true;
+    Model tied(c, 1);
+    EXPECT_EQ(untied.parameters().count() - tied.parameters().count(), c.hidden * c.vocab_size);
+    EXPECT_NO_THROW(untied.parameters().find("upper.0.hsa.wq"));
+    EXPECT_NO_THROW(untied.parameters().find("encoder.cls"));
+    EXPECT_THROW(untied.parameters().find("no.such.parameter"), Error);
+}
+
+FullConfig short_training(int64_t steps) {
+    FullConfig config = FullConfig::from_json(default_train_config());
+    config.train.steps = steps;
+    config.train.eval_every = 0;
+    config.train.eval_batches = 1;
+    return config;
+}
+
+TEST(Training, SameSeedGivesBitIdenticalLossesAcrossThreadCounts) {
+    FullConfig config = short_training(6);
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    TrainResult one = train_recall(config, nullptr);
+    omp_set_num_threads(std::max(2, threads));
+    TrainResult two = train_recall(config, nullptr);
+    TrainResult again = train_recall(config, nullptr);
+    omp_set_num_threads(threads);
+    ASSERT_EQ(one.losses.size(), 6u);
+    for (size_t i = 0; i < one.losses.size(); ++i) {
+        EXPECT_EQ(std::memcmp(&one.losses[i], &two.losses[i], sizeof(float)), 0) << "step " << i;
+        EXPECT_EQ(std::memcmp(&two.losses[i], &again.losses[i], sizeof(float)), 0) << "step " << i;
+    }
+    config.train.seed = 2;
+    TrainResult other = train_recall(config, nullptr);
+    EXPECT_NE(other.losses[0], one.losses[0]);
+}
+
+}  // namespace
+}  // namespace hsa
