@@ -144,6 +144,7 @@ private:
                 case 't': out += '\t'; break;
                 case 'u': {
                     uint32_t cp = parse_hex4();
+                    if (cp >= 0xDC00 && cp < 0xE000) fail("unpaired low surrogate in \\u escape");
                     if (cp >= 0xD800 && cp < 0xDC00) {
                         if (!consume("\\u")) fail("unpaired surrogate in \\u escape");
                         uint32_t low = parse_hex4();
@@ -243,9 +244,16 @@ void Json::dump_to(std::string& out, int indent, int depth) const {
         case Kind::Bool: out += bool_ ? "true" : "false"; break;
         case Kind::Number: {
             if (!std::isfinite(number_)) { out += "null"; break; }  // JSON has no NaN/Inf
-            char buf[32];
-            if (number_ == std::floor(number_) && std::fabs(number_) < 1e15) std::snprintf(buf, sizeof buf, "%.0f", number_);
-            else std::snprintf(buf, sizeof buf, "%.9g", number_);
+            char buf[40];
+            if (number_ == std::floor(number_) && std::fabs(number_) <= 9007199254740992.0) {
+                std::snprintf(buf, sizeof buf, "%.0f", number_);  // integers exactly, up to 2^53
+            } else {
+                // Shortest of 15..17 significant digits that reads back to the same double.
+                for (int precision = 15; precision <= 17; ++precision) {
+                    std::snprintf(buf, sizeof buf, "%.*g", precision, number_);
+                    if (std::strtod(buf, nullptr) == number_) break;
+                }
+            }
             out += buf;
             break;
         }

@@ -17,11 +17,13 @@ void RecallTaskConfig::validate(int64_t seq_len, int64_t window, int64_t vocab_s
     if (vocab_needed() > vocab_size)
         bad("keys/values/filler: the task needs " + std::to_string(vocab_needed()) + " token ids but model.vocab_size is " +
             std::to_string(vocab_size));
-    // Pairs occupy the first 3*pairs tokens after BOS (at random slots of the first third);
-    // queries the last 3*pairs. The gap must exceed the window.
+    if (rounds < 1) bad("rounds: must be >= 1, got " + std::to_string(rounds));
+    // Pairs sit at random slots of the first third; query rounds end the sequence, each
+    // round window+1 tokens after the previous one's answers. The first round must start
+    // beyond the window's reach of the pairs.
     const int64_t pair_region = std::max<int64_t>(3 * pairs, seq_len / 3);
-    if (seq_len - 3 * pairs - pair_region <= window)
-        bad("pairs: with seq_len " + std::to_string(seq_len) + " and window " + std::to_string(window) +
+    if (first_query_position(seq_len, window) - pair_region <= window)
+        bad("pairs/rounds: with seq_len " + std::to_string(seq_len) + " and window " + std::to_string(window) +
             " the queries would be within the sliding window of the pairs; use a longer seq_len");
 }
 
@@ -32,12 +34,17 @@ RecallTaskConfig RecallTaskConfig::from_json(const Json& section) {
     r.read("keys", t.keys);
     r.read("values", t.values);
     r.read("filler", t.filler);
+    r.read("rounds", t.rounds);
     r.finish();
     return t;
 }
 
-RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, uint64_t seed,
-                              uint64_t batch_index) {
+int64_t RecallTaskConfig::first_query_position(int64_t seq_len, int64_t window) const {
+    return seq_len - 3 * pairs - (rounds - 1) * (3 * pairs + window);
+}
+
+RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, int64_t window,
+                              uint64_t seed, uint64_t batch_index) {
     const int64_t T = seq_len, P = task.pairs;
     const int32_t key_base = 3, value_base = 3 + static_cast<int32_t>(task.keys);
     const int32_t filler_base = value_base + static_cast<int32_t>(task.values);
@@ -76,20 +83,23 @@ RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64
             row[at + 1] = key_base + keys[i];
             row[at + 2] = value_base + values[i];
         }
-        // Queries at the end, in a random order.
-        std::vector<int64_t> order(static_cast<size_t>(P));
-        for (int64_t i = 0; i < P; ++i) order[i] = i;
-        for (int64_t i = 0; i < P; ++i) std::swap(order[i], order[rng.next_int(i, P)]);
-        for (int64_t j = 0; j < P; ++j) {
-            int64_t at = T - 3 * P + 3 * j;
-            row[at] = 2;
-            row[at + 1] = key_base + keys[order[j]];
-            row[at + 2] = value_base + values[order[j]];
+        // Query rounds at the end, each asking every key once in a random order.
+        for (int64_t round = 0; round < task.rounds; ++round) {
+            const int64_t start = T - 3 * P - round * (3 * P + window);
+            std::vector<int64_t> order(static_cast<size_t>(P));
+            for (int64_t i = 0; i < P; ++i) order[i] = i;
+            for (int64_t i = 0; i < P; ++i) std::swap(order[i], order[rng.next_int(i, P)]);
+            for (int64_t j = 0; j < P; ++j) {
+                const int64_t at = start + 3 * j;
+                row[at] = 2;
+                row[at + 1] = key_base + keys[order[j]];
+                row[at + 2] = value_base + values[order[j]];
+                mask[b * T + at + 1] = 1.0f;
+            }
         }
         for (int64_t t = 0; t < T; ++t) targets[b * T + t] = t + 1 < T ? row[t + 1] : -1;
-        for (int64_t j = 0; j < P; ++j) mask[b * T + (T - 3 * P + 3 * j + 1)] = 1.0f;
     }
-    out.answers = batch * P;
+    out.answers = batch * P * task.rounds;
     return out;
 }
 

@@ -6,7 +6,8 @@
 // Token layout inside the model's vocabulary:
 //   0 = BOS, 1 = KEY marker, 2 = QUERY marker, keys [3, 3+keys), values next, filler after.
 // A pair is "KEY k v"; a query is "QUERY k v", where the prediction at k (of v) is the
-// answer and the only position the loss mask selects.
+// answer and the only kind of position the loss mask selects. Later query rounds may
+// retrieve an earlier round's chunk instead of the pair's: still retrieval through HSA.
 #pragma once
 
 #include <cstdint>
@@ -17,13 +18,16 @@
 namespace hsa {
 
 struct RecallTaskConfig {
-    int64_t pairs = 2;        // key-value pairs per sequence (all queried at the end)
+    int64_t pairs = 1;        // key-value pairs per sequence (all queried at the end)
     int64_t keys = 16;        // distinct keys
-    int64_t values = 16;      // distinct values (chance accuracy = 1/values)
-    int64_t filler = 32;      // distinct filler tokens
+    int64_t values = 8;       // distinct values (chance accuracy = 1/values)
+    int64_t filler = 37;      // distinct filler tokens
+    int64_t rounds = 6;       // query rounds at the end; each round is window+1 tokens after
+                              // the previous round's answers, so SWA cannot copy them either
 
     int64_t vocab_needed() const { return 3 + keys + values + filler; }
     void validate(int64_t seq_len, int64_t window, int64_t vocab_size) const;
+    int64_t first_query_position(int64_t seq_len, int64_t window) const;
     static RecallTaskConfig from_json(const Json& section);
 };
 
@@ -34,8 +38,8 @@ struct RecallBatch {
     int64_t answers = 0;
 };
 
-RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, uint64_t seed,
-                              uint64_t batch_index);
+RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, int64_t window,
+                              uint64_t seed, uint64_t batch_index);
 
 // Fraction of answer positions whose arg-max logit equals the target; logits [B, T, V].
 double recall_accuracy(const Tensor& logits, const RecallBatch& batch);

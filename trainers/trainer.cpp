@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <iomanip>
+#include <memory>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -73,17 +74,11 @@ FullConfig FullConfig::from_json(const Json& root) {
 }
 
 Json default_train_config() {
-    // Tiny: D 64, 4 heads of 16, one KV head, window 8, chunks of 8, K 2. A 64-token
-    // sequence holds 8 chunks; the pair sits in the first third and the query at the end,
-    // so the answer is out of the window's reach and training picks 2 of up to 7 chunks.
-    return Json::parse(R"({
-      "model": {"vocab_size": 64, "hidden": 64, "heads": 4, "kv_heads": 1, "mlp_hidden": 128,
-                "window": 8, "chunk_size": 8, "topk": 2, "retrieval_dim": 32,
-                "encoder_layers": 1, "lower_layers": 1, "upper_groups": 1, "upper_layers": 1},
-      "train": {"steps": 800, "batch_size": 16, "seq_len": 64, "lr": 1e-2, "warmup": 20,
-                "seed": 1, "log_every": 50, "eval_every": 200},
-      "task": {"pairs": 1, "keys": 16, "values": 8, "filler": 37}
-    })", "default config");
+    Json root = Json::object();
+    root["model"] = Json::object();
+    root["train"] = Json::object();
+    root["task"] = Json::object();
+    return root;
 }
 
 namespace {
@@ -100,13 +95,15 @@ std::string format_duration(double seconds) {
 }
 }  // namespace
 
-EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches) {
+EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches,
+                           const std::vector<Tensor>* fixed_selection) {
     NoGradGuard no_grad;
     EvalResult result;
     ForwardOptions options;
     options.training = false;
+    options.fixed_selection = fixed_selection;
     for (int64_t i = 0; i < batches; ++i) {
-        RecallBatch batch = make_recall_batch(config.task, config.train.batch_size, config.train.seq_len,
+        RecallBatch batch = make_recall_batch(config.task, config.train.batch_size, config.train.seq_len, config.model.window,
                                               static_cast<uint64_t>(config.train.seed) + kEvalSeedOffset, static_cast<uint64_t>(i));
         Tensor logits = model.forward(batch.tokens, options);
         result.accuracy += recall_accuracy(logits, batch);
@@ -119,9 +116,11 @@ EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batch
     return result;
 }
 
-TrainResult train_recall(const FullConfig& config, std::ostream* progress) {
+TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model* existing) {
     const TrainConfig& tc = config.train;
-    Model model(config.model, static_cast<uint64_t>(tc.seed));
+    std::unique_ptr<Model> owned;
+    if (!existing) owned = std::make_unique<Model>(config.model, static_cast<uint64_t>(tc.seed));
+    Model& model = existing ? *existing : *owned;
     AdamWConfig adam;
     adam.beta1 = static_cast<float>(tc.beta1);
     adam.beta2 = static_cast<float>(tc.beta2);
@@ -137,7 +136,7 @@ TrainResult train_recall(const FullConfig& config, std::ostream* progress) {
     const auto start = std::chrono::steady_clock::now();
     const int64_t tokens_per_step = tc.batch_size * tc.seq_len;
     for (int64_t step = 0; step < tc.steps; ++step) {
-        RecallBatch batch = make_recall_batch(config.task, tc.batch_size, tc.seq_len, static_cast<uint64_t>(tc.seed),
+        RecallBatch batch = make_recall_batch(config.task, tc.batch_size, tc.seq_len, config.model.window, static_cast<uint64_t>(tc.seed),
                                               static_cast<uint64_t>(step));
         model.parameters().zero_grad();
         Tensor loss = model.loss(batch.tokens, batch.targets, batch.mask);

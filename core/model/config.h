@@ -18,20 +18,22 @@ struct ConfigError : Error {
 
 enum class ResidualMode { Brp, Standard };
 
+// The defaults are the tiny model that trains on a CPU in about a minute (`hsa train` with
+// no config); launch/configs/paper_scale.json holds the paper-scale model of TARGETS.md.
 struct ModelConfig {
-    int64_t vocab_size = 288;      // V: 256 bytes + specials by default
-    int64_t hidden = 256;          // D
+    int64_t vocab_size = 64;       // V
+    int64_t hidden = 64;           // D
     int64_t heads = 4;             // H
     int64_t kv_heads = 1;          // Hk
-    int64_t mlp_hidden = 0;        // F; 0 = 8/3 D rounded up to a multiple of 64
-    int64_t window = 128;          // W
-    int64_t chunk_size = 64;       // S
-    int64_t topk = 8;              // K at evaluation (and in training unless train_topk says otherwise)
+    int64_t mlp_hidden = 128;      // F; 0 = 8/3 D rounded up to a multiple of 64
+    int64_t window = 8;            // W
+    int64_t chunk_size = 8;        // S
+    int64_t topk = 2;              // K at evaluation (and in training unless train_topk says otherwise)
     int64_t train_topk = 0;        // 0 = same as topk; -1 = "all" (every visible chunk)
-    int64_t retrieval_dim = 0;     // Dr; 0 = D
+    int64_t retrieval_dim = 32;    // Dr; 0 = D
     int64_t retrieval_heads = 1;   // Hr: 1 or Hk
     int64_t encoder_layers = 1;    // E; 0 = no encoder (z = RMSNorm(h))
-    int64_t lower_layers = 2;      // Llo
+    int64_t lower_layers = 1;      // Llo
     int64_t upper_groups = 1;      // Gup
     int64_t upper_layers = 1;      // U, SWA layers per upper group
     bool cls = true;               // CLS landmark; false = mean-pooled landmark

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build (sm_90), print `hsa info`, run every test (GPU tests
+# included), and print a short summary table last. Logs go to $OUT when it is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+out=${OUT:-/tmp/hsa_gpu_check}
+mkdir -p "$out"
+jobs=$(nproc)
+start=$(date +%s)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+cmake --build build -j"$jobs" > "$out/build.log" 2>&1 || { grep -E "error" "$out/build.log" | head -30; exit 1; }
+build_s=$(( $(date +%s) - start ))
+./build/launch/hsa info | tee "$out/info.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/info.log"
+start=$(date +%s)
+(cd build && ctest -j"$jobs" --timeout 900 --output-on-failure) > "$out/ctest.log" 2>&1
+ctest_rc=$?
+test_s=$(( $(date +%s) - start ))
+grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | tail -20
+skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
+echo
+echo "| step | result | seconds |"
+echo "|---|---|---|"
+echo "| build (sm_90) | ok | $build_s |"
+echo "| ctest | rc=$ctest_rc, $(grep -E 'tests passed' "$out/ctest.log" | tail -1), skipped $skipped | $test_s |"
+exit $ctest_rc

@@ -1,0 +1,235 @@
+// Tests of the `hsa` command line: the real binary (HSA_BINARY_PATH) runs in a shell with
+// stdout and stderr captured to files; exit codes are 0 (success), 1 (failure while
+// running) and 2 (bad arguments or configuration), and every error is one line on stderr.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/cuda_allocator.h"
+#include "core/json.h"
+
+#ifndef HSA_BINARY_PATH
+#error "HSA_BINARY_PATH must name the built hsa executable"
+#endif
+
+namespace hsa {
+namespace {
+
+struct RunResult {
+    int code = -1;
+    std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+class CliTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char pattern[] = "/tmp/hsa_cli_test_XXXXXX";
+        ASSERT_NE(mkdtemp(pattern), nullptr);
+        dir_ = pattern;
+    }
+    void TearDown() override {
+        std::error_code ignored;
+        if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
+    }
+
+    RunResult run(const std::vector<std::string>& args) {
+        const std::string out = dir_ + "/stdout" + std::to_string(calls_), err = dir_ + "/stderr" + std::to_string(calls_);
+        ++calls_;
+        std::string command = quote(HSA_BINARY_PATH);
+        for (const auto& a : args) command += " " + quote(a);
+        command += " </dev/null >" + quote(out) + " 2>" + quote(err);
+        const int status = std::system(command.c_str());
+        RunResult r;
+        r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        r.out = slurp(out);
+        r.err = slurp(err);
+        return r;
+    }
+
+    std::string write_file(const std::string& name, const std::string& text) {
+        const std::string path = dir_ + "/" + name;
+        std::ofstream(path, std::ios::binary) << text;
+        return path;
+    }
+
+    std::string dir_;
+    int calls_ = 0;
+};
+
+std::string describe(const RunResult& r) {
+    return "exit " + std::to_string(r.code) + "\n--- stdout ---\n" + r.out + "--- stderr ---\n" + r.err;
+}
+
+// An error: the exit code, nothing on stdout, exactly one "hsa: error: ..." line on stderr.
+void expect_error(const RunResult& r, int code, const std::vector<std::string>& mentions) {
+    EXPECT_EQ(r.code, code) << describe(r);
+    EXPECT_EQ(r.err.rfind("hsa: error: ", 0), 0u) << describe(r);
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr must be exactly one line\n" << describe(r);
+    EXPECT_TRUE(!r.err.empty() && r.err.back() == '\n') << describe(r);
+    for (const auto& m : mentions) EXPECT_NE(r.err.find(m), std::string::npos) << "expected '" << m << "'\n" << describe(r);
+}
+
+bool has_line_starting(const std::string& text, const std::string& prefix) {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind(prefix, 0) == 0 && line.find_first_not_of(' ', prefix.size()) != std::string::npos) return true;
+    }
+    return false;
+}
+
+using CliInfo = CliTest;
+using CliHelp = CliTest;
+using CliArgs = CliTest;
+using CliConfig = CliTest;
+using CliTrain = CliTest;
+
+TEST_F(CliInfo, PrintsLibraryVersionsAndGpus) {
+    RunResult r = run({"info"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(r.err, "");
+    for (const char* prefix : {"build:", "CUDA runtime:", "CUDA driver:", "NCCL:", "cuDNN:", "MPI:", "HDF5:", "GPUs:"})
+        EXPECT_TRUE(has_line_starting(r.out, prefix)) << "no line '" << prefix << " <value>'\n" << r.out;
+    const int gpus = cuda_device_count();
+    if (gpus == 0) {
+        EXPECT_TRUE(std::regex_search(r.out, std::regex("\nGPUs: +no GPU: CPU backend\n"))) << r.out;
+    } else {
+        EXPECT_NE(r.out.find(std::to_string(gpus) + " visible"), std::string::npos) << r.out;
+        EXPECT_NE(r.out.find("  [0] "), std::string::npos) << r.out;
+        EXPECT_NE(r.out.find("compute capability"), std::string::npos) << r.out;
+        EXPECT_EQ(r.out.find("no GPU"), std::string::npos) << r.out;
+    }
+}
+
+TEST_F(CliInfo, HelpAndBadOption) {
+    RunResult help = run({"info", "--help"});
+    EXPECT_EQ(help.code, 0) << describe(help);
+    EXPECT_NE(help.out.find("usage: hsa info"), std::string::npos) << help.out;
+    expect_error(run({"info", "--verbose"}), 2, {"--verbose"});
+}
+
+TEST_F(CliHelp, MainHelp) {
+    for (const char* flag : {"--help", "-h", "help"}) {
+        RunResult r = run({flag});
+        EXPECT_EQ(r.code, 0) << flag << "\n" << describe(r);
+        EXPECT_EQ(r.err, "");
+        EXPECT_NE(r.out.find("usage: hsa <command>"), std::string::npos) << r.out;
+        EXPECT_NE(r.out.find("info"), std::string::npos);
+        EXPECT_NE(r.out.find("train"), std::string::npos);
+        EXPECT_NE(r.out.find("hsa <command> --help"), std::string::npos) << "points to the per-command options";
+    }
+}
+
+TEST_F(CliHelp, TrainHelp) {
+    for (const char* flag : {"--help", "-h"}) {
+        RunResult r = run({"train", flag});
+        EXPECT_EQ(r.code, 0) << describe(r);
+        EXPECT_EQ(r.err, "");
+        for (const char* word : {"usage: hsa train", "--config", "--set", "--print-config", "exit codes"})
+            EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
+    }
+}
+
+TEST_F(CliArgs, NoArgumentsExitsTwo) {
+    RunResult r = run({});
+    EXPECT_EQ(r.code, 2) << describe(r);
+    EXPECT_NE(r.out.find("usage: hsa <command>"), std::string::npos) << describe(r);
+}
+
+TEST_F(CliArgs, UnknownCommandAndOptions) {
+    expect_error(run({"frobnicate"}), 2, {"unknown command 'frobnicate'"});
+    expect_error(run({"train", "--bogus"}), 2, {"--bogus"});
+    expect_error(run({"train", "--config"}), 2, {"--config"});
+    expect_error(run({"train", "--set"}), 2, {"--set"});
+    expect_error(run({"train", "--set", "steps=3"}), 2, {"section.key=value"});
+}
+
+TEST_F(CliConfig, MissingConfigFile) {
+    RunResult r = run({"train", "--config", "/nonexistent.json"});
+    expect_error(r, 2, {"/nonexistent.json"});
+}
+
+TEST_F(CliConfig, MalformedJsonNamesLineAndColumn) {
+    // Line 2 has a trailing comma: the '}' at column 26 is where a field name was expected.
+    const std::string path = write_file("bad.json", "{\n  \"model\": {\"hidden\": 64,}\n}\n");
+    RunResult r = run({"train", "--config", path});
+    expect_error(r, 2, {path, "line 2 column 26"});
+    const std::string dup = write_file("dup.json", "{\"train\": {\"steps\": 1,\n \"steps\": 2}}");
+    expect_error(run({"train", "--config", dup}), 2, {"line 2", "duplicate field \"steps\""});
+}
+
+TEST_F(CliConfig, UnknownFieldIsNamed) {
+    const std::string path = write_file("unknown.json", R"({"model": {"hidn": 64}})");
+    expect_error(run({"train", "--config", path}), 2, {"hidn"});
+    expect_error(run({"train", "--set", "train.stepz=3"}), 2, {"stepz"});
+    expect_error(run({"train", "--set", "optim.lr=3"}), 2, {"unknown section \"optim\""});
+}
+
+TEST_F(CliConfig, InvalidValues) {
+    expect_error(run({"train", "--set", "model.heads=3"}), 2, {"model.hidden", "heads = 3"});
+    expect_error(run({"train", "--set", "model.heads=3", "--print-config"}), 2, {"model.hidden"});
+    expect_error(run({"train", "--set", "model.residual=sideways"}), 2, {"model.residual", "sideways"});
+    expect_error(run({"train", "--set", "train.steps=2.5"}), 2, {"train.steps"});
+}
+
+TEST_F(CliConfig, PrintConfigIsValidJson) {
+    RunResult r = run({"train", "--print-config"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(r.err, "");
+    Json j;
+    ASSERT_NO_THROW(j = Json::parse(r.out, "--print-config output")) << r.out;
+    ASSERT_TRUE(j.is_object());
+    EXPECT_NE(r.out.find("\"residual\""), std::string::npos);
+    EXPECT_EQ(j.at("model").at("residual").as_string(), "brp");
+    EXPECT_EQ(j.at("model").at("hidden").as_number(), 64.0);
+    EXPECT_TRUE(j.contains("train"));
+    EXPECT_TRUE(j.contains("task"));
+
+    RunResult s = run({"train", "--set", "model.residual=standard", "--set", "model.train_topk=all", "--set",
+                       "train.steps=7", "--print-config"});
+    ASSERT_EQ(s.code, 0) << describe(s);
+    Json k = Json::parse(s.out);
+    EXPECT_EQ(k.at("model").at("residual").as_string(), "standard");
+    EXPECT_EQ(k.at("model").at("train_topk").as_string(), "all");
+    EXPECT_EQ(k.at("train").at("steps").as_number(), 7.0);
+}
+
+TEST_F(CliTrain, ShortRun) {
+    RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.eval_batches=1", "--set", "train.batch_size=2"});
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(r.err, "") << describe(r);
+    EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(step +3/3 +loss [0-9]+\.[0-9]+)"))) << r.out;
+    EXPECT_NE(r.out.find("recall accuracy"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("final: loss"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTrain, DivergenceIsARuntimeFailure) {
+    // An absurd learning rate without clipping blows the weights up after the first step.
+    RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--set",
+                       "train.eval_batches=1", "--set", "train.batch_size=2"});
+    expect_error(r, 1, {"diverged"});
+}
+
+}  // namespace
+}  // namespace hsa
