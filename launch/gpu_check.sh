@@ -18,10 +18,32 @@ start=$(date +%s)
 ctest_rc=$?
 test_s=$(( $(date +%s) - start ))
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | tail -20
+grep -B2 -A12 "FAILED\|Failure" "$out/ctest.log" | head -80
 skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
+
+# Kernel tests under compute-sanitizer (memcheck, racecheck), when it is installed.
+sanitizer="not run"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' > "$out/memcheck.log" 2>&1
+  mem_rc=$?
+  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' > "$out/racecheck.log" 2>&1
+  race_rc=$?
+  sanitizer="memcheck rc=$mem_rc ($(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)), racecheck rc=$race_rc ($(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$out/racecheck.log" | tail -1))"
+fi
+
+# One GPU training run of the tiny default, then the benchmarks.
+start=$(date +%s)
+./build/launch/hsa train --set train.device=cuda > "$out/train_cuda.log" 2>&1
+train_rc=$?
+train_s=$(( $(date +%s) - start ))
+tail -3 "$out/train_cuda.log"
+./build/launch/hsa bench hsa 2>&1 | tee "$out/bench_hsa.log"
+./build/launch/hsa bench swa 2>&1 | tee "$out/bench_swa.log"
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"
 echo "| build (sm_90) | ok | $build_s |"
 echo "| ctest | rc=$ctest_rc, $(grep -E 'tests passed' "$out/ctest.log" | tail -1), skipped $skipped | $test_s |"
+echo "| compute-sanitizer | $sanitizer | |"
+echo "| train tiny on cuda | rc=$train_rc, $(grep -E '^final' "$out/train_cuda.log") | $train_s |"
 exit $ctest_rc

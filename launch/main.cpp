@@ -14,6 +14,10 @@
 #include "core/model/config.h"
 #include "core/model/model.h"
 #include "dist/mpi_context.h"
+#ifdef HSA_WITH_CUDA_KERNELS
+#include "kernels/cuda_backend.h"
+#endif
+#include "trainers/bench.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -30,7 +34,8 @@ usage: hsa <command> [options]
 
 commands:
   info     build flags, library versions (CUDA runtime/driver, NCCL, cuDNN, MPI, HDF5) and visible GPUs
-  train    train a model (today: the built-in recall task on the CPU backend)
+  train    train a model (today: the built-in recall task, on the CPU or one GPU)
+  bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa)
 
 Run 'hsa <command> --help' for a command's options.
 )";
@@ -59,6 +64,16 @@ model switches (ablations of the paper's three principles):
   model.retrieval_heads 1 or kv_heads;  model.qk_norm, model.retrieval_norm: true/false
 
 exit codes: 0 success, 1 runtime failure, 2 bad arguments or configuration
+)";
+
+const char* kBenchHelp = R"(usage: hsa bench hsa | swa
+
+Times CUDA kernels with CUDA events (median of repeats after warm-up) on random inputs:
+  hsa   the HSA operator at the shapes of shared/design/TARGETS.md (H 16, Hk 1, S 64,
+        K 8, random top-K chunks): forward and forward+backward ms, useful TFLOP/s,
+        peak memory, beside the public Triton kernel's figures
+  swa   sliding-window attention (window 512) at 8x4K and 1x64K, beside flex_attention
+Needs a GPU.
 )";
 
 const char* kInfoHelp = R"(usage: hsa info
@@ -142,6 +157,9 @@ int main(int argc, char** argv) {
     int code = 0;
     try {
         dist = init_distributed(&argc, &argv);
+#ifdef HSA_WITH_CUDA_KERNELS
+        register_cuda_backend();
+#endif
         std::vector<std::string> args(argv + 1, argv + argc);
         if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
             std::cout << kMainHelp;
@@ -155,8 +173,15 @@ int main(int argc, char** argv) {
                 else code = run_info();
             } else if (command == "train") {
                 code = run_train(rest);
+            } else if (command == "bench") {
+                if (rest.empty() || rest[0] == "-h" || rest[0] == "--help") {
+                    std::cout << kBenchHelp;
+                    code = rest.empty() ? 2 : 0;
+                } else {
+                    code = run_bench(rest[0], std::vector<std::string>(rest.begin() + 1, rest.end()), std::cout);
+                }
             } else {
-                throw UsageError("unknown command '" + command + "' (commands: info, train; see hsa --help)");
+                throw UsageError("unknown command '" + command + "' (commands: info, train, bench; see hsa --help)");
             }
         }
     } catch (const ConfigError& e) {

@@ -861,7 +861,8 @@ TEST(CoreConfig, TrainTopkAndSwitchStrings) {
     std::string w = config_error({"model.weights=sigmoid"});
     EXPECT_CONTAINS(w, "model.weights");
     EXPECT_CONTAINS(w, "sigmoid");
-    EXPECT_CONTAINS(config_error({"train.device=cuda"}), "train.device");
+    EXPECT_CONTAINS(config_error({"train.device=tpu"}), "train.device");
+    if (!cuda_available()) EXPECT_CONTAINS(config_error({"train.device=cuda"}), "no GPU");
 }
 
 TEST(CoreConfig, ApplyOverride) {

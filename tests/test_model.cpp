@@ -49,6 +49,8 @@ struct SwitchCase {
     std::function<void(ModelConfig&)> apply;
 };
 
+void PrintTo(const SwitchCase& c, std::ostream* out) { *out << c.name; }
+
 std::vector<SwitchCase> switch_cases() {
     return {
         {"default", [](ModelConfig&) {}},

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/autograd.h"
+#include "core/cuda_allocator.h"
 #include "core/model/model.h"
 #include "core/ops.h"
 #include "core/optimizer.h"
@@ -47,8 +48,9 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     if (t.log_every < 1) bad("log_every: must be >= 1");
     if (t.eval_every < 0) bad("eval_every: must be >= 0");
     if (t.eval_batches < 1) bad("eval_batches: must be >= 1");
-    if (t.device != "cpu")
-        bad("device: \"" + t.device + "\" is not available yet; this build trains on \"cpu\" (CUDA kernels come in their own issue)");
+    if (t.device != "cpu" && t.device != "cuda") bad("device: expected \"cpu\" or \"cuda\", got \"" + t.device + "\"");
+    if (t.device == "cuda" && !cuda_available())
+        bad("device: \"cuda\" asked for, but no GPU is visible (or this build has no CUDA support)");
     return t;
 }
 
@@ -108,8 +110,9 @@ EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batch
         Tensor logits = model.forward(batch.tokens, options);
         result.accuracy += recall_accuracy(logits, batch);
         const int64_t n = batch.tokens.numel();
-        result.loss += ops::cross_entropy(ops::reshape(logits, {n, config.model.vocab_size}), batch.targets.view({n}),
-                                          batch.mask.view({n})).item();
+        result.loss += ops::cross_entropy(ops::reshape(logits, {n, config.model.vocab_size}),
+                                          batch.targets.view({n}).to(model.device()), batch.mask.view({n}).to(model.device()))
+                           .item();
     }
     result.accuracy /= static_cast<double>(batches);
     result.loss /= static_cast<double>(batches);
@@ -119,7 +122,9 @@ EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batch
 TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model* existing) {
     const TrainConfig& tc = config.train;
     std::unique_ptr<Model> owned;
-    if (!existing) owned = std::make_unique<Model>(config.model, static_cast<uint64_t>(tc.seed));
+    if (!existing)
+        owned = std::make_unique<Model>(config.model, static_cast<uint64_t>(tc.seed),
+                                        tc.device == "cuda" ? Device::CUDA : Device::CPU);
     Model& model = existing ? *existing : *owned;
     AdamWConfig adam;
     adam.beta1 = static_cast<float>(tc.beta1);

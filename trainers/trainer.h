@@ -32,7 +32,7 @@ struct TrainConfig {
     int64_t log_every = 25;
     int64_t eval_every = 100;    // 0 = only at the end
     int64_t eval_batches = 4;
-    std::string device = "cpu";  // "cpu" (the CUDA backend arrives with the kernels issue)
+    std::string device = "cpu";  // "cpu" or "cuda" (f32 CUDA kernels, one GPU)
 
     static TrainConfig from_json(const Json& section);
     double lr_at(int64_t step) const;  // step counts from 0

@@ -194,6 +194,7 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
         if (options.fixed_selection) {
             HSA_CHECK(index < options.fixed_selection->size(), "fixed selection has no entry for upper group " << index);
             indices = (*options.fixed_selection)[index];
+            if (indices.device() != device_) indices = indices.to(device_);
         } else {
             const int64_t k = c.selection_k(options.training, memory.chunks);
             NoGradGuard no_grad;  // the top-K choice itself is not differentiated

@@ -1,0 +1,376 @@
+// Elementwise ops and data movement for the CUDA backend: add, mul, scale, axpy,
+// copy_rows, sum_middle, broadcast_middle, sum, sum_of_squares.
+//
+// - Elementwise maps use 16-byte (float4) accesses when every pointer is 16-byte aligned,
+//   with a scalar tail; each element is read and written by one thread, so out may alias
+//   an input (scale(g, f, g) in place).
+// - f32 arithmetic uses __fadd_rn / __fmul_rn (no FMA contraction), as the CPU reference
+//   computes it, so those results are bit-identical.
+// - Reductions are deterministic: fixed work split, double partials, fixed-order combine.
+#include <cstdint>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace hsa {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr unsigned kMaxBlocks = 4096;  // grid-stride loops cover the rest
+
+unsigned grid_for(int64_t work) {
+    const unsigned blocks = blocks_for(work, kThreads);
+    return blocks < kMaxBlocks ? blocks : kMaxBlocks;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
+    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
+                                        << " elements, expected " << expected);
+}
+
+// Double scratch of `count` values on the device (uninitialised).
+Tensor double_scratch(int64_t count) { return Tensor::empty({count < 1 ? 1 : count}, DType::I64, Device::CUDA); }
+double* double_ptr(const Tensor& t) { return static_cast<double*>(t.raw_data()); }
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024) in a fixed order; every thread
+// gets the result. `shared` holds at least 32 values.
+__device__ double block_sum(double v, double* shared) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = blockDim.x >> 5;
+        v = lane < warps ? shared[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) shared[0] = v;
+    }
+    __syncthreads();
+    const double result = shared[0];
+    __syncthreads();
+    return result;
+}
+
+// ---- elementwise maps: out[i] = op(a[i], b[i]) ----
+
+struct AddOp {
+    __device__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
+};
+struct MulOp {
+    __device__ float operator()(float a, float b) const { return __fmul_rn(a, b); }
+};
+struct ScaleOp {
+    float alpha;
+    __device__ float operator()(float a, float) const { return __fmul_rn(alpha, a); }
+};
+struct AxpyOp {  // a = target, b = x
+    float alpha;
+    __device__ float operator()(float t, float x) const { return __fadd_rn(t, __fmul_rn(alpha, x)); }
+};
+
+template <class Op>
+__global__ void map2_kernel(const float* a, const float* b, float* out, int64_t n, bool vec, Op op) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t tail_start = 0;
+    if (vec) {
+        const int64_t n4 = n >> 2;
+        const float4* a4 = reinterpret_cast<const float4*>(a);
+        const float4* b4 = reinterpret_cast<const float4*>(b);
+        float4* o4 = reinterpret_cast<float4*>(out);
+        for (int64_t k = tid; k < n4; k += stride) {
+            const float4 x = a4[k];
+            const float4 y = b4[k];
+            float4 r;
+            r.x = op(x.x, y.x);
+            r.y = op(x.y, y.y);
+            r.z = op(x.z, y.z);
+            r.w = op(x.w, y.w);
+            o4[k] = r;
+        }
+        tail_start = n4 << 2;
+    }
+    for (int64_t k = tail_start + tid; k < n; k += stride) out[k] = op(a[k], b[k]);
+}
+
+template <class Op>
+void launch_map2(const float* a, const float* b, float* out, int64_t n, Op op, const char* name) {
+    if (n <= 0) return;
+    const bool vec = aligned16(a) && aligned16(b) && aligned16(out);
+    map2_kernel<Op><<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(a, b, out, n, vec, op);
+    HSA_CUDA_CHECK_LAUNCH(name);
+}
+
+// ---- copy_rows, broadcast_middle: T is float or float4, `inner` counted in T units ----
+
+__device__ inline float vadd(float a, float b) { return __fadd_rn(a, b); }
+__device__ inline float4 vadd(float4 a, float4 b) {
+    return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z), __fadd_rn(a.w, b.w));
+}
+__device__ inline float vscale(float alpha, float a) { return __fmul_rn(alpha, a); }
+__device__ inline float4 vscale(float alpha, float4 a) {
+    return make_float4(__fmul_rn(alpha, a.x), __fmul_rn(alpha, a.y), __fmul_rn(alpha, a.z), __fmul_rn(alpha, a.w));
+}
+
+template <class T>
+__global__ void copy_rows_kernel(const T* src, T* dst, int64_t outer, int64_t src_len, int64_t src_start,
+                                 int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) {
+    const int64_t total = outer * length * inner;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t i = e % inner, r = e / inner;
+        const int64_t o = r / length, j = r % length;
+        const T s = src[(o * src_len + src_start + j) * inner + i];
+        T* d = dst + (o * dst_len + dst_start + j) * inner + i;
+        *d = accumulate ? vadd(*d, s) : s;
+    }
+}
+
+template <class T>
+__global__ void broadcast_middle_kernel(const T* x, int64_t outer, int64_t n, int64_t inner, float alpha, T* out) {
+    const int64_t total = outer * n * inner;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t i = e % inner, o = (e / inner) / n;
+        out[e] = vscale(alpha, x[o * inner + i]);
+    }
+}
+
+// ---- sum_middle ----
+
+// One thread per (o, i): out[o, i] = alpha * sum_{j} x[o, j, i], double accumulation in j order.
+__global__ void sum_middle_kernel(const float* x, int64_t outer, int64_t n, int64_t inner, float alpha,
+                                  float* out) {
+    const int64_t total = outer * inner;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t o = e / inner, i = e % inner;
+        const float* p = x + o * n * inner + i;
+        double acc = 0.0;
+        for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(p[j * inner]);
+        out[e] = static_cast<float>(static_cast<double>(alpha) * acc);
+    }
+}
+
+// Split version for few outputs and a long middle dim: split s sums rows [s*chunk, (s+1)*chunk)
+// into partial[s, o, i]; the combine kernel adds the splits in order.
+__global__ void sum_middle_partial_kernel(const float* x, int64_t outer, int64_t n, int64_t inner, int64_t splits,
+                                          int64_t chunk, double* partial) {
+    const int64_t width = outer * inner;
+    const int64_t total = splits * width;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t s = e / width, rem = e % width;
+        const int64_t o = rem / inner, i = rem % inner;
+        const int64_t begin = s * chunk;
+        const int64_t end = begin + chunk < n ? begin + chunk : n;
+        const float* p = x + o * n * inner + i;
+        double acc = 0.0;
+        for (int64_t j = begin; j < end; ++j) acc += static_cast<double>(p[j * inner]);
+        partial[e] = acc;
+    }
+}
+
+__global__ void sum_middle_combine_kernel(const double* partial, int64_t splits, int64_t width, float alpha,
+                                          float* out) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < width; e += stride) {
+        double acc = 0.0;
+        for (int64_t s = 0; s < splits; ++s) acc += partial[s * width + e];
+        out[e] = static_cast<float>(static_cast<double>(alpha) * acc);
+    }
+}
+
+// ---- whole-tensor sums ----
+
+constexpr int kSumThreads = 256;
+constexpr int kSumMaxBlocks = 1024;
+constexpr int kCombineThreads = 1024;
+
+template <bool Square>
+__device__ inline double sum_term(float v) {
+    const double d = static_cast<double>(v);
+    return Square ? d * d : d;
+}
+
+template <bool Square>
+__global__ void partial_sum_kernel(const float* x, int64_t n, bool vec, double* partial) {
+    __shared__ double shared[32];
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    double acc = 0.0;
+    int64_t tail_start = 0;
+    if (vec) {
+        const int64_t n4 = n >> 2;
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        for (int64_t k = tid; k < n4; k += stride) {
+            const float4 v = x4[k];
+            acc += sum_term<Square>(v.x);
+            acc += sum_term<Square>(v.y);
+            acc += sum_term<Square>(v.z);
+            acc += sum_term<Square>(v.w);
+        }
+        tail_start = n4 << 2;
+    }
+    for (int64_t k = tail_start + tid; k < n; k += stride) acc += sum_term<Square>(x[k]);
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// One block: adds `count` partials in a fixed order and writes result[0].
+__global__ void combine_sum_kernel(const double* partial, int count, double* result) {
+    __shared__ double shared[32];
+    double acc = 0.0;
+    for (int k = threadIdx.x; k < count; k += blockDim.x) acc += partial[k];
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) result[0] = acc;
+}
+
+template <bool Square>
+double device_sum(const Tensor& x, const char* op) {
+    const float* px = cuda_f32(x, op, "x");
+    const int64_t n = x.numel();
+    if (n == 0) return 0.0;
+    const bool vec = aligned16(px);
+    // The split depends on n only, so the result is reproducible run to run.
+    const int64_t per_block = static_cast<int64_t>(kSumThreads) * 4;
+    int64_t blocks = (n + per_block - 1) / per_block;
+    if (blocks > kSumMaxBlocks) blocks = kSumMaxBlocks;
+    Tensor scratch = double_scratch(blocks + 1);
+    double* partial = double_ptr(scratch);
+    partial_sum_kernel<Square><<<static_cast<unsigned>(blocks), kSumThreads>>>(px, n, vec, partial);
+    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares partial_sum_kernel" : "sum partial_sum_kernel"));
+    combine_sum_kernel<<<1, kCombineThreads>>>(partial, static_cast<int>(blocks), partial + blocks);
+    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares combine_sum_kernel" : "sum combine_sum_kernel"));
+    double result = 0.0;
+    HSA_CUDA_CHECK(cudaMemcpy(&result, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost));
+    return result;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
+    const float* pa = cuda_f32(a, "add", "a");
+    const float* pb = cuda_f32(b, "add", "b");
+    float* po = cuda_f32(out, "add", "out");
+    const int64_t n = a.numel();
+    check_numel(b, n, "add", "b");
+    check_numel(out, n, "add", "out");
+    launch_map2(pa, pb, po, n, AddOp{}, "add map2_kernel");
+}
+
+void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
+    const float* pa = cuda_f32(a, "mul", "a");
+    const float* pb = cuda_f32(b, "mul", "b");
+    float* po = cuda_f32(out, "mul", "out");
+    const int64_t n = a.numel();
+    check_numel(b, n, "mul", "b");
+    check_numel(out, n, "mul", "out");
+    launch_map2(pa, pb, po, n, MulOp{}, "mul map2_kernel");
+}
+
+void CudaBackend::scale(const Tensor& a, float alpha, Tensor& out) {
+    const float* pa = cuda_f32(a, "scale", "a");
+    float* po = cuda_f32(out, "scale", "out");
+    const int64_t n = a.numel();
+    check_numel(out, n, "scale", "out");
+    launch_map2(pa, pa, po, n, ScaleOp{alpha}, "scale map2_kernel");
+}
+
+void CudaBackend::axpy(float alpha, const Tensor& x, Tensor& target) {
+    const float* px = cuda_f32(x, "axpy", "x");
+    float* pt = cuda_f32(target, "axpy", "target");
+    const int64_t n = target.numel();
+    check_numel(x, n, "axpy", "x");
+    launch_map2(pt, px, pt, n, AxpyOp{alpha}, "axpy map2_kernel");
+}
+
+void CudaBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst,
+                            int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) {
+    const float* ps = cuda_f32(src, "copy_rows", "src");
+    float* pd = cuda_f32(dst, "copy_rows", "dst");
+    HSA_CHECK(outer >= 0 && src_len >= 0 && dst_len >= 0 && length >= 0 && inner >= 0,
+              "copy_rows: negative size (outer " << outer << ", src_len " << src_len << ", dst_len " << dst_len
+                                                 << ", length " << length << ", inner " << inner << ")");
+    check_numel(src, outer * src_len * inner, "copy_rows", "src");
+    check_numel(dst, outer * dst_len * inner, "copy_rows", "dst");
+    HSA_CHECK(src_start >= 0 && src_start + length <= src_len,
+              "copy_rows: source rows [" << src_start << ", " << src_start + length << ") outside [0, " << src_len << ")");
+    HSA_CHECK(dst_start >= 0 && dst_start + length <= dst_len,
+              "copy_rows: destination rows [" << dst_start << ", " << dst_start + length << ") outside [0, " << dst_len
+                                              << ")");
+    if (outer == 0 || length == 0 || inner == 0) return;
+    if (inner % 4 == 0 && aligned16(ps) && aligned16(pd)) {
+        const int64_t inner4 = inner / 4;
+        copy_rows_kernel<float4><<<grid_for(outer * length * inner4), kThreads>>>(
+            reinterpret_cast<const float4*>(ps), reinterpret_cast<float4*>(pd), outer, src_len, src_start, dst_len,
+            dst_start, length, inner4, accumulate);
+    } else {
+        copy_rows_kernel<float><<<grid_for(outer * length * inner), kThreads>>>(
+            ps, pd, outer, src_len, src_start, dst_len, dst_start, length, inner, accumulate);
+    }
+    HSA_CUDA_CHECK_LAUNCH("copy_rows_kernel");
+}
+
+void CudaBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) {
+    const float* px = cuda_f32(x, "sum_middle", "x");
+    float* po = cuda_f32(out, "sum_middle", "out");
+    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
+              "sum_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
+    check_numel(x, outer * n * inner, "sum_middle", "x");
+    check_numel(out, outer * inner, "sum_middle", "out");
+    const int64_t width = outer * inner;
+    if (width == 0) return;
+    // Aim for ~128K threads: split the middle dim when there are few outputs and it is long.
+    constexpr int64_t kTargetThreads = int64_t{1} << 17;
+    constexpr int64_t kMinRowsPerSplit = 64;
+    int64_t splits = 1;
+    if (width < kTargetThreads && n >= 2 * kMinRowsPerSplit) {
+        const int64_t by_threads = (kTargetThreads + width - 1) / width;
+        const int64_t by_rows = n / kMinRowsPerSplit;
+        splits = by_threads < by_rows ? by_threads : by_rows;
+    }
+    if (splits <= 1) {
+        sum_middle_kernel<<<grid_for(width), kThreads>>>(px, outer, n, inner, alpha, po);
+        HSA_CUDA_CHECK_LAUNCH("sum_middle_kernel");
+        return;
+    }
+    const int64_t chunk = (n + splits - 1) / splits;
+    splits = (n + chunk - 1) / chunk;
+    Tensor scratch = double_scratch(splits * width);
+    double* partial = double_ptr(scratch);
+    sum_middle_partial_kernel<<<grid_for(splits * width), kThreads>>>(px, outer, n, inner, splits, chunk, partial);
+    HSA_CUDA_CHECK_LAUNCH("sum_middle_partial_kernel");
+    sum_middle_combine_kernel<<<grid_for(width), kThreads>>>(partial, splits, width, alpha, po);
+    HSA_CUDA_CHECK_LAUNCH("sum_middle_combine_kernel");
+}
+
+void CudaBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha,
+                                   Tensor& out) {
+    const float* px = cuda_f32(x, "broadcast_middle", "x");
+    float* po = cuda_f32(out, "broadcast_middle", "out");
+    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
+              "broadcast_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
+    check_numel(x, outer * inner, "broadcast_middle", "x");
+    check_numel(out, outer * n * inner, "broadcast_middle", "out");
+    if (outer == 0 || n == 0 || inner == 0) return;
+    if (inner % 4 == 0 && aligned16(px) && aligned16(po)) {
+        const int64_t inner4 = inner / 4;
+        broadcast_middle_kernel<float4><<<grid_for(outer * n * inner4), kThreads>>>(
+            reinterpret_cast<const float4*>(px), outer, n, inner4, alpha, reinterpret_cast<float4*>(po));
+    } else {
+        broadcast_middle_kernel<float><<<grid_for(outer * n * inner), kThreads>>>(px, outer, n, inner, alpha, po);
+    }
+    HSA_CUDA_CHECK_LAUNCH("broadcast_middle_kernel");
+}
+
+double CudaBackend::sum_of_squares(const Tensor& x) { return device_sum<true>(x, "sum_of_squares"); }
+
+double CudaBackend::sum(const Tensor& x) { return device_sum<false>(x, "sum"); }
+
+}  // namespace hsa

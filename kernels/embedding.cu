@@ -1,0 +1,195 @@
+// Embedding lookup and its gradient for the CUDA backend.
+//
+// forward: one block per token row copies table[id] (float4 when aligned).
+// backward (deterministic, no float atomics): (id, position) pairs are stably radix-sorted
+// by id (CUB), which lists each id's positions in ascending order; then one thread per
+// (table row, column) sums its positions in that order in double, as the CPU reference
+// does, and writes 0 for ids that never occur.
+// Out-of-range ids: kernels record the smallest bad position in a device flag; the launcher
+// reads it back after the kernel and throws naming the id and position.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace hsa {
+
+namespace {
+
+constexpr unsigned long long kNoError = ~0ull;
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
+    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
+                                        << " elements, expected " << expected);
+}
+
+// A device word holding the smallest bad position (kNoError when none).
+Tensor make_error_flag() {
+    Tensor flag = Tensor::empty({1}, DType::I64, Device::CUDA);
+    HSA_CUDA_CHECK(cudaMemset(flag.raw_data(), 0xFF, sizeof(unsigned long long)));
+    return flag;
+}
+unsigned long long* flag_ptr(const Tensor& flag) { return static_cast<unsigned long long*>(flag.raw_data()); }
+
+// Throws when the flag records a bad id (reads the flag and then the id back: synchronises).
+void throw_if_bad_id(const Tensor& flag, const int32_t* ids, int64_t V, const char* op) {
+    unsigned long long bad = kNoError;
+    HSA_CUDA_CHECK(cudaMemcpy(&bad, flag.raw_data(), sizeof(bad), cudaMemcpyDeviceToHost));
+    if (bad == kNoError) return;
+    int32_t id = 0;
+    HSA_CUDA_CHECK(cudaMemcpy(&id, ids + bad, sizeof(id), cudaMemcpyDeviceToHost));
+    HSA_FAIL(op << ": id " << id << " at position " << bad << " is outside the vocabulary [0, " << V << ")");
+}
+
+template <class T>
+__global__ void embedding_forward_kernel(const T* table, const int32_t* ids, T* out, int64_t N, int64_t V,
+                                         int64_t width, unsigned long long* bad) {
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const int32_t id = ids[n];
+        if (id < 0 || id >= V) {
+            if (threadIdx.x == 0) atomicMin(bad, static_cast<unsigned long long>(n));
+            continue;
+        }
+        const T* src = table + static_cast<int64_t>(id) * width;
+        T* dst = out + n * width;
+        for (int64_t j = threadIdx.x; j < width; j += blockDim.x) dst[j] = src[j];
+    }
+}
+
+// Range check of every id, and positions[n] = n (the values the sort carries).
+__global__ void check_ids_kernel(const int32_t* ids, int64_t N, int64_t V, int32_t* positions,
+                                 unsigned long long* bad) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < N; n += stride) {
+        const int32_t id = ids[n];
+        if (id < 0 || id >= V) atomicMin(bad, static_cast<unsigned long long>(n));
+        positions[n] = static_cast<int32_t>(n);
+    }
+}
+
+// For the sorted ids: row v's positions are sorted[begin[v], end[v]). begin/end start at 0.
+__global__ void segment_bounds_kernel(const uint32_t* sorted_ids, int64_t N, int32_t* begin, int32_t* end) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+        const uint32_t id = sorted_ids[i];
+        if (i == 0 || sorted_ids[i - 1] != id) begin[id] = static_cast<int32_t>(i);
+        if (i == N - 1 || sorted_ids[i + 1] != id) end[id] = static_cast<int32_t>(i + 1);
+    }
+}
+
+// Block (v, column tile): grad_table[v, j] = sum over v's positions p, ascending, of grad_out[p, j].
+__global__ void embedding_accumulate_kernel(const float* grad_out, const int32_t* sorted_pos, const int32_t* begin,
+                                            const int32_t* end, int64_t D, float* grad_table) {
+    const int64_t v = blockIdx.x;
+    const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+    if (j >= D) return;
+    const int32_t b = begin[v], e = end[v];
+    double acc = 0.0;
+    for (int32_t p = b; p < e; ++p) acc += static_cast<double>(grad_out[static_cast<int64_t>(sorted_pos[p]) * D + j]);
+    grad_table[v * D + j] = static_cast<float>(acc);
+}
+
+}  // namespace
+
+void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
+    const float* pt = cuda_f32(table, "embedding", "table");
+    const int32_t* pi = cuda_i32(ids, "embedding", "ids");
+    float* po = cuda_f32(out, "embedding", "out");
+    HSA_CHECK(table.ndim() == 2, "embedding: table " << shape_string(table.shape()) << " must be [V, D]");
+    const int64_t V = table.size(0), D = table.size(1), N = ids.numel();
+    check_numel(out, N * D, "embedding", "out");
+    if (N == 0) return;
+    Tensor flag = make_error_flag();
+    const unsigned grid = static_cast<unsigned>(N < 65536 ? N : 65536);
+    if (D % 4 == 0 && aligned16(pt) && aligned16(po)) {
+        const int64_t width = D / 4;
+        const int threads = width >= 128 ? 128 : (width <= 32 ? 32 : static_cast<int>((width + 31) / 32 * 32));
+        embedding_forward_kernel<float4><<<grid, threads>>>(reinterpret_cast<const float4*>(pt), pi,
+                                                            reinterpret_cast<float4*>(po), N, V, width, flag_ptr(flag));
+    } else {
+        const int threads = D >= 128 ? 128 : (D <= 32 ? 32 : static_cast<int>((D + 31) / 32 * 32));
+        embedding_forward_kernel<float><<<grid, threads>>>(pt, pi, po, N, V, D, flag_ptr(flag));
+    }
+    HSA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+    throw_if_bad_id(flag, pi, V, "embedding");
+}
+
+void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, Tensor& grad_table) {
+    if (!grad_table.defined()) return;
+    const int32_t* pi = cuda_i32(ids, "embedding_backward", "ids");
+    const float* pg = cuda_f32(grad_out, "embedding_backward", "grad_out");
+    float* pt = cuda_f32(grad_table, "embedding_backward", "grad_table");
+    HSA_CHECK(grad_table.ndim() == 2,
+              "embedding_backward: grad_table " << shape_string(grad_table.shape()) << " must be [V, D]");
+    const int64_t V = grad_table.size(0), D = grad_table.size(1), N = ids.numel();
+    check_numel(grad_out, N * D, "embedding_backward", "grad_out");
+    HSA_CHECK(N < INT32_MAX, "embedding_backward: " << N << " ids exceed the i32 position range");
+    HSA_CHECK(V <= INT32_MAX, "embedding_backward: vocabulary " << V << " exceeds the i32 range");
+    if (V == 0 || D == 0) {
+        // Every id is out of range when V == 0; nothing to write when D == 0.
+        HSA_CHECK(N == 0 || V > 0, "embedding_backward: " << N << " ids but the vocabulary is empty");
+        return;
+    }
+    if (N == 0) {
+        HSA_CUDA_CHECK(cudaMemset(pt, 0, static_cast<size_t>(V * D) * sizeof(float)));
+        return;
+    }
+
+    // 1. Range check; positions 0..N-1.
+    Tensor flag = make_error_flag();
+    Tensor positions = Tensor::empty({N}, DType::I32, Device::CUDA);
+    {
+        const int threads = 256;
+        unsigned grid = blocks_for(N, threads);
+        if (grid > 4096) grid = 4096;
+        check_ids_kernel<<<grid, threads>>>(pi, N, V, positions.data<int32_t>(), flag_ptr(flag));
+        HSA_CUDA_CHECK_LAUNCH("embedding_backward check_ids_kernel");
+    }
+    throw_if_bad_id(flag, pi, V, "embedding_backward");
+
+    // 2. Stable sort of (id, position) by id: positions of one id stay ascending.
+    Tensor sorted_ids = Tensor::empty({N}, DType::I32, Device::CUDA);
+    Tensor sorted_pos = Tensor::empty({N}, DType::I32, Device::CUDA);
+    const uint32_t* keys_in = reinterpret_cast<const uint32_t*>(pi);
+    uint32_t* keys_out = reinterpret_cast<uint32_t*>(sorted_ids.data<int32_t>());
+    int end_bit = 1;
+    while (end_bit < 32 && (int64_t{1} << end_bit) < V) ++end_bit;  // ids < V <= 2^end_bit
+    size_t temp_bytes = 0;
+    HSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out,
+                                                   positions.data<int32_t>(), sorted_pos.data<int32_t>(),
+                                                   static_cast<int>(N), 0, end_bit));
+    Tensor temp = Tensor::empty({static_cast<int64_t>((temp_bytes + 7) / 8)}, DType::I64, Device::CUDA);
+    HSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.raw_data(), temp_bytes, keys_in, keys_out,
+                                                   positions.data<int32_t>(), sorted_pos.data<int32_t>(),
+                                                   static_cast<int>(N), 0, end_bit));
+    HSA_CUDA_CHECK_LAUNCH("embedding_backward cub::DeviceRadixSort::SortPairs");
+
+    // 3. Per-row segment bounds in the sorted order (rows that never occur stay [0, 0)).
+    Tensor bounds = Tensor::zeros({2, V}, DType::I32, Device::CUDA);
+    int32_t* begin = bounds.data<int32_t>();
+    int32_t* end = begin + V;
+    {
+        const int threads = 256;
+        unsigned grid = blocks_for(N, threads);
+        if (grid > 4096) grid = 4096;
+        segment_bounds_kernel<<<grid, threads>>>(keys_out, N, begin, end);
+        HSA_CUDA_CHECK_LAUNCH("embedding_backward segment_bounds_kernel");
+    }
+
+    // 4. One thread per (row, column), positions in ascending order.
+    {
+        const int threads = D >= 128 ? 128 : static_cast<int>((D + 31) / 32 * 32);
+        const int64_t tiles = (D + threads - 1) / threads;
+        HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");
+        const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
+        embedding_accumulate_kernel<<<grid, threads>>>(pg, sorted_pos.data<int32_t>(), begin, end, D, pt);
+        HSA_CUDA_CHECK_LAUNCH("embedding_backward embedding_accumulate_kernel");
+    }
+}
+
+}  // namespace hsa

@@ -1,0 +1,662 @@
+// CUDA retrieval: top-K chunk selection (select_chunks) and the weights over the selected
+// chunks (chunk_weights_forward / chunk_weights_backward). Semantics: core/backend.h;
+// math: shared/design/MODEL.md "Retrieval"; reference: core/cpu/cpu_attention.cpp.
+//
+// Also defines, for hsa.cu as well (namespace cuda_detail, declared again there):
+//   check_chunk_indices_cuda: every index is -1 or a chunk < C, via a device error flag;
+//   build_chunk_pair_lists:   for each (b, r, chunk c), the flat positions (b, t, r, k) of
+//                             indices that hold c, ascending, i.e. in (t, k) order.
+//
+// select_chunks never forms the (tokens x chunks) score matrix: one block per query row
+// (b, t, r) streams over its visible chunks in rounds of kSelectBatch, keeps a sorted top
+// list in shared memory, and appends to a candidate buffer only the chunks that reach the
+// current K-th best score; the buffer is merged into the list (rank by a strict total
+// order) when it could overflow. Chunks arrive in increasing index order, so a candidate
+// that ties the K-th best has the larger index and wins the tie, as the reference wants.
+//
+// Precision: scores are f32 dot products with a fixed accumulation order (the CPU
+// reference accumulates in double). Exact ties (equal scores, e.g. equal landmarks) go to
+// the larger chunk index exactly as on the CPU, but two chunks whose scores differ by less
+// than float rounding may rank differently from the reference. Weights are f32 too.
+//
+// Determinism: no float atomics. grad_landmarks is computed per landmark (b, c, r) by
+// looping, in (t, k) order, over the selections that hold c (build_chunk_pair_lists, a
+// stable radix sort), so results are bit-identical run to run.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace hsa {
+
+// ================================================================ shared with hsa.cu
+
+namespace cuda_detail {
+
+__global__ void find_bad_chunk_index_kernel(const int32_t* indices, int64_t n, int64_t num_chunks, int* first_bad) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int32_t c = indices[i];
+        if (c != -1 && (c < 0 || c >= num_chunks)) atomicMin(first_bad, static_cast<int>(i));
+    }
+}
+
+// Throws an hsa::Error naming the first element of indices that is neither -1 nor a chunk
+// in [0, num_chunks). Synchronises with the device (reads the error flag back).
+void check_chunk_indices_cuda(const char* op, const Tensor& indices, int64_t num_chunks) {
+    const int32_t* idx = cuda_i32(indices, op, "indices");
+    const int64_t n = indices.numel();
+    if (n == 0) return;
+    HSA_CHECK(n <= INT_MAX, op << ": indices has " << n << " elements, expected at most " << INT_MAX);
+    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
+    int* d_flag = flag.data<int32_t>();
+    const int none = INT_MAX;
+    HSA_CUDA_CHECK(cudaMemcpy(d_flag, &none, sizeof(int), cudaMemcpyHostToDevice));
+    const unsigned blocks = std::min<unsigned>(blocks_for(n, 256), 4096u);
+    find_bad_chunk_index_kernel<<<blocks, 256>>>(idx, n, num_chunks, d_flag);
+    HSA_CUDA_CHECK_LAUNCH("find_bad_chunk_index_kernel");
+    int first_bad = INT_MAX;
+    HSA_CUDA_CHECK(cudaMemcpy(&first_bad, d_flag, sizeof(int), cudaMemcpyDeviceToHost));
+    if (first_bad != INT_MAX) {
+        int32_t value = 0;
+        HSA_CUDA_CHECK(cudaMemcpy(&value, idx + first_bad, sizeof(int32_t), cudaMemcpyDeviceToHost));
+        HSA_FAIL(op << ": indices element " << first_bad << " is " << value << ", expected -1 or a chunk in [0, "
+                    << num_chunks << ")");
+    }
+}
+
+// Key of a selection: its segment (b * Hr + r) * C + c, or num_segments for padding
+// (sorted last, outside every segment). Value: its flat position in indices.
+__global__ void chunk_pair_keys_kernel(const int32_t* indices, int64_t n, int64_t T, int64_t Hr, int64_t K,
+                                       int64_t num_chunks, int64_t num_segments, uint32_t* keys,
+                                       int32_t* positions) {
+    for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
+         p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t sel = p / K;  // (b * T + t) * Hr + r
+        const int64_t r = sel % Hr;
+        const int64_t b = sel / (Hr * T);
+        const int32_t c = indices[p];
+        const bool valid = c >= 0 && c < num_chunks;
+        keys[p] = static_cast<uint32_t>(valid ? (b * Hr + r) * num_chunks + c : num_segments);
+        positions[p] = static_cast<int32_t>(p);
+    }
+}
+
+// segment_start[u] = first position of the sorted keys that is >= u, for u in [0, num_segments].
+__global__ void segment_starts_kernel(const uint32_t* sorted_keys, int64_t n, int64_t num_segments,
+                                      int32_t* segment_start) {
+    const int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (u > num_segments) return;
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(sorted_keys[mid]) < u) lo = mid + 1;
+        else hi = mid;
+    }
+    segment_start[u] = static_cast<int32_t>(lo);
+}
+
+// indices [B, T, Hr, K] (already checked). Writes pair_ids [max(N, 1)]: the flat positions
+// p = ((b * T + t) * Hr + r) * K + k of all non-padding entries, grouped by segment
+// u = (b * Hr + r) * C + c in ascending u and, within a segment, ascending p (the radix
+// sort is stable), and segment_start [B * Hr * C + 1]: segment u is
+// pair_ids[segment_start[u] .. segment_start[u + 1]). Deterministic, linear in N.
+void build_chunk_pair_lists(const char* op, const Tensor& indices, int64_t num_chunks, Tensor& pair_ids,
+                            Tensor& segment_start) {
+    const int32_t* idx = cuda_i32(indices, op, "indices");
+    HSA_CHECK(indices.ndim() == 4, op << ": indices has shape " << shape_string(indices.shape())
+                                      << ", expected [B, T, Hr, K]");
+    const int64_t B = indices.size(0), T = indices.size(1), Hr = indices.size(2), K = indices.size(3);
+    const int64_t n = indices.numel();
+    const int64_t num_segments = B * Hr * num_chunks;
+    HSA_CHECK(n < INT_MAX, op << ": indices has " << n << " elements, expected fewer than " << INT_MAX);
+    HSA_CHECK(num_segments < INT_MAX, op << ": " << num_segments << " (batch, retrieval head, chunk) triples, expected fewer than "
+                                         << INT_MAX);
+    pair_ids = Tensor::empty({std::max<int64_t>(n, 1)}, DType::I32, Device::CUDA);
+    segment_start = Tensor::empty({num_segments + 1}, DType::I32, Device::CUDA);
+    if (n == 0 || T * Hr * K == 0) {
+        HSA_CUDA_CHECK(cudaMemsetAsync(segment_start.raw_data(), 0, segment_start.nbytes(), 0));
+        return;
+    }
+    Tensor keys_in = Tensor::empty({n}, DType::I32, Device::CUDA);
+    Tensor keys_out = Tensor::empty({n}, DType::I32, Device::CUDA);
+    Tensor positions = Tensor::empty({n}, DType::I32, Device::CUDA);
+    uint32_t* keys_in_p = reinterpret_cast<uint32_t*>(keys_in.data<int32_t>());
+    uint32_t* keys_out_p = reinterpret_cast<uint32_t*>(keys_out.data<int32_t>());
+    int32_t* positions_p = positions.data<int32_t>();
+    int32_t* pair_ids_p = pair_ids.data<int32_t>();
+
+    const unsigned blocks = std::min<unsigned>(blocks_for(n, 256), 8192u);
+    chunk_pair_keys_kernel<<<blocks, 256>>>(idx, n, T, Hr, K, num_chunks, num_segments, keys_in_p, positions_p);
+    HSA_CUDA_CHECK_LAUNCH("chunk_pair_keys_kernel");
+
+    int end_bit = 1;  // keys lie in [0, num_segments]: sort only the bits they use
+    while (end_bit < 32 && (int64_t{1} << end_bit) <= num_segments) ++end_bit;
+    const int num_items = static_cast<int>(n);
+    size_t temp_bytes = 0;
+    HSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in_p, keys_out_p, positions_p, pair_ids_p,
+                                                   num_items, 0, end_bit, cudaStream_t{0}));
+    Tensor temp = Tensor::empty({static_cast<int64_t>(temp_bytes / 8 + 1)}, DType::I64, Device::CUDA);
+    HSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.raw_data(), temp_bytes, keys_in_p, keys_out_p, positions_p,
+                                                   pair_ids_p, num_items, 0, end_bit, cudaStream_t{0}));
+    HSA_CUDA_CHECK_LAUNCH("cub::DeviceRadixSort::SortPairs");
+
+    segment_starts_kernel<<<blocks_for(num_segments + 1, 256), 256>>>(keys_out_p, n, num_segments,
+                                                                       segment_start.data<int32_t>());
+    HSA_CUDA_CHECK_LAUNCH("segment_starts_kernel");
+}
+
+}  // namespace cuda_detail
+
+namespace {
+
+// ---------------------------------------------------------------- validation helpers
+
+void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
+    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
+    HSA_CHECK(t.device() == Device::CUDA, op << ": " << name << " is on " << device_name(t.device())
+                                             << ", expected cuda (CUDA backend)");
+    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
+                                     << dtype_name(dtype));
+    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
+                                        << shape_string(expected));
+    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
+                                    << " is not contiguous, expected a contiguous tensor");
+}
+
+bool wanted(const char* op, const char* name, const Tensor& t, const Shape& expected) {
+    if (!t.defined()) return false;
+    check_tensor(op, name, t, expected, DType::F32);
+    return true;
+}
+
+void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
+    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
+    HSA_CHECK(t.ndim() == rank, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
+                                   << layout);
+}
+
+struct RetrievalDims {
+    int64_t B, T, Hr, dr, C, K;
+};
+
+RetrievalDims retrieval_dims(const char* op, const Tensor& qr, const Tensor& landmarks, const Tensor& indices) {
+    check_rank(op, "qr", qr, 4, "[B, T, Hr, dr]");
+    check_rank(op, "landmarks", landmarks, 4, "[B, C, Hr, dr]");
+    check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
+    RetrievalDims dims{qr.size(0), qr.size(1), qr.size(2), qr.size(3), landmarks.size(1), indices.size(3)};
+    HSA_CHECK(dims.Hr > 0 && dims.dr > 0, op << ": qr has shape " << shape_string(qr.shape())
+                                             << ", expected [B, T, Hr, dr] with Hr > 0 and dr > 0");
+    HSA_CHECK(dims.K > 0, op << ": indices has shape " << shape_string(indices.shape())
+                             << ", expected [B, T, Hr, K] with K > 0");
+    check_tensor(op, "qr", qr, {dims.B, dims.T, dims.Hr, dims.dr}, DType::F32);
+    check_tensor(op, "landmarks", landmarks, {dims.B, dims.C, dims.Hr, dims.dr}, DType::F32);
+    check_tensor(op, "indices", indices, {dims.B, dims.T, dims.Hr, dims.K}, DType::I32);
+    HSA_CHECK(dims.C < INT_MAX, op << ": landmarks has " << dims.C << " chunks, expected fewer than " << INT_MAX);
+    return dims;
+}
+
+// Largest dynamic shared memory one block may opt in to on the current device.
+int max_shared_bytes() {
+    int device = 0, bytes = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return bytes;
+}
+
+template <class Kernel>
+void allow_shared_bytes(Kernel kernel, size_t bytes) {
+    if (bytes > 48 * 1024)
+        HSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// Sum over a group of `width` lanes (a power of two dividing 32), all lanes of the warp
+// taking part. The xor butterfly adds the same pairs in the same order on every lane, so
+// every lane of the group ends with the same, run-to-run identical value.
+__device__ __forceinline__ float group_sum(float v, int width) {
+    for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Dot product of n floats by one whole warp: lane l takes elements l, l + 32, ... in order.
+__device__ __forceinline__ float warp_dot(const float* a, const float* b, int64_t n, int lane) {
+    float acc = 0.0f;
+    for (int64_t i = lane; i < n; i += 32) acc = fmaf(a[i], b[i], acc);
+    return group_sum(acc, 32);
+}
+
+// ---------------------------------------------------------------- select_chunks
+
+constexpr int kSelectThreads = 128;
+constexpr int kSelectBatch = kSelectThreads;      // chunks scored per round
+constexpr int kSelectBuffer = 2 * kSelectBatch;   // candidate buffer capacity
+constexpr int64_t kSelectMaxK = 1024;             // shared memory: (K + buffer) candidates
+constexpr int64_t kSelectMaxDr = 8192;            // qr row kept in shared memory
+
+struct SelectParams {
+    const float* qr;
+    const float* landmarks;
+    int32_t* indices;
+    int64_t T, Hr, dr, C, S, K;
+    int group_width;  // lanes per dot product: a power of two <= 32
+    float scale;      // 1 / sqrt(dr)
+};
+
+// a ranks before b: higher score, ties to the larger chunk index (a strict total order).
+__device__ __forceinline__ bool ranks_before(float score_a, int chunk_a, float score_b, int chunk_b) {
+    return score_a > score_b || (score_a == score_b && chunk_a > chunk_b);
+}
+
+// One block per query row (b, t, r). Shared memory: q [dr], pool_score / pool_chunk
+// [K + kSelectBuffer] (the sorted top list at [0, n_top), candidates at [K, K + n_buf)),
+// next_score / next_chunk [K], batch_score [kSelectBatch].
+__global__ void __launch_bounds__(kSelectThreads) select_chunks_kernel(SelectParams P) {
+    extern __shared__ float select_shared[];
+    const int K = static_cast<int>(P.K);
+    float* q = select_shared;
+    float* pool_score = q + P.dr;
+    int* pool_chunk = reinterpret_cast<int*>(pool_score + K + kSelectBuffer);
+    float* next_score = reinterpret_cast<float*>(pool_chunk + K + kSelectBuffer);
+    int* next_chunk = reinterpret_cast<int*>(next_score + K);
+    float* batch_score = reinterpret_cast<float*>(next_chunk + K);
+    __shared__ int n_top, n_buf;
+    __shared__ float threshold;  // a chunk enters the candidates iff its score >= threshold
+
+    const int tid = threadIdx.x;
+    const int64_t row = blockIdx.x;  // (b * T + t) * Hr + r
+    const int64_t r = row % P.Hr;
+    const int64_t t = (row / P.Hr) % P.T;
+    const int64_t b = row / (P.Hr * P.T);
+    const int64_t visible = min(t / P.S, P.C);  // chunks c < floor(t / S) and c < C
+
+    for (int64_t i = tid; i < P.dr; i += kSelectThreads) q[i] = P.qr[row * P.dr + i];
+    if (tid == 0) {
+        n_top = 0;
+        n_buf = 0;
+        threshold = -INFINITY;
+    }
+    __syncthreads();
+
+    const int width = P.group_width;
+    const int groups = kSelectThreads / width;
+    const int group = tid / width;
+    const int group_lane = tid % width;
+    const float* landmarks_br = P.landmarks + (b * P.C * P.Hr + r) * P.dr;  // chunk c at + c * Hr * dr
+
+    for (int64_t base = 0; base < visible; base += kSelectBatch) {
+        // Score the round's chunks: each group of `width` lanes one chunk at a time. Every
+        // group runs the same number of iterations so that whole warps reach the shuffles.
+        for (int slot = group; slot < kSelectBatch; slot += groups) {
+            const int64_t c = base + slot;
+            float acc = 0.0f;
+            if (c < visible) {
+                const float* l = landmarks_br + c * P.Hr * P.dr;
+                for (int64_t i = group_lane; i < P.dr; i += width) acc = fmaf(q[i], l[i], acc);
+            }
+            acc = group_sum(acc, width);
+            if (group_lane == 0 && c < visible) {
+                const float s = acc * P.scale;
+                batch_score[slot] = isnan(s) ? -INFINITY : s;  // NaN ranks last, as on the CPU
+            }
+        }
+        __syncthreads();
+        if (tid < kSelectBatch && base + tid < visible) {
+            const float s = batch_score[tid];
+            if (s >= threshold) {  // ties the K-th best with a larger index: a candidate
+                const int at = atomicAdd(&n_buf, 1);
+                pool_score[K + at] = s;
+                pool_chunk[K + at] = static_cast<int>(base + tid);
+            }
+        }
+        __syncthreads();
+        const bool last_round = base + kSelectBatch >= visible;
+        if (n_buf > kSelectBuffer - kSelectBatch || (last_round && n_buf > 0)) {
+            // Merge: each entry's rank among list + candidates; the best K form the new list.
+            const int total = n_top + n_buf;
+            for (int e = tid; e < total; e += kSelectThreads) {
+                const int pe = e < n_top ? e : K + (e - n_top);
+                const float se = pool_score[pe];
+                const int ce = pool_chunk[pe];
+                int rank = 0;
+                for (int f = 0; f < total; ++f) {
+                    const int pf = f < n_top ? f : K + (f - n_top);
+                    rank += ranks_before(pool_score[pf], pool_chunk[pf], se, ce) ? 1 : 0;
+                }
+                if (rank < K) {
+                    next_score[rank] = se;
+                    next_chunk[rank] = ce;
+                }
+            }
+            __syncthreads();
+            const int kept = min(K, total);
+            for (int e = tid; e < kept; e += kSelectThreads) {
+                pool_score[e] = next_score[e];
+                pool_chunk[e] = next_chunk[e];
+            }
+            if (tid == 0) {
+                n_top = kept;
+                n_buf = 0;
+                threshold = kept == K ? next_score[K - 1] : -INFINITY;
+            }
+            __syncthreads();
+        }
+    }
+
+    // The kept chunks, most recent first, then -1 padding.
+    const int kept = n_top;  // = min(K, visible)
+    int32_t* out = P.indices + row * P.K;
+    for (int e = tid; e < K; e += kSelectThreads) {
+        if (e < kept) {
+            const int ce = pool_chunk[e];
+            int rank = 0;
+            for (int f = 0; f < kept; ++f) rank += pool_chunk[f] > ce ? 1 : 0;
+            out[rank] = ce;
+        } else {
+            out[e] = -1;
+        }
+    }
+}
+
+// When K covers every visible chunk of every token, the selection is all of them, most
+// recent first, whatever the scores (the `train_topk=all` case).
+__global__ void select_all_visible_kernel(int32_t* indices, int64_t n, int64_t T, int64_t Hr, int64_t C, int64_t S,
+                                          int64_t K) {
+    const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (e >= n) return;
+    const int64_t k = e % K;
+    const int64_t t = (e / (K * Hr)) % T;
+    const int64_t visible = min(t / S, C);
+    indices[e] = k < visible ? static_cast<int32_t>(visible - 1 - k) : -1;
+}
+
+// ---------------------------------------------------------------- chunk weights
+
+constexpr int kWeightKindSoftmax = 0;
+constexpr int kWeightKindStickBreak = 1;
+
+struct WeightParams {
+    const float* qr;
+    const float* landmarks;
+    const int32_t* indices;
+    int64_t rows;  // B * T * Hr
+    int64_t T, Hr, dr, C, K;
+    int kind;
+    float scale;
+};
+
+// One warp computes the scores and weights of query row `row`, into this warp's shared
+// arrays score, weight, sigm [K] (sigm: the stick-breaking sigmoids). Padding entries get
+// weight 0 and take no part. The serial part (K exp's) runs on lane 0, in list order.
+__device__ void chunk_weights_row(const WeightParams& P, int64_t row, int lane, float* score, float* weight,
+                                  float* sigm) {
+    const int64_t r = row % P.Hr;
+    const int64_t b = row / (P.Hr * P.T);
+    const int32_t* idx = P.indices + row * P.K;
+    const float* q = P.qr + row * P.dr;
+    for (int64_t k = 0; k < P.K; ++k) {
+        const int32_t c = idx[k];  // the same on every lane
+        float s = 0.0f;
+        if (c >= 0) s = warp_dot(q, P.landmarks + ((b * P.C + c) * P.Hr + r) * P.dr, P.dr, lane) * P.scale;
+        if (lane == 0) score[k] = s;
+    }
+    __syncwarp();
+    if (lane == 0) {
+        if (P.kind == kWeightKindSoftmax) {
+            float m = -INFINITY;
+            for (int64_t k = 0; k < P.K; ++k)
+                if (idx[k] >= 0) m = fmaxf(m, score[k]);
+            float total = 0.0f;
+            if (m != -INFINITY)
+                for (int64_t k = 0; k < P.K; ++k)
+                    if (idx[k] >= 0) total += expf(score[k] - m);
+            for (int64_t k = 0; k < P.K; ++k) {
+                weight[k] = (idx[k] >= 0 && m != -INFINITY) ? expf(score[k] - m) / total : 0.0f;
+                sigm[k] = 0.0f;
+            }
+        } else {
+            float remaining = 1.0f;  // prod over earlier valid entries of (1 - sigmoid)
+            for (int64_t k = 0; k < P.K; ++k) {
+                if (idx[k] < 0) {
+                    weight[k] = 0.0f;
+                    sigm[k] = 0.0f;
+                    continue;
+                }
+                sigm[k] = 1.0f / (1.0f + expf(-score[k]));
+                weight[k] = sigm[k] * remaining;
+                remaining *= 1.0f / (1.0f + expf(score[k]));  // 1 - sigmoid(s), without cancellation
+            }
+        }
+    }
+    __syncwarp();
+}
+
+// One warp per query row; dynamic shared memory 3 * K floats per warp.
+__global__ void chunk_weights_forward_kernel(WeightParams P, float* weights) {
+    extern __shared__ float weight_shared[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + warp;
+    if (row >= P.rows) return;  // whole warps only; no block barriers below
+    float* score = weight_shared + warp * 3 * P.K;
+    float* weight = score + P.K;
+    float* sigm = weight + P.K;
+    chunk_weights_row(P, row, lane, score, weight, sigm);
+    for (int64_t k = lane; k < P.K; k += 32) weights[row * P.K + k] = weight[k];
+}
+
+// Backward, per query row: d loss / d score_k (scores include 1/sqrt(dr)) into
+// grad_scores [rows, K] (0 at padding) when wanted, and grad_qr when wanted.
+__global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* grad_weights, float* grad_scores,
+                                                   float* grad_qr) {
+    extern __shared__ float weight_shared[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + warp;
+    if (row >= P.rows) return;
+    float* score = weight_shared + warp * 3 * P.K;
+    float* weight = score + P.K;
+    float* sigm = weight + P.K;
+    chunk_weights_row(P, row, lane, score, weight, sigm);
+    const int32_t* idx = P.indices + row * P.K;
+    const float* gw = grad_weights + row * P.K;
+    float* gs = score;  // the scores are no longer needed
+    if (lane == 0) {
+        if (P.kind == kWeightKindSoftmax) {
+            // ds_k = w_k (g_k - sum_j w_j g_j)
+            float mean = 0.0f;
+            for (int64_t k = 0; k < P.K; ++k)
+                if (idx[k] >= 0) mean += weight[k] * gw[k];
+            for (int64_t k = 0; k < P.K; ++k) gs[k] = idx[k] >= 0 ? weight[k] * (gw[k] - mean) : 0.0f;
+        } else {
+            // ds_m = g_m w_m (1 - sig_m) - sig_m sum_{k>m} g_k w_k
+            float later = 0.0f;
+            for (int64_t m = P.K - 1; m >= 0; --m) {
+                if (idx[m] < 0) {
+                    gs[m] = 0.0f;
+                    continue;
+                }
+                gs[m] = gw[m] * weight[m] * (1.0f - sigm[m]) - sigm[m] * later;
+                later += gw[m] * weight[m];
+            }
+        }
+    }
+    __syncwarp();
+    if (grad_scores)
+        for (int64_t k = lane; k < P.K; k += 32) grad_scores[row * P.K + k] = gs[k];
+    if (grad_qr) {
+        const int64_t r = row % P.Hr;
+        const int64_t b = row / (P.Hr * P.T);
+        for (int64_t i = lane; i < P.dr; i += 32) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < P.K; ++k) {
+                const int32_t c = idx[k];
+                if (c < 0) continue;
+                acc = fmaf(gs[k], P.landmarks[((b * P.C + c) * P.Hr + r) * P.dr + i], acc);
+            }
+            grad_qr[row * P.dr + i] = acc * P.scale;
+        }
+    }
+}
+
+// grad_landmarks, one block per landmark row (b, c, r): sum over the selections that hold
+// c, in (t, k) order, of grad_score * qr[b, t, r]. No atomics.
+constexpr int kLandmarkThreads = 128;
+
+__global__ void __launch_bounds__(kLandmarkThreads)
+    chunk_weights_landmarks_kernel(WeightParams P, const float* grad_scores, const int32_t* pair_ids,
+                                   const int32_t* segment_start, float* grad_landmarks) {
+    const int64_t lrow = blockIdx.x;  // (b * C + c) * Hr + r
+    const int64_t r = lrow % P.Hr;
+    const int64_t c = (lrow / P.Hr) % P.C;
+    const int64_t b = lrow / (P.Hr * P.C);
+    const int64_t segment = (b * P.Hr + r) * P.C + c;
+    const int32_t begin = segment_start[segment], end = segment_start[segment + 1];
+    for (int64_t i = threadIdx.x; i < P.dr; i += kLandmarkThreads) {
+        float acc = 0.0f;
+        for (int32_t at = begin; at < end; ++at) {
+            const int64_t p = pair_ids[at];  // (b * T + t) * Hr + r) * K + k
+            acc = fmaf(grad_scores[p], P.qr[(p / P.K) * P.dr + i], acc);
+        }
+        grad_landmarks[lrow * P.dr + i] = acc * P.scale;
+    }
+}
+
+WeightParams weight_params(const RetrievalDims& D, const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
+                           WeightKind kind) {
+    WeightParams P{};
+    P.qr = qr.data<float>();
+    P.landmarks = landmarks.data<float>();
+    P.indices = indices.data<int32_t>();
+    P.rows = D.B * D.T * D.Hr;
+    P.T = D.T;
+    P.Hr = D.Hr;
+    P.dr = D.dr;
+    P.C = D.C;
+    P.K = D.K;
+    P.kind = kind == WeightKind::Softmax ? kWeightKindSoftmax : kWeightKindStickBreak;
+    P.scale = 1.0f / std::sqrt(static_cast<float>(D.dr));
+    return P;
+}
+
+// Warps (query rows) per block and dynamic shared memory for the per-row kernels.
+void weight_launch_shape(const char* op, int64_t K, int& warps, size_t& shared_bytes) {
+    const size_t per_warp = static_cast<size_t>(3 * K) * sizeof(float);
+    warps = 4;
+    while (warps > 1 && warps * per_warp > 48 * 1024) warps /= 2;
+    shared_bytes = warps * per_warp;
+    HSA_CHECK(static_cast<int64_t>(shared_bytes) <= max_shared_bytes(),
+              op << ": K = " << K << " selected chunks need " << shared_bytes
+                 << " bytes of shared memory per query row, more than the device allows");
+}
+
+}  // namespace
+
+// ================================================================ backend methods
+
+void CudaBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, Tensor& indices) {
+    const char* op = "select_chunks";
+    HSA_CHECK(chunk_size > 0, op << ": chunk_size " << chunk_size << " is not positive");
+    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
+    const int64_t rows = D.B * D.T * D.Hr;
+    if (rows == 0) return;
+    HSA_CHECK(rows < INT_MAX, op << ": " << rows << " query rows (B * T * Hr), expected fewer than " << INT_MAX);
+    int32_t* out = cuda_i32(indices, op, "indices");
+
+    // The most chunks any token sees: min(floor((T - 1) / S), C).
+    const int64_t most_visible = std::min((D.T - 1) / chunk_size, D.C);
+    if (D.K >= most_visible) {
+        const int64_t n = indices.numel();
+        select_all_visible_kernel<<<blocks_for(n, 256), 256>>>(out, n, D.T, D.Hr, D.C, chunk_size, D.K);
+        HSA_CUDA_CHECK_LAUNCH("select_all_visible_kernel");
+        return;
+    }
+    HSA_CHECK(D.K <= kSelectMaxK, op << ": K = " << D.K << " selected chunks, expected at most " << kSelectMaxK
+                                     << " (or at least every visible chunk)");
+    HSA_CHECK(D.dr <= kSelectMaxDr, op << ": retrieval head dim " << D.dr << ", expected at most " << kSelectMaxDr);
+
+    SelectParams P{};
+    P.qr = cuda_f32(qr, op, "qr");
+    P.landmarks = cuda_f32(landmarks, op, "landmarks");
+    P.indices = out;
+    P.T = D.T;
+    P.Hr = D.Hr;
+    P.dr = D.dr;
+    P.C = D.C;
+    P.S = chunk_size;
+    P.K = D.K;
+    // About four or more elements per lane of a dot product: 32 lanes from dr = 128 up.
+    P.group_width = 32;
+    while (P.group_width > 1 && P.group_width * 4 > D.dr) P.group_width /= 2;
+    P.scale = 1.0f / std::sqrt(static_cast<float>(D.dr));
+    const size_t shared_bytes = sizeof(float) * static_cast<size_t>(D.dr + 2 * (D.K + kSelectBuffer) + 2 * D.K +
+                                                                    kSelectBatch);
+    HSA_CHECK(static_cast<int64_t>(shared_bytes) <= max_shared_bytes(),
+              op << ": needs " << shared_bytes << " bytes of shared memory per block, more than the device allows");
+    allow_shared_bytes(select_chunks_kernel, shared_bytes);
+    select_chunks_kernel<<<static_cast<unsigned>(rows), kSelectThreads, shared_bytes>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("select_chunks_kernel");
+}
+
+void CudaBackend::chunk_weights_forward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
+                                        WeightKind kind, Tensor& weights) {
+    const char* op = "chunk_weights_forward";
+    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
+    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
+    cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
+    const WeightParams P = weight_params(D, qr, landmarks, indices, kind);
+    if (P.rows == 0) return;
+    int warps = 0;
+    size_t shared_bytes = 0;
+    weight_launch_shape(op, D.K, warps, shared_bytes);
+    allow_shared_bytes(chunk_weights_forward_kernel, shared_bytes);
+    chunk_weights_forward_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(P, weights.data<float>());
+    HSA_CUDA_CHECK_LAUNCH("chunk_weights_forward_kernel");
+}
+
+void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
+                                         WeightKind kind, const Tensor& weights, const Tensor& grad_weights,
+                                         Tensor& grad_qr, Tensor& grad_landmarks) {
+    const char* op = "chunk_weights_backward";
+    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
+    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
+    check_tensor(op, "grad_weights", grad_weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
+    const bool want_qr = wanted(op, "grad_qr", grad_qr, {D.B, D.T, D.Hr, D.dr});
+    const bool want_l = wanted(op, "grad_landmarks", grad_landmarks, {D.B, D.C, D.Hr, D.dr});
+    if (!want_qr && !want_l) return;
+    cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
+    const WeightParams P = weight_params(D, qr, landmarks, indices, kind);
+
+    // Pass 1, per query row: grad_scores (kept for the landmarks) and grad_qr. As on the
+    // CPU, the weights are recomputed from qr and landmarks rather than read back.
+    Tensor grad_scores;
+    if (want_l) grad_scores = Tensor::empty({std::max<int64_t>(P.rows * D.K, 1)}, DType::F32, Device::CUDA);
+    if (P.rows > 0) {
+        int warps = 0;
+        size_t shared_bytes = 0;
+        weight_launch_shape(op, D.K, warps, shared_bytes);
+        allow_shared_bytes(chunk_weights_backward_rows_kernel, shared_bytes);
+        chunk_weights_backward_rows_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(
+            P, grad_weights.data<float>(), want_l ? grad_scores.data<float>() : nullptr,
+            want_qr ? grad_qr.data<float>() : nullptr);
+        HSA_CUDA_CHECK_LAUNCH("chunk_weights_backward_rows_kernel");
+    }
+
+    // Pass 2, per landmark (b, c, r): over the selections holding c, in (t, k) order.
+    // Cost: linear in the number of selections (stable radix sort + one pass).
+    if (want_l) {
+        const int64_t lrows = D.B * D.C * D.Hr;
+        if (lrows == 0) return;
+        HSA_CHECK(lrows < INT_MAX, op << ": " << lrows << " landmark rows, expected fewer than " << INT_MAX);
+        Tensor pair_ids, segment_start;
+        cuda_detail::build_chunk_pair_lists(op, indices, D.C, pair_ids, segment_start);
+        chunk_weights_landmarks_kernel<<<static_cast<unsigned>(lrows), kLandmarkThreads>>>(
+            P, grad_scores.data<float>(), pair_ids.data<int32_t>(), segment_start.data<int32_t>(),
+            grad_landmarks.data<float>());
+        HSA_CUDA_CHECK_LAUNCH("chunk_weights_landmarks_kernel");
+    }
+}
+
+}  // namespace hsa

@@ -1,0 +1,218 @@
+// RMSNorm over the last dim for the CUDA backend: out = x * inv_rms * weight,
+// inv_rms = 1 / sqrt(mean(x^2) + eps).
+//
+// One block per row (grid-stride over rows); the row reductions (sum of squares, and
+// sum g w x in the backward) accumulate in double with a fixed-order block reduction, and
+// the per-element formulas are evaluated in double as in the CPU reference.
+// grad_weight is deterministic: split s of the rows writes partial[s, j] (double), then a
+// second kernel adds the splits in order.
+#include <cstdint>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace hsa {
+
+namespace {
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
+    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
+                                        << " elements, expected " << expected);
+}
+
+// Sum over the block (blockDim.x a multiple of 32) in a fixed order; every thread gets it.
+__device__ double block_sum(double v, double* shared) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = blockDim.x >> 5;
+        v = lane < warps ? shared[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) shared[0] = v;
+    }
+    __syncthreads();
+    const double result = shared[0];
+    __syncthreads();
+    return result;
+}
+
+// Threads per row block: enough for one float4 (or float) per thread up to 512.
+int row_threads(int64_t units) {
+    if (units >= 512) return 512;
+    if (units <= 32) return 32;
+    return static_cast<int>((units + 31) / 32 * 32);
+}
+
+unsigned row_grid(int64_t N) { return static_cast<unsigned>(N < (int64_t{1} << 20) ? N : (int64_t{1} << 20)); }
+
+__device__ inline double wval(const float* w, int64_t j) { return w ? static_cast<double>(w[j]) : 1.0; }
+
+template <bool Vec>
+__global__ void rmsnorm_forward_kernel(const float* x, const float* w, float eps, float* out, float* inv_rms,
+                                       int64_t N, int64_t D) {
+    __shared__ double shared[32];
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float* xr = x + n * D;
+        float* orow = out + n * D;
+        double ss = 0.0;
+        if (Vec) {
+            const float4* x4 = reinterpret_cast<const float4*>(xr);
+            for (int64_t k = threadIdx.x; k < D / 4; k += blockDim.x) {
+                const float4 v = x4[k];
+                ss += static_cast<double>(v.x) * v.x;
+                ss += static_cast<double>(v.y) * v.y;
+                ss += static_cast<double>(v.z) * v.z;
+                ss += static_cast<double>(v.w) * v.w;
+            }
+        } else {
+            for (int64_t j = threadIdx.x; j < D; j += blockDim.x) ss += static_cast<double>(xr[j]) * xr[j];
+        }
+        ss = block_sum(ss, shared);  // ends with a barrier: out may alias x
+        const double r = 1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps));
+        if (threadIdx.x == 0) inv_rms[n] = static_cast<float>(r);
+        if (Vec) {
+            const float4* x4 = reinterpret_cast<const float4*>(xr);
+            float4* o4 = reinterpret_cast<float4*>(orow);
+            for (int64_t k = threadIdx.x; k < D / 4; k += blockDim.x) {
+                const float4 v = x4[k];
+                const int64_t j = 4 * k;
+                float4 o;
+                o.x = static_cast<float>(static_cast<double>(v.x) * r * wval(w, j));
+                o.y = static_cast<float>(static_cast<double>(v.y) * r * wval(w, j + 1));
+                o.z = static_cast<float>(static_cast<double>(v.z) * r * wval(w, j + 2));
+                o.w = static_cast<float>(static_cast<double>(v.w) * r * wval(w, j + 3));
+                o4[k] = o;
+            }
+        } else {
+            for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+                orow[j] = static_cast<float>(static_cast<double>(xr[j]) * r * wval(w, j));
+        }
+    }
+}
+
+// dx_j = r w_j g_j - x_j r^3 / D * sum_k g_k w_k x_k   (all in double, as the CPU reference).
+__global__ void rmsnorm_backward_x_kernel(const float* x, const float* w, const float* inv_rms, const float* g,
+                                          float* dx, int64_t N, int64_t D) {
+    __shared__ double shared[32];
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const float* xr = x + n * D;
+        const float* gr = g + n * D;
+        float* dr = dx + n * D;
+        const double r = static_cast<double>(inv_rms[n]);
+        double dot = 0.0;
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+            dot += static_cast<double>(gr[j]) * wval(w, j) * static_cast<double>(xr[j]);
+        dot = block_sum(dot, shared);  // ends with a barrier: dx may alias g or x
+        const double c = dot * r * r * r / static_cast<double>(D);
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+            const double gw = static_cast<double>(gr[j]) * wval(w, j);
+            dr[j] = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+        }
+    }
+}
+
+// Block (column tile, split s): partial[s, j] = sum over rows [s*chunk, (s+1)*chunk) of g x r.
+__global__ void rmsnorm_grad_weight_partial_kernel(const float* x, const float* inv_rms, const float* g, int64_t N,
+                                                   int64_t D, int64_t chunk, double* partial) {
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (j >= D) return;
+    const int64_t s = blockIdx.y;
+    const int64_t begin = s * chunk;
+    const int64_t end = begin + chunk < N ? begin + chunk : N;
+    double acc = 0.0;
+    for (int64_t n = begin; n < end; ++n)
+        acc += static_cast<double>(g[n * D + j]) * static_cast<double>(x[n * D + j]) * static_cast<double>(inv_rms[n]);
+    partial[s * D + j] = acc;
+}
+
+__global__ void rmsnorm_grad_weight_combine_kernel(const double* partial, int64_t splits, int64_t D, float* dw) {
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (j >= D) return;
+    double acc = 0.0;
+    for (int64_t s = 0; s < splits; ++s) acc += partial[s * D + j];
+    dw[j] = static_cast<float>(acc);
+}
+
+}  // namespace
+
+void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
+    const float* px = cuda_f32(x, "rmsnorm", "x");
+    float* po = cuda_f32(out, "rmsnorm", "out");
+    float* pr = cuda_f32(inv_rms, "rmsnorm", "inv_rms");
+    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, "rmsnorm: x " << shape_string(x.shape()) << " needs a last dim D > 0");
+    const int64_t D = x.size(-1), N = x.numel() / D;
+    const float* pw = nullptr;
+    if (weight.defined()) {
+        pw = cuda_f32(weight, "rmsnorm", "weight");
+        HSA_CHECK(weight.numel() == D, "rmsnorm: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
+    }
+    check_numel(out, N * D, "rmsnorm", "out");
+    check_numel(inv_rms, N, "rmsnorm", "inv_rms");
+    if (N == 0) return;
+    if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
+        rmsnorm_forward_kernel<true><<<row_grid(N), row_threads(D / 4)>>>(px, pw, eps, po, pr, N, D);
+    } else {
+        rmsnorm_forward_kernel<false><<<row_grid(N), row_threads(D)>>>(px, pw, eps, po, pr, N, D);
+    }
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+
+void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) {
+    const float* px = cuda_f32(x, "rmsnorm_backward", "x");
+    const float* pr = cuda_f32(inv_rms, "rmsnorm_backward", "inv_rms");
+    const float* pg = cuda_f32(grad_out, "rmsnorm_backward", "grad_out");
+    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0,
+              "rmsnorm_backward: x " << shape_string(x.shape()) << " needs a last dim D > 0");
+    const int64_t D = x.size(-1), N = x.numel() / D;
+    const float* pw = nullptr;
+    if (weight.defined()) {
+        pw = cuda_f32(weight, "rmsnorm_backward", "weight");
+        HSA_CHECK(weight.numel() == D,
+                  "rmsnorm_backward: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
+    }
+    check_numel(inv_rms, N, "rmsnorm_backward", "inv_rms");
+    check_numel(grad_out, N * D, "rmsnorm_backward", "grad_out");
+    float* pgx = nullptr;
+    float* pgw = nullptr;
+    if (grad_x.defined()) {
+        pgx = cuda_f32(grad_x, "rmsnorm_backward", "grad_x");
+        check_numel(grad_x, N * D, "rmsnorm_backward", "grad_x");
+    }
+    if (grad_weight.defined()) {
+        HSA_CHECK(pw != nullptr, "rmsnorm_backward: grad_weight is defined but weight is undefined");
+        pgw = cuda_f32(grad_weight, "rmsnorm_backward", "grad_weight");
+        check_numel(grad_weight, D, "rmsnorm_backward", "grad_weight");
+    }
+    if (pgx && N > 0) {
+        rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_x_kernel");
+    }
+    if (pgw) {
+        // Enough (split, column) threads to fill the GPU, at least 32 rows per split; the
+        // split depends on N and D only, so the result is reproducible.
+        constexpr int64_t kTargetThreads = int64_t{1} << 17;
+        constexpr int64_t kMinRowsPerSplit = 32;
+        int64_t splits = (kTargetThreads + D - 1) / D;
+        const int64_t by_rows = (N + kMinRowsPerSplit - 1) / kMinRowsPerSplit;
+        if (splits > by_rows) splits = by_rows;
+        if (splits > 65535) splits = 65535;
+        if (splits < 1) splits = 1;
+        const int64_t chunk = N == 0 ? 0 : (N + splits - 1) / splits;
+        if (chunk > 0) splits = (N + chunk - 1) / chunk;
+        Tensor scratch = Tensor::empty({splits * D}, DType::I64, Device::CUDA);
+        double* partial = static_cast<double*>(scratch.raw_data());
+        const int threads = 256;
+        const dim3 grid(blocks_for(D, threads), static_cast<unsigned>(splits));
+        rmsnorm_grad_weight_partial_kernel<<<grid, threads>>>(px, pr, pg, N, D, chunk, partial);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_partial_kernel");
+        rmsnorm_grad_weight_combine_kernel<<<blocks_for(D, threads), threads>>>(partial, splits, D, pgw);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+    }
+}
+
+}  // namespace hsa

@@ -1,0 +1,410 @@
+// Every CUDA backend method against the CPU reference on fresh random inputs, at several
+// shapes including ragged ones, forward and every gradient; and the whole model on the GPU
+// against the CPU model. CUDA outputs are poisoned (NaN / -7777) before each call so an
+// unwritten element fails.
+//
+// Tolerances: the CUDA backend computes in f32 (f32 accumulation), the CPU reference
+// accumulates in double. A sum of n f32 products carries a relative error of about
+// sqrt(n) * 6e-8 for random signs; for n <= 4096 that is < 4e-6. We require the relative
+// L2 error ||cuda - cpu|| / ||cpu|| <= 2e-5 for ops with long reductions and 1e-6 for
+// element-wise ones, so real indexing or formula mistakes (errors of O(1)) cannot pass.
+// Without a GPU every test here skips with the reason.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/cuda_allocator.h"
+#include "core/model/model.h"
+#include "core/ops.h"
+#include "op_test_harness.h"
+
+namespace hsa {
+namespace {
+
+using test::test_rng;
+
+#define HSA_REQUIRE_GPU()                                                                                   \
+    do {                                                                                                    \
+        if (!cuda_available())                                                                              \
+            GTEST_SKIP() << "no GPU: CUDA kernels are tested on the GPU machine (bash launch/gpu_check.sh)"; \
+    } while (0)
+
+// Under compute-sanitizer (100x slower) HSA_TEST_SMALL=1 skips the largest shapes.
+bool small_only() { return std::getenv("HSA_TEST_SMALL") != nullptr; }
+
+constexpr double kElementwiseTol = 1e-6;
+constexpr double kReductionTol = 2e-5;
+
+Backend& cpu() { return backend_for(Device::CPU); }
+Backend& gpu() { return backend_for(Device::CUDA); }
+
+Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : t; }
+
+// A CUDA tensor filled with garbage that no kernel result equals.
+Tensor poisoned(const Shape& shape, DType dtype = DType::F32) {
+    return Tensor::full(shape, dtype == DType::F32 ? std::nanf("") : -7777.0f, dtype, Device::CUDA);
+}
+
+double relative_error(const Tensor& got_gpu, const Tensor& want_cpu) {
+    std::vector<float> got = got_gpu.to_vector(), want = want_cpu.to_vector();
+    EXPECT_EQ(got.size(), want.size());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;  // unwritten (poison) or overflow
+        diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+        norm += static_cast<double>(want[i]) * want[i];
+    }
+    if (norm == 0) return std::sqrt(diff);
+    return std::sqrt(diff / norm);
+}
+
+#define EXPECT_CLOSE(gpu_tensor, cpu_tensor, tol) \
+    EXPECT_LE(relative_error(gpu_tensor, cpu_tensor), tol) << #gpu_tensor << " vs CPU reference"
+
+// ------------------------------------------------------------------ elementwise family
+
+TEST(CudaOps, ElementwiseAndDataMovement) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t n : {1, 7, 4096, 100003}) {
+        Tensor a = rng.normal({n}), b = rng.normal({n});
+        Tensor want = Tensor::empty({n}), got = poisoned({n});
+        cpu().add(a, b, want);
+        gpu().add(on_gpu(a), on_gpu(b), got);
+        EXPECT_CLOSE(got, want, kElementwiseTol);
+        cpu().mul(a, b, want);
+        gpu().mul(on_gpu(a), on_gpu(b), got);
+        EXPECT_CLOSE(got, want, kElementwiseTol);
+        cpu().scale(a, -1.7f, want);
+        gpu().scale(on_gpu(a), -1.7f, got);
+        EXPECT_CLOSE(got, want, kElementwiseTol);
+        Tensor target_cpu = b.clone(), target_gpu = on_gpu(b);
+        cpu().axpy(0.3f, a, target_cpu);
+        gpu().axpy(0.3f, on_gpu(a), target_gpu);
+        EXPECT_CLOSE(target_gpu, target_cpu, kElementwiseTol);
+        // In place, as clip_grad_norm uses it.
+        Tensor in_place = on_gpu(a);
+        gpu().scale(in_place, 2.0f, in_place);
+        cpu().scale(a, 2.0f, want);
+        EXPECT_CLOSE(in_place, want, kElementwiseTol);
+        EXPECT_NEAR(gpu().sum(on_gpu(a)), cpu().sum(a), 1e-5 * std::sqrt(static_cast<double>(n)) + 1e-6);
+        EXPECT_NEAR(gpu().sum_of_squares(on_gpu(a)), cpu().sum_of_squares(a), 1e-5 * static_cast<double>(n) * 1e-2 + 1e-6);
+    }
+    // copy_rows (slice / concat), sum_middle (mean), broadcast_middle (repeat), accumulate.
+    const int64_t outer = 3, src_len = 11, dst_len = 7, inner = 5, length = 4;
+    Tensor src = rng.normal({outer, src_len, inner});
+    Tensor dst_base = rng.normal({outer, dst_len, inner});
+    for (bool accumulate : {false, true}) {
+        Tensor want = dst_base.clone(), got = on_gpu(dst_base);
+        cpu().copy_rows(src, outer, src_len, 6, want, dst_len, 2, length, inner, accumulate);
+        gpu().copy_rows(on_gpu(src), outer, src_len, 6, got, dst_len, 2, length, inner, accumulate);
+        EXPECT_CLOSE(got, want, kElementwiseTol);
+    }
+    Tensor summed_want = Tensor::empty({outer, inner}), summed_got = poisoned({outer, inner});
+    cpu().sum_middle(src, outer, src_len, inner, 0.25f, summed_want);
+    gpu().sum_middle(on_gpu(src), outer, src_len, inner, 0.25f, summed_got);
+    EXPECT_CLOSE(summed_got, summed_want, kReductionTol);
+    Tensor spread_want = Tensor::empty({outer, src_len, inner}), spread_got = poisoned({outer, src_len, inner});
+    cpu().broadcast_middle(summed_want, outer, src_len, inner, 3.0f, spread_want);
+    gpu().broadcast_middle(on_gpu(summed_want), outer, src_len, inner, 3.0f, spread_got);
+    EXPECT_CLOSE(spread_got, spread_want, kElementwiseTol);
+}
+
+// ------------------------------------------------------------------ layers
+
+TEST(CudaOps, EmbeddingForwardBackward) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (auto [V, D, N] : std::vector<std::array<int64_t, 3>>{{13, 7, 29}, {300, 64, 1000}}) {
+        Tensor table = rng.normal({V, D});
+        std::vector<int32_t> id_values(static_cast<size_t>(N));
+        for (auto& id : id_values) id = static_cast<int32_t>(rng.next_int(0, V));
+        Tensor ids = Tensor::from_vector_i32(id_values, {N});
+        Tensor want = Tensor::empty({N, D}), got = poisoned({N, D});
+        cpu().embedding_forward(table, ids, want);
+        gpu().embedding_forward(on_gpu(table), on_gpu(ids), got);
+        EXPECT_CLOSE(got, want, kElementwiseTol);
+        Tensor grad_out = rng.normal({N, D});
+        Tensor gwant = Tensor::empty({V, D}), ggot = poisoned({V, D});
+        cpu().embedding_backward(ids, grad_out, gwant);
+        gpu().embedding_backward(on_gpu(ids), on_gpu(grad_out), ggot);
+        EXPECT_CLOSE(ggot, gwant, kReductionTol);
+    }
+}
+
+TEST(CudaOps, GemmAllTransposesBatchesAndAccumulate) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const int64_t M = 37, K = 53, N = 29, B = 3;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int mode = 0; mode < 4; ++mode) {  // 2-D x 2-D, 3-D x 3-D, 3-D x shared 2-D, 3-D x 3-D summed into 2-D
+                SCOPED_TRACE("transpose_a " + std::to_string(ta) + " transpose_b " + std::to_string(tb) + " mode " +
+                             std::to_string(mode));
+                Shape a_shape = ta ? Shape{K, M} : Shape{M, K};
+                Shape b_shape = tb ? Shape{N, K} : Shape{K, N};
+                if (mode >= 1) a_shape.insert(a_shape.begin(), B);
+                if (mode == 1 || mode == 3) b_shape.insert(b_shape.begin(), B);
+                Shape out_shape = mode == 0 || mode == 3 ? Shape{M, N} : Shape{B, M, N};
+                Tensor a = rng.normal(a_shape), b = rng.normal(b_shape);
+                for (bool accumulate : {false, true}) {
+                    Tensor base = rng.normal(out_shape);
+                    Tensor want = base.clone(), got = on_gpu(base);
+                    cpu().gemm(a, ta, b, tb, want, accumulate);
+                    gpu().gemm(on_gpu(a), ta, on_gpu(b), tb, got, accumulate);
+                    EXPECT_CLOSE(got, want, kReductionTol);
+                }
+            }
+}
+
+TEST(CudaOps, RmsnormRopeSwiglu) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}}) {
+        Tensor x = rng.normal({N, D}), w = rng.normal({D}), grad_out = rng.normal({N, D});
+        for (bool with_weight : {true, false}) {
+            Tensor weight = with_weight ? w : Tensor();
+            Tensor want = Tensor::empty({N, D}), inv_want = Tensor::empty({N});
+            Tensor got = poisoned({N, D}), inv_got = poisoned({N});
+            cpu().rmsnorm_forward(x, weight, 1e-6f, want, inv_want);
+            gpu().rmsnorm_forward(on_gpu(x), on_gpu(weight), 1e-6f, got, inv_got);
+            EXPECT_CLOSE(got, want, kReductionTol);
+            EXPECT_CLOSE(inv_got, inv_want, kReductionTol);
+            Tensor gx_want = Tensor::empty({N, D}), gw_want = with_weight ? Tensor::empty({D}) : Tensor();
+            Tensor gx_got = poisoned({N, D}), gw_got = with_weight ? poisoned({D}) : Tensor();
+            cpu().rmsnorm_backward(x, weight, inv_want, grad_out, gx_want, gw_want);
+            gpu().rmsnorm_backward(on_gpu(x), on_gpu(weight), on_gpu(inv_want), on_gpu(grad_out), gx_got, gw_got);
+            EXPECT_CLOSE(gx_got, gx_want, kReductionTol);
+            if (with_weight) {
+                EXPECT_CLOSE(gw_got, gw_want, kReductionTol);
+            }
+        }
+    }
+    for (int64_t offset : {0, 5, 1000003}) {
+        Tensor x = rng.normal({2, 9, 3, 16});
+        Tensor want = Tensor::empty(x.shape()), got = poisoned(x.shape());
+        cpu().rope_forward(x, offset, 10000.0f, want);
+        gpu().rope_forward(on_gpu(x), offset, 10000.0f, got);
+        EXPECT_CLOSE(got, want, kReductionTol) << "offset " << offset;
+        cpu().rope_backward(x, offset, 10000.0f, want);
+        gpu().rope_backward(on_gpu(x), offset, 10000.0f, got);
+        EXPECT_CLOSE(got, want, kReductionTol) << "offset " << offset;
+    }
+    Tensor gate = rng.normal({7, 33}), up = rng.normal({7, 33}), g = rng.normal({7, 33});
+    Tensor want = Tensor::empty(gate.shape()), got = poisoned(gate.shape());
+    cpu().swiglu_forward(gate, up, want);
+    gpu().swiglu_forward(on_gpu(gate), on_gpu(up), got);
+    EXPECT_CLOSE(got, want, kElementwiseTol * 4);
+    Tensor gg_want = Tensor::empty(gate.shape()), gu_want = Tensor::empty(gate.shape());
+    Tensor gg_got = poisoned(gate.shape()), gu_got = poisoned(gate.shape());
+    cpu().swiglu_backward(gate, up, g, gg_want, gu_want);
+    gpu().swiglu_backward(on_gpu(gate), on_gpu(up), on_gpu(g), gg_got, gu_got);
+    EXPECT_CLOSE(gg_got, gg_want, kElementwiseTol * 4);
+    EXPECT_CLOSE(gu_got, gu_want, kElementwiseTol * 4);
+}
+
+TEST(CudaOps, CrossEntropyAndAdamW) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {257, 50304}}) {
+        if (small_only() && V > 1000) continue;
+        Tensor logits = rng.normal({N, V}, 3.0f);
+        std::vector<int32_t> t(static_cast<size_t>(N));
+        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
+        t[1] = -1;  // ignored
+        Tensor targets = Tensor::from_vector_i32(t, {N});
+        Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
+        for (bool with_mask : {true, false}) {
+            Tensor m = with_mask ? mask : Tensor();
+            Tensor loss_want = Tensor::empty({}), lse_want = Tensor::empty({N});
+            Tensor loss_got = poisoned({}), lse_got = poisoned({N});
+            cpu().cross_entropy_forward(logits, targets, m, loss_want, lse_want);
+            gpu().cross_entropy_forward(on_gpu(logits), on_gpu(targets), on_gpu(m), loss_got, lse_got);
+            EXPECT_CLOSE(loss_got, loss_want, kReductionTol);
+            EXPECT_CLOSE(lse_got, lse_want, kReductionTol);
+            Tensor g_want = Tensor::empty({N, V}), g_got = poisoned({N, V});
+            cpu().cross_entropy_backward(logits, targets, m, lse_want, 1.5f, g_want);
+            gpu().cross_entropy_backward(on_gpu(logits), on_gpu(targets), on_gpu(m), on_gpu(lse_want), 1.5f, g_got);
+            EXPECT_CLOSE(g_got, g_want, kReductionTol);
+        }
+    }
+    Tensor p = rng.normal({1001}), g = rng.normal({1001}), m = rng.normal({1001}, 0.1f), v = rng.uniform({1001}, 0.0f, 0.1f);
+    Tensor p_gpu = on_gpu(p), m_gpu = on_gpu(m), v_gpu = on_gpu(v);
+    for (int64_t step = 1; step <= 3; ++step) {
+        cpu().adamw_step(p, g, m, v, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step);
+        gpu().adamw_step(p_gpu, on_gpu(g), m_gpu, v_gpu, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step);
+    }
+    EXPECT_CLOSE(p_gpu, p, kElementwiseTol);
+    EXPECT_CLOSE(m_gpu, m, kElementwiseTol);
+    EXPECT_CLOSE(v_gpu, v, kElementwiseTol);
+}
+
+// ------------------------------------------------------------------ attention, retrieval, HSA
+
+TEST(CudaOps, LocalAttentionForwardBackward) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    struct Case { int64_t B, T, H, Hk, d; AttentionSpan span; };
+    for (const Case& c : {Case{2, 11, 4, 2, 8, {true, 4}}, Case{1, 300, 4, 1, 64, {true, 128}},
+                          Case{2, 77, 2, 2, 32, {true, 0}}, Case{12, 65, 4, 1, 16, {false, 0}},
+                          Case{1, 130, 16, 1, 128, {true, 64}}}) {
+        SCOPED_TRACE("T " + std::to_string(c.T) + " d " + std::to_string(c.d) + " window " + std::to_string(c.span.window));
+        Tensor q = rng.normal({c.B, c.T, c.H, c.d}), k = rng.normal({c.B, c.T, c.Hk, c.d}), v = rng.normal({c.B, c.T, c.Hk, c.d});
+        Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H});
+        Tensor out_got = poisoned(q.shape()), lse_got = poisoned({c.B, c.T, c.H});
+        cpu().attention_forward(q, k, v, c.span, out_want, lse_want);
+        gpu().attention_forward(on_gpu(q), on_gpu(k), on_gpu(v), c.span, out_got, lse_got);
+        EXPECT_CLOSE(out_got, out_want, kReductionTol);
+        EXPECT_CLOSE(lse_got, lse_want, kReductionTol);
+        Tensor grad_out = rng.normal(q.shape());
+        Tensor gq_w = Tensor::empty(q.shape()), gk_w = Tensor::empty(k.shape()), gv_w = Tensor::empty(v.shape());
+        Tensor gq_g = poisoned(q.shape()), gk_g = poisoned(k.shape()), gv_g = poisoned(v.shape());
+        cpu().attention_backward(q, k, v, out_want, lse_want, grad_out, c.span, gq_w, gk_w, gv_w);
+        gpu().attention_backward(on_gpu(q), on_gpu(k), on_gpu(v), on_gpu(out_want), on_gpu(lse_want), on_gpu(grad_out), c.span,
+                                 gq_g, gk_g, gv_g);
+        EXPECT_CLOSE(gq_g, gq_w, kReductionTol);
+        EXPECT_CLOSE(gk_g, gk_w, kReductionTol);
+        EXPECT_CLOSE(gv_g, gv_w, kReductionTol);
+    }
+}
+
+// Scores whose CPU (double) and GPU (f32) rankings may legitimately differ only when two
+// candidates are within float rounding of each other; random normal inputs make such
+// near-ties rare, and a mismatch is accepted only if the two chunks' scores are that close.
+void expect_same_selection(const Tensor& got_gpu, const Tensor& want, const Tensor& qr, const Tensor& landmarks) {
+    std::vector<float> got = got_gpu.to_vector(), ref = want.to_vector();
+    const int64_t Hr = qr.size(2), dr = qr.size(3), C = landmarks.size(1), T = qr.size(1), K = want.size(3);
+    const float* q = qr.data<float>();
+    const float* l = landmarks.data<float>();
+    auto score = [&](int64_t b, int64_t t, int64_t r, int64_t c) {
+        double s = 0;
+        for (int64_t i = 0; i < dr; ++i) s += static_cast<double>(q[((b * T + t) * Hr + r) * dr + i]) * l[((b * C + c) * Hr + r) * dr + i];
+        return s / std::sqrt(static_cast<double>(dr));
+    };
+    int hard_mismatches = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        if (got[i] == ref[i]) continue;
+        const int64_t row = static_cast<int64_t>(i) / K, r = row % Hr, t = (row / Hr) % T, b = row / (Hr * T);
+        if (got[i] < 0 || ref[i] < 0 || std::fabs(score(b, t, r, static_cast<int64_t>(got[i])) - score(b, t, r, static_cast<int64_t>(ref[i]))) > 1e-4)
+            ++hard_mismatches;
+    }
+    EXPECT_EQ(hard_mismatches, 0) << "selected chunks differ beyond near-ties";
+}
+
+TEST(CudaOps, RetrievalSelectionAndWeights) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    struct Case { int64_t B, T, Hr, dr, S, K; };
+    for (const Case& c : {Case{2, 37, 1, 8, 4, 3}, Case{1, 200, 2, 16, 8, 8}, Case{1, 4096, 1, 64, 64, 8},
+                          Case{1, 70000, 1, 32, 64, 16}}) {
+        SCOPED_TRACE("T " + std::to_string(c.T) + " K " + std::to_string(c.K));
+        if (small_only() && c.T > 1000) continue;
+        const int64_t C = c.T / c.S;
+        Tensor qr = rng.normal({c.B, c.T, c.Hr, c.dr}), landmarks = rng.normal({c.B, C, c.Hr, c.dr});
+        Tensor idx_want = Tensor::empty({c.B, c.T, c.Hr, c.K}, DType::I32), idx_got = poisoned({c.B, c.T, c.Hr, c.K}, DType::I32);
+        cpu().select_chunks(qr, landmarks, c.S, idx_want);
+        gpu().select_chunks(on_gpu(qr), on_gpu(landmarks), c.S, idx_got);
+        expect_same_selection(idx_got, idx_want, qr, landmarks);
+        if (c.T > 5000) continue;  // the weights' cost is independent of C; small cases suffice
+        for (WeightKind kind : {WeightKind::Softmax, WeightKind::StickBreak}) {
+            Tensor w_want = Tensor::empty(idx_want.shape()), w_got = poisoned(idx_want.shape());
+            cpu().chunk_weights_forward(qr, landmarks, idx_want, kind, w_want);
+            gpu().chunk_weights_forward(on_gpu(qr), on_gpu(landmarks), on_gpu(idx_want), kind, w_got);
+            EXPECT_CLOSE(w_got, w_want, kReductionTol);
+            Tensor gw = rng.normal(idx_want.shape());
+            Tensor gq_w = Tensor::empty(qr.shape()), gl_w = Tensor::empty(landmarks.shape());
+            Tensor gq_g = poisoned(qr.shape()), gl_g = poisoned(landmarks.shape());
+            cpu().chunk_weights_backward(qr, landmarks, idx_want, kind, w_want, gw, gq_w, gl_w);
+            gpu().chunk_weights_backward(on_gpu(qr), on_gpu(landmarks), on_gpu(idx_want), kind, on_gpu(w_want), on_gpu(gw), gq_g, gl_g);
+            EXPECT_CLOSE(gq_g, gq_w, kReductionTol);
+            EXPECT_CLOSE(gl_g, gl_w, kReductionTol);
+        }
+    }
+}
+
+TEST(CudaOps, HsaForwardBackward) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    struct Case { int64_t B, T, H, Hk, Hr, d, S, K; };
+    for (const Case& c : {Case{2, 23, 4, 2, 1, 8, 4, 3}, Case{1, 50, 8, 4, 2, 16, 4, 4}, Case{1, 40, 4, 2, 2, 16, 8, 8},
+                          Case{1, 1024, 16, 1, 1, 64, 64, 8}, Case{1, 512, 16, 1, 1, 128, 64, 8}}) {
+        SCOPED_TRACE("T " + std::to_string(c.T) + " d " + std::to_string(c.d) + " K " + std::to_string(c.K));
+        if (small_only() && c.T > 100) continue;
+        const int64_t C = c.T / c.S;
+        Tensor q = rng.normal({c.B, c.T, c.H, c.d});
+        Tensor kmem = rng.normal({c.B, C * c.S, c.Hk, c.d}), vmem = rng.normal({c.B, C * c.S, c.Hk, c.d});
+        Tensor qr = rng.normal({c.B, c.T, c.Hr, 8}), landmarks = rng.normal({c.B, C, c.Hr, 8});
+        Tensor indices = Tensor::empty({c.B, c.T, c.Hr, c.K}, DType::I32);
+        cpu().select_chunks(qr, landmarks, c.S, indices);  // chunk 0 tokens and padding included
+        Tensor weights = rng.uniform(indices.shape(), 0.1f, 1.0f);
+        Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H, c.K});
+        Tensor out_got = poisoned(q.shape()), lse_got = poisoned({c.B, c.T, c.H, c.K});
+        cpu().hsa_forward(q, kmem, vmem, indices, weights, c.S, out_want, lse_want);
+        gpu().hsa_forward(on_gpu(q), on_gpu(kmem), on_gpu(vmem), on_gpu(indices), on_gpu(weights), c.S, out_got, lse_got);
+        EXPECT_CLOSE(out_got, out_want, kReductionTol);
+        EXPECT_CLOSE(lse_got, lse_want, kReductionTol);
+        Tensor grad_out = rng.normal(q.shape());
+        Tensor gq_w = Tensor::empty(q.shape()), gk_w = Tensor::empty(kmem.shape()), gv_w = Tensor::empty(vmem.shape()),
+               gw_w = Tensor::empty(weights.shape());
+        Tensor gq_g = poisoned(q.shape()), gk_g = poisoned(kmem.shape()), gv_g = poisoned(vmem.shape()),
+               gw_g = poisoned(weights.shape());
+        cpu().hsa_backward(q, kmem, vmem, indices, weights, c.S, lse_want, grad_out, gq_w, gk_w, gv_w, gw_w);
+        gpu().hsa_backward(on_gpu(q), on_gpu(kmem), on_gpu(vmem), on_gpu(indices), on_gpu(weights), c.S, on_gpu(lse_want),
+                           on_gpu(grad_out), gq_g, gk_g, gv_g, gw_g);
+        EXPECT_CLOSE(gq_g, gq_w, kReductionTol);
+        EXPECT_CLOSE(gk_g, gk_w, kReductionTol);
+        EXPECT_CLOSE(gv_g, gv_w, kReductionTol);
+        EXPECT_CLOSE(gw_g, gw_w, kReductionTol);
+    }
+}
+
+// ------------------------------------------------------------------ whole model
+
+// Same seed, same parameters (initialised on the host and copied), same selection (the
+// CPU's, held fixed so near-ties cannot diverge): loss and every parameter gradient agree.
+TEST(CudaModel, LossAndGradientsMatchCpuModel) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    ModelConfig config;  // the tiny default
+    config.upper_groups = 2;
+    Model cpu_model(config, 11, Device::CPU), gpu_model(config, 11, Device::CUDA);
+    const int64_t B = 2, T = 77;
+    std::vector<int32_t> ids(static_cast<size_t>(B * T)), next(static_cast<size_t>(B * T));
+    for (auto& id : ids) id = static_cast<int32_t>(rng.next_int(0, config.vocab_size));
+    for (auto& id : next) id = static_cast<int32_t>(rng.next_int(0, config.vocab_size));
+    Tensor tokens = Tensor::from_vector_i32(ids, {B, T}), targets = Tensor::from_vector_i32(next, {B, T});
+    std::vector<Tensor> selection;
+    ForwardOptions record;
+    record.record_selection = &selection;
+    Tensor cpu_loss = cpu_model.loss(tokens, targets, Tensor(), record);
+    backward(cpu_loss);
+    ForwardOptions fixed;
+    fixed.fixed_selection = &selection;
+    Tensor gpu_loss = gpu_model.loss(tokens, targets, Tensor(), fixed);
+    backward(gpu_loss);
+    EXPECT_NEAR(gpu_loss.item(), cpu_loss.item(), 1e-5 * std::fabs(cpu_loss.item()));
+    auto& cpu_params = cpu_model.parameters().entries();
+    auto& gpu_params = gpu_model.parameters().entries();
+    ASSERT_EQ(cpu_params.size(), gpu_params.size());
+    for (size_t i = 0; i < cpu_params.size(); ++i) {
+        ASSERT_TRUE(gpu_params[i].tensor.grad().defined()) << gpu_params[i].name;
+        EXPECT_LE(relative_error(gpu_params[i].tensor.grad(), cpu_params[i].tensor.grad()), 1e-4) << cpu_params[i].name;
+    }
+}
+
+}  // namespace
+}  // namespace hsa

@@ -1,0 +1,185 @@
+#include "trainers/bench.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <iomanip>
+
+#include "core/backend.h"
+#include "core/cuda_allocator.h"
+#include "core/model/config.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+
+#ifdef HSA_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace hsa {
+
+namespace {
+
+#ifdef HSA_WITH_CUDA
+
+// Median milliseconds of `body` over `repeats` runs after `warmup` runs, by CUDA events.
+double median_ms(const std::function<void()>& body, int warmup, int repeats) {
+    for (int i = 0; i < warmup; ++i) body();
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<double> times;
+    for (int i = 0; i < repeats; ++i) {
+        cudaEventRecord(start);
+        body();
+        cudaEventRecord(stop);
+        cudaEventSynchronize(stop);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start, stop);
+        times.push_back(ms);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cudaError_t status = cudaGetLastError();
+    HSA_CHECK(status == cudaSuccess, "bench: CUDA error " << cudaGetErrorString(status));
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
+
+// Fewer repeats for slow cases so a bench run stays within minutes.
+int repeats_for(const std::function<void()>& body) {
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    cudaEventRecord(start);
+    body();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ms > 500 ? 3 : (ms > 50 ? 7 : 20);
+}
+
+// Random visible top-K chunk lists, most recent first, -1 padded (TARGETS.md: "random top-K").
+Tensor random_selection(Rng& rng, int64_t batch, int64_t length, int64_t chunk, int64_t k) {
+    std::vector<int32_t> ids(static_cast<size_t>(batch * length * k), -1);
+    std::vector<int32_t> picks;
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t t = 0; t < length; ++t) {
+            const int64_t visible = t / chunk;
+            picks.clear();
+            if (visible <= k) {
+                for (int64_t c = visible - 1; c >= 0; --c) picks.push_back(static_cast<int32_t>(c));
+            } else {
+                while (static_cast<int64_t>(picks.size()) < k) {
+                    int32_t c = static_cast<int32_t>(rng.next_int(0, visible));
+                    if (std::find(picks.begin(), picks.end(), c) == picks.end()) picks.push_back(c);
+                }
+                std::sort(picks.rbegin(), picks.rend());
+            }
+            std::copy(picks.begin(), picks.end(), ids.begin() + (b * length + t) * k);
+        }
+    return Tensor::from_vector_i32(ids, {batch, length, 1, k});
+}
+
+struct HsaShape {
+    int64_t batch, length, head_dim;
+    double reference_fwd_ms, reference_total_ms;  // public Triton kernel, TARGETS.md (H100)
+};
+
+int bench_hsa(std::ostream& out) {
+    const int64_t H = 16, Hk = 1, S = 64, K = 8;
+    const std::vector<HsaShape> shapes = {{8, 4096, 64, 1.15, 5.55},   {8, 4096, 128, 1.78, 8.95},
+                                          {2, 16384, 64, 1.16, 7.29},   {1, 65536, 64, 1.97, 18.5},
+                                          {1, 262144, 64, 7.13, 188.0}, {1, 262144, 128, 15.4, 424.0}};
+    Backend& gpu = backend_for(Device::CUDA);
+    Rng rng(2026);
+    out << "HSA operator, H 16, Hk 1, S 64, K 8, random top-K chunks, f32 storage (reference: public Triton kernel, "
+           "bf16, TARGETS.md)\n";
+    out << "| N x L | d | fwd ms | fwd+bwd ms | fwd TFLOP/s | ref fwd ms | ref fwd+bwd ms | peak GiB |\n|---|---|---|---|---|---|---|---|\n";
+    for (const HsaShape& s : shapes) {
+        const int64_t N = s.batch, L = s.length, d = s.head_dim;
+        Tensor q = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
+        Tensor kmem = rng.normal({N, L, Hk, d}, 1.0f, Device::CUDA);
+        Tensor vmem = rng.normal({N, L, Hk, d}, 1.0f, Device::CUDA);
+        Tensor indices = random_selection(rng, N, L, S, K).to(Device::CUDA);
+        Tensor weights = rng.uniform({N, L, 1, K}, 0.05f, 0.25f, Device::CUDA);
+        Tensor grad_out = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
+        Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        Tensor lse = Tensor::empty({N, L, H, K}, DType::F32, Device::CUDA);
+        Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(kmem.shape(), DType::F32, Device::CUDA),
+               gv = Tensor::empty(vmem.shape(), DType::F32, Device::CUDA), gw = Tensor::empty(weights.shape(), DType::F32, Device::CUDA);
+        cuda_allocator_reset_peak();
+        auto forward = [&] { gpu.hsa_forward(q, kmem, vmem, indices, weights, S, o, lse); };
+        auto both = [&] {
+            forward();
+            gpu.hsa_backward(q, kmem, vmem, indices, weights, S, lse, grad_out, gq, gk, gv, gw);
+        };
+        const double fwd = median_ms(forward, 2, repeats_for(forward));
+        const double total = median_ms(both, 1, repeats_for(both));
+        const double flops = 4.0 * static_cast<double>(N * L * H * K * S * d);
+        const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);
+        out << "| " << N << " x " << L / 1024 << "K | " << d << " | " << std::fixed << std::setprecision(2) << fwd << " | " << total
+            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << std::setprecision(2) << s.reference_fwd_ms
+            << " | " << s.reference_total_ms << " | " << std::setprecision(2) << peak << " |\n"
+            << std::flush;
+    }
+    return 0;
+}
+
+int bench_swa(std::ostream& out) {
+    const int64_t H = 16, d = 64, W = 512;
+    struct Shape2 { int64_t batch, length; double ref_fwd, ref_total; };
+    const std::vector<Shape2> shapes = {{8, 4096, 0.32, 1.52}, {1, 65536, 0.86, 3.97}};
+    Backend& gpu = backend_for(Device::CUDA);
+    Rng rng(2027);
+    out << "Sliding-window attention, window 512, 16 q / 16 kv heads, d 64, f32 storage (reference: torch flex_attention, "
+           "TARGETS.md)\n";
+    out << "| N x L | fwd ms | fwd+bwd ms | fwd TFLOP/s | ref fwd ms | ref fwd+bwd ms |\n|---|---|---|---|---|---|\n";
+    for (const Shape2& s : shapes) {
+        Tensor q = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
+        Tensor k = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
+        Tensor v = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
+        Tensor grad_out = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
+        Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        Tensor lse = Tensor::empty({s.batch, s.length, H}, DType::F32, Device::CUDA);
+        Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(q.shape(), DType::F32, Device::CUDA),
+               gv = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        const AttentionSpan span{true, W};
+        auto forward = [&] { gpu.attention_forward(q, k, v, span, o, lse); };
+        auto both = [&] {
+            forward();
+            gpu.attention_backward(q, k, v, o, lse, grad_out, span, gq, gk, gv);
+        };
+        const double fwd = median_ms(forward, 2, repeats_for(forward));
+        const double total = median_ms(both, 1, repeats_for(both));
+        double keys = 0;  // exact count of (query, key) pairs in the causal window
+        for (int64_t t = 0; t < s.length; ++t) keys += static_cast<double>(std::min<int64_t>(t + 1, W));
+        const double flops = 4.0 * static_cast<double>(s.batch * H * d) * keys;
+        out << "| " << s.batch << " x " << s.length / 1024 << "K | " << std::fixed << std::setprecision(2) << fwd << " | " << total
+            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << std::setprecision(2) << s.ref_fwd << " | "
+            << s.ref_total << " |\n"
+            << std::flush;
+    }
+    return 0;
+}
+
+#endif  // HSA_WITH_CUDA
+
+}  // namespace
+
+int run_bench(const std::string& what, const std::vector<std::string>& args, std::ostream& out) {
+    if (!args.empty()) throw ConfigError("bench " + what + ": unexpected argument '" + args[0] + "'");
+    if (what != "hsa" && what != "swa") throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa)");
+#ifdef HSA_WITH_CUDA
+    HSA_CHECK(cuda_available(), "bench " << what << ": no GPU visible; benchmarks time CUDA kernels");
+    return what == "hsa" ? bench_hsa(out) : bench_swa(out);
+#else
+    (void)out;
+    HSA_FAIL("bench " << what << ": this build has no CUDA support");
+#endif
+}
+
+}  // namespace hsa
