@@ -18,7 +18,7 @@ start=$(date +%s)
 ctest_rc=$?
 test_s=$(( $(date +%s) - start ))
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | tail -20
-grep -B2 -A12 "FAILED\|Failure" "$out/ctest.log" | head -80
+grep -B2 -A12 -E "\*\*\*Failed|\[  FAILED  \]" "$out/ctest.log" | head -80
 skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
 
 # Kernel tests under compute-sanitizer (memcheck, racecheck), when it is installed.
