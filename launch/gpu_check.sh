@@ -24,11 +24,11 @@ skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
 # Kernel tests under compute-sanitizer (memcheck, racecheck), when it is installed.
 sanitizer="not run"
 if command -v compute-sanitizer >/dev/null 2>&1; then
-  HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' > "$out/memcheck.log" 2>&1
+  HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' > "$out/sanitizer.log" 2>&1
   mem_rc=$?
-  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' > "$out/racecheck.log" 2>&1
+  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*' >> "$out/sanitizer.log" 2>&1
   race_rc=$?
-  sanitizer="memcheck rc=$mem_rc ($(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)), racecheck rc=$race_rc ($(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$out/racecheck.log" | tail -1))"
+  sanitizer="memcheck rc=$mem_rc, racecheck rc=$race_rc ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' '))"
 fi
 
 # One GPU training run of the tiny default, then the benchmarks.
@@ -37,8 +37,7 @@ start=$(date +%s)
 train_rc=$?
 train_s=$(( $(date +%s) - start ))
 tail -3 "$out/train_cuda.log"
-./build/launch/hsa bench hsa 2>&1 | tee "$out/bench_hsa.log"
-./build/launch/hsa bench swa 2>&1 | tee "$out/bench_swa.log"
+for b in hsa swa train; do ./build/launch/hsa bench $b 2>&1 | tee -a "$out/bench.log"; done
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"

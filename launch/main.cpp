@@ -18,6 +18,7 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "trainers/bench.h"
+#include "trainers/bench_train.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -35,7 +36,7 @@ usage: hsa <command> [options]
 commands:
   info     build flags, library versions (CUDA runtime/driver, NCCL, cuDNN, MPI, HDF5) and visible GPUs
   train    train a model (today: the built-in recall task, on the CPU or one GPU)
-  bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa)
+  bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
 
 Run 'hsa <command> --help' for a command's options.
 )";
@@ -66,13 +67,15 @@ model switches (ablations of the paper's three principles):
 exit codes: 0 success, 1 runtime failure, 2 bad arguments or configuration
 )";
 
-const char* kBenchHelp = R"(usage: hsa bench hsa | swa
+const char* kBenchHelp = R"(usage: hsa bench hsa | swa | train
 
 Times CUDA kernels with CUDA events (median of repeats after warm-up) on random inputs:
   hsa   the HSA operator at the shapes of shared/design/TARGETS.md (H 16, Hk 1, S 64,
         K 8, random top-K chunks): forward and forward+backward ms, useful TFLOP/s,
         peak memory, beside the public Triton kernel's figures
   swa   sliding-window attention (window 512) at 8x4K and 1x64K, beside flex_attention
+  train one training step of the paper-scale model (287.7M parameters, batch 8 x 4096):
+        ms/step, tokens/s, MFU, peak memory and device time by backend method
 Needs a GPU.
 )";
 
@@ -177,6 +180,8 @@ int main(int argc, char** argv) {
                 if (rest.empty() || rest[0] == "-h" || rest[0] == "--help") {
                     std::cout << kBenchHelp;
                     code = rest.empty() ? 2 : 0;
+                } else if (rest[0] == "train" && rest.size() == 1) {
+                    code = bench_train(std::cout);
                 } else {
                     code = run_bench(rest[0], std::vector<std::string>(rest.begin() + 1, rest.end()), std::cout);
                 }

@@ -1,0 +1,274 @@
+// `hsa bench train`: one training step (forward, backward, clipping, AdamW) of the
+// paper-scale model of TARGETS.md on one GPU, batch 8 x 4096, with a breakdown of device
+// time by backend method. The breakdown comes from a timing decorator installed as the
+// CUDA backend for the measured steps: it brackets every call with CUDA events, so the
+// per-method times add up to the device time of the step (host gaps excluded).
+#include "trainers/bench_train.h"
+
+#include <algorithm>
+#include <iomanip>
+#include <map>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/cuda_allocator.h"
+#include "core/json.h"
+#include "core/model/model.h"
+#include "core/optimizer.h"
+#include "core/rng.h"
+
+#ifdef HSA_WITH_CUDA_KERNELS
+#include <cuda_runtime.h>
+
+#include "kernels/cuda_backend.h"
+#endif
+
+namespace hsa {
+
+#ifdef HSA_WITH_CUDA_KERNELS
+
+namespace {
+
+class TimingBackend final : public Backend {
+public:
+    struct Call {
+        const char* name;
+        cudaEvent_t start, stop;
+    };
+
+    Device device() const override { return Device::CUDA; }
+
+    // Sums elapsed milliseconds per method over the recorded calls and forgets them.
+    std::map<std::string, double> collect() {
+        cudaDeviceSynchronize();
+        std::map<std::string, double> totals;
+        for (Call& c : calls_) {
+            float ms = 0;
+            cudaEventElapsedTime(&ms, c.start, c.stop);
+            totals[c.name] += ms;
+            cudaEventDestroy(c.start);
+            cudaEventDestroy(c.stop);
+        }
+        calls_.clear();
+        return totals;
+    }
+
+    void add(const Tensor& a, const Tensor& b, Tensor& out) override { timed("add", [&] { inner_.add(a, b, out); }); }
+    void mul(const Tensor& a, const Tensor& b, Tensor& out) override { timed("mul", [&] { inner_.mul(a, b, out); }); }
+    void scale(const Tensor& a, float alpha, Tensor& out) override { timed("scale", [&] { inner_.scale(a, alpha, out); }); }
+    void axpy(float alpha, const Tensor& x, Tensor& target) override { timed("axpy", [&] { inner_.axpy(alpha, x, target); }); }
+    void copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst, int64_t dst_len,
+                   int64_t dst_start, int64_t length, int64_t inner, bool accumulate) override {
+        timed("copy_rows", [&] { inner_.copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, accumulate); });
+    }
+    void sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) override {
+        timed("sum_middle", [&] { inner_.sum_middle(x, outer, n, inner, alpha, out); });
+    }
+    void broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) override {
+        timed("broadcast_middle", [&] { inner_.broadcast_middle(x, outer, n, inner, alpha, out); });
+    }
+    double sum_of_squares(const Tensor& x) override {
+        double r = 0;
+        timed("sum_of_squares", [&] { r = inner_.sum_of_squares(x); });
+        return r;
+    }
+    double sum(const Tensor& x) override {
+        double r = 0;
+        timed("sum", [&] { r = inner_.sum(x); });
+        return r;
+    }
+    void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) override {
+        timed("embedding", [&] { inner_.embedding_forward(table, ids, out); });
+    }
+    void embedding_backward(const Tensor& ids, const Tensor& grad_out, Tensor& grad_table) override {
+        timed("embedding_backward", [&] { inner_.embedding_backward(ids, grad_out, grad_table); });
+    }
+    void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& out, bool accumulate) override {
+        timed("gemm", [&] { inner_.gemm(a, ta, b, tb, out, accumulate); });
+        gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
+                       (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
+    }
+    void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& out, Tensor& inv_rms) override {
+        timed("rmsnorm", [&] { inner_.rmsnorm_forward(x, w, eps, out, inv_rms); });
+    }
+    void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& inv_rms, const Tensor& g, Tensor& gx,
+                          Tensor& gw) override {
+        timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw); });
+    }
+    void rope_forward(const Tensor& x, int64_t offset, float base, Tensor& out) override {
+        timed("rope", [&] { inner_.rope_forward(x, offset, base, out); });
+    }
+    void rope_backward(const Tensor& g, int64_t offset, float base, Tensor& gx) override {
+        timed("rope_backward", [&] { inner_.rope_backward(g, offset, base, gx); });
+    }
+    void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) override {
+        timed("swiglu", [&] { inner_.swiglu_forward(gate, up, out); });
+    }
+    void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& g, Tensor& gg, Tensor& gu) override {
+        timed("swiglu_backward", [&] { inner_.swiglu_backward(gate, up, g, gg, gu); });
+    }
+    void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, Tensor& out,
+                           Tensor& lse) override {
+        timed(span.causal ? "swa_attention" : "chunk_encoder_attention", [&] { inner_.attention_forward(q, k, v, span, out, lse); });
+    }
+    void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                            const Tensor& g, AttentionSpan span, Tensor& gq, Tensor& gk, Tensor& gv) override {
+        timed(span.causal ? "swa_attention_backward" : "chunk_encoder_attention_backward",
+              [&] { inner_.attention_backward(q, k, v, out, lse, g, span, gq, gk, gv); });
+    }
+    void select_chunks(const Tensor& qr, const Tensor& l, int64_t s, Tensor& idx) override {
+        timed("select_chunks", [&] { inner_.select_chunks(qr, l, s, idx); });
+    }
+    void chunk_weights_forward(const Tensor& qr, const Tensor& l, const Tensor& idx, WeightKind kind, Tensor& w) override {
+        timed("chunk_weights", [&] { inner_.chunk_weights_forward(qr, l, idx, kind, w); });
+    }
+    void chunk_weights_backward(const Tensor& qr, const Tensor& l, const Tensor& idx, WeightKind kind, const Tensor& w,
+                                const Tensor& gw, Tensor& gq, Tensor& gl) override {
+        timed("chunk_weights_backward", [&] { inner_.chunk_weights_backward(qr, l, idx, kind, w, gw, gq, gl); });
+    }
+    void hsa_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& idx, const Tensor& w, int64_t s,
+                     Tensor& out, Tensor& lse) override {
+        timed("hsa", [&] { inner_.hsa_forward(q, k, v, idx, w, s, out, lse); });
+    }
+    void hsa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& idx, const Tensor& w, int64_t s,
+                      const Tensor& lse, const Tensor& g, Tensor& gq, Tensor& gk, Tensor& gv, Tensor& gw) override {
+        timed("hsa_backward", [&] { inner_.hsa_backward(q, k, v, idx, w, s, lse, g, gq, gk, gv, gw); });
+    }
+    void cross_entropy_forward(const Tensor& logits, const Tensor& t, const Tensor& m, Tensor& loss, Tensor& lse) override {
+        timed("cross_entropy", [&] { inner_.cross_entropy_forward(logits, t, m, loss, lse); });
+    }
+    void cross_entropy_backward(const Tensor& logits, const Tensor& t, const Tensor& m, const Tensor& lse, float g,
+                                Tensor& gl) override {
+        timed("cross_entropy_backward", [&] { inner_.cross_entropy_backward(logits, t, m, lse, g, gl); });
+    }
+    void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+                    int64_t step) override {
+        timed("adamw", [&] { inner_.adamw_step(p, g, m, v, lr, b1, b2, eps, wd, step); });
+    }
+
+    double take_gemm_flops() {
+        double f = gemm_flops_;
+        gemm_flops_ = 0;
+        return f;
+    }
+
+private:
+    template <class F> void timed(const char* name, F&& body) {
+        Call c{name, nullptr, nullptr};
+        cudaEventCreate(&c.start);
+        cudaEventCreate(&c.stop);
+        cudaEventRecord(c.start);
+        body();
+        cudaEventRecord(c.stop);
+        calls_.push_back(c);
+    }
+
+    CudaBackend inner_;
+    std::vector<Call> calls_;
+    double gemm_flops_ = 0;
+};
+
+}  // namespace
+
+int bench_train(std::ostream& out) {
+    HSA_CHECK(cuda_available(), "bench train: no GPU visible");
+    // The paper-scale config of TARGETS.md (launch/configs/paper_scale.json).
+    ModelConfig config;
+    config.vocab_size = 50304;
+    config.hidden = 1024;
+    config.heads = 16;
+    config.kv_heads = 1;
+    config.mlp_hidden = 2752;
+    config.window = 512;
+    config.chunk_size = 64;
+    config.topk = 8;
+    config.retrieval_dim = 1024;
+    config.encoder_layers = 1;
+    config.lower_layers = 8;
+    config.upper_groups = 2;
+    config.upper_layers = 3;
+    config.validate();
+    const int64_t B = 8, T = 4096, tokens = B * T;
+
+    auto timing_owner = std::make_unique<TimingBackend>();
+    TimingBackend* timing = timing_owner.get();
+    register_backend(Device::CUDA, std::move(timing_owner));
+
+    Model model(config, 1, Device::CUDA);
+    AdamW optimizer(model.parameters(), AdamWConfig{});
+    const int64_t params = model.parameters().count();
+    const int64_t embedding = config.vocab_size * config.hidden;
+    Rng rng(7);
+    std::vector<int32_t> ids(static_cast<size_t>(tokens + 1));
+    for (auto& id : ids) id = static_cast<int32_t>(rng.next_int(0, config.vocab_size));
+    Tensor input = Tensor::from_vector_i32(std::vector<int32_t>(ids.begin(), ids.end() - 1), {B, T});
+    Tensor target = Tensor::from_vector_i32(std::vector<int32_t>(ids.begin() + 1, ids.end()), {B, T});
+
+    auto step = [&] {
+        model.parameters().zero_grad();
+        Tensor loss = model.loss(input, target, Tensor());
+        backward(loss);
+        optimizer.clip_grad_norm(1.0);
+        optimizer.step(1e-4f);
+    };
+    out << "training step, paper-scale config (" << std::fixed << std::setprecision(1) << params / 1e6
+        << "M parameters), batch 8 x 4096, f32 CUDA backend\n" << std::flush;
+    step();  // warm-up: allocator, cuBLASLt handles and plans
+    timing->collect();
+    timing->take_gemm_flops();
+    cuda_allocator_reset_peak();
+    const int steps = 3;
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<double> wall;
+    std::map<std::string, double> totals;
+    for (int i = 0; i < steps; ++i) {
+        cudaEventRecord(start);
+        step();
+        cudaEventRecord(stop);
+        cudaEventSynchronize(stop);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start, stop);
+        wall.push_back(ms);
+        for (auto& [name, t] : timing->collect()) totals[name] += t / steps;
+    }
+    const double gemm_flops = timing->take_gemm_flops() / steps;
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(wall.begin(), wall.end());
+    const double ms = wall[wall.size() / 2];
+    const double tokens_per_s = static_cast<double>(tokens) / (ms * 1e-3);
+    const double mfu = 6.0 * static_cast<double>(params - embedding) * tokens_per_s / 989e12;
+    const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);
+    out << "| ms/step | tokens/s | MFU | peak GB | reference (compiled PyTorch, H100) |\n|---|---|---|---|---|\n";
+    out << "| " << std::setprecision(1) << ms << " | " << std::setprecision(0) << tokens_per_s << " | " << std::setprecision(1)
+        << 100.0 * mfu << "% | " << std::setprecision(1) << peak * 1.073741824 << " | 175 ms, 187K tokens/s, 26.8%, 48.2 GB |\n";
+    std::vector<std::pair<double, std::string>> rows;
+    double device_total = 0;
+    for (auto& [name, t] : totals) {
+        rows.push_back({t, name});
+        device_total += t;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    out << "\nbreakdown of device time per step by backend method (sum " << std::setprecision(1) << device_total << " ms)\n";
+    out << "| method | ms | share |\n|---|---|---|\n";
+    for (auto& [t, name] : rows) {
+        if (t < 0.05 * device_total / 20) continue;
+        out << "| " << name << " | " << std::setprecision(2) << t << " | " << std::setprecision(1) << 100.0 * t / device_total
+            << "% |";
+        if (name == "gemm") out << " (" << std::setprecision(0) << gemm_flops / (t * 1e-3) / 1e12 << " TFLOP/s f32)";
+        out << "\n";
+    }
+    // Put the plain backend back for anything that runs after the bench.
+    register_cuda_backend();
+    return 0;
+}
+
+#else
+
+int bench_train(std::ostream&) { HSA_FAIL("bench train: this build has no CUDA kernels"); }
+
+#endif
+
+}  // namespace hsa
