@@ -19,11 +19,6 @@ constexpr unsigned kMaxBlocks = 4096;
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
-
 struct AdamWParams {
     double lr, b1, b2, eps, wd, c1, c2;
 };
@@ -78,15 +73,11 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
 
 void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
                              float beta2, float eps, float weight_decay, int64_t step) {
-    float* pp = cuda_f32(param, "adamw", "param");
-    const float* pg = cuda_f32(grad, "adamw", "grad");
-    float* pm = cuda_f32(m, "adamw", "m");
-    float* pv = cuda_f32(v, "adamw", "v");
-    const int64_t n = param.numel();
-    check_numel(grad, n, "adamw", "grad");
-    check_numel(m, n, "adamw", "m");
-    check_numel(v, n, "adamw", "v");
-    HSA_CHECK(step >= 1, "adamw: step " << step << " must be >= 1 (steps count from 1)");
+    const int64_t n = checks::check_adamw(param, grad, m, v, step, Device::CUDA);
+    float* pp = param.data<float>();
+    const float* pg = grad.data<float>();
+    float* pm = m.data<float>();
+    float* pv = v.data<float>();
     if (n == 0) return;
     AdamWParams a{};
     a.b1 = beta1;

@@ -386,35 +386,13 @@ struct BackwardConfig {
     static constexpr int BTILE = D == 128 ? 32 : 64;  // rows per shared tile
 };
 
-struct AttentionDims {
-    int64_t B, T, H, Hk, d, group;
-};
+using checks::AttentionDims;
 
-void check_cuda_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected) {
-    cuda_f32(t, op, name);
-    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                        << shape_string(expected));
-}
-
-AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span) {
-    HSA_CHECK(q.defined() && q.ndim() == 4, op << ": q must be a [B, T, H, d] tensor");
-    HSA_CHECK(k.defined() && k.ndim() == 4, op << ": k must be a [B, T, Hk, d] tensor");
-    AttentionDims D{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), 0};
-    HSA_CHECK(D.H > 0 && D.d > 0, op << ": q has shape " << shape_string(q.shape())
-                                     << ", expected [B, T, H, d] with H > 0 and d > 0");
+// The CUDA kernels' limits, after the shared checks (core/backend_checks.h).
+void check_attention_limits(const char* op, const AttentionDims& D) {
     HSA_CHECK(D.d <= 128, op << ": head dim " << D.d << " exceeds the CUDA kernels' limit of 128");
-    HSA_CHECK(D.Hk > 0 && D.H % D.Hk == 0, op << ": k has shape " << shape_string(k.shape())
-                                              << ", expected [B, T, Hk, d] with Hk dividing H = " << D.H);
-    D.group = D.H / D.Hk;
-    check_cuda_tensor(op, "q", q, {D.B, D.T, D.H, D.d});
-    check_cuda_tensor(op, "k", k, {D.B, D.T, D.Hk, D.d});
-    check_cuda_tensor(op, "v", v, {D.B, D.T, D.Hk, D.d});
-    HSA_CHECK(span.window >= 0, op << ": window " << span.window << " is negative, expected >= 0 (0 = unlimited)");
-    HSA_CHECK(span.causal || span.window == 0,
-              op << ": window " << span.window << " given for bidirectional attention, expected 0 (causal only)");
     HSA_CHECK(D.T < (int64_t{1} << 30), op << ": T = " << D.T << " is too long for the CUDA kernels");
     HSA_CHECK(D.B * D.H < (int64_t{1} << 31), op << ": B * H = " << D.B * D.H << " exceeds the grid limit");
-    return D;
 }
 
 // A window covering the whole sequence is the same as no window; int range for kernels.
@@ -464,10 +442,8 @@ void launch_backward(const AttentionDims& A, const float* q, const float* k, con
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, Tensor& out,
                                     Tensor& lse) {
-    const char* op = "attention_forward";
-    const AttentionDims A = attention_dims(op, q, k, v, span);
-    check_cuda_tensor(op, "out", out, {A.B, A.T, A.H, A.d});
-    check_cuda_tensor(op, "lse", lse, {A.B, A.T, A.H});
+    const AttentionDims A = checks::check_attention_forward(q, k, v, span, out, lse, Device::CUDA);
+    check_attention_limits("attention_forward", A);
     if (A.B == 0 || A.T == 0) return;
     const float* pq = q.data<float>();
     const float* pk = k.data<float>();
@@ -486,15 +462,10 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                      const Tensor& lse, const Tensor& grad_out, AttentionSpan span, Tensor& grad_q,
                                      Tensor& grad_k, Tensor& grad_v) {
-    const char* op = "attention_backward";
-    const AttentionDims A = attention_dims(op, q, k, v, span);
-    check_cuda_tensor(op, "out", out, {A.B, A.T, A.H, A.d});
-    check_cuda_tensor(op, "lse", lse, {A.B, A.T, A.H});
-    check_cuda_tensor(op, "grad_out", grad_out, {A.B, A.T, A.H, A.d});
-    const bool want_q = grad_q.defined(), want_k = grad_k.defined(), want_v = grad_v.defined();
-    if (want_q) check_cuda_tensor(op, "grad_q", grad_q, {A.B, A.T, A.H, A.d});
-    if (want_k) check_cuda_tensor(op, "grad_k", grad_k, {A.B, A.T, A.Hk, A.d});
-    if (want_v) check_cuda_tensor(op, "grad_v", grad_v, {A.B, A.T, A.Hk, A.d});
+    const checks::AttentionBackwardDims A = checks::check_attention_backward(q, k, v, out, lse, grad_out, span, grad_q,
+                                                                             grad_k, grad_v, Device::CUDA);
+    check_attention_limits("attention_backward", A);
+    const bool want_q = A.want_q, want_k = A.want_k, want_v = A.want_v;
     if (!want_q && !want_k && !want_v) return;
     if (A.B == 0 || A.T == 0) return;
 

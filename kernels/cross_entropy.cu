@@ -59,29 +59,7 @@ __device__ inline double mask_of(const float* mask, int64_t i) { return mask ? s
 
 unsigned row_grid(int64_t N) { return static_cast<unsigned>(N < (int64_t{1} << 20) ? N : (int64_t{1} << 20)); }
 
-struct Inputs {
-    const float* logits;
-    const int32_t* targets;
-    const float* mask;  // null: all ones
-    int64_t N, V;
-};
-
-Inputs check_inputs(const Tensor& logits, const Tensor& targets, const Tensor& mask, const char* op) {
-    Inputs in{};
-    in.logits = cuda_f32(logits, op, "logits");
-    in.targets = cuda_i32(targets, op, "targets");
-    HSA_CHECK(logits.ndim() == 2, op << ": logits " << shape_string(logits.shape()) << " must be [N, V]");
-    in.N = logits.size(0);
-    in.V = logits.size(1);
-    HSA_CHECK(targets.numel() == in.N,
-              op << ": targets " << shape_string(targets.shape()) << " should have N = " << in.N << " elements");
-    if (mask.defined()) {
-        in.mask = cuda_f32(mask, op, "mask");
-        HSA_CHECK(mask.numel() == in.N,
-                  op << ": mask " << shape_string(mask.shape()) << " should have N = " << in.N << " elements");
-    }
-    return in;
-}
+using Inputs = checks::CrossEntropyInputs;
 
 Tensor make_error_flag() {
     Tensor flag = Tensor::empty({1}, DType::I64, Device::CUDA);
@@ -185,13 +163,10 @@ __global__ void ce_backward_kernel(const float* logits, const int32_t* targets, 
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
                                         Tensor& lse) {
-    const Inputs in = check_inputs(logits, targets, mask, "cross_entropy");
-    float* ploss = cuda_f32(loss, "cross_entropy", "loss");
-    float* plse = cuda_f32(lse, "cross_entropy", "lse");
-    HSA_CHECK(loss.numel() == 1, "cross_entropy: loss " << shape_string(loss.shape()) << " should have 1 element");
-    HSA_CHECK(lse.numel() == in.N,
-              "cross_entropy: lse " << shape_string(lse.shape()) << " should have N = " << in.N << " elements");
-    HSA_CHECK(in.V > 0 || in.N == 0, "cross_entropy: logits " << shape_string(logits.shape()) << " has V = 0");
+    const Inputs in = checks::check_cross_entropy_inputs("cross_entropy", logits, targets, mask, Device::CUDA);
+    checks::check_cross_entropy_outputs(in, logits, loss, lse, Device::CUDA);
+    float* ploss = loss.data<float>();
+    float* plse = lse.data<float>();
     Tensor flag = make_error_flag();
     Tensor scratch = Tensor::empty({2 * (in.N < 1 ? 1 : in.N)}, DType::I64, Device::CUDA);
     double* nll = static_cast<double*>(scratch.raw_data());
@@ -209,14 +184,11 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                          const Tensor& lse, float grad_loss, Tensor& grad_logits) {
     if (!grad_logits.defined()) return;
-    const Inputs in = check_inputs(logits, targets, mask, "cross_entropy_backward");
-    const float* plse = cuda_f32(lse, "cross_entropy_backward", "lse");
-    float* pgrad = cuda_f32(grad_logits, "cross_entropy_backward", "grad_logits");
-    HSA_CHECK(lse.numel() == in.N, "cross_entropy_backward: lse " << shape_string(lse.shape()) << " should have N = "
-                                                                  << in.N << " elements");
-    HSA_CHECK(grad_logits.shape() == logits.shape(), "cross_entropy_backward: grad_logits "
-                                                         << shape_string(grad_logits.shape()) << " should be "
-                                                         << shape_string(logits.shape()));
+    const Inputs in =
+        checks::check_cross_entropy_inputs("cross_entropy_backward", logits, targets, mask, Device::CUDA);
+    checks::check_cross_entropy_grad(in, logits, lse, grad_logits, Device::CUDA);
+    const float* plse = lse.data<float>();
+    float* pgrad = grad_logits.data<float>();
     if (in.N == 0) return;
     Tensor flag = make_error_flag();
     Tensor scratch = Tensor::empty({1}, DType::I64, Device::CUDA);

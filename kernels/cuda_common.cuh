@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "core/backend_checks.h"
 #include "core/tensor.h"
 
 namespace hsa {
@@ -26,19 +27,14 @@ namespace hsa {
                                                                 << cudaGetErrorString(hsa_cuda_status_)); \
     } while (0)
 
-// Checked typed device pointers: defined, on CUDA, the right dtype, contiguous.
+// Checked typed device pointers: defined, on CUDA, the right dtype, contiguous (the
+// shared checks of core/backend_checks.h, which also hold each op's shape checks).
 inline float* cuda_f32(const Tensor& t, const char* op, const char* what) {
-    HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
-    HSA_CHECK(t.device() == Device::CUDA, op << ": " << what << " is on " << device_name(t.device()) << ", expected cuda");
-    HSA_CHECK(t.is_contiguous(), op << ": " << what << " must be contiguous");
-    return t.data<float>();
+    return checks::f32_data(t, op, what, Device::CUDA);
 }
 
 inline int32_t* cuda_i32(const Tensor& t, const char* op, const char* what) {
-    HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
-    HSA_CHECK(t.device() == Device::CUDA, op << ": " << what << " is on " << device_name(t.device()) << ", expected cuda");
-    HSA_CHECK(t.is_contiguous(), op << ": " << what << " must be contiguous");
-    return t.data<int32_t>();
+    return checks::i32_data(t, op, what, Device::CUDA);
 }
 
 inline unsigned blocks_for(int64_t work, int threads) {

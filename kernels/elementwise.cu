@@ -26,10 +26,7 @@ unsigned grid_for(int64_t work) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
+constexpr Device kCuda = Device::CUDA;
 
 // Double scratch of `count` values on the device (uninitialised).
 Tensor double_scratch(int64_t count) { return Tensor::empty({count < 1 ? 1 : count}, DType::I64, Device::CUDA); }
@@ -255,55 +252,40 @@ double device_sum(const Tensor& x, const char* op) {
 // ---------------------------------------------------------------------------------------
 
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
-    const float* pa = cuda_f32(a, "add", "a");
-    const float* pb = cuda_f32(b, "add", "b");
-    float* po = cuda_f32(out, "add", "out");
-    const int64_t n = a.numel();
-    check_numel(b, n, "add", "b");
-    check_numel(out, n, "add", "out");
+    const int64_t n = checks::check_binary("add", a, b, out, kCuda);
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
     launch_map2(pa, pb, po, n, AddOp{}, "add map2_kernel");
 }
 
 void CudaBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
-    const float* pa = cuda_f32(a, "mul", "a");
-    const float* pb = cuda_f32(b, "mul", "b");
-    float* po = cuda_f32(out, "mul", "out");
-    const int64_t n = a.numel();
-    check_numel(b, n, "mul", "b");
-    check_numel(out, n, "mul", "out");
+    const int64_t n = checks::check_binary("mul", a, b, out, kCuda);
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
     launch_map2(pa, pb, po, n, MulOp{}, "mul map2_kernel");
 }
 
 void CudaBackend::scale(const Tensor& a, float alpha, Tensor& out) {
-    const float* pa = cuda_f32(a, "scale", "a");
-    float* po = cuda_f32(out, "scale", "out");
-    const int64_t n = a.numel();
-    check_numel(out, n, "scale", "out");
+    const int64_t n = checks::check_scale(a, out, kCuda);
+    const float* pa = a.data<float>();
+    float* po = out.data<float>();
     launch_map2(pa, pa, po, n, ScaleOp{alpha}, "scale map2_kernel");
 }
 
 void CudaBackend::axpy(float alpha, const Tensor& x, Tensor& target) {
-    const float* px = cuda_f32(x, "axpy", "x");
-    float* pt = cuda_f32(target, "axpy", "target");
-    const int64_t n = target.numel();
-    check_numel(x, n, "axpy", "x");
+    const int64_t n = checks::check_axpy(x, target, kCuda);
+    const float* px = x.data<float>();
+    float* pt = target.data<float>();
     launch_map2(pt, px, pt, n, AxpyOp{alpha}, "axpy map2_kernel");
 }
 
 void CudaBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst,
                             int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) {
-    const float* ps = cuda_f32(src, "copy_rows", "src");
-    float* pd = cuda_f32(dst, "copy_rows", "dst");
-    HSA_CHECK(outer >= 0 && src_len >= 0 && dst_len >= 0 && length >= 0 && inner >= 0,
-              "copy_rows: negative size (outer " << outer << ", src_len " << src_len << ", dst_len " << dst_len
-                                                 << ", length " << length << ", inner " << inner << ")");
-    check_numel(src, outer * src_len * inner, "copy_rows", "src");
-    check_numel(dst, outer * dst_len * inner, "copy_rows", "dst");
-    HSA_CHECK(src_start >= 0 && src_start + length <= src_len,
-              "copy_rows: source rows [" << src_start << ", " << src_start + length << ") outside [0, " << src_len << ")");
-    HSA_CHECK(dst_start >= 0 && dst_start + length <= dst_len,
-              "copy_rows: destination rows [" << dst_start << ", " << dst_start + length << ") outside [0, " << dst_len
-                                              << ")");
+    checks::check_copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, kCuda);
+    const float* ps = src.data<float>();
+    float* pd = dst.data<float>();
     if (outer == 0 || length == 0 || inner == 0) return;
     if (inner % 4 == 0 && aligned16(ps) && aligned16(pd)) {
         const int64_t inner4 = inner / 4;
@@ -318,12 +300,9 @@ void CudaBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, i
 }
 
 void CudaBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) {
-    const float* px = cuda_f32(x, "sum_middle", "x");
-    float* po = cuda_f32(out, "sum_middle", "out");
-    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
-              "sum_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
-    check_numel(x, outer * n * inner, "sum_middle", "x");
-    check_numel(out, outer * inner, "sum_middle", "out");
+    checks::check_sum_middle(x, outer, n, inner, out, kCuda);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
     const int64_t width = outer * inner;
     if (width == 0) return;
     // Aim for ~128K threads: split the middle dim when there are few outputs and it is long.
@@ -352,12 +331,9 @@ void CudaBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t 
 
 void CudaBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha,
                                    Tensor& out) {
-    const float* px = cuda_f32(x, "broadcast_middle", "x");
-    float* po = cuda_f32(out, "broadcast_middle", "out");
-    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
-              "broadcast_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
-    check_numel(x, outer * inner, "broadcast_middle", "x");
-    check_numel(out, outer * n * inner, "broadcast_middle", "out");
+    checks::check_broadcast_middle(x, outer, n, inner, out, kCuda);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
     if (outer == 0 || n == 0 || inner == 0) return;
     if (inner % 4 == 0 && aligned16(px) && aligned16(po)) {
         const int64_t inner4 = inner / 4;

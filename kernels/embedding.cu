@@ -23,11 +23,6 @@ constexpr unsigned long long kNoError = ~0ull;
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
-
 // A device word holding the smallest bad position (kNoError when none).
 Tensor make_error_flag() {
     Tensor flag = Tensor::empty({1}, DType::I64, Device::CUDA);
@@ -97,12 +92,11 @@ __global__ void embedding_accumulate_kernel(const float* grad_out, const int32_t
 }  // namespace
 
 void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
-    const float* pt = cuda_f32(table, "embedding", "table");
-    const int32_t* pi = cuda_i32(ids, "embedding", "ids");
-    float* po = cuda_f32(out, "embedding", "out");
-    HSA_CHECK(table.ndim() == 2, "embedding: table " << shape_string(table.shape()) << " must be [V, D]");
-    const int64_t V = table.size(0), D = table.size(1), N = ids.numel();
-    check_numel(out, N * D, "embedding", "out");
+    const checks::EmbeddingDims dims = checks::check_embedding(table, ids, out, Device::CUDA);
+    const int64_t V = dims.V, D = dims.D, N = dims.N;
+    const float* pt = table.data<float>();
+    const int32_t* pi = ids.data<int32_t>();
+    float* po = out.data<float>();
     if (N == 0) return;
     Tensor flag = make_error_flag();
     const unsigned grid = static_cast<unsigned>(N < 65536 ? N : 65536);
@@ -121,13 +115,11 @@ void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tens
 
 void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, Tensor& grad_table) {
     if (!grad_table.defined()) return;
-    const int32_t* pi = cuda_i32(ids, "embedding_backward", "ids");
-    const float* pg = cuda_f32(grad_out, "embedding_backward", "grad_out");
-    float* pt = cuda_f32(grad_table, "embedding_backward", "grad_table");
-    HSA_CHECK(grad_table.ndim() == 2,
-              "embedding_backward: grad_table " << shape_string(grad_table.shape()) << " must be [V, D]");
-    const int64_t V = grad_table.size(0), D = grad_table.size(1), N = ids.numel();
-    check_numel(grad_out, N * D, "embedding_backward", "grad_out");
+    const checks::EmbeddingDims dims = checks::check_embedding_backward(ids, grad_out, grad_table, Device::CUDA);
+    const int64_t V = dims.V, D = dims.D, N = dims.N;
+    const int32_t* pi = ids.data<int32_t>();
+    const float* pg = grad_out.data<float>();
+    float* pt = grad_table.data<float>();
     HSA_CHECK(N < INT32_MAX, "embedding_backward: " << N << " ids exceed the i32 position range");
     HSA_CHECK(V <= INT32_MAX, "embedding_backward: vocabulary " << V << " exceeds the i32 range");
     if (V == 0 || D == 0) {

@@ -211,41 +211,15 @@ void run_gemm(const RowMajorGemm& g, float beta) {
                                     kWorkspaceBytes, /*stream=*/0));
 }
 
-// Leading dims flattened into a batch count; the last two are the matrix.
-struct MatShape {
-    int64_t batch, rows, cols;
-};
-
-MatShape mat_shape(const Tensor& t, const char* what) {
-    HSA_CHECK(t.ndim() >= 2, "gemm: " << what << " " << shape_string(t.shape()) << " must have at least 2 dims");
-    int64_t batch = 1;
-    for (int i = 0; i + 2 < t.ndim(); ++i) batch *= t.size(i);
-    return {batch, t.size(-2), t.size(-1)};
-}
-
 }  // namespace
 
 void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                        bool accumulate) {
-    const float* pa = cuda_f32(a, "gemm", "a");
-    const float* pb = cuda_f32(b, "gemm", "b");
-    float* po = cuda_f32(out, "gemm", "out");
-    const MatShape sa = mat_shape(a, "a"), sb = mat_shape(b, "b"), so = mat_shape(out, "out");
-    const int64_t M = transpose_a ? sa.cols : sa.rows;
-    const int64_t K = transpose_a ? sa.rows : sa.cols;
-    const int64_t Kb = transpose_b ? sb.cols : sb.rows;
-    const int64_t N = transpose_b ? sb.rows : sb.cols;
-    HSA_CHECK(K == Kb, "gemm: inner dims differ: op(a) of " << shape_string(a.shape()) << (transpose_a ? " (T)" : "")
-                                                            << " has " << K << " columns, op(b) of "
-                                                            << shape_string(b.shape()) << (transpose_b ? " (T)" : "")
-                                                            << " has " << Kb << " rows");
-    HSA_CHECK(so.rows == M && so.cols == N, "gemm: out " << shape_string(out.shape()) << " should end in [" << M
-                                                         << ", " << N << "]");
-    const int64_t B = std::max(sa.batch, std::max(sb.batch, so.batch));
-    HSA_CHECK((sa.batch == 1 || sa.batch == B) && (sb.batch == 1 || sb.batch == B) && (so.batch == 1 || so.batch == B),
-              "gemm: batch counts a " << sa.batch << ", b " << sb.batch << ", out " << so.batch
-                                      << " must each be 1 or a common B = " << B);
-    const int64_t Bo = so.batch;
+    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, out, Device::CUDA);
+    const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
     if (Bo == 0 || M == 0 || N == 0) return;  // empty out
     const float beta0 = accumulate ? 1.0f : 0.0f;
     if (K == 0) {  // empty sums
@@ -253,8 +227,8 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
         return;
     }
 
-    const int64_t a_step = sa.batch == 1 ? 0 : M * K;  // elements between batches (0 = shared)
-    const int64_t b_step = sb.batch == 1 ? 0 : K * N;
+    const int64_t a_step = dims.a_batch == 1 ? 0 : M * K;  // elements between batches (0 = shared)
+    const int64_t b_step = dims.b_batch == 1 ? 0 : K * N;
     const int64_t o_step = Bo == 1 ? 0 : M * N;
 
     RowMajorGemm g{pa, transpose_a, pb, transpose_b, po, M, N, K};
@@ -263,7 +237,7 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
         return;
     }
     if (Bo == B) {  // one out matrix per batch
-        if (sa.batch == B && sb.batch == B) {
+        if (dims.a_batch == B && dims.b_batch == B) {
             check_int_range(B, "batch");
             g.batch = static_cast<int>(B);
             g.stride_a = a_step;
@@ -272,7 +246,7 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
             run_gemm(g, beta0);
             return;
         }
-        if (sa.batch == B && !transpose_a && sb.batch == 1) {  // [B*M, K] . op(b)
+        if (dims.a_batch == B && !transpose_a && dims.b_batch == 1) {  // [B*M, K] . op(b)
             g.M = B * M;
             run_gemm(g, beta0);
             return;
@@ -289,7 +263,7 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
         return;
     }
     // Bo == 1 < B: out = sum over the batch.
-    if (sa.batch == B && sb.batch == B && transpose_a && !transpose_b) {  // [B*K, M]^T . [B*K, N]
+    if (dims.a_batch == B && dims.b_batch == B && transpose_a && !transpose_b) {  // [B*K, M]^T . [B*K, N]
         g.K = B * K;
         run_gemm(g, beta0);
         return;

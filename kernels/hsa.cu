@@ -45,31 +45,7 @@ constexpr int kHsaThreads = 256;        // forward and backward pass 1
 constexpr int kMaxHeadsPerBlock = 16;   // query heads sharing one block's K/V tile
 constexpr int kWarpSize = 32;
 
-// ---------------------------------------------------------------- validation helpers
-
-void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
-    HSA_CHECK(t.device() == Device::CUDA, op << ": " << name << " is on " << device_name(t.device())
-                                             << ", expected cuda (CUDA backend)");
-    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
-                                     << dtype_name(dtype));
-    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                        << shape_string(expected));
-    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
-                                    << " is not contiguous, expected a contiguous tensor");
-}
-
-bool wanted(const char* op, const char* name, const Tensor& t, const Shape& expected) {
-    if (!t.defined()) return false;
-    check_tensor(op, name, t, expected, DType::F32);
-    return true;
-}
-
-void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
-    HSA_CHECK(t.ndim() == rank, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                   << layout);
-}
+// ---------------------------------------------------------------- helpers
 
 int max_shared_bytes() {
     int device = 0, bytes = 0;
@@ -105,40 +81,25 @@ struct HsaParams {
     float scale;              // 1 / sqrt(d)
 };
 
-HsaParams hsa_params(const char* op, const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
-                     const Tensor& weights, int64_t chunk_size) {
-    check_rank(op, "q", q, 4, "[B, T, H, d]");
-    check_rank(op, "kmem", kmem, 4, "[B, Tm, Hk, d]");
-    check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
-    HsaParams P{};
-    P.B = q.size(0);
-    P.T = q.size(1);
-    P.H = q.size(2);
-    P.d = q.size(3);
-    P.Tm = kmem.size(1);
-    P.Hk = kmem.size(2);
-    P.Hr = indices.size(2);
-    P.K = indices.size(3);
-    P.S = chunk_size;
-    HSA_CHECK(chunk_size > 0, op << ": chunk_size " << chunk_size << " is not positive");
-    HSA_CHECK(P.H > 0 && P.d > 0, op << ": q has shape " << shape_string(q.shape())
-                                     << ", expected [B, T, H, d] with H > 0 and d > 0");
-    HSA_CHECK(P.Hk > 0 && P.H % P.Hk == 0, op << ": kmem has shape " << shape_string(kmem.shape())
-                                              << ", expected [B, Tm, Hk, d] with Hk dividing H = " << P.H);
-    HSA_CHECK(P.Hr > 0 && P.Hk % P.Hr == 0, op << ": indices has shape " << shape_string(indices.shape())
-                                               << ", expected [B, T, Hr, K] with Hr dividing Hk = " << P.Hk);
-    HSA_CHECK(P.K > 0, op << ": indices has shape " << shape_string(indices.shape())
-                          << ", expected [B, T, Hr, K] with K > 0");
-    HSA_CHECK(P.d <= kMaxHeadDim, op << ": head dim " << P.d << ", expected at most " << kMaxHeadDim
+// From the shapes checked by core/backend_checks.h: checks the CUDA kernels' limits and
+// the chunk indices (on the device), and gathers the kernel parameters.
+HsaParams hsa_params(const char* op, const checks::HsaDims& D, const Tensor& q, const Tensor& kmem,
+                     const Tensor& vmem, const Tensor& indices, const Tensor& weights) {
+    HSA_CHECK(D.d <= kMaxHeadDim, op << ": head dim " << D.d << ", expected at most " << kMaxHeadDim
                                      << " on the CUDA backend");
-    HSA_CHECK(chunk_size <= kMaxChunkSize, op << ": chunk_size " << chunk_size << ", expected at most "
-                                              << kMaxChunkSize << " on the CUDA backend");
-    check_tensor(op, "q", q, {P.B, P.T, P.H, P.d}, DType::F32);
-    check_tensor(op, "kmem", kmem, {P.B, P.Tm, P.Hk, P.d}, DType::F32);
-    check_tensor(op, "vmem", vmem, {P.B, P.Tm, P.Hk, P.d}, DType::F32);
-    check_tensor(op, "indices", indices, {P.B, P.T, P.Hr, P.K}, DType::I32);
-    check_tensor(op, "weights", weights, {P.B, P.T, P.Hr, P.K}, DType::F32);
-    P.C = P.Tm / P.S;  // whole chunks in the memory: chunk c is rows [c*S, c*S + S)
+    HSA_CHECK(D.S <= kMaxChunkSize, op << ": chunk_size " << D.S << ", expected at most " << kMaxChunkSize
+                                       << " on the CUDA backend");
+    HsaParams P{};
+    P.B = D.B;
+    P.T = D.T;
+    P.H = D.H;
+    P.d = D.d;
+    P.Tm = D.Tm;
+    P.Hk = D.Hk;
+    P.Hr = D.Hr;
+    P.K = D.K;
+    P.S = D.S;
+    P.C = D.C;  // whole chunks in the memory: chunk c is rows [c*S, c*S + S)
     // A chunk's rows must lie within kmem: every index is -1 or < Tm / S.
     cuda_detail::check_chunk_indices_cuda(op, indices, P.C);
     P.q = q.data<float>();
@@ -520,9 +481,9 @@ size_t query_kernel_shared_bytes(const HsaParams& P, bool backward) {
 void CudaBackend::hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
                               const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse) {
     const char* op = "hsa_forward";
-    const HsaParams P = hsa_params(op, q, kmem, vmem, indices, weights, chunk_size);
-    check_tensor(op, "out", out, {P.B, P.T, P.H, P.d}, DType::F32);
-    check_tensor(op, "lse", lse, {P.B, P.T, P.H, P.K}, DType::F32);
+    const checks::HsaDims D =
+        checks::check_hsa_forward(q, kmem, vmem, indices, weights, chunk_size, out, lse, Device::CUDA);
+    const HsaParams P = hsa_params(op, D, q, kmem, vmem, indices, weights);
     const int64_t blocks = query_blocks(P);
     if (blocks == 0) return;
     HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " query blocks, expected fewer than " << INT_MAX);
@@ -537,13 +498,11 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
                                const Tensor& weights, int64_t chunk_size, const Tensor& lse, const Tensor& grad_out,
                                Tensor& grad_q, Tensor& grad_kmem, Tensor& grad_vmem, Tensor& grad_weights) {
     const char* op = "hsa_backward";
-    const HsaParams P = hsa_params(op, q, kmem, vmem, indices, weights, chunk_size);
-    check_tensor(op, "lse", lse, {P.B, P.T, P.H, P.K}, DType::F32);
-    check_tensor(op, "grad_out", grad_out, {P.B, P.T, P.H, P.d}, DType::F32);
-    const bool want_q = wanted(op, "grad_q", grad_q, {P.B, P.T, P.H, P.d});
-    const bool want_k = wanted(op, "grad_kmem", grad_kmem, {P.B, P.Tm, P.Hk, P.d});
-    const bool want_v = wanted(op, "grad_vmem", grad_vmem, {P.B, P.Tm, P.Hk, P.d});
-    const bool want_w = wanted(op, "grad_weights", grad_weights, {P.B, P.T, P.Hr, P.K});
+    const checks::HsaBackwardDims D = checks::check_hsa_backward(
+        q, kmem, vmem, indices, weights, chunk_size, lse, grad_out, grad_q, grad_kmem, grad_vmem, grad_weights,
+        Device::CUDA);
+    const HsaParams P = hsa_params(op, D, q, kmem, vmem, indices, weights);
+    const bool want_q = D.want_q, want_k = D.want_kmem, want_v = D.want_vmem, want_w = D.want_weights;
     if (!want_q && !want_k && !want_v && !want_w) return;
     const float* lse_p = lse.data<float>();
     const float* grad_out_p = grad_out.data<float>();

@@ -155,50 +155,11 @@ void build_chunk_pair_lists(const char* op, const Tensor& indices, int64_t num_c
 
 namespace {
 
-// ---------------------------------------------------------------- validation helpers
+using checks::RetrievalDims;
 
-void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
-    HSA_CHECK(t.device() == Device::CUDA, op << ": " << name << " is on " << device_name(t.device())
-                                             << ", expected cuda (CUDA backend)");
-    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
-                                     << dtype_name(dtype));
-    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                        << shape_string(expected));
-    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
-                                    << " is not contiguous, expected a contiguous tensor");
-}
-
-bool wanted(const char* op, const char* name, const Tensor& t, const Shape& expected) {
-    if (!t.defined()) return false;
-    check_tensor(op, name, t, expected, DType::F32);
-    return true;
-}
-
-void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
-    HSA_CHECK(t.ndim() == rank, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                   << layout);
-}
-
-struct RetrievalDims {
-    int64_t B, T, Hr, dr, C, K;
-};
-
-RetrievalDims retrieval_dims(const char* op, const Tensor& qr, const Tensor& landmarks, const Tensor& indices) {
-    check_rank(op, "qr", qr, 4, "[B, T, Hr, dr]");
-    check_rank(op, "landmarks", landmarks, 4, "[B, C, Hr, dr]");
-    check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
-    RetrievalDims dims{qr.size(0), qr.size(1), qr.size(2), qr.size(3), landmarks.size(1), indices.size(3)};
-    HSA_CHECK(dims.Hr > 0 && dims.dr > 0, op << ": qr has shape " << shape_string(qr.shape())
-                                             << ", expected [B, T, Hr, dr] with Hr > 0 and dr > 0");
-    HSA_CHECK(dims.K > 0, op << ": indices has shape " << shape_string(indices.shape())
-                             << ", expected [B, T, Hr, K] with K > 0");
-    check_tensor(op, "qr", qr, {dims.B, dims.T, dims.Hr, dims.dr}, DType::F32);
-    check_tensor(op, "landmarks", landmarks, {dims.B, dims.C, dims.Hr, dims.dr}, DType::F32);
-    check_tensor(op, "indices", indices, {dims.B, dims.T, dims.Hr, dims.K}, DType::I32);
-    HSA_CHECK(dims.C < INT_MAX, op << ": landmarks has " << dims.C << " chunks, expected fewer than " << INT_MAX);
-    return dims;
+// The CUDA kernels' limit on the number of chunks, after the shared checks (core/backend_checks.h).
+void check_retrieval_limits(const char* op, const RetrievalDims& D) {
+    HSA_CHECK(D.C < INT_MAX, op << ": landmarks has " << D.C << " chunks, expected fewer than " << INT_MAX);
 }
 
 // Largest dynamic shared memory one block may opt in to on the current device.
@@ -558,8 +519,8 @@ void weight_launch_shape(const char* op, int64_t K, int& warps, size_t& shared_b
 
 void CudaBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, Tensor& indices) {
     const char* op = "select_chunks";
-    HSA_CHECK(chunk_size > 0, op << ": chunk_size " << chunk_size << " is not positive");
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
+    const RetrievalDims D = checks::check_select_chunks(qr, landmarks, chunk_size, indices, Device::CUDA);
+    check_retrieval_limits(op, D);
     const int64_t rows = D.B * D.T * D.Hr;
     if (rows == 0) return;
     HSA_CHECK(rows < INT_MAX, op << ": " << rows << " query rows (B * T * Hr), expected fewer than " << INT_MAX);
@@ -603,8 +564,8 @@ void CudaBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64
 void CudaBackend::chunk_weights_forward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
                                         WeightKind kind, Tensor& weights) {
     const char* op = "chunk_weights_forward";
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
-    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
+    const RetrievalDims D = checks::check_chunk_weights_forward(qr, landmarks, indices, weights, Device::CUDA);
+    check_retrieval_limits(op, D);
     cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
     const WeightParams P = weight_params(D, qr, landmarks, indices, kind);
     if (P.rows == 0) return;
@@ -620,11 +581,10 @@ void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmar
                                          WeightKind kind, const Tensor& weights, const Tensor& grad_weights,
                                          Tensor& grad_qr, Tensor& grad_landmarks) {
     const char* op = "chunk_weights_backward";
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
-    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
-    check_tensor(op, "grad_weights", grad_weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
-    const bool want_qr = wanted(op, "grad_qr", grad_qr, {D.B, D.T, D.Hr, D.dr});
-    const bool want_l = wanted(op, "grad_landmarks", grad_landmarks, {D.B, D.C, D.Hr, D.dr});
+    const checks::ChunkWeightsBackwardDims D = checks::check_chunk_weights_backward(
+        qr, landmarks, indices, weights, grad_weights, grad_qr, grad_landmarks, Device::CUDA);
+    check_retrieval_limits(op, D);
+    const bool want_qr = D.want_qr, want_l = D.want_landmarks;
     if (!want_qr && !want_l) return;
     cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
     const WeightParams P = weight_params(D, qr, landmarks, indices, kind);

@@ -17,11 +17,6 @@ namespace {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
-
 // Sum over the block (blockDim.x a multiple of 32) in a fixed order; every thread gets it.
 __device__ double block_sum(double v, double* shared) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -140,18 +135,12 @@ __global__ void rmsnorm_grad_weight_combine_kernel(const double* partial, int64_
 }  // namespace
 
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
-    const float* px = cuda_f32(x, "rmsnorm", "x");
-    float* po = cuda_f32(out, "rmsnorm", "out");
-    float* pr = cuda_f32(inv_rms, "rmsnorm", "inv_rms");
-    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, "rmsnorm: x " << shape_string(x.shape()) << " needs a last dim D > 0");
-    const int64_t D = x.size(-1), N = x.numel() / D;
-    const float* pw = nullptr;
-    if (weight.defined()) {
-        pw = cuda_f32(weight, "rmsnorm", "weight");
-        HSA_CHECK(weight.numel() == D, "rmsnorm: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
-    }
-    check_numel(out, N * D, "rmsnorm", "out");
-    check_numel(inv_rms, N, "rmsnorm", "inv_rms");
+    const checks::RmsNormDims dims = checks::check_rmsnorm(x, weight, out, inv_rms, Device::CUDA);
+    const int64_t D = dims.D, N = dims.N;
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
+    float* pr = inv_rms.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     if (N == 0) return;
     if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
         rmsnorm_forward_kernel<true><<<row_grid(N), row_threads(D / 4)>>>(px, pw, eps, po, pr, N, D);
@@ -163,31 +152,15 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                    const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) {
-    const float* px = cuda_f32(x, "rmsnorm_backward", "x");
-    const float* pr = cuda_f32(inv_rms, "rmsnorm_backward", "inv_rms");
-    const float* pg = cuda_f32(grad_out, "rmsnorm_backward", "grad_out");
-    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0,
-              "rmsnorm_backward: x " << shape_string(x.shape()) << " needs a last dim D > 0");
-    const int64_t D = x.size(-1), N = x.numel() / D;
-    const float* pw = nullptr;
-    if (weight.defined()) {
-        pw = cuda_f32(weight, "rmsnorm_backward", "weight");
-        HSA_CHECK(weight.numel() == D,
-                  "rmsnorm_backward: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
-    }
-    check_numel(inv_rms, N, "rmsnorm_backward", "inv_rms");
-    check_numel(grad_out, N * D, "rmsnorm_backward", "grad_out");
-    float* pgx = nullptr;
-    float* pgw = nullptr;
-    if (grad_x.defined()) {
-        pgx = cuda_f32(grad_x, "rmsnorm_backward", "grad_x");
-        check_numel(grad_x, N * D, "rmsnorm_backward", "grad_x");
-    }
-    if (grad_weight.defined()) {
-        HSA_CHECK(pw != nullptr, "rmsnorm_backward: grad_weight is defined but weight is undefined");
-        pgw = cuda_f32(grad_weight, "rmsnorm_backward", "grad_weight");
-        check_numel(grad_weight, D, "rmsnorm_backward", "grad_weight");
-    }
+    const checks::RmsNormDims dims =
+        checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
+    const int64_t D = dims.D, N = dims.N;
+    const float* px = x.data<float>();
+    const float* pr = inv_rms.data<float>();
+    const float* pg = grad_out.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
+    float* pgx = grad_x.defined() ? grad_x.data<float>() : nullptr;
+    float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
     if (pgx && N > 0) {
         rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_x_kernel");

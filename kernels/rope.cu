@@ -53,14 +53,10 @@ __global__ void rope_kernel(const float* in, float* out, int64_t rows, int64_t T
 
 void rope_apply(const Tensor& in, int64_t position_offset, float base, Tensor& out, double direction,
                 const char* op) {
-    const float* pi = cuda_f32(in, op, "x");
-    float* po = cuda_f32(out, op, "out");
-    HSA_CHECK(in.ndim() == 4, op << ": x " << shape_string(in.shape()) << " must be [B, T, H, d]");
-    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), d = in.size(3);
-    HSA_CHECK(d % 2 == 0, op << ": head dim d = " << d << " of " << shape_string(in.shape()) << " must be even");
-    HSA_CHECK(out.shape() == in.shape(),
-              op << ": out " << shape_string(out.shape()) << " should be " << shape_string(in.shape()));
-    HSA_CHECK(base > 0.0f, op << ": base " << base << " must be positive");
+    const checks::RopeDims dims = checks::check_rope(op, in, base, out, Device::CUDA);
+    const int64_t B = dims.B, T = dims.T, H = dims.H, d = dims.d;
+    const float* pi = in.data<float>();
+    float* po = out.data<float>();
     const int64_t half = d / 2;
     HSA_CHECK(half <= kMaxHalf, op << ": head dim d = " << d << " exceeds the supported " << 2 * kMaxHalf);
     const int64_t rows = B * T;

@@ -21,11 +21,6 @@ unsigned grid_for(int64_t work) {
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
-
 __device__ inline float swiglu_value(float gate, float up) {
     const double g = gate;
     const double s = 1.0 / (1.0 + exp(-g));
@@ -94,13 +89,10 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
 }  // namespace
 
 void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
-    const float* pg = cuda_f32(gate, "swiglu", "gate");
-    const float* pu = cuda_f32(up, "swiglu", "up");
-    float* po = cuda_f32(out, "swiglu", "out");
-    HSA_CHECK(up.shape() == gate.shape(),
-              "swiglu: up " << shape_string(up.shape()) << " should match gate " << shape_string(gate.shape()));
-    const int64_t n = gate.numel();
-    check_numel(out, n, "swiglu", "out");
+    const int64_t n = checks::check_swiglu(gate, up, out, Device::CUDA);
+    const float* pg = gate.data<float>();
+    const float* pu = up.data<float>();
+    float* po = out.data<float>();
     if (n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(po);
     swiglu_forward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, po, n, vec);
@@ -109,22 +101,12 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& o
 
 void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& grad_out, Tensor& grad_gate,
                                   Tensor& grad_up) {
-    const float* pg = cuda_f32(gate, "swiglu_backward", "gate");
-    const float* pu = cuda_f32(up, "swiglu_backward", "up");
-    const float* pgo = cuda_f32(grad_out, "swiglu_backward", "grad_out");
-    const int64_t n = gate.numel();
-    check_numel(up, n, "swiglu_backward", "up");
-    check_numel(grad_out, n, "swiglu_backward", "grad_out");
-    float* pgg = nullptr;
-    float* pgu = nullptr;
-    if (grad_gate.defined()) {
-        pgg = cuda_f32(grad_gate, "swiglu_backward", "grad_gate");
-        check_numel(grad_gate, n, "swiglu_backward", "grad_gate");
-    }
-    if (grad_up.defined()) {
-        pgu = cuda_f32(grad_up, "swiglu_backward", "grad_up");
-        check_numel(grad_up, n, "swiglu_backward", "grad_up");
-    }
+    const int64_t n = checks::check_swiglu_backward(gate, up, grad_out, grad_gate, grad_up, Device::CUDA);
+    const float* pg = gate.data<float>();
+    const float* pu = up.data<float>();
+    const float* pgo = grad_out.data<float>();
+    float* pgg = grad_gate.defined() ? grad_gate.data<float>() : nullptr;
+    float* pgu = grad_up.defined() ? grad_up.data<float>() : nullptr;
     if ((!pgg && !pgu) || n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(pgo) && aligned16(pgg) && aligned16(pgu);
     swiglu_backward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, pgo, pgg, pgu, n, vec);

@@ -1,4 +1,4 @@
-// `hsa`: the one command-line entry point. Subcommands: info, train.
+// `hsa`: the one command-line entry point. Subcommands: info, train, bench, op.
 // Errors in user input print one line on stderr and exit non-zero (2 for a bad config or
 // bad arguments, 1 for failures while running).
 #include <cstdio>
@@ -14,6 +14,7 @@
 #include "core/model/config.h"
 #include "core/model/model.h"
 #include "dist/mpi_context.h"
+#include "launch/op_runner.h"
 #ifdef HSA_WITH_CUDA_KERNELS
 #include "kernels/cuda_backend.h"
 #endif
@@ -37,6 +38,7 @@ commands:
   info     build flags, library versions (CUDA runtime/driver, NCCL, cuDNN, MPI, HDF5) and visible GPUs
   train    train a model (today: the built-in recall task, on the CPU or one GPU)
   bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
+  op       run one op forward + backward on HDF5 inputs (hsa op NAME --inputs IN.h5 --out OUT.h5)
 
 Run 'hsa <command> --help' for a command's options.
 )";
@@ -185,8 +187,15 @@ int main(int argc, char** argv) {
                 } else {
                     code = run_bench(rest[0], std::vector<std::string>(rest.begin() + 1, rest.end()), std::cout);
                 }
+            } else if (command == "op") {
+                if (rest.empty()) {
+                    std::cout << op_help();
+                    code = 2;
+                } else {
+                    code = run_op(rest, std::cout);
+                }
             } else {
-                throw UsageError("unknown command '" + command + "' (commands: info, train, bench; see hsa --help)");
+                throw UsageError("unknown command '" + command + "' (commands: info, train, bench, op; see hsa --help)");
             }
         }
     } catch (const ConfigError& e) {

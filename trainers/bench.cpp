@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <functional>
 #include <iomanip>
+#include <sstream>
 
 #include "core/backend.h"
 #include "core/cuda_allocator.h"
@@ -14,6 +15,9 @@
 
 #ifdef HSA_WITH_CUDA
 #include <cuda_runtime.h>
+#endif
+#ifdef HSA_WITH_CUDA_KERNELS
+#include "kernels/hsa_forward_v1.cuh"
 #endif
 
 namespace hsa {
@@ -97,8 +101,10 @@ int bench_hsa(std::ostream& out) {
     Backend& gpu = backend_for(Device::CUDA);
     Rng rng(2026);
     out << "HSA operator, H 16, Hk 1, S 64, K 8, random top-K chunks, f32 storage (reference: public Triton kernel, "
-           "bf16, TARGETS.md)\n";
-    out << "| N x L | d | fwd ms | fwd+bwd ms | fwd TFLOP/s | ref fwd ms | ref fwd+bwd ms | peak GiB |\n|---|---|---|---|---|---|---|---|\n";
+           "bf16, TARGETS.md). v1: hsa_forward_tensor_core (bf16 tensor cores, kernels/hsa_forward_v1.cu), its "
+           "output's relative L2 error against the backend's (v0) output; peak GiB: v0\n";
+    out << "| N x L | d | fwd ms | fwd+bwd ms | fwd TFLOP/s | v1 fwd ms | v1 TFLOP/s | v1 rel err | ref fwd ms | ref fwd+bwd ms "
+           "| peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const HsaShape& s : shapes) {
         const int64_t N = s.batch, L = s.length, d = s.head_dim;
         Tensor q = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
@@ -121,9 +127,25 @@ int bench_hsa(std::ostream& out) {
         const double total = median_ms(both, 1, repeats_for(both));
         const double flops = 4.0 * static_cast<double>(N * L * H * K * S * d);
         const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);
+        std::ostringstream v1_cells;  // "v1 fwd ms | v1 TFLOP/s | v1 rel err"
+        v1_cells << "- | - | -";
+#ifdef HSA_WITH_CUDA_KERNELS
+        if (d == 64 || d == 128) {
+            Tensor o1 = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+            Tensor lse1 = Tensor::empty({N, L, H, K}, DType::F32, Device::CUDA);
+            auto forward_v1 = [&] { hsa_forward_tensor_core(q, kmem, vmem, indices, weights, S, o1, lse1); };
+            const double v1 = median_ms(forward_v1, 2, repeats_for(forward_v1));
+            gpu.axpy(-1.0f, o, o1);  // o still holds v0's forward output; o1 becomes v1 - v0
+            const double v1_err = std::sqrt(gpu.sum_of_squares(o1) / std::max(gpu.sum_of_squares(o), 1e-30));
+            v1_cells.str("");
+            v1_cells << std::fixed << std::setprecision(2) << v1 << " | " << std::setprecision(1)
+                     << flops / (v1 * 1e-3) / 1e12 << " | " << std::scientific << std::setprecision(1) << v1_err;
+        }
+#endif
         out << "| " << N << " x " << L / 1024 << "K | " << d << " | " << std::fixed << std::setprecision(2) << fwd << " | " << total
-            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << std::setprecision(2) << s.reference_fwd_ms
-            << " | " << s.reference_total_ms << " | " << std::setprecision(2) << peak << " |\n"
+            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << v1_cells.str() << " | "
+            << std::setprecision(2) << s.reference_fwd_ms << " | " << s.reference_total_ms << " | " << std::setprecision(2)
+            << peak << " |\n"
             << std::flush;
     }
     return 0;

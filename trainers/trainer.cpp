@@ -163,8 +163,11 @@ TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model
             *progress << "step " << std::setw(5) << step + 1 << "/" << tc.steps << "  loss " << std::fixed << std::setprecision(4)
                       << loss_value << "  lr " << std::scientific << std::setprecision(2) << lr << std::fixed
                       << "  grad-norm " << std::setprecision(3) << norm << "  " << std::setprecision(0) << rate
-                      << " tok/s  ETA " << format_duration(eta) << "\n"
-                      << std::flush;
+                      << " tok/s  ETA " << format_duration(eta);
+            if (model.device() == Device::CUDA)
+                *progress << "  GPU mem " << std::setprecision(2)
+                          << static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30) << " GiB peak";
+            *progress << "\n" << std::flush;
         }
         if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last) {
             EvalResult eval = evaluate_recall(model, config, tc.eval_batches);

@@ -11,44 +11,27 @@
 //
 // Backward passes recompute probabilities from the forward's log-sum-exp
 // (p = exp(score - lse)), FlashAttention style, and never store a T x T matrix.
+//
+// Argument and shape checks are shared with the other backends (core/backend_checks.h);
+// this file adds the host-side check that chunk indices are -1 or a chunk < C.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
+#include "core/backend_checks.h"
 #include "core/cpu/cpu_backend.h"
 
 namespace hsa {
 
 namespace {
 
-// ---------------------------------------------------------------- validation helpers
+using checks::AttentionDims;
+using checks::HsaDims;
+using checks::RetrievalDims;
 
-void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
-    HSA_CHECK(t.device() == Device::CPU, op << ": " << name << " is on " << device_name(t.device())
-                                            << ", expected cpu (CPU backend)");
-    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
-                                     << dtype_name(dtype));
-    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                        << shape_string(expected));
-    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
-                                    << " is not contiguous, expected a contiguous tensor");
-}
-
-// A gradient output: undefined means "not wanted"; otherwise it must match.
-bool wanted(const char* op, const char* name, const Tensor& t, const Shape& expected) {
-    if (!t.defined()) return false;
-    check_tensor(op, name, t, expected, DType::F32);
-    return true;
-}
-
-void check_rank(const char* op, const char* name, const Tensor& t, int rank, const char* layout) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
-    HSA_CHECK(t.ndim() == rank, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                   << layout);
-}
+constexpr Device kCpu = Device::CPU;
 
 double dot(const float* a, const float* b, int64_t n) {
     double acc = 0.0;
@@ -59,29 +42,6 @@ double dot(const float* a, const float* b, int64_t n) {
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // ---------------------------------------------------------------- local attention
-
-struct AttentionDims {
-    int64_t B, T, H, Hk, d, group;  // group = H / Hk query heads per KV head
-};
-
-AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span) {
-    check_rank(op, "q", q, 4, "[B, T, H, d]");
-    check_rank(op, "k", k, 4, "[B, T, Hk, d]");
-    AttentionDims dims{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), 0};
-    HSA_CHECK(dims.H > 0 && dims.d > 0, op << ": q has shape " << shape_string(q.shape())
-                                           << ", expected [B, T, H, d] with H > 0 and d > 0");
-    HSA_CHECK(dims.Hk > 0 && dims.H % dims.Hk == 0,
-              op << ": k has shape " << shape_string(k.shape()) << ", expected [B, T, Hk, d] with Hk dividing H = "
-                 << dims.H);
-    dims.group = dims.H / dims.Hk;
-    check_tensor(op, "q", q, {dims.B, dims.T, dims.H, dims.d}, DType::F32);
-    check_tensor(op, "k", k, {dims.B, dims.T, dims.Hk, dims.d}, DType::F32);
-    check_tensor(op, "v", v, {dims.B, dims.T, dims.Hk, dims.d}, DType::F32);
-    HSA_CHECK(span.window >= 0, op << ": window " << span.window << " is negative, expected >= 0 (0 = unlimited)");
-    HSA_CHECK(span.causal || span.window == 0, op << ": window " << span.window
-                                                  << " given for bidirectional attention, expected 0 (causal only)");
-    return dims;
-}
 
 // Keys [lo, hi] that query t sees.
 void keys_of_query(AttentionSpan span, int64_t T, int64_t t, int64_t& lo, int64_t& hi) {
@@ -106,25 +66,6 @@ void queries_of_key(AttentionSpan span, int64_t T, int64_t s, int64_t& lo, int64
 }
 
 // ---------------------------------------------------------------- retrieval
-
-struct RetrievalDims {
-    int64_t B, T, Hr, dr, C, K;
-};
-
-RetrievalDims retrieval_dims(const char* op, const Tensor& qr, const Tensor& landmarks, const Tensor& indices) {
-    check_rank(op, "qr", qr, 4, "[B, T, Hr, dr]");
-    check_rank(op, "landmarks", landmarks, 4, "[B, C, Hr, dr]");
-    check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
-    RetrievalDims dims{qr.size(0), qr.size(1), qr.size(2), qr.size(3), landmarks.size(1), indices.size(3)};
-    HSA_CHECK(dims.Hr > 0 && dims.dr > 0, op << ": qr has shape " << shape_string(qr.shape())
-                                             << ", expected [B, T, Hr, dr] with Hr > 0 and dr > 0");
-    HSA_CHECK(dims.K > 0, op << ": indices has shape " << shape_string(indices.shape())
-                             << ", expected [B, T, Hr, K] with K > 0");
-    check_tensor(op, "qr", qr, {dims.B, dims.T, dims.Hr, dims.dr}, DType::F32);
-    check_tensor(op, "landmarks", landmarks, {dims.B, dims.C, dims.Hr, dims.dr}, DType::F32);
-    check_tensor(op, "indices", indices, {dims.B, dims.T, dims.Hr, dims.K}, DType::I32);
-    return dims;
-}
 
 // Serial (exceptions cannot leave an OpenMP region): every index is -1 or a chunk < C.
 void check_chunk_indices(const char* op, const Tensor& indices, int64_t C) {
@@ -172,49 +113,6 @@ void chunk_weights_row(const float* qr_row, const float* landmarks_b, const int3
 
 // ---------------------------------------------------------------- HSA
 
-struct HsaDims {
-    int64_t B, T, H, Hk, Hr, d, Tm, S, K, C;  // C = Tm / S whole chunks in the memory
-    int64_t heads_per_kv, heads_per_r;        // H / Hk, H / Hr
-};
-
-HsaDims hsa_dims(const char* op, const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
-                 const Tensor& weights, int64_t chunk_size) {
-    check_rank(op, "q", q, 4, "[B, T, H, d]");
-    check_rank(op, "kmem", kmem, 4, "[B, Tm, Hk, d]");
-    check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
-    HsaDims dims{};
-    dims.B = q.size(0);
-    dims.T = q.size(1);
-    dims.H = q.size(2);
-    dims.d = q.size(3);
-    dims.Tm = kmem.size(1);
-    dims.Hk = kmem.size(2);
-    dims.Hr = indices.size(2);
-    dims.K = indices.size(3);
-    dims.S = chunk_size;
-    HSA_CHECK(chunk_size > 0, op << ": chunk_size " << chunk_size << " is not positive");
-    HSA_CHECK(dims.H > 0 && dims.d > 0, op << ": q has shape " << shape_string(q.shape())
-                                           << ", expected [B, T, H, d] with H > 0 and d > 0");
-    HSA_CHECK(dims.Hk > 0 && dims.H % dims.Hk == 0, op << ": kmem has shape " << shape_string(kmem.shape())
-                                                       << ", expected [B, Tm, Hk, d] with Hk dividing H = " << dims.H);
-    HSA_CHECK(dims.Hr > 0 && dims.Hk % dims.Hr == 0, op << ": indices has shape " << shape_string(indices.shape())
-                                                        << ", expected [B, T, Hr, K] with Hr dividing Hk = "
-                                                        << dims.Hk);
-    HSA_CHECK(dims.K > 0, op << ": indices has shape " << shape_string(indices.shape())
-                             << ", expected [B, T, Hr, K] with K > 0");
-    dims.C = dims.Tm / dims.S;
-    dims.heads_per_kv = dims.H / dims.Hk;
-    dims.heads_per_r = dims.H / dims.Hr;
-    check_tensor(op, "q", q, {dims.B, dims.T, dims.H, dims.d}, DType::F32);
-    check_tensor(op, "kmem", kmem, {dims.B, dims.Tm, dims.Hk, dims.d}, DType::F32);
-    check_tensor(op, "vmem", vmem, {dims.B, dims.Tm, dims.Hk, dims.d}, DType::F32);
-    check_tensor(op, "indices", indices, {dims.B, dims.T, dims.Hr, dims.K}, DType::I32);
-    check_tensor(op, "weights", weights, {dims.B, dims.T, dims.Hr, dims.K}, DType::F32);
-    // A chunk's rows [c*S, c*S + S) must lie within kmem: c < Tm / S.
-    check_chunk_indices(op, indices, dims.C);
-    return dims;
-}
-
 // Scores q . kmem[j] / sqrt(d) for the S rows of chunk c (KV head g) of batch b.
 void chunk_scores(const HsaDims& dims, const float* q_row, const float* kmem, int64_t b, int64_t g, int64_t c,
                   double* scores) {
@@ -231,10 +129,7 @@ void chunk_scores(const HsaDims& dims, const float* q_row, const float* kmem, in
 
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                    Tensor& out, Tensor& lse) {
-    const char* op = "attention_forward";
-    const AttentionDims D = attention_dims(op, q, k, v, span);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, DType::F32);
-    check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32);
+    const AttentionDims D = checks::check_attention_forward(q, k, v, span, out, lse, kCpu);
     const float* qp = q.data<float>();
     const float* kp = k.data<float>();
     const float* vp = v.data<float>();
@@ -276,14 +171,9 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
 void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                     const Tensor& lse, const Tensor& grad_out, AttentionSpan span, Tensor& grad_q,
                                     Tensor& grad_k, Tensor& grad_v) {
-    const char* op = "attention_backward";
-    const AttentionDims D = attention_dims(op, q, k, v, span);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, DType::F32);
-    check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32);
-    check_tensor(op, "grad_out", grad_out, {D.B, D.T, D.H, D.d}, DType::F32);
-    const bool want_q = wanted(op, "grad_q", grad_q, {D.B, D.T, D.H, D.d});
-    const bool want_k = wanted(op, "grad_k", grad_k, {D.B, D.T, D.Hk, D.d});
-    const bool want_v = wanted(op, "grad_v", grad_v, {D.B, D.T, D.Hk, D.d});
+    const checks::AttentionBackwardDims D =
+        checks::check_attention_backward(q, k, v, out, lse, grad_out, span, grad_q, grad_k, grad_v, kCpu);
+    const bool want_q = D.want_q, want_k = D.want_k, want_v = D.want_v;
     if (!want_q && !want_k && !want_v) return;
 
     const float* qp = q.data<float>();
@@ -369,9 +259,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
 // ================================================================ retrieval
 
 void CpuBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64_t chunk_size, Tensor& indices) {
-    const char* op = "select_chunks";
-    HSA_CHECK(chunk_size > 0, op << ": chunk_size " << chunk_size << " is not positive");
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
+    const RetrievalDims D = checks::check_select_chunks(qr, landmarks, chunk_size, indices, kCpu);
     const float* qp = qr.data<float>();
     const float* lp = landmarks.data<float>();
     int32_t* out = indices.data<int32_t>();
@@ -410,10 +298,8 @@ void CpuBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64_
 
 void CpuBackend::chunk_weights_forward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
                                        WeightKind kind, Tensor& weights) {
-    const char* op = "chunk_weights_forward";
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
-    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
-    check_chunk_indices(op, indices, D.C);
+    const RetrievalDims D = checks::check_chunk_weights_forward(qr, landmarks, indices, weights, kCpu);
+    check_chunk_indices("chunk_weights_forward", indices, D.C);
     const float* qp = qr.data<float>();
     const float* lp = landmarks.data<float>();
     const int32_t* ip = indices.data<int32_t>();
@@ -434,14 +320,11 @@ void CpuBackend::chunk_weights_forward(const Tensor& qr, const Tensor& landmarks
 void CpuBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
                                         WeightKind kind, const Tensor& weights, const Tensor& grad_weights,
                                         Tensor& grad_qr, Tensor& grad_landmarks) {
-    const char* op = "chunk_weights_backward";
-    const RetrievalDims D = retrieval_dims(op, qr, landmarks, indices);
-    check_tensor(op, "weights", weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
-    check_tensor(op, "grad_weights", grad_weights, {D.B, D.T, D.Hr, D.K}, DType::F32);
-    const bool want_qr = wanted(op, "grad_qr", grad_qr, {D.B, D.T, D.Hr, D.dr});
-    const bool want_l = wanted(op, "grad_landmarks", grad_landmarks, {D.B, D.C, D.Hr, D.dr});
+    const checks::ChunkWeightsBackwardDims D = checks::check_chunk_weights_backward(
+        qr, landmarks, indices, weights, grad_weights, grad_qr, grad_landmarks, kCpu);
+    const bool want_qr = D.want_qr, want_l = D.want_landmarks;
     if (!want_qr && !want_l) return;
-    check_chunk_indices(op, indices, D.C);
+    check_chunk_indices("chunk_weights_backward", indices, D.C);
     const float* qp = qr.data<float>();
     const float* lp = landmarks.data<float>();
     const int32_t* ip = indices.data<int32_t>();
@@ -527,10 +410,9 @@ void CpuBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmark
 
 void CpuBackend::hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
                              const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse) {
-    const char* op = "hsa_forward";
-    const HsaDims D = hsa_dims(op, q, kmem, vmem, indices, weights, chunk_size);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, DType::F32);
-    check_tensor(op, "lse", lse, {D.B, D.T, D.H, D.K}, DType::F32);
+    const HsaDims D = checks::check_hsa_forward(q, kmem, vmem, indices, weights, chunk_size, out, lse, kCpu);
+    // A chunk's rows [c*S, c*S + S) must lie within kmem: c < Tm / S.
+    check_chunk_indices("hsa_forward", indices, D.C);
     const float* qp = q.data<float>();
     const float* kp = kmem.data<float>();
     const float* vp = vmem.data<float>();
@@ -576,14 +458,11 @@ void CpuBackend::hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor& 
 void CpuBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
                               const Tensor& weights, int64_t chunk_size, const Tensor& lse, const Tensor& grad_out,
                               Tensor& grad_q, Tensor& grad_kmem, Tensor& grad_vmem, Tensor& grad_weights) {
-    const char* op = "hsa_backward";
-    const HsaDims D = hsa_dims(op, q, kmem, vmem, indices, weights, chunk_size);
-    check_tensor(op, "lse", lse, {D.B, D.T, D.H, D.K}, DType::F32);
-    check_tensor(op, "grad_out", grad_out, {D.B, D.T, D.H, D.d}, DType::F32);
-    const bool want_q = wanted(op, "grad_q", grad_q, {D.B, D.T, D.H, D.d});
-    const bool want_k = wanted(op, "grad_kmem", grad_kmem, {D.B, D.Tm, D.Hk, D.d});
-    const bool want_v = wanted(op, "grad_vmem", grad_vmem, {D.B, D.Tm, D.Hk, D.d});
-    const bool want_w = wanted(op, "grad_weights", grad_weights, {D.B, D.T, D.Hr, D.K});
+    const checks::HsaBackwardDims D = checks::check_hsa_backward(q, kmem, vmem, indices, weights, chunk_size, lse,
+                                                                 grad_out, grad_q, grad_kmem, grad_vmem,
+                                                                 grad_weights, kCpu);
+    check_chunk_indices("hsa_backward", indices, D.C);
+    const bool want_q = D.want_q, want_k = D.want_kmem, want_v = D.want_vmem, want_w = D.want_weights;
     if (!want_q && !want_k && !want_v && !want_w) return;
 
     const float* qp = q.data<float>();

@@ -5,12 +5,14 @@
 // in which its terms are added is fixed by the code, not by the schedule. The only
 // cross-thread reductions (sum, sum_of_squares) sum fixed-size blocks in parallel and then
 // the block sums serially, in order. So results are bit-identical for any thread count.
-// All validation happens before any parallel region (no exceptions inside OpenMP).
+// All validation happens before any parallel region (no exceptions inside OpenMP); the
+// argument and shape checks are shared with the other backends (core/backend_checks.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "core/backend_checks.h"
 #include "core/cpu/cpu_backend.h"
 
 namespace hsa {
@@ -22,29 +24,7 @@ namespace {
 // The clause never changes results, only which thread computes an element.
 constexpr int64_t kMinParallelWork = int64_t{1} << 14;
 
-// Checks a tensor is a defined, contiguous f32 CPU tensor and returns its data.
-float* f32_data(const Tensor& t, const char* op, const char* what) {
-    HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
-    HSA_CHECK(t.device() == Device::CPU, op << ": " << what << " is on " << device_name(t.device()) << ", expected CPU");
-    HSA_CHECK(t.dtype() == DType::F32,
-              op << ": " << what << " has dtype " << dtype_name(t.dtype()) << ", expected f32");
-    HSA_CHECK(t.is_contiguous(), op << ": " << what << " " << shape_string(t.shape()) << " is not contiguous");
-    return t.data<float>();
-}
-
-int32_t* i32_data(const Tensor& t, const char* op, const char* what) {
-    HSA_CHECK(t.defined(), op << ": " << what << " is undefined");
-    HSA_CHECK(t.device() == Device::CPU, op << ": " << what << " is on " << device_name(t.device()) << ", expected CPU");
-    HSA_CHECK(t.dtype() == DType::I32,
-              op << ": " << what << " has dtype " << dtype_name(t.dtype()) << ", expected i32");
-    HSA_CHECK(t.is_contiguous(), op << ": " << what << " " << shape_string(t.shape()) << " is not contiguous");
-    return t.data<int32_t>();
-}
-
-void check_numel(const Tensor& t, int64_t expected, const char* op, const char* what) {
-    HSA_CHECK(t.numel() == expected, op << ": " << what << " " << shape_string(t.shape()) << " has " << t.numel()
-                                        << " elements, expected " << expected);
-}
+constexpr Device kCpu = Device::CPU;
 
 // Deterministic double sum of f(x[i]) over fixed blocks: blocks in parallel, block sums in order.
 template <class F>
@@ -64,77 +44,50 @@ double blocked_sum(const float* x, int64_t n, F f) {
     return total;
 }
 
-// Leading dims flattened into a batch count; the last two are the matrix.
-struct MatShape {
-    int64_t batch, rows, cols;
-};
-
-MatShape mat_shape(const Tensor& t, const char* what) {
-    HSA_CHECK(t.ndim() >= 2, "gemm: " << what << " " << shape_string(t.shape()) << " must have at least 2 dims");
-    int64_t batch = 1;
-    for (int i = 0; i + 2 < t.ndim(); ++i) batch *= t.size(i);
-    return {batch, t.size(-2), t.size(-1)};
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
 // elementwise and data movement
 
 void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& out) {
-    const float* pa = f32_data(a, "add", "a");
-    const float* pb = f32_data(b, "add", "b");
-    float* po = f32_data(out, "add", "out");
-    const int64_t n = a.numel();
-    check_numel(b, n, "add", "b");
-    check_numel(out, n, "add", "out");
+    const int64_t n = checks::check_binary("add", a, b, out, kCpu);
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = pa[i] + pb[i];
 }
 
 void CpuBackend::mul(const Tensor& a, const Tensor& b, Tensor& out) {
-    const float* pa = f32_data(a, "mul", "a");
-    const float* pb = f32_data(b, "mul", "b");
-    float* po = f32_data(out, "mul", "out");
-    const int64_t n = a.numel();
-    check_numel(b, n, "mul", "b");
-    check_numel(out, n, "mul", "out");
+    const int64_t n = checks::check_binary("mul", a, b, out, kCpu);
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = pa[i] * pb[i];
 }
 
 void CpuBackend::scale(const Tensor& a, float alpha, Tensor& out) {
-    const float* pa = f32_data(a, "scale", "a");
-    float* po = f32_data(out, "scale", "out");
-    const int64_t n = a.numel();
-    check_numel(out, n, "scale", "out");
+    const int64_t n = checks::check_scale(a, out, kCpu);
+    const float* pa = a.data<float>();
+    float* po = out.data<float>();
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) po[i] = alpha * pa[i];
 }
 
 void CpuBackend::axpy(float alpha, const Tensor& x, Tensor& target) {
-    const float* px = f32_data(x, "axpy", "x");
-    float* pt = f32_data(target, "axpy", "target");
-    const int64_t n = target.numel();
-    check_numel(x, n, "axpy", "x");
+    const int64_t n = checks::check_axpy(x, target, kCpu);
+    const float* px = x.data<float>();
+    float* pt = target.data<float>();
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) pt[i] += alpha * px[i];
 }
 
 void CpuBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst,
                            int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) {
-    const float* ps = f32_data(src, "copy_rows", "src");
-    float* pd = f32_data(dst, "copy_rows", "dst");
-    HSA_CHECK(outer >= 0 && src_len >= 0 && dst_len >= 0 && length >= 0 && inner >= 0,
-              "copy_rows: negative size (outer " << outer << ", src_len " << src_len << ", dst_len " << dst_len
-                                                 << ", length " << length << ", inner " << inner << ")");
-    check_numel(src, outer * src_len * inner, "copy_rows", "src");
-    check_numel(dst, outer * dst_len * inner, "copy_rows", "dst");
-    HSA_CHECK(src_start >= 0 && src_start + length <= src_len,
-              "copy_rows: source rows [" << src_start << ", " << src_start + length << ") outside [0, " << src_len << ")");
-    HSA_CHECK(dst_start >= 0 && dst_start + length <= dst_len,
-              "copy_rows: destination rows [" << dst_start << ", " << dst_start + length << ") outside [0, " << dst_len
-                                              << ")");
+    checks::check_copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, kCpu);
+    const float* ps = src.data<float>();
+    float* pd = dst.data<float>();
     const int64_t rows = outer * length;
 #pragma omp parallel for schedule(static) if (rows * inner >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
@@ -150,12 +103,9 @@ void CpuBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, in
 }
 
 void CpuBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) {
-    const float* px = f32_data(x, "sum_middle", "x");
-    float* po = f32_data(out, "sum_middle", "out");
-    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
-              "sum_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
-    check_numel(x, outer * n * inner, "sum_middle", "x");
-    check_numel(out, outer * inner, "sum_middle", "out");
+    checks::check_sum_middle(x, outer, n, inner, out, kCpu);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
     constexpr int64_t kBlock = 256;
     const int64_t blocks_per_outer = (inner + kBlock - 1) / kBlock;
     const int64_t tasks = outer * blocks_per_outer;
@@ -175,12 +125,9 @@ void CpuBackend::sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t i
 
 void CpuBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha,
                                   Tensor& out) {
-    const float* px = f32_data(x, "broadcast_middle", "x");
-    float* po = f32_data(out, "broadcast_middle", "out");
-    HSA_CHECK(outer >= 0 && n >= 0 && inner >= 0,
-              "broadcast_middle: negative size (outer " << outer << ", n " << n << ", inner " << inner << ")");
-    check_numel(x, outer * inner, "broadcast_middle", "x");
-    check_numel(out, outer * n * inner, "broadcast_middle", "out");
+    checks::check_broadcast_middle(x, outer, n, inner, out, kCpu);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
     const int64_t rows = outer * n;
 #pragma omp parallel for schedule(static) if (rows * inner >= kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
@@ -191,12 +138,12 @@ void CpuBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int
 }
 
 double CpuBackend::sum_of_squares(const Tensor& x) {
-    const float* px = f32_data(x, "sum_of_squares", "x");
+    const float* px = checks::f32_data(x, "sum_of_squares", "x", kCpu);
     return blocked_sum(px, x.numel(), [](double v) { return v * v; });
 }
 
 double CpuBackend::sum(const Tensor& x) {
-    const float* px = f32_data(x, "sum", "x");
+    const float* px = checks::f32_data(x, "sum", "x", kCpu);
     return blocked_sum(px, x.numel(), [](double v) { return v; });
 }
 
@@ -204,12 +151,11 @@ double CpuBackend::sum(const Tensor& x) {
 // embedding
 
 void CpuBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
-    const float* pt = f32_data(table, "embedding", "table");
-    const int32_t* pi = i32_data(ids, "embedding", "ids");
-    float* po = f32_data(out, "embedding", "out");
-    HSA_CHECK(table.ndim() == 2, "embedding: table " << shape_string(table.shape()) << " must be [V, D]");
-    const int64_t V = table.size(0), D = table.size(1), N = ids.numel();
-    check_numel(out, N * D, "embedding", "out");
+    const checks::EmbeddingDims dims = checks::check_embedding(table, ids, out, kCpu);
+    const int64_t V = dims.V, D = dims.D, N = dims.N;
+    const float* pt = table.data<float>();
+    const int32_t* pi = ids.data<int32_t>();
+    float* po = out.data<float>();
     for (int64_t n = 0; n < N; ++n)
         HSA_CHECK(pi[n] >= 0 && pi[n] < V, "embedding: id " << pi[n] << " at position " << n
                                                             << " is outside the vocabulary [0, " << V << ")");
@@ -223,13 +169,11 @@ void CpuBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tenso
 
 void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, Tensor& grad_table) {
     if (!grad_table.defined()) return;
-    const int32_t* pi = i32_data(ids, "embedding_backward", "ids");
-    const float* pg = f32_data(grad_out, "embedding_backward", "grad_out");
-    float* pt = f32_data(grad_table, "embedding_backward", "grad_table");
-    HSA_CHECK(grad_table.ndim() == 2,
-              "embedding_backward: grad_table " << shape_string(grad_table.shape()) << " must be [V, D]");
-    const int64_t V = grad_table.size(0), D = grad_table.size(1), N = ids.numel();
-    check_numel(grad_out, N * D, "embedding_backward", "grad_out");
+    const checks::EmbeddingDims dims = checks::check_embedding_backward(ids, grad_out, grad_table, kCpu);
+    const int64_t V = dims.V, D = dims.D, N = dims.N;
+    const int32_t* pi = ids.data<int32_t>();
+    const float* pg = grad_out.data<float>();
+    float* pt = grad_table.data<float>();
     // Group positions by id (counting sort, positions in increasing order), then each table
     // row sums its positions in that order: deterministic, one thread per row.
     std::vector<int64_t> start(static_cast<size_t>(V) + 1, 0);
@@ -273,33 +217,19 @@ void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, T
 
 void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                       bool accumulate) {
-    const float* pa = f32_data(a, "gemm", "a");
-    const float* pb_raw = f32_data(b, "gemm", "b");
-    float* po = f32_data(out, "gemm", "out");
-    const MatShape sa = mat_shape(a, "a"), sb = mat_shape(b, "b"), so = mat_shape(out, "out");
-    const int64_t M = transpose_a ? sa.cols : sa.rows;
-    const int64_t K = transpose_a ? sa.rows : sa.cols;
-    const int64_t Kb = transpose_b ? sb.cols : sb.rows;
-    const int64_t N = transpose_b ? sb.rows : sb.cols;
-    HSA_CHECK(K == Kb, "gemm: inner dims differ: op(a) of " << shape_string(a.shape()) << (transpose_a ? " (T)" : "")
-                                                            << " has " << K << " columns, op(b) of "
-                                                            << shape_string(b.shape()) << (transpose_b ? " (T)" : "")
-                                                            << " has " << Kb << " rows");
-    HSA_CHECK(so.rows == M && so.cols == N, "gemm: out " << shape_string(out.shape()) << " should end in [" << M
-                                                         << ", " << N << "]");
-    const int64_t B = std::max(sa.batch, std::max(sb.batch, so.batch));
-    HSA_CHECK((sa.batch == 1 || sa.batch == B) && (sb.batch == 1 || sb.batch == B) && (so.batch == 1 || so.batch == B),
-              "gemm: batch counts a " << sa.batch << ", b " << sb.batch << ", out " << so.batch
-                                      << " must each be 1 or a common B = " << B);
-    const int64_t Bo = so.batch;
+    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, out, kCpu);
+    const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
+    const float* pa = a.data<float>();
+    const float* pb_raw = b.data<float>();
+    float* po = out.data<float>();
     const int64_t Bsum = (Bo == 1) ? B : 1;  // batches summed into one out matrix
 
     // b as [Bb, K, N], contiguous in N.
     std::vector<float> packed;
     const float* pb = pb_raw;
     if (transpose_b) {
-        packed.resize(static_cast<size_t>(sb.batch * K * N));
-        const int64_t rows = sb.batch * K;
+        packed.resize(static_cast<size_t>(dims.b_batch * K * N));
+        const int64_t rows = dims.b_batch * K;
 #pragma omp parallel for schedule(static) if (rows * N >= kMinParallelWork)
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t bb = r / K, k = r % K;
@@ -311,8 +241,8 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
     }
     // a element (m, k) of batch ba at pa + ba * M * K + m * a_m + k * a_k.
     const int64_t a_m = transpose_a ? 1 : K, a_k = transpose_a ? M : 1;
-    const int64_t a_bstride = (sa.batch == 1) ? 0 : M * K;
-    const int64_t b_bstride = (sb.batch == 1) ? 0 : K * N;
+    const int64_t a_bstride = (dims.a_batch == 1) ? 0 : M * K;
+    const int64_t b_bstride = (dims.b_batch == 1) ? 0 : K * N;
 
     constexpr int64_t MR = 4, NB = 256;
     const int64_t m_tiles = (M + MR - 1) / MR, n_tiles = (N + NB - 1) / NB;
@@ -375,18 +305,12 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
 // RMSNorm over the last dim: out = x * inv_rms * weight, inv_rms = 1 / sqrt(mean(x^2) + eps).
 
 void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
-    const float* px = f32_data(x, "rmsnorm", "x");
-    float* po = f32_data(out, "rmsnorm", "out");
-    float* pr = f32_data(inv_rms, "rmsnorm", "inv_rms");
-    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, "rmsnorm: x " << shape_string(x.shape()) << " needs a last dim D > 0");
-    const int64_t D = x.size(-1), N = x.numel() / D;
-    const float* pw = nullptr;
-    if (weight.defined()) {
-        pw = f32_data(weight, "rmsnorm", "weight");
-        HSA_CHECK(weight.numel() == D, "rmsnorm: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
-    }
-    check_numel(out, N * D, "rmsnorm", "out");
-    check_numel(inv_rms, N, "rmsnorm", "inv_rms");
+    const checks::RmsNormDims dims = checks::check_rmsnorm(x, weight, out, inv_rms, kCpu);
+    const int64_t D = dims.D, N = dims.N;
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
+    float* pr = inv_rms.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
     for (int64_t n = 0; n < N; ++n) {
         const float* xr = px + n * D;
@@ -407,23 +331,15 @@ void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float ep
 // dx_i = r w_i g_i - x_i r^3 / D * sum_j g_j w_j x_j;  dw_j = sum_n g_nj x_nj r_n.
 void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) {
-    const float* px = f32_data(x, "rmsnorm_backward", "x");
-    const float* pr = f32_data(inv_rms, "rmsnorm_backward", "inv_rms");
-    const float* pg = f32_data(grad_out, "rmsnorm_backward", "grad_out");
-    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0,
-              "rmsnorm_backward: x " << shape_string(x.shape()) << " needs a last dim D > 0");
-    const int64_t D = x.size(-1), N = x.numel() / D;
-    const float* pw = nullptr;
-    if (weight.defined()) {
-        pw = f32_data(weight, "rmsnorm_backward", "weight");
-        HSA_CHECK(weight.numel() == D,
-                  "rmsnorm_backward: weight " << shape_string(weight.shape()) << " should be [" << D << "]");
-    }
-    check_numel(inv_rms, N, "rmsnorm_backward", "inv_rms");
-    check_numel(grad_out, N * D, "rmsnorm_backward", "grad_out");
+    const checks::RmsNormDims dims =
+        checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, kCpu);
+    const int64_t D = dims.D, N = dims.N;
+    const float* px = x.data<float>();
+    const float* pr = inv_rms.data<float>();
+    const float* pg = grad_out.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     if (grad_x.defined()) {
-        float* pgx = f32_data(grad_x, "rmsnorm_backward", "grad_x");
-        check_numel(grad_x, N * D, "rmsnorm_backward", "grad_x");
+        float* pgx = grad_x.data<float>();
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
         for (int64_t n = 0; n < N; ++n) {
             const float* xr = px + n * D;
@@ -440,9 +356,7 @@ void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const T
         }
     }
     if (grad_weight.defined()) {
-        HSA_CHECK(pw != nullptr, "rmsnorm_backward: grad_weight is defined but weight is undefined");
-        float* pgw = f32_data(grad_weight, "rmsnorm_backward", "grad_weight");
-        check_numel(grad_weight, D, "rmsnorm_backward", "grad_weight");
+        float* pgw = grad_weight.data<float>();
         constexpr int64_t kBlock = 64;
         const int64_t blocks = (D + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
@@ -467,14 +381,10 @@ namespace {
 
 void rope_apply(const Tensor& in, int64_t position_offset, float base, Tensor& out, double direction,
                 const char* op) {
-    const float* pi = f32_data(in, op, "x");
-    float* po = f32_data(out, op, "out");
-    HSA_CHECK(in.ndim() == 4, op << ": x " << shape_string(in.shape()) << " must be [B, T, H, d]");
-    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), d = in.size(3);
-    HSA_CHECK(d % 2 == 0, op << ": head dim d = " << d << " of " << shape_string(in.shape()) << " must be even");
-    HSA_CHECK(out.shape() == in.shape(),
-              op << ": out " << shape_string(out.shape()) << " should be " << shape_string(in.shape()));
-    HSA_CHECK(base > 0.0f, op << ": base " << base << " must be positive");
+    const checks::RopeDims dims = checks::check_rope(op, in, base, out, kCpu);
+    const int64_t B = dims.B, T = dims.T, H = dims.H, d = dims.d;
+    const float* pi = in.data<float>();
+    float* po = out.data<float>();
     const int64_t half = d / 2;
     // cos/sin per (t, i), angle computed in double.
     std::vector<double> cosv(static_cast<size_t>(T * half)), sinv(static_cast<size_t>(T * half));
@@ -523,13 +433,10 @@ void CpuBackend::rope_backward(const Tensor& grad_out, int64_t position_offset, 
 // SwiGLU: out = silu(g) * u, silu(g) = g * sigmoid(g); d silu / dg = s (1 + g (1 - s)).
 
 void CpuBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
-    const float* pg = f32_data(gate, "swiglu", "gate");
-    const float* pu = f32_data(up, "swiglu", "up");
-    float* po = f32_data(out, "swiglu", "out");
-    HSA_CHECK(up.shape() == gate.shape(),
-              "swiglu: up " << shape_string(up.shape()) << " should match gate " << shape_string(gate.shape()));
-    const int64_t n = gate.numel();
-    check_numel(out, n, "swiglu", "out");
+    const int64_t n = checks::check_swiglu(gate, up, out, kCpu);
+    const float* pg = gate.data<float>();
+    const float* pu = up.data<float>();
+    float* po = out.data<float>();
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork / 8)
     for (int64_t i = 0; i < n; ++i) {
         const double g = pg[i];
@@ -540,22 +447,12 @@ void CpuBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& ou
 
 void CpuBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& grad_out, Tensor& grad_gate,
                                  Tensor& grad_up) {
-    const float* pg = f32_data(gate, "swiglu_backward", "gate");
-    const float* pu = f32_data(up, "swiglu_backward", "up");
-    const float* pgo = f32_data(grad_out, "swiglu_backward", "grad_out");
-    const int64_t n = gate.numel();
-    check_numel(up, n, "swiglu_backward", "up");
-    check_numel(grad_out, n, "swiglu_backward", "grad_out");
-    float* pgg = nullptr;
-    float* pgu = nullptr;
-    if (grad_gate.defined()) {
-        pgg = f32_data(grad_gate, "swiglu_backward", "grad_gate");
-        check_numel(grad_gate, n, "swiglu_backward", "grad_gate");
-    }
-    if (grad_up.defined()) {
-        pgu = f32_data(grad_up, "swiglu_backward", "grad_up");
-        check_numel(grad_up, n, "swiglu_backward", "grad_up");
-    }
+    const int64_t n = checks::check_swiglu_backward(gate, up, grad_out, grad_gate, grad_up, kCpu);
+    const float* pg = gate.data<float>();
+    const float* pu = up.data<float>();
+    const float* pgo = grad_out.data<float>();
+    float* pgg = grad_gate.defined() ? grad_gate.data<float>() : nullptr;
+    float* pgu = grad_up.defined() ? grad_up.data<float>() : nullptr;
     if (!pgg && !pgu) return;
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork / 8)
     for (int64_t i = 0; i < n; ++i) {
@@ -573,27 +470,11 @@ void CpuBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Ten
 
 namespace {
 
-struct CrossEntropyInputs {
-    const float* logits;
-    const int32_t* targets;
-    const float* mask;  // null: all ones
-    int64_t N, V;
-};
+using checks::CrossEntropyInputs;
 
+// The shared checks plus, on the host, every target < V.
 CrossEntropyInputs ce_inputs(const Tensor& logits, const Tensor& targets, const Tensor& mask, const char* op) {
-    CrossEntropyInputs in{};
-    in.logits = f32_data(logits, op, "logits");
-    in.targets = i32_data(targets, op, "targets");
-    HSA_CHECK(logits.ndim() == 2, op << ": logits " << shape_string(logits.shape()) << " must be [N, V]");
-    in.N = logits.size(0);
-    in.V = logits.size(1);
-    HSA_CHECK(targets.numel() == in.N,
-              op << ": targets " << shape_string(targets.shape()) << " should have N = " << in.N << " elements");
-    if (mask.defined()) {
-        in.mask = f32_data(mask, op, "mask");
-        HSA_CHECK(mask.numel() == in.N,
-                  op << ": mask " << shape_string(mask.shape()) << " should have N = " << in.N << " elements");
-    }
+    const CrossEntropyInputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, kCpu);
     for (int64_t i = 0; i < in.N; ++i)
         HSA_CHECK(in.targets[i] < in.V,
                   op << ": target " << in.targets[i] << " at row " << i << " is outside [0, " << in.V << ")");
@@ -613,11 +494,9 @@ double ce_denominator(const CrossEntropyInputs& in) {
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
                                        Tensor& lse) {
     const CrossEntropyInputs in = ce_inputs(logits, targets, mask, "cross_entropy");
-    float* ploss = f32_data(loss, "cross_entropy", "loss");
-    float* plse = f32_data(lse, "cross_entropy", "lse");
-    check_numel(loss, 1, "cross_entropy", "loss");
-    check_numel(lse, in.N, "cross_entropy", "lse");
-    HSA_CHECK(in.V > 0 || in.N == 0, "cross_entropy: logits " << shape_string(logits.shape()) << " has V = 0");
+    checks::check_cross_entropy_outputs(in, logits, loss, lse, kCpu);
+    float* ploss = loss.data<float>();
+    float* plse = lse.data<float>();
     std::vector<double> nll(static_cast<size_t>(in.N), 0.0);
     const int64_t N = in.N, V = in.V;
 #pragma omp parallel for schedule(static) if (N * V >= kMinParallelWork / 8)
@@ -643,12 +522,9 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
                                         const Tensor& lse, float grad_loss, Tensor& grad_logits) {
     if (!grad_logits.defined()) return;
     const CrossEntropyInputs in = ce_inputs(logits, targets, mask, "cross_entropy_backward");
-    const float* plse = f32_data(lse, "cross_entropy_backward", "lse");
-    float* pgrad = f32_data(grad_logits, "cross_entropy_backward", "grad_logits");
-    check_numel(lse, in.N, "cross_entropy_backward", "lse");
-    HSA_CHECK(grad_logits.shape() == logits.shape(), "cross_entropy_backward: grad_logits "
-                                                         << shape_string(grad_logits.shape()) << " should be "
-                                                         << shape_string(logits.shape()));
+    checks::check_cross_entropy_grad(in, logits, lse, grad_logits, kCpu);
+    const float* plse = lse.data<float>();
+    float* pgrad = grad_logits.data<float>();
     const double denom = ce_denominator(in);
     const int64_t N = in.N, V = in.V;
 #pragma omp parallel for schedule(static) if (N * V >= kMinParallelWork / 8)
@@ -675,15 +551,11 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
 
 void CpuBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
                             float beta2, float eps, float weight_decay, int64_t step) {
-    float* pp = f32_data(param, "adamw", "param");
-    const float* pg = f32_data(grad, "adamw", "grad");
-    float* pm = f32_data(m, "adamw", "m");
-    float* pv = f32_data(v, "adamw", "v");
-    const int64_t n = param.numel();
-    check_numel(grad, n, "adamw", "grad");
-    check_numel(m, n, "adamw", "m");
-    check_numel(v, n, "adamw", "v");
-    HSA_CHECK(step >= 1, "adamw: step " << step << " must be >= 1 (steps count from 1)");
+    const int64_t n = checks::check_adamw(param, grad, m, v, step, kCpu);
+    float* pp = param.data<float>();
+    const float* pg = grad.data<float>();
+    float* pm = m.data<float>();
+    float* pv = v.data<float>();
     const double b1 = beta1, b2 = beta2;
     const double c1 = 1.0 - std::pow(b1, static_cast<double>(step));
     const double c2 = 1.0 - std::pow(b2, static_cast<double>(step));

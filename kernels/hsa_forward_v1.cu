@@ -1,0 +1,422 @@
+// HSA forward, version 1: tensor cores (mma.sync.m16n8k16 bf16 x bf16 -> f32), f32 softmax.
+// Semantics: core/backend.h (Backend::hsa_forward); math: shared/design/MODEL.md "HSA
+// layer"; version 0 (f32, CUDA cores): kernels/hsa.cu. Plain sm_90 (no wgmma).
+//
+// Work unit: one warp per (b, t, KV head g). Its G = H / Hk query heads form the 16-row
+// M tile of every MMA (rows >= G are zero and never stored). For each selected chunk k:
+//   1. the chunk's S = 64 keys and values (f32 in global memory) are converted to bf16 and
+//      written to the warp's own shared tiles Ks, Vs [64][d + 8] (row-major; the 16-byte
+//      pad makes every 8-row ldmatrix phase and every store phase hit 32 distinct banks);
+//   2. scores S = Q K^T (16 x 64): 8 n-tiles of 8 keys, d / 16 k-steps; B fragments by
+//      ldmatrix.x4 from Ks (K row-major [key][dim] is B = K^T in "col" layout);
+//   3. softmax per row over the chunk's 64 keys in f32 (each chunk its own softmax; lse
+//      per (t, h, k) = max * scale + log(sum)); each lane holds 16 of a row's 64 scores
+//      and the 4 lanes of a quad (same groupID) hold the rest, so 2 shuffles finish a row;
+//   4. the probabilities, scaled by weights[t, r, k] / sum, are re-packed in registers as
+//      the bf16 A fragments of O += P V (the m16n8k16 C layout of two adjacent n-tiles is
+//      exactly the A layout of one k-step), with V B fragments by ldmatrix.x4.trans.
+//      The f32 accumulators carry sum_k w_k o_k across chunks; they are stored once.
+// Padding index -1: skipped, lse 0; a token with no chunk stores zeros.
+//
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point
+// type"), lane = 4 * groupID + tig (threadID_in_group):
+//   A 16x16 (row): reg0 = (row gid,   cols 2tig, 2tig+1), reg1 = (row gid+8, same cols),
+//                  reg2 = (row gid,   cols 2tig+8, +9),  reg3 = (row gid+8, cols 2tig+8, +9)
+//   B 16x8 (col):  reg0 = (rows 2tig, 2tig+1; col gid), reg1 = (rows 2tig+8, +9; col gid)
+//   C/D 16x8 f32:  c0, c1 = (row gid, cols 2tig, 2tig+1), c2, c3 = (row gid+8, same cols)
+// In every packed register the lower-indexed element sits in the low 16 bits.
+// ldmatrix.m8n8.x4: lane l gives the address of row (l & 7) of matrix (l >> 3) and gets,
+// of each matrix i, register i = (row l / 4, cols 2 (l % 4), +1); with .trans it gets
+// (rows 2 (l % 4), +1; col l / 4) instead, i.e. the B fragment of a row-major [k][n] tile.
+//
+// Resources (ptxas, sm_90, no spills): d 64: 4 warps a block, 72 KB shared, 165 registers;
+// d 128: 2 warps a block, 68 KB shared, 220 registers; 3 blocks per SM either way.
+// Limits (checked): d in {64, 128}, S = 64, G in 1..16.
+#include "kernels/hsa_forward_v1.cuh"
+
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+
+namespace hsa {
+
+// Defined in kernels/retrieval.cu.
+namespace cuda_detail {
+void check_chunk_indices_cuda(const char* op, const Tensor& indices, int64_t num_chunks);
+}  // namespace cuda_detail
+
+namespace {
+
+constexpr int kChunk = 64;     // S: keys per chunk (the only chunk size supported)
+constexpr int kTileRows = 16;  // M of the MMA: the G <= 16 query heads of a (token, KV head)
+constexpr int kWarpSize = 32;
+
+template <int D>
+struct V1Config {
+    static constexpr int kWarps = D == 64 ? 4 : 2;  // (token, KV head) units per block
+    static constexpr int kThreads = kWarps * kWarpSize;
+    static constexpr int kLd = D + 8;  // shared row stride in bf16: + 16 bytes against bank conflicts
+    static constexpr int kTileElems = kChunk * kLd;  // one of Ks, Vs
+    static constexpr size_t kSharedBytes = static_cast<size_t>(kWarps) * 2 * kTileElems * 2;
+    // 3 blocks per SM: d 64: 3 x 72 KB (12 warps); d 128: 3 x 68 KB (6 warps).
+    static constexpr int kMinBlocks = 3;
+    static_assert(D % 32 == 0, "head dim must allow paired k-steps and paired n-tiles");
+    static_assert((kLd * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
+};
+
+struct V1Params {
+    const float* q;          // [B, T, H, d]
+    const float* kmem;       // [B, Tm, Hk, d]
+    const float* vmem;       // [B, Tm, Hk, d]
+    const int32_t* indices;  // [B, T, Hr, K]
+    const float* weights;    // [B, T, Hr, K]
+    float* out;              // [B, T, H, d]
+    float* lse;              // [B, T, H, K]
+    int64_t T, H, Hk, Hr, Tm, K;
+    int64_t units;  // B * T * Hk
+    int G;          // H / Hk, 1..16
+    int kv_per_r;   // Hk / Hr
+    float scale;       // 1 / sqrt(d)
+    float scale_log2;  // scale * log2(e): softmax by exp2
+};
+
+// ---------------------------------------------------------------- device helpers
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo, .y = hi
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+// c += a b for one 16x8x16 tile.
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The 64 rows of K and V of one chunk and KV head (row j at base + j * row_stride, d
+// floats each) into the warp's bf16 tiles. Each lane moves 16-byte vectors; a batch keeps
+// 2 x kBatch loads in flight per lane before converting and storing.
+template <int D>
+__device__ __forceinline__ void load_chunk_bf16(const float* __restrict__ kbase, const float* __restrict__ vbase,
+                                                int64_t row_stride, __nv_bfloat16* Ks, __nv_bfloat16* Vs, int lane) {
+    constexpr int kLd = V1Config<D>::kLd;
+    constexpr int kVecPerRow = D / 4;
+    constexpr int kVecPerLane = kChunk * kVecPerRow / kWarpSize;  // 32 (d 64) or 64 (d 128)
+    constexpr int kBatch = 8;
+    static_assert(kVecPerLane % kBatch == 0, "whole batches");
+#pragma unroll 1  // unrolled, the compiler hoists every batch's loads and spills
+    for (int first = 0; first < kVecPerLane; first += kBatch) {
+        float4 kr[kBatch], vr[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = (first + i) * kWarpSize + lane;  // consecutive lanes: consecutive vectors of a row
+            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
+            kr[i] = __ldg(reinterpret_cast<const float4*>(kbase + row * row_stride + col));
+            vr[i] = __ldg(reinterpret_cast<const float4*>(vbase + row * row_stride + col));
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = (first + i) * kWarpSize + lane;
+            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
+            *reinterpret_cast<uint2*>(Ks + row * kLd + col) =
+                make_uint2(pack_bf16(kr[i].x, kr[i].y), pack_bf16(kr[i].z, kr[i].w));
+            *reinterpret_cast<uint2*>(Vs + row * kLd + col) =
+                make_uint2(pack_bf16(vr[i].x, vr[i].y), pack_bf16(vr[i].z, vr[i].w));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- kernel
+
+template <int D>
+__global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks) hsa_forward_v1_kernel(V1Params P) {
+    using Cfg = V1Config<D>;
+    constexpr int kSteps = D / 16;    // k-steps of S = Q K^T
+    constexpr int kOutTiles = D / 8;  // n-tiles of O = P V
+    constexpr int kKeyTiles = kChunk / 8;   // n-tiles of S
+    constexpr int kKeySteps = kChunk / 16;  // k-steps of O = P V
+    extern __shared__ __align__(16) unsigned char v1_shared[];
+
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+    const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    const int64_t unit = static_cast<int64_t>(blockIdx.x) * Cfg::kWarps + warp;
+    if (unit >= P.units) return;  // whole warps only; no block-wide barrier follows
+
+    __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(v1_shared) + warp * 2 * Cfg::kTileElems;
+    __nv_bfloat16* Vs = Ks + Cfg::kTileElems;
+
+    const int64_t g = unit % P.Hk;
+    const int64_t bt = unit / P.Hk;  // b * T + t
+    const int64_t b = bt / P.T;
+    const int64_t r = g / P.kv_per_r;
+    const int64_t sel = (bt * P.Hr + r) * P.K;  // first of this (t, r)'s K entries of indices / weights
+    const int64_t row0 = bt * P.H + g * P.G;   // q / out / lse row of the tile's first query head
+    const int gid = lane >> 2, tig = lane & 3;
+    const bool has_a = gid < P.G;      // tile row gid is a real head
+    const bool has_b = gid + 8 < P.G;  // tile row gid + 8 is a real head
+
+    // Q as A fragments for the whole kernel: rows gid and gid + 8, zero past G.
+    uint32_t qf[kSteps][4];
+    {
+        const float* qa = P.q + (row0 + gid) * D + 2 * tig;
+        const float* qb = P.q + (row0 + gid + 8) * D + 2 * tig;
+        const float2 zero = make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < kSteps; ++kk) {
+            const float2 a_lo = has_a ? __ldg(reinterpret_cast<const float2*>(qa + 16 * kk)) : zero;
+            const float2 a_hi = has_a ? __ldg(reinterpret_cast<const float2*>(qa + 16 * kk + 8)) : zero;
+            const float2 b_lo = has_b ? __ldg(reinterpret_cast<const float2*>(qb + 16 * kk)) : zero;
+            const float2 b_hi = has_b ? __ldg(reinterpret_cast<const float2*>(qb + 16 * kk + 8)) : zero;
+            qf[kk][0] = pack_bf16(a_lo.x, a_lo.y);
+            qf[kk][1] = pack_bf16(b_lo.x, b_lo.y);
+            qf[kk][2] = pack_bf16(a_hi.x, a_hi.y);
+            qf[kk][3] = pack_bf16(b_hi.x, b_hi.y);
+        }
+    }
+
+    float acc[kOutTiles][4];
+#pragma unroll
+    for (int n = 0; n < kOutTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    // ldmatrix lane addresses. K (x4): matrix i = lane >> 3 is keys 8j + (lane & 7) at dims
+    // 16 kk + 8 i, i.e. registers {b0b1, b2b3} of k-step kk, then of kk + 1.
+    // V (x4.trans): lanes 0-15 keys 16 ks + (lane & 15) at dims 8 n, lanes 16-31 the same keys
+    // at dims 8 n + 8, i.e. registers {b0b1, b2b3} of n-tile n, then of n + 1.
+    const uint32_t k_lane = shared_address(Ks) + 2u * static_cast<uint32_t>((lane & 7) * Cfg::kLd + (lane >> 3) * 8);
+    const uint32_t v_lane = shared_address(Vs) + 2u * static_cast<uint32_t>((lane & 15) * Cfg::kLd + (lane >> 4) * 8);
+    const int64_t kv_row_stride = P.Hk * D;
+    float* lse_a = P.lse + (row0 + gid) * P.K;
+    float* lse_b = P.lse + (row0 + gid + 8) * P.K;
+
+#pragma unroll 1
+    for (int64_t k = 0; k < P.K; ++k) {
+        const int32_t c = __ldg(P.indices + sel + k);  // the same for the whole warp
+        if (c < 0) {
+            if (tig == 0) {
+                if (has_a) lse_a[k] = 0.0f;
+                if (has_b) lse_b[k] = 0.0f;
+            }
+            continue;
+        }
+        const float w = __ldg(P.weights + sel + k);
+        const int64_t first = ((b * P.Tm + static_cast<int64_t>(c) * kChunk) * P.Hk + g) * D;
+        __syncwarp();  // every lane's ldmatrix reads of the previous chunk are done
+        load_chunk_bf16<D>(P.kmem + first, P.vmem + first, kv_row_stride, Ks, Vs, lane);
+        __syncwarp();  // the tiles are visible to the whole warp
+
+        // S = Q K^T, 16 x 64.
+        float s[kKeyTiles][4];
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < kSteps; kk += 2) {
+                uint32_t kb[4];
+                ldmatrix_x4(kb, k_lane + 2u * static_cast<uint32_t>(8 * j * Cfg::kLd + 16 * kk));
+                mma_bf16_16816(s[j], qf[kk], kb[0], kb[1]);
+                mma_bf16_16816(s[j], qf[kk + 1], kb[2], kb[3]);
+            }
+        }
+
+        // Softmax over the chunk: row gid from s[.][0..1], row gid + 8 from s[.][2..3].
+        float max_a = -INFINITY, max_b = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+            max_a = fmaxf(max_a, fmaxf(s[j][0], s[j][1]));
+            max_b = fmaxf(max_b, fmaxf(s[j][2], s[j][3]));
+        }
+        max_a = quad_max(max_a);
+        max_b = quad_max(max_b);
+        const float off_a = max_a * P.scale_log2, off_b = max_b * P.scale_log2;
+        float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+            s[j][0] = exp2f(fmaf(s[j][0], P.scale_log2, -off_a));
+            s[j][1] = exp2f(fmaf(s[j][1], P.scale_log2, -off_a));
+            s[j][2] = exp2f(fmaf(s[j][2], P.scale_log2, -off_b));
+            s[j][3] = exp2f(fmaf(s[j][3], P.scale_log2, -off_b));
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        sum_a = quad_sum(sum_a);
+        sum_b = quad_sum(sum_b);
+        if (tig == 0) {
+            if (has_a) lse_a[k] = max_a * P.scale + logf(sum_a);
+            if (has_b) lse_b[k] = max_b * P.scale + logf(sum_b);
+        }
+
+        // P w / sum as A fragments: k-step ks covers key tiles 2 ks (cols 0-7) and 2 ks + 1.
+        const float f_a = w / sum_a, f_b = w / sum_b;
+        uint32_t pf[kKeySteps][4];
+#pragma unroll
+        for (int ks = 0; ks < kKeySteps; ++ks) {
+            pf[ks][0] = pack_bf16(s[2 * ks][0] * f_a, s[2 * ks][1] * f_a);
+            pf[ks][1] = pack_bf16(s[2 * ks][2] * f_b, s[2 * ks][3] * f_b);
+            pf[ks][2] = pack_bf16(s[2 * ks + 1][0] * f_a, s[2 * ks + 1][1] * f_a);
+            pf[ks][3] = pack_bf16(s[2 * ks + 1][2] * f_b, s[2 * ks + 1][3] * f_b);
+        }
+
+        // out += (P w / sum) V, 16 x d.
+#pragma unroll
+        for (int n = 0; n < kOutTiles; n += 2) {
+#pragma unroll
+            for (int ks = 0; ks < kKeySteps; ++ks) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, v_lane + 2u * static_cast<uint32_t>(16 * ks * Cfg::kLd + 8 * n));
+                mma_bf16_16816(acc[n], pf[ks], vb[0], vb[1]);
+                mma_bf16_16816(acc[n + 1], pf[ks], vb[2], vb[3]);
+            }
+        }
+    }
+
+    // Rows gid and gid + 8, columns 8 n + 2 tig, + 1.
+    float* out_a = P.out + (row0 + gid) * D + 2 * tig;
+    float* out_b = P.out + (row0 + gid + 8) * D + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < kOutTiles; ++n) {
+        if (has_a) *reinterpret_cast<float2*>(out_a + 8 * n) = make_float2(acc[n][0], acc[n][1]);
+        if (has_b) *reinterpret_cast<float2*>(out_b + 8 * n) = make_float2(acc[n][2], acc[n][3]);
+    }
+}
+
+// ---------------------------------------------------------------- host side
+
+void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
+    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
+    HSA_CHECK(t.device() == Device::CUDA, op << ": " << name << " is on " << device_name(t.device())
+                                             << ", expected cuda");
+    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
+                                     << dtype_name(dtype));
+    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
+                                        << shape_string(expected));
+    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
+                                    << " is not contiguous, expected a contiguous tensor");
+}
+
+void check_rank(const char* op, const char* name, const Tensor& t, const char* layout) {
+    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
+    HSA_CHECK(t.ndim() == 4, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
+                                << layout);
+}
+
+void check_aligned(const char* op, const char* name, const void* p) {
+    HSA_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+              op << ": " << name << " data is not 16-byte aligned (a view at an odd offset?), expected aligned");
+}
+
+template <int D>
+void launch_v1(const char* op, const V1Params& P) {
+    using Cfg = V1Config<D>;
+    const int64_t blocks = (P.units + Cfg::kWarps - 1) / Cfg::kWarps;
+    HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " blocks, expected fewer than " << INT_MAX);
+    int device = 0, limit = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    HSA_CHECK(static_cast<int64_t>(Cfg::kSharedBytes) <= limit,
+              op << ": needs " << Cfg::kSharedBytes << " bytes of shared memory per block, the device allows " << limit);
+    HSA_CUDA_CHECK(cudaFuncSetAttribute(hsa_forward_v1_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(Cfg::kSharedBytes)));
+    HSA_CUDA_CHECK(cudaFuncSetAttribute(hsa_forward_v1_kernel<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+    hsa_forward_v1_kernel<D><<<static_cast<unsigned>(blocks), Cfg::kThreads, Cfg::kSharedBytes>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("hsa_forward_v1_kernel");
+}
+
+}  // namespace
+
+void hsa_forward_tensor_core(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
+                             const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse) {
+    const char* op = "hsa_forward_tensor_core";
+    check_rank(op, "q", q, "[B, T, H, d]");
+    check_rank(op, "kmem", kmem, "[B, Tm, Hk, d]");
+    check_rank(op, "indices", indices, "[B, T, Hr, K]");
+    const int64_t B = q.size(0), T = q.size(1), H = q.size(2), d = q.size(3);
+    const int64_t Tm = kmem.size(1), Hk = kmem.size(2), Hr = indices.size(2), K = indices.size(3);
+    HSA_CHECK(d == 64 || d == 128, op << ": head dim d = " << d << " is not supported, expected one of {64, 128}");
+    HSA_CHECK(chunk_size == kChunk, op << ": chunk_size " << chunk_size << " is not supported, expected one of {"
+                                       << kChunk << "}");
+    HSA_CHECK(H > 0, op << ": q has shape " << shape_string(q.shape()) << ", expected [B, T, H, d] with H > 0");
+    HSA_CHECK(Hk > 0 && H % Hk == 0, op << ": kmem has shape " << shape_string(kmem.shape())
+                                        << ", expected [B, Tm, Hk, d] with Hk dividing H = " << H);
+    const int64_t G = H / Hk;
+    HSA_CHECK(G >= 1 && G <= kTileRows, op << ": GQA group G = H / Hk = " << H << " / " << Hk << " = " << G
+                                           << " is not supported, expected G in 1.." << kTileRows);
+    HSA_CHECK(Hr > 0 && Hk % Hr == 0, op << ": indices has shape " << shape_string(indices.shape())
+                                         << ", expected [B, T, Hr, K] with Hr dividing Hk = " << Hk);
+    HSA_CHECK(K > 0, op << ": indices has shape " << shape_string(indices.shape())
+                        << ", expected [B, T, Hr, K] with K > 0");
+    check_tensor(op, "q", q, {B, T, H, d}, DType::F32);
+    check_tensor(op, "kmem", kmem, {B, Tm, Hk, d}, DType::F32);
+    check_tensor(op, "vmem", vmem, {B, Tm, Hk, d}, DType::F32);
+    check_tensor(op, "indices", indices, {B, T, Hr, K}, DType::I32);
+    check_tensor(op, "weights", weights, {B, T, Hr, K}, DType::F32);
+    check_tensor(op, "out", out, {B, T, H, d}, DType::F32);
+    check_tensor(op, "lse", lse, {B, T, H, K}, DType::F32);
+    // 16-byte vectors of K / V rows, 8-byte vectors of q / out rows.
+    check_aligned(op, "q", q.data<float>());
+    check_aligned(op, "kmem", kmem.data<float>());
+    check_aligned(op, "vmem", vmem.data<float>());
+    check_aligned(op, "out", out.data<float>());
+    // A chunk's rows must lie within kmem: every index is -1 or < Tm / S.
+    cuda_detail::check_chunk_indices_cuda(op, indices, Tm / chunk_size);
+
+    V1Params P{};
+    P.q = q.data<float>();
+    P.kmem = kmem.data<float>();
+    P.vmem = vmem.data<float>();
+    P.indices = indices.data<int32_t>();
+    P.weights = weights.data<float>();
+    P.out = out.data<float>();
+    P.lse = lse.data<float>();
+    P.T = T;
+    P.H = H;
+    P.Hk = Hk;
+    P.Hr = Hr;
+    P.Tm = Tm;
+    P.K = K;
+    P.units = B * T * Hk;
+    P.G = static_cast<int>(G);
+    P.kv_per_r = static_cast<int>(Hk / Hr);
+    P.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    P.scale_log2 = P.scale * 1.4426950408889634f;
+    if (P.units == 0) return;
+    if (d == 64)
+        launch_v1<64>(op, P);
+    else
+        launch_v1<128>(op, P);
+}
+
+}  // namespace hsa

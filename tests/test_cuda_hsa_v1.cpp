@@ -1,0 +1,169 @@
+// HSA forward version 1 (kernels/hsa_forward_v1.cu: bf16 operands on tensor cores, f32
+// accumulation and softmax) against the CPU reference on fresh random inputs, with the
+// selections of the CPU select_chunks (tokens of chunk 0 select nothing; K larger than the
+// visible chunks gives -1 padding). Outputs are poisoned (NaN) before the call so an
+// unwritten element fails.
+//
+// Tolerances. The kernel rounds q, K, V (and the probabilities) to bf16: 8 significant
+// bits, a relative rounding error of at most 2^-9 ~ 2e-3 per operand; the products are
+// accumulated in f32, whose own error (~1e-6 here) is negligible. Errors of 2e-3 per
+// operand, with random signs, leave a relative L2 error of a few 1e-3 on out (the
+// probabilities' rounding adds about as much as V's), so we require <= 1e-2 for out. lse
+// depends on q and K only and is O(log S) ~ 4 in size, so its relative error is ~1e-4;
+// we require <= 1e-3. Indexing or layout mistakes give errors of O(1). In addition, v1's
+// error must be within 3x of the error of a plain CPU computation that rounds q / K / V to
+// bf16 first (same CPU hsa_forward, rounded inputs), i.e. v1 loses no more than bf16
+// inputs must lose.
+// Without a GPU the comparison skips with the reason; the shape checks run anyway.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/cuda_allocator.h"
+#include "core/tensor.h"
+#include "op_test_harness.h"
+
+#ifdef HSA_WITH_CUDA_KERNELS
+#include "kernels/hsa_forward_v1.cuh"
+#endif
+
+namespace hsa {
+namespace {
+
+using test::test_rng;
+
+constexpr double kOutTol = 1e-2;
+constexpr double kLseTol = 1e-3;
+constexpr double kOverBf16Inputs = 3.0;
+
+Backend& cpu() { return backend_for(Device::CPU); }
+
+Tensor on_gpu(const Tensor& t) { return t.to(Device::CUDA); }
+
+Tensor poisoned(const Shape& shape) { return Tensor::full(shape, std::nanf(""), DType::F32, Device::CUDA); }
+
+// The same values rounded to bf16 (round to nearest even) and back: what the kernel feeds
+// the tensor cores.
+Tensor rounded_to_bf16(const Tensor& t) {
+    std::vector<float> values = t.to_vector();
+    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
+    return Tensor::from_vector(values, t.shape());
+}
+
+// ||got - want|| / ||want||, infinite if any element of got is not finite (poison).
+double relative_error(const Tensor& got_tensor, const Tensor& want_tensor) {
+    std::vector<float> got = got_tensor.to_vector(), want = want_tensor.to_vector();
+    EXPECT_EQ(got.size(), want.size());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+        norm += static_cast<double>(want[i]) * want[i];
+    }
+    if (norm == 0) return std::sqrt(diff);
+    return std::sqrt(diff / norm);
+}
+
+TEST(CudaHsaV1, ForwardMatchesCpuReference) {
+#ifndef HSA_WITH_CUDA_KERNELS
+    GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
+#else
+    if (!cuda_available())
+        GTEST_SKIP() << "no GPU: CUDA kernels are tested on the GPU machine (bash launch/gpu_check.sh)";
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    struct Case { int64_t B, T, H, Hk, Hr, d, S, K; };
+    for (const Case& c : {Case{2, 300, 16, 1, 1, 64, 64, 8}, Case{1, 200, 8, 2, 2, 128, 64, 4},
+                          Case{1, 1024, 4, 4, 1, 64, 64, 8}}) {
+        SCOPED_TRACE("B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
+                     std::to_string(c.Hk) + " Hr " + std::to_string(c.Hr) + " d " + std::to_string(c.d) + " K " +
+                     std::to_string(c.K));
+        const int64_t C = c.T / c.S;
+        Tensor q = rng.normal({c.B, c.T, c.H, c.d});
+        Tensor kmem = rng.normal({c.B, C * c.S, c.Hk, c.d}), vmem = rng.normal({c.B, C * c.S, c.Hk, c.d});
+        Tensor qr = rng.normal({c.B, c.T, c.Hr, 8}), landmarks = rng.normal({c.B, C, c.Hr, 8});
+        Tensor indices = Tensor::empty({c.B, c.T, c.Hr, c.K}, DType::I32);
+        cpu().select_chunks(qr, landmarks, c.S, indices);  // chunk 0 tokens and padding included
+        Tensor weights = rng.uniform(indices.shape(), 0.1f, 1.0f);
+
+        Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H, c.K});
+        cpu().hsa_forward(q, kmem, vmem, indices, weights, c.S, out_want, lse_want);
+        Tensor out_bf16 = Tensor::empty(q.shape()), lse_bf16 = Tensor::empty({c.B, c.T, c.H, c.K});
+        cpu().hsa_forward(rounded_to_bf16(q), rounded_to_bf16(kmem), rounded_to_bf16(vmem), indices, weights, c.S,
+                          out_bf16, lse_bf16);
+
+        Tensor out_got = poisoned(q.shape()), lse_got = poisoned({c.B, c.T, c.H, c.K});
+        hsa_forward_tensor_core(on_gpu(q), on_gpu(kmem), on_gpu(vmem), on_gpu(indices), on_gpu(weights), c.S, out_got,
+                                lse_got);
+
+        const double out_err = relative_error(out_got, out_want), lse_err = relative_error(lse_got, lse_want);
+        const double out_floor = relative_error(out_bf16, out_want), lse_floor = relative_error(lse_bf16, lse_want);
+        EXPECT_LE(out_err, kOutTol) << "out vs CPU reference";
+        EXPECT_LE(lse_err, kLseTol) << "lse vs CPU reference";
+        EXPECT_LE(out_err, kOverBf16Inputs * out_floor) << "out: CPU on bf16-rounded inputs is off by " << out_floor;
+        EXPECT_LE(lse_err, kOverBf16Inputs * lse_floor) << "lse: CPU on bf16-rounded inputs is off by " << lse_floor;
+
+        // Exactly: lse 0 at padding, out 0 for tokens that select nothing; and the case
+        // must have exercised both.
+        const std::vector<float> idx = indices.to_vector(), out = out_got.to_vector(), lse = lse_got.to_vector();
+        const int64_t heads_per_r = c.H / c.Hr;
+        int64_t padded = 0, empty_rows = 0, bad_lse = 0, bad_out = 0;
+        for (int64_t b = 0; b < c.B; ++b)
+            for (int64_t t = 0; t < c.T; ++t)
+                for (int64_t r = 0; r < c.Hr; ++r) {
+                    const int64_t sel = ((b * c.T + t) * c.Hr + r) * c.K;
+                    bool any = false;
+                    for (int64_t k = 0; k < c.K; ++k) {
+                        const bool pad = idx[static_cast<size_t>(sel + k)] < 0;
+                        any = any || !pad;
+                        if (!pad) continue;
+                        ++padded;
+                        for (int64_t h = r * heads_per_r; h < (r + 1) * heads_per_r; ++h)
+                            bad_lse += lse[static_cast<size_t>(((b * c.T + t) * c.H + h) * c.K + k)] != 0.0f;
+                    }
+                    if (any) continue;
+                    ++empty_rows;
+                    for (int64_t h = r * heads_per_r; h < (r + 1) * heads_per_r; ++h)
+                        for (int64_t i = 0; i < c.d; ++i)
+                            bad_out += out[static_cast<size_t>(((b * c.T + t) * c.H + h) * c.d + i)] != 0.0f;
+                }
+        EXPECT_GT(padded, 0) << "the case should contain padding";
+        EXPECT_GT(empty_rows, 0) << "the case should contain tokens that select no chunk";
+        EXPECT_EQ(bad_lse, 0) << "lse entries at padding that are not 0";
+        EXPECT_EQ(bad_out, 0) << "out entries of tokens without chunks that are not 0";
+    }
+#endif
+}
+
+// The limits are checked before any device access, so CPU tensors suffice: no GPU needed.
+TEST(CudaHsaV1, RejectsUnsupportedShapesWithClearErrors) {
+#ifndef HSA_WITH_CUDA_KERNELS
+    GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
+#else
+    auto expect_error = [](int64_t H, int64_t Hk, int64_t d, int64_t S, const std::string& needle) {
+        SCOPED_TRACE("H " + std::to_string(H) + " Hk " + std::to_string(Hk) + " d " + std::to_string(d) + " S " +
+                     std::to_string(S));
+        const int64_t B = 1, T = 128, K = 2;
+        Tensor q = Tensor::zeros({B, T, H, d}), kmem = Tensor::zeros({B, T, Hk, d}), vmem = Tensor::zeros({B, T, Hk, d});
+        Tensor indices = Tensor::full({B, T, 1, K}, -1.0f, DType::I32), weights = Tensor::zeros({B, T, 1, K});
+        Tensor out = Tensor::zeros({B, T, H, d}), lse = Tensor::zeros({B, T, H, K});
+        try {
+            hsa_forward_tensor_core(q, kmem, vmem, indices, weights, S, out, lse);
+            ADD_FAILURE() << "no error";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+        }
+    };
+    expect_error(16, 1, 32, 64, "{64, 128}");   // head dim
+    expect_error(16, 1, 96, 64, "{64, 128}");
+    expect_error(16, 1, 64, 32, "{64}");        // chunk size
+    expect_error(16, 1, 128, 128, "{64}");
+    expect_error(32, 1, 64, 64, "1..16");       // GQA group of 32 query heads
+#endif
+}
+
+}  // namespace
+}  // namespace hsa
