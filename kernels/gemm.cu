@@ -1,6 +1,9 @@
 // CudaBackend::gemm through cuBLASLt: f32 in, f32 out, CUBLAS_COMPUTE_32F (true f32 FMA, no
 // TF32), so results track the CPU reference (core/cpu/cpu_basic.cpp) to f32 rounding.
 //
+// With core/precision.h set to BF16, products use CUBLAS_COMPUTE_32F_FAST_16BF instead
+// (bf16 tensor cores, f32 accumulation); plans are cached per precision.
+//
 // Row-major trick: our tensors are row-major, cuBLASLt is column-major. A row-major [R, C]
 // matrix is a column-major [C, R] one, so out = op(a) op(b) is computed as the column-major
 // product out^T (N x M) = op(b)^T (N x K) . op(a)^T (K x M): cuBLASLt's "A" is our b, its
@@ -28,6 +31,7 @@
 #include <map>
 #include <mutex>
 
+#include "core/precision.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -53,8 +57,8 @@ struct DeviceState {
 
 // Column-major problem as cuBLASLt sees it: D (m x n) = op(A) (m x k) . op(B) (k x n).
 // Key fields: device, transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB,
-// strideC, alignA, alignB, alignC.
-using PlanKey = std::array<int64_t, 16>;
+// strideC, alignA, alignB, alignC, precision (core/precision.h).
+using PlanKey = std::array<int64_t, 17>;
 
 struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -119,7 +123,11 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
 
     Plan plan;
     try {
-        HSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        // BF16: cuBLASLt rounds the f32 operands to bf16 for the tensor cores and
+        // accumulates in f32 (mixed-precision compute on f32 storage).
+        const cublasComputeType_t compute =
+            key[16] == static_cast<int64_t>(MatmulPrecision::BF16) ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+        HSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
         const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
         const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
         HSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
@@ -153,7 +161,7 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
                                                        << cublasLtGetStatusName(status) << " ("
                                                        << cublasLtGetStatusString(status) << ")");
         HSA_CHECK(found_count > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-                  "gemm: cuBLASLt found no f32 algorithm for m " << m << " n " << n << " k " << k << " batch "
+                  "gemm: cuBLASLt found no " << (key[16] ? "bf16" : "f32") << " algorithm for m " << m << " n " << n << " k " << k << " batch "
                                                                  << batch << " (alignments " << align_a << "/"
                                                                  << align_b << "/" << align_c << " bytes)");
         plan.algo = result.algo;
@@ -203,7 +211,7 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     const uint32_t align_b = std::min(alignment_of(g.a, sb), alignment_of(g.a, g.loop_stride_a));
     const uint32_t align_c = std::min(alignment_of(g.c, sc), alignment_of(g.c, g.loop_stride_c));
     const PlanKey key{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                      align_a, align_b, align_c};
+                      align_a, align_b, align_c, static_cast<int64_t>(matmul_precision())};
     const Plan& plan = find_plan(state, key);
     const float alpha = 1.0f;
     HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,

@@ -21,6 +21,7 @@
 #include "core/cuda_allocator.h"
 #include "core/model/model.h"
 #include "core/ops.h"
+#include "core/precision.h"
 #include "op_test_harness.h"
 
 namespace hsa {
@@ -163,6 +164,28 @@ TEST(CudaOps, GemmAllTransposesBatchesAndAccumulate) {
                     EXPECT_CLOSE(got, want, kReductionTol);
                 }
             }
+}
+
+// BF16 matmul precision rounds operands to bf16 (8 significant bits: 2^-9 = 2e-3 relative
+// per operand), so the product carries ~3e-3 relative error: bounded by 1e-2, and above
+// 1e-5, which proves the tensor-core path is the one taken.
+TEST(CudaOps, GemmBf16PrecisionIsBf16Accurate) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Tensor a = rng.normal({3, 96, 256}), b = rng.normal({256, 160});
+    Tensor want = Tensor::empty({3, 96, 160}), got = poisoned({3, 96, 160});
+    cpu().gemm(a, false, b, false, want, false);
+    {
+        MatmulPrecisionScope bf16(MatmulPrecision::BF16);
+        gpu().gemm(on_gpu(a), false, on_gpu(b), false, got, false);
+    }
+    const double error = relative_error(got, want);
+    EXPECT_LE(error, 1e-2);
+    EXPECT_GT(error, 1e-5) << "bf16 precision asked for, but the product is f32-exact";
+    Tensor exact = poisoned({3, 96, 160});
+    gpu().gemm(on_gpu(a), false, on_gpu(b), false, exact, false);  // the scope restored f32
+    EXPECT_CLOSE(exact, want, kReductionTol);
 }
 
 TEST(CudaOps, RmsnormRopeSwiglu) {

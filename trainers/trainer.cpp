@@ -11,6 +11,7 @@
 #include "core/model/model.h"
 #include "core/ops.h"
 #include "core/optimizer.h"
+#include "core/precision.h"
 
 namespace hsa {
 
@@ -32,6 +33,7 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     r.read("eval_every", t.eval_every);
     r.read("eval_batches", t.eval_batches);
     r.read("device", t.device);
+    r.read("precision", t.precision);
     r.finish();
     auto bad = [](const std::string& what) { throw ConfigError("config train." + what); };
     if (t.steps < 1) bad("steps: must be >= 1, got " + std::to_string(t.steps));
@@ -49,6 +51,8 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     if (t.eval_every < 0) bad("eval_every: must be >= 0");
     if (t.eval_batches < 1) bad("eval_batches: must be >= 1");
     if (t.device != "cpu" && t.device != "cuda") bad("device: expected \"cpu\" or \"cuda\", got \"" + t.device + "\"");
+    if (t.precision != "f32" && t.precision != "bf16")
+        bad("precision: expected \"f32\" or \"bf16\", got \"" + t.precision + "\"");
     if (t.device == "cuda" && !cuda_available())
         bad("device: \"cuda\" asked for, but no GPU is visible (or this build has no CUDA support)");
     return t;
@@ -138,6 +142,7 @@ TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model
                   << 1.0 / static_cast<double>(config.task.values) << ")\n";
     }
     TrainResult result;
+    MatmulPrecisionScope precision(parse_matmul_precision(tc.precision));
     const auto start = std::chrono::steady_clock::now();
     const int64_t tokens_per_step = tc.batch_size * tc.seq_len;
     for (int64_t step = 0; step < tc.steps; ++step) {

@@ -32,7 +32,9 @@ struct TrainConfig {
     int64_t log_every = 25;
     int64_t eval_every = 100;    // 0 = only at the end
     int64_t eval_batches = 4;
-    std::string device = "cpu";  // "cpu" or "cuda" (f32 CUDA kernels, one GPU)
+    std::string device = "cpu";  // "cpu" or "cuda" (one GPU)
+    std::string precision = "bf16";  // CUDA matrix products: "bf16" (tensor cores, f32 accumulation
+                                     // and f32 master weights) or "f32"; the CPU always computes exactly
 
     static TrainConfig from_json(const Json& section);
     double lr_at(int64_t step) const;  // step counts from 0
