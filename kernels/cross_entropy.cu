@@ -21,23 +21,6 @@ constexpr unsigned long long kNoError = ~0ull;
 constexpr int kRowThreads = 256;
 constexpr int kReduceThreads = 1024;
 
-__device__ double block_sum(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        v = lane < warps ? shared[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) shared[0] = v;
-    }
-    __syncthreads();
-    const double result = shared[0];
-    __syncthreads();
-    return result;
-}
-
 __device__ float block_max(float v, float* shared) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -1,10 +1,12 @@
 // Shared CUDA helpers for the kernel files: error checks after every runtime call and
-// launch, argument checks for tensors, grid sizing. Defines: HSA_CUDA_CHECK,
-// HSA_CUDA_CHECK_LAUNCH, cuda_f32, cuda_i32, blocks_for.
+// launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
+// fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
+// cuda_i32, blocks_for, max_shared_bytes, allow_shared_bytes, block_sum.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/backend_checks.h"
@@ -41,6 +43,50 @@ inline unsigned blocks_for(int64_t work, int threads) {
     int64_t blocks = (work + threads - 1) / threads;
     if (blocks < 1) blocks = 1;
     return static_cast<unsigned>(blocks);
+}
+
+// Largest dynamic shared memory one block may opt in to on the current device.
+inline int max_shared_bytes() {
+    int device = 0, bytes = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return bytes;
+}
+
+// Opts `kernel` in to `bytes` of dynamic shared memory when that exceeds the default 48 KB
+// (the caller has checked `bytes` against max_shared_bytes()).
+template <class Kernel>
+void allow_shared_bytes(Kernel kernel, size_t bytes) {
+    if (bytes > 48 * 1024)
+        HSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// As above, after checking `bytes` against the device's limit (an hsa::Error naming op).
+template <class Kernel>
+void allow_shared_bytes(const char* op, Kernel kernel, size_t bytes) {
+    HSA_CHECK(static_cast<int64_t>(bytes) <= max_shared_bytes(),
+              op << ": needs " << bytes << " bytes of shared memory per block, more than the device allows");
+    allow_shared_bytes(kernel, bytes);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024) in a fixed order, in double;
+// every thread gets the result. `shared` holds at least 32 values (a __shared__ array of
+// the caller). Ends with a barrier, so the caller may overwrite what it has read.
+__device__ inline double block_sum(double v, double* shared) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const int warps = blockDim.x >> 5;
+        v = lane < warps ? shared[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) shared[0] = v;
+    }
+    __syncthreads();
+    const double result = shared[0];
+    __syncthreads();
+    return result;
 }
 
 }  // namespace hsa

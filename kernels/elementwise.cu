@@ -32,25 +32,6 @@ constexpr Device kCuda = Device::CUDA;
 Tensor double_scratch(int64_t count) { return Tensor::empty({count < 1 ? 1 : count}, DType::I64, Device::CUDA); }
 double* double_ptr(const Tensor& t) { return static_cast<double*>(t.raw_data()); }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024) in a fixed order; every thread
-// gets the result. `shared` holds at least 32 values.
-__device__ double block_sum(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        v = lane < warps ? shared[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) shared[0] = v;
-    }
-    __syncthreads();
-    const double result = shared[0];
-    __syncthreads();
-    return result;
-}
-
 // ---- elementwise maps: out[i] = op(a[i], b[i]) ----
 
 struct AddOp {

@@ -25,17 +25,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
 namespace hsa {
-
-// Defined in kernels/retrieval.cu (shared by the retrieval and HSA families).
-namespace cuda_detail {
-void check_chunk_indices_cuda(const char* op, const Tensor& indices, int64_t num_chunks);
-void build_chunk_pair_lists(const char* op, const Tensor& indices, int64_t num_chunks, Tensor& pair_ids,
-                            Tensor& segment_start);
-}  // namespace cuda_detail
 
 namespace {
 
@@ -44,23 +38,6 @@ constexpr int64_t kMaxChunkSize = 128;
 constexpr int kHsaThreads = 256;        // forward and backward pass 1
 constexpr int kMaxHeadsPerBlock = 16;   // query heads sharing one block's K/V tile
 constexpr int kWarpSize = 32;
-
-// ---------------------------------------------------------------- helpers
-
-int max_shared_bytes() {
-    int device = 0, bytes = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return bytes;
-}
-
-template <class Kernel>
-void allow_shared_bytes(const char* op, Kernel kernel, size_t bytes) {
-    HSA_CHECK(static_cast<int64_t>(bytes) <= max_shared_bytes(),
-              op << ": needs " << bytes << " bytes of shared memory per block, more than the device allows");
-    if (bytes > 48 * 1024)
-        HSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
 
 // ---------------------------------------------------------------- shapes and parameters
 

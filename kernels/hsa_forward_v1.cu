@@ -40,14 +40,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_common.cuh"
 
 namespace hsa {
-
-// Defined in kernels/retrieval.cu.
-namespace cuda_detail {
-void check_chunk_indices_cuda(const char* op, const Tensor& indices, int64_t num_chunks);
-}  // namespace cuda_detail
 
 namespace {
 
@@ -314,24 +310,6 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
 
 // ---------------------------------------------------------------- host side
 
-void check_tensor(const char* op, const char* name, const Tensor& t, const Shape& expected, DType dtype) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected shape " << shape_string(expected));
-    HSA_CHECK(t.device() == Device::CUDA, op << ": " << name << " is on " << device_name(t.device())
-                                             << ", expected cuda");
-    HSA_CHECK(t.dtype() == dtype, op << ": " << name << " has dtype " << dtype_name(t.dtype()) << ", expected "
-                                     << dtype_name(dtype));
-    HSA_CHECK(t.shape() == expected, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                        << shape_string(expected));
-    HSA_CHECK(t.is_contiguous(), op << ": " << name << " of shape " << shape_string(t.shape())
-                                    << " is not contiguous, expected a contiguous tensor");
-}
-
-void check_rank(const char* op, const char* name, const Tensor& t, const char* layout) {
-    HSA_CHECK(t.defined(), op << ": " << name << " is undefined, expected a " << layout << " tensor");
-    HSA_CHECK(t.ndim() == 4, op << ": " << name << " has shape " << shape_string(t.shape()) << ", expected "
-                                << layout);
-}
-
 void check_aligned(const char* op, const char* name, const void* p) {
     HSA_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
               op << ": " << name << " data is not 16-byte aligned (a view at an odd offset?), expected aligned");
@@ -342,9 +320,7 @@ void launch_v1(const char* op, const V1Params& P) {
     using Cfg = V1Config<D>;
     const int64_t blocks = (P.units + Cfg::kWarps - 1) / Cfg::kWarps;
     HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " blocks, expected fewer than " << INT_MAX);
-    int device = 0, limit = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    const int limit = max_shared_bytes();
     HSA_CHECK(static_cast<int64_t>(Cfg::kSharedBytes) <= limit,
               op << ": needs " << Cfg::kSharedBytes << " bytes of shared memory per block, the device allows " << limit);
     HSA_CUDA_CHECK(cudaFuncSetAttribute(hsa_forward_v1_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -360,9 +336,9 @@ void launch_v1(const char* op, const V1Params& P) {
 void hsa_forward_tensor_core(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
                              const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse) {
     const char* op = "hsa_forward_tensor_core";
-    check_rank(op, "q", q, "[B, T, H, d]");
-    check_rank(op, "kmem", kmem, "[B, Tm, Hk, d]");
-    check_rank(op, "indices", indices, "[B, T, Hr, K]");
+    checks::check_rank(op, "q", q, 4, "[B, T, H, d]");
+    checks::check_rank(op, "kmem", kmem, 4, "[B, Tm, Hk, d]");
+    checks::check_rank(op, "indices", indices, 4, "[B, T, Hr, K]");
     const int64_t B = q.size(0), T = q.size(1), H = q.size(2), d = q.size(3);
     const int64_t Tm = kmem.size(1), Hk = kmem.size(2), Hr = indices.size(2), K = indices.size(3);
     HSA_CHECK(d == 64 || d == 128, op << ": head dim d = " << d << " is not supported, expected one of {64, 128}");
@@ -378,13 +354,13 @@ void hsa_forward_tensor_core(const Tensor& q, const Tensor& kmem, const Tensor& 
                                          << ", expected [B, T, Hr, K] with Hr dividing Hk = " << Hk);
     HSA_CHECK(K > 0, op << ": indices has shape " << shape_string(indices.shape())
                         << ", expected [B, T, Hr, K] with K > 0");
-    check_tensor(op, "q", q, {B, T, H, d}, DType::F32);
-    check_tensor(op, "kmem", kmem, {B, Tm, Hk, d}, DType::F32);
-    check_tensor(op, "vmem", vmem, {B, Tm, Hk, d}, DType::F32);
-    check_tensor(op, "indices", indices, {B, T, Hr, K}, DType::I32);
-    check_tensor(op, "weights", weights, {B, T, Hr, K}, DType::F32);
-    check_tensor(op, "out", out, {B, T, H, d}, DType::F32);
-    check_tensor(op, "lse", lse, {B, T, H, K}, DType::F32);
+    checks::check_tensor(op, "q", q, {B, T, H, d}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "kmem", kmem, {B, Tm, Hk, d}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "vmem", vmem, {B, Tm, Hk, d}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "indices", indices, {B, T, Hr, K}, DType::I32, Device::CUDA);
+    checks::check_tensor(op, "weights", weights, {B, T, Hr, K}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "out", out, {B, T, H, d}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "lse", lse, {B, T, H, K}, DType::F32, Device::CUDA);
     // 16-byte vectors of K / V rows, 8-byte vectors of q / out rows.
     check_aligned(op, "q", q.data<float>());
     check_aligned(op, "kmem", kmem.data<float>());

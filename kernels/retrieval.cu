@@ -2,10 +2,8 @@
 // chunks (chunk_weights_forward / chunk_weights_backward). Semantics: core/backend.h;
 // math: shared/design/MODEL.md "Retrieval"; reference: core/cpu/cpu_attention.cpp.
 //
-// Also defines, for hsa.cu as well (namespace cuda_detail, declared again there):
-//   check_chunk_indices_cuda: every index is -1 or a chunk < C, via a device error flag;
-//   build_chunk_pair_lists:   for each (b, r, chunk c), the flat positions (b, t, r, k) of
-//                             indices that hold c, ascending, i.e. in (t, k) order.
+// Also defines the helpers of kernels/chunk_lists.cuh (namespace cuda_detail), used by
+// hsa.cu and hsa_forward_v1.cu as well: check_chunk_indices_cuda, build_chunk_pair_lists.
 //
 // select_chunks never forms the (tokens x chunks) score matrix: one block per query row
 // (b, t, r) streams over its visible chunks in rounds of kSelectBatch, keeps a sorted top
@@ -29,12 +27,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
 namespace hsa {
 
-// ================================================================ shared with hsa.cu
+// ================================================================ shared with hsa.cu (kernels/chunk_lists.cuh)
 
 namespace cuda_detail {
 
@@ -160,20 +159,6 @@ using checks::RetrievalDims;
 // The CUDA kernels' limit on the number of chunks, after the shared checks (core/backend_checks.h).
 void check_retrieval_limits(const char* op, const RetrievalDims& D) {
     HSA_CHECK(D.C < INT_MAX, op << ": landmarks has " << D.C << " chunks, expected fewer than " << INT_MAX);
-}
-
-// Largest dynamic shared memory one block may opt in to on the current device.
-int max_shared_bytes() {
-    int device = 0, bytes = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return bytes;
-}
-
-template <class Kernel>
-void allow_shared_bytes(Kernel kernel, size_t bytes) {
-    if (bytes > 48 * 1024)
-        HSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // Sum over a group of `width` lanes (a power of two dividing 32), all lanes of the warp
@@ -554,9 +539,7 @@ void CudaBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64
     P.scale = 1.0f / std::sqrt(static_cast<float>(D.dr));
     const size_t shared_bytes = sizeof(float) * static_cast<size_t>(D.dr + 2 * (D.K + kSelectBuffer) + 2 * D.K +
                                                                     kSelectBatch);
-    HSA_CHECK(static_cast<int64_t>(shared_bytes) <= max_shared_bytes(),
-              op << ": needs " << shared_bytes << " bytes of shared memory per block, more than the device allows");
-    allow_shared_bytes(select_chunks_kernel, shared_bytes);
+    allow_shared_bytes(op, select_chunks_kernel, shared_bytes);
     select_chunks_kernel<<<static_cast<unsigned>(rows), kSelectThreads, shared_bytes>>>(P);
     HSA_CUDA_CHECK_LAUNCH("select_chunks_kernel");
 }

@@ -17,24 +17,6 @@ namespace {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Sum over the block (blockDim.x a multiple of 32) in a fixed order; every thread gets it.
-__device__ double block_sum(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        v = lane < warps ? shared[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) shared[0] = v;
-    }
-    __syncthreads();
-    const double result = shared[0];
-    __syncthreads();
-    return result;
-}
-
 // Threads per row block: enough for one float4 (or float) per thread up to 512.
 int row_threads(int64_t units) {
     if (units >= 512) return 512;

@@ -3,7 +3,6 @@
 // running) and 2 (bad arguments or configuration), and every error is one line on stderr.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -16,31 +15,13 @@
 
 #include "core/cuda_allocator.h"
 #include "core/json.h"
-
-#ifndef HSA_BINARY_PATH
-#error "HSA_BINARY_PATH must name the built hsa executable"
-#endif
+#include "tests/cli_runner.h"
 
 namespace hsa {
 namespace {
 
-struct RunResult {
-    int code = -1;
-    std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using test::describe;
+using test::RunResult;
 
 class CliTest : public ::testing::Test {
 protected:
@@ -57,15 +38,7 @@ protected:
     RunResult run(const std::vector<std::string>& args) {
         const std::string out = dir_ + "/stdout" + std::to_string(calls_), err = dir_ + "/stderr" + std::to_string(calls_);
         ++calls_;
-        std::string command = quote(HSA_BINARY_PATH);
-        for (const auto& a : args) command += " " + quote(a);
-        command += " </dev/null >" + quote(out) + " 2>" + quote(err);
-        const int status = std::system(command.c_str());
-        RunResult r;
-        r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        r.out = slurp(out);
-        r.err = slurp(err);
-        return r;
+        return test::run_hsa(args, out, err);
     }
 
     std::string write_file(const std::string& name, const std::string& text) {
@@ -78,17 +51,9 @@ protected:
     int calls_ = 0;
 };
 
-std::string describe(const RunResult& r) {
-    return "exit " + std::to_string(r.code) + "\n--- stdout ---\n" + r.out + "--- stderr ---\n" + r.err;
-}
-
-// An error: the exit code, nothing on stdout, exactly one "hsa: error: ..." line on stderr.
+// An error: the exit code, exactly one "hsa: error: ..." line on stderr.
 void expect_error(const RunResult& r, int code, const std::vector<std::string>& mentions) {
-    EXPECT_EQ(r.code, code) << describe(r);
-    EXPECT_EQ(r.err.rfind("hsa: error: ", 0), 0u) << describe(r);
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr must be exactly one line\n" << describe(r);
-    EXPECT_TRUE(!r.err.empty() && r.err.back() == '\n') << describe(r);
-    for (const auto& m : mentions) EXPECT_NE(r.err.find(m), std::string::npos) << "expected '" << m << "'\n" << describe(r);
+    test::expect_error_line(r, code, mentions);
 }
 
 bool has_line_starting(const std::string& text, const std::string& prefix) {

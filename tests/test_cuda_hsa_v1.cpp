@@ -24,6 +24,7 @@
 #include "core/backend.h"
 #include "core/cuda_allocator.h"
 #include "core/tensor.h"
+#include "cuda_test_util.h"
 #include "op_test_harness.h"
 
 #ifdef HSA_WITH_CUDA_KERNELS
@@ -33,6 +34,11 @@
 namespace hsa {
 namespace {
 
+using test::HsaCase;
+using test::on_gpu;
+using test::poisoned;
+using test::random_hsa_inputs;
+using test::relative_error;
 using test::test_rng;
 
 constexpr double kOutTol = 1e-2;
@@ -40,10 +46,6 @@ constexpr double kLseTol = 1e-3;
 constexpr double kOverBf16Inputs = 3.0;
 
 Backend& cpu() { return backend_for(Device::CPU); }
-
-Tensor on_gpu(const Tensor& t) { return t.to(Device::CUDA); }
-
-Tensor poisoned(const Shape& shape) { return Tensor::full(shape, std::nanf(""), DType::F32, Device::CUDA); }
 
 // The same values rounded to bf16 (round to nearest even) and back: what the kernel feeds
 // the tensor cores.
@@ -53,41 +55,19 @@ Tensor rounded_to_bf16(const Tensor& t) {
     return Tensor::from_vector(values, t.shape());
 }
 
-// ||got - want|| / ||want||, infinite if any element of got is not finite (poison).
-double relative_error(const Tensor& got_tensor, const Tensor& want_tensor) {
-    std::vector<float> got = got_tensor.to_vector(), want = want_tensor.to_vector();
-    EXPECT_EQ(got.size(), want.size());
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-        norm += static_cast<double>(want[i]) * want[i];
-    }
-    if (norm == 0) return std::sqrt(diff);
-    return std::sqrt(diff / norm);
-}
-
 TEST(CudaHsaV1, ForwardMatchesCpuReference) {
 #ifndef HSA_WITH_CUDA_KERNELS
     GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
 #else
-    if (!cuda_available())
-        GTEST_SKIP() << "no GPU: CUDA kernels are tested on the GPU machine (bash launch/gpu_check.sh)";
+    HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    struct Case { int64_t B, T, H, Hk, Hr, d, S, K; };
-    for (const Case& c : {Case{2, 300, 16, 1, 1, 64, 64, 8}, Case{1, 200, 8, 2, 2, 128, 64, 4},
-                          Case{1, 1024, 4, 4, 1, 64, 64, 8}}) {
+    for (const HsaCase& c : {HsaCase{2, 300, 16, 1, 1, 64, 64, 8}, HsaCase{1, 200, 8, 2, 2, 128, 64, 4},
+                             HsaCase{1, 1024, 4, 4, 1, 64, 64, 8}}) {
         SCOPED_TRACE("B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
                      std::to_string(c.Hk) + " Hr " + std::to_string(c.Hr) + " d " + std::to_string(c.d) + " K " +
                      std::to_string(c.K));
-        const int64_t C = c.T / c.S;
-        Tensor q = rng.normal({c.B, c.T, c.H, c.d});
-        Tensor kmem = rng.normal({c.B, C * c.S, c.Hk, c.d}), vmem = rng.normal({c.B, C * c.S, c.Hk, c.d});
-        Tensor qr = rng.normal({c.B, c.T, c.Hr, 8}), landmarks = rng.normal({c.B, C, c.Hr, 8});
-        Tensor indices = Tensor::empty({c.B, c.T, c.Hr, c.K}, DType::I32);
-        cpu().select_chunks(qr, landmarks, c.S, indices);  // chunk 0 tokens and padding included
-        Tensor weights = rng.uniform(indices.shape(), 0.1f, 1.0f);
+        const auto [q, kmem, vmem, indices, weights] = random_hsa_inputs(rng, c);
 
         Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H, c.K});
         cpu().hsa_forward(q, kmem, vmem, indices, weights, c.S, out_want, lse_want);

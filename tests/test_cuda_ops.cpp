@@ -22,18 +22,18 @@
 #include "core/model/model.h"
 #include "core/ops.h"
 #include "core/precision.h"
+#include "cuda_test_util.h"
 #include "op_test_harness.h"
 
 namespace hsa {
 namespace {
 
+using test::HsaCase;
+using test::on_gpu;
+using test::poisoned;
+using test::random_hsa_inputs;
+using test::relative_error;
 using test::test_rng;
-
-#define HSA_REQUIRE_GPU()                                                                                   \
-    do {                                                                                                    \
-        if (!cuda_available())                                                                              \
-            GTEST_SKIP() << "no GPU: CUDA kernels are tested on the GPU machine (bash launch/gpu_check.sh)"; \
-    } while (0)
 
 // Under compute-sanitizer (100x slower) HSA_TEST_SMALL=1 skips the largest shapes.
 bool small_only() { return std::getenv("HSA_TEST_SMALL") != nullptr; }
@@ -43,26 +43,6 @@ constexpr double kReductionTol = 2e-5;
 
 Backend& cpu() { return backend_for(Device::CPU); }
 Backend& gpu() { return backend_for(Device::CUDA); }
-
-Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : t; }
-
-// A CUDA tensor filled with garbage that no kernel result equals.
-Tensor poisoned(const Shape& shape, DType dtype = DType::F32) {
-    return Tensor::full(shape, dtype == DType::F32 ? std::nanf("") : -7777.0f, dtype, Device::CUDA);
-}
-
-double relative_error(const Tensor& got_gpu, const Tensor& want_cpu) {
-    std::vector<float> got = got_gpu.to_vector(), want = want_cpu.to_vector();
-    EXPECT_EQ(got.size(), want.size());
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;  // unwritten (poison) or overflow
-        diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-        norm += static_cast<double>(want[i]) * want[i];
-    }
-    if (norm == 0) return std::sqrt(diff);
-    return std::sqrt(diff / norm);
-}
 
 #define EXPECT_CLOSE(gpu_tensor, cpu_tensor, tol) \
     EXPECT_LE(relative_error(gpu_tensor, cpu_tensor), tol) << #gpu_tensor << " vs CPU reference"
@@ -361,18 +341,12 @@ TEST(CudaOps, HsaForwardBackward) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    struct Case { int64_t B, T, H, Hk, Hr, d, S, K; };
-    for (const Case& c : {Case{2, 23, 4, 2, 1, 8, 4, 3}, Case{1, 50, 8, 4, 2, 16, 4, 4}, Case{1, 40, 4, 2, 2, 16, 8, 8},
-                          Case{1, 1024, 16, 1, 1, 64, 64, 8}, Case{1, 512, 16, 1, 1, 128, 64, 8}}) {
+    for (const HsaCase& c : {HsaCase{2, 23, 4, 2, 1, 8, 4, 3}, HsaCase{1, 50, 8, 4, 2, 16, 4, 4},
+                             HsaCase{1, 40, 4, 2, 2, 16, 8, 8}, HsaCase{1, 1024, 16, 1, 1, 64, 64, 8},
+                             HsaCase{1, 512, 16, 1, 1, 128, 64, 8}}) {
         SCOPED_TRACE("T " + std::to_string(c.T) + " d " + std::to_string(c.d) + " K " + std::to_string(c.K));
         if (small_only() && c.T > 100) continue;
-        const int64_t C = c.T / c.S;
-        Tensor q = rng.normal({c.B, c.T, c.H, c.d});
-        Tensor kmem = rng.normal({c.B, C * c.S, c.Hk, c.d}), vmem = rng.normal({c.B, C * c.S, c.Hk, c.d});
-        Tensor qr = rng.normal({c.B, c.T, c.Hr, 8}), landmarks = rng.normal({c.B, C, c.Hr, 8});
-        Tensor indices = Tensor::empty({c.B, c.T, c.Hr, c.K}, DType::I32);
-        cpu().select_chunks(qr, landmarks, c.S, indices);  // chunk 0 tokens and padding included
-        Tensor weights = rng.uniform(indices.shape(), 0.1f, 1.0f);
+        const auto [q, kmem, vmem, indices, weights] = random_hsa_inputs(rng, c);
         Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H, c.K});
         Tensor out_got = poisoned(q.shape()), lse_got = poisoned({c.B, c.T, c.H, c.K});
         cpu().hsa_forward(q, kmem, vmem, indices, weights, c.S, out_want, lse_want);

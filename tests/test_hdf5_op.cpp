@@ -6,7 +6,6 @@
 #include <hdf5.h>
 #include <omp.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,27 +23,11 @@
 #include "core/cuda_allocator.h"
 #include "core/hdf5_io.h"
 #include "core/ops.h"
+#include "tests/cli_runner.h"
 #include "tests/op_test_harness.h"
-
-#ifndef HSA_BINARY_PATH
-#error "HSA_BINARY_PATH must name the built hsa executable"
-#endif
 
 namespace hsa {
 namespace {
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 // The message of the hsa::Error f throws ("" and a failure when it throws none).
 template <class F>
@@ -429,14 +412,8 @@ TEST_F(Hdf5Errors, MissingDatasetsGroupsAndUnsupportedTypes) {
 
 // ================================================================ hsa op
 
-struct RunResult {
-    int code = -1;
-    std::string out, err;
-};
-
-std::string describe(const RunResult& r) {
-    return "exit " + std::to_string(r.code) + "\n--- stdout ---\n" + r.out + "--- stderr ---\n" + r.err;
-}
+using test::describe;
+using test::RunResult;
 
 using Named = std::map<std::string, Tensor>;
 
@@ -467,15 +444,7 @@ protected:
         const std::string out = path("stdout" + std::to_string(calls_)), err = path("stderr" + std::to_string(calls_));
         ++calls_;
         // The child uses this process's OpenMP thread count, so reductions split alike.
-        std::string command = "OMP_NUM_THREADS=" + std::to_string(omp_get_max_threads()) + " " + quote(HSA_BINARY_PATH);
-        for (const auto& a : args) command += " " + quote(a);
-        command += " </dev/null >" + quote(out) + " 2>" + quote(err);
-        const int status = std::system(command.c_str());
-        RunResult r;
-        r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        r.out = slurp(out);
-        r.err = slurp(err);
-        return r;
+        return test::run_hsa(args, out, err, "OMP_NUM_THREADS=" + std::to_string(omp_get_max_threads()) + " ");
     }
 
     // Writes the inputs (and grad_out when defined) to a fresh file; attrs adds attributes.
@@ -714,12 +683,8 @@ TEST_F(OpRunnerCuda, HsaAndAttentionMatchCpu) {
 // ---- command-line errors: exit 2, exactly one line on stderr ----
 
 void expect_error(const RunResult& r, int code, const std::vector<std::string>& mentions) {
-    EXPECT_EQ(r.code, code) << describe(r);
     EXPECT_EQ(r.out, "") << describe(r);
-    EXPECT_EQ(r.err.rfind("hsa: error: ", 0), 0u) << describe(r);
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr must be exactly one line\n" << describe(r);
-    EXPECT_TRUE(!r.err.empty() && r.err.back() == '\n') << describe(r);
-    for (const auto& m : mentions) EXPECT_NE(r.err.find(m), std::string::npos) << "expected '" << m << "'\n" << describe(r);
+    test::expect_error_line(r, code, mentions);
 }
 
 TEST_F(OpRunnerCli, HelpListsEveryOp) {

@@ -68,10 +68,10 @@ std::vector<SwitchCase> switch_cases() {
 // d loss / d theta along a random direction v, analytic (g . v) against a five-point
 // finite difference of L(theta + s v), per parameter tensor, with the top-K selection
 // recorded once and held fixed.
-// Tolerance: the loss is f32 through ~100 ops, so its rounding noise is ~1e-6 absolute;
-// the stencil turns that into ~1e-3 in the quotient at eps = 1e-3, and its O(eps^4)
-// truncation error is smaller. |analytic - numeric| <= 2e-3 + 3e-2 |numeric| leaves room
-// for noise only: a wrong gradient term is off by O(1) relative.
+// Tolerance: the loss is f32 (one ulp ~2.4e-7 at L ~ 3); the stencil turns that into
+// ~2.5e-4 in the quotient at eps = 1e-3 (~8e-4 at 3e-4), and its O(eps^4) truncation error
+// is smaller except along sharply curved directions (see below). |analytic - numeric| <=
+// 2e-3 + 3e-2 |numeric| leaves room for noise only: a wrong gradient term is off by O(1).
 void check_model_gradients(const ModelConfig& config, Rng& rng) {
     const int64_t B = 2, T = 18;  // 4 complete chunks and a partial one
     Model model(config, rng.next_u64());
@@ -89,7 +89,6 @@ void check_model_gradients(const ModelConfig& config, Rng& rng) {
     ForwardOptions fixed;
     fixed.fixed_selection = &selection;
     NoGradGuard no_grad;
-    const float eps = 1e-3f;
     int checked = 0;
     for (auto& entry : model.parameters().entries()) {
         Tensor p = entry.tensor;
@@ -106,12 +105,19 @@ void check_model_gradients(const ModelConfig& config, Rng& rng) {
             return static_cast<double>(model.loss(tokens, targets, mask, fixed).item());
         };
         // Five-point stencil: the eps^2 truncation term cancels, which matters where the
-        // loss is strongly curved (softmax attention at this large init).
-        const double numeric =
-            (8.0 * (loss_at(eps) - loss_at(-eps)) - (loss_at(2 * eps) - loss_at(-2 * eps))) / (12.0 * eps);
+        // loss is strongly curved (softmax attention at this large init). Two step sizes:
+        // at 1e-3 a sharply curved direction can still carry O(eps^4) truncation error, at
+        // 3e-4 f32 rounding noise is ~3x larger; a real gradient error (O(1) relative)
+        // fails at both, so agreement at either one passes.
+        auto numeric_at = [&](float eps) {
+            return (8.0 * (loss_at(eps) - loss_at(-eps)) - (loss_at(2 * eps) - loss_at(-2 * eps))) / (12.0 * eps);
+        };
+        const double coarse = numeric_at(1e-3f), fine = numeric_at(3e-4f);
         std::memcpy(data, original.data(), original.size() * sizeof(float));
-        EXPECT_NEAR(analytic, numeric, 2e-3 + 3e-2 * std::fabs(numeric))
-            << "parameter " << entry.name << " " << shape_string(p.shape());
+        auto agrees = [&](double numeric) { return std::fabs(analytic - numeric) <= 2e-3 + 3e-2 * std::fabs(numeric); };
+        EXPECT_TRUE(agrees(coarse) || agrees(fine))
+            << "parameter " << entry.name << " " << shape_string(p.shape()) << ": analytic " << analytic
+            << ", numeric " << coarse << " (eps 1e-3) and " << fine << " (eps 3e-4)";
         ++checked;
     }
     EXPECT_EQ(checked, static_cast<int>(model.parameters().entries().size()));
@@ -271,10 +277,13 @@ namespace hsa {
 namespace {
 
 // The paper-scale config of TARGETS.md (V 50304, D 1024, H 16, Hk 1, F 2752, Dr 1024,
-// E 1, Llo 8, Gup 2, U 3, untied head) has 287.7M parameters there; ours must agree.
+// E 1, Llo 8, Gup 2, U 3, untied head) has 287.7M parameters there; ours must agree. The
+// JSON file's model section and paper_scale_model_config() (used by `hsa bench train`)
+// must be the same config.
 TEST(Model, PaperScaleConfigHasTheReferenceParameterCount) {
     Json root = Json::parse(read_text_file(std::string(HSA_SOURCE_DIR) + "/launch/configs/paper_scale.json"));
     FullConfig config = FullConfig::from_json(root);
+    EXPECT_EQ(config.model.to_json().dump(), paper_scale_model_config().to_json().dump());
     Model model(config.model, 1);
     const double millions = static_cast<double>(model.parameters().count()) / 1e6;
     EXPECT_NEAR(millions, 287.7, 0.05);

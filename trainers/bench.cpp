@@ -14,7 +14,7 @@
 #include "core/tensor.h"
 
 #ifdef HSA_WITH_CUDA
-#include <cuda_runtime.h>
+#include "trainers/gpu_timer.h"
 #endif
 #ifdef HSA_WITH_CUDA_KERNELS
 #include "kernels/hsa_forward_v1.cuh"
@@ -26,43 +26,9 @@ namespace {
 
 #ifdef HSA_WITH_CUDA
 
-// Median milliseconds of `body` over `repeats` runs after `warmup` runs, by CUDA events.
-double median_ms(const std::function<void()>& body, int warmup, int repeats) {
-    for (int i = 0; i < warmup; ++i) body();
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    std::vector<double> times;
-    for (int i = 0; i < repeats; ++i) {
-        cudaEventRecord(start);
-        body();
-        cudaEventRecord(stop);
-        cudaEventSynchronize(stop);
-        float ms = 0;
-        cudaEventElapsedTime(&ms, start, stop);
-        times.push_back(ms);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    cudaError_t status = cudaGetLastError();
-    HSA_CHECK(status == cudaSuccess, "bench: CUDA error " << cudaGetErrorString(status));
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-}
-
 // Fewer repeats for slow cases so a bench run stays within minutes.
 int repeats_for(const std::function<void()>& body) {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    cudaEventRecord(start);
-    body();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    const float ms = GpuTimer().time_ms(body);
     return ms > 500 ? 3 : (ms > 50 ? 7 : 20);
 }
 

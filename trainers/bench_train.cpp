@@ -13,6 +13,7 @@
 #include "core/autograd.h"
 #include "core/cuda_allocator.h"
 #include "core/json.h"
+#include "core/model/config.h"
 #include "core/model/model.h"
 #include "core/optimizer.h"
 #include "core/precision.h"
@@ -22,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda_backend.h"
+#include "trainers/gpu_timer.h"
 #endif
 
 namespace hsa {
@@ -173,22 +175,7 @@ private:
 
 int bench_train(std::ostream& out) {
     HSA_CHECK(cuda_available(), "bench train: no GPU visible");
-    // The paper-scale config of TARGETS.md (launch/configs/paper_scale.json).
-    ModelConfig config;
-    config.vocab_size = 50304;
-    config.hidden = 1024;
-    config.heads = 16;
-    config.kv_heads = 1;
-    config.mlp_hidden = 2752;
-    config.window = 512;
-    config.chunk_size = 64;
-    config.topk = 8;
-    config.retrieval_dim = 1024;
-    config.encoder_layers = 1;
-    config.lower_layers = 8;
-    config.upper_groups = 2;
-    config.upper_layers = 3;
-    config.validate();
+    const ModelConfig config = paper_scale_model_config();
     const int64_t B = 8, T = 4096, tokens = B * T;
 
     // Mixed precision as in TARGETS.md's bf16 autocast: bf16 tensor-core products with
@@ -222,26 +209,17 @@ int bench_train(std::ostream& out) {
     timing->take_gemm_flops();
     cuda_allocator_reset_peak();
     const int steps = 3;
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
     std::vector<double> wall;
     std::map<std::string, double> totals;
-    for (int i = 0; i < steps; ++i) {
-        cudaEventRecord(start);
-        step();
-        cudaEventRecord(stop);
-        cudaEventSynchronize(stop);
-        float ms = 0;
-        cudaEventElapsedTime(&ms, start, stop);
-        wall.push_back(ms);
-        for (auto& [name, t] : timing->collect()) totals[name] += t / steps;
+    {
+        GpuTimer timer;
+        for (int i = 0; i < steps; ++i) {
+            wall.push_back(timer.time_ms(step));
+            for (auto& [name, t] : timing->collect()) totals[name] += t / steps;
+        }
     }
     const double gemm_flops = timing->take_gemm_flops() / steps;
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    std::sort(wall.begin(), wall.end());
-    const double ms = wall[wall.size() / 2];
+    const double ms = median(wall);
     const double tokens_per_s = static_cast<double>(tokens) / (ms * 1e-3);
     const double mfu = 6.0 * static_cast<double>(params - embedding) * tokens_per_s / 989e12;
     const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);

@@ -176,6 +176,25 @@ Json ModelConfig::to_json() const {
     return j;
 }
 
+ModelConfig paper_scale_model_config() {
+    ModelConfig c;
+    c.vocab_size = 50304;
+    c.hidden = 1024;
+    c.heads = 16;
+    c.kv_heads = 1;
+    c.mlp_hidden = 2752;
+    c.window = 512;
+    c.chunk_size = 64;
+    c.topk = 8;
+    c.retrieval_dim = 1024;
+    c.encoder_layers = 1;
+    c.lower_layers = 8;
+    c.upper_groups = 2;
+    c.upper_layers = 3;
+    c.validate();
+    return c;
+}
+
 void apply_override(Json& config, const std::string& assignment) {
     auto eq = assignment.find('=');
     if (eq == std::string::npos || eq == 0)

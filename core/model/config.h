@@ -19,7 +19,8 @@ struct ConfigError : Error {
 enum class ResidualMode { Brp, Standard };
 
 // The defaults are the tiny model that trains on a CPU in about a minute (`hsa train` with
-// no config); launch/configs/paper_scale.json holds the paper-scale model of TARGETS.md.
+// no config); launch/configs/paper_scale.json and paper_scale_model_config() hold the
+// paper-scale model of TARGETS.md.
 struct ModelConfig {
     int64_t vocab_size = 64;       // V
     int64_t hidden = 64;           // D
@@ -59,6 +60,11 @@ struct ModelConfig {
     static ModelConfig from_json(const Json& section);  // applies defaults, validates
     Json to_json() const;
 };
+
+// The paper-scale model of TARGETS.md (V 50304, D 1024, H 16, Hk 1, F 2752, W 512, S 64,
+// K 8, Dr 1024, E 1, Llo 8, Gup 2, U 3, untied head: 287.7M parameters), validated; the
+// "model" section of launch/configs/paper_scale.json holds the same (a test checks).
+ModelConfig paper_scale_model_config();
 
 // Typed access to one JSON object with defaults; finish() rejects unknown fields.
 class ConfigReader {
