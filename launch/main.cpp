@@ -1,4 +1,4 @@
-// `hsa`: the one command-line entry point. Subcommands: info, train, bench, op.
+// `hsa`: the one command-line entry point. Subcommands: info, train, bench, op, data.
 // Errors in user input print one line on stderr and exit non-zero (2 for a bad config or
 // bad arguments, 1 for failures while running).
 #include <cstdio>
@@ -14,6 +14,7 @@
 #include "core/model/config.h"
 #include "core/model/model.h"
 #include "dist/mpi_context.h"
+#include "launch/data_command.h"
 #include "launch/op_runner.h"
 #ifdef HSA_WITH_CUDA_KERNELS
 #include "kernels/cuda_backend.h"
@@ -39,6 +40,7 @@ commands:
   train    train a model (today: the built-in recall task, on the CPU or one GPU)
   bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
   op       run one op forward + backward on HDF5 inputs (hsa op NAME --inputs IN.h5 --out OUT.h5)
+  data     text to token ids and back, for scripts (hsa data encode|decode --tokenizer byte)
 
 Run 'hsa <command> --help' for a command's options.
 )";
@@ -194,8 +196,10 @@ int main(int argc, char** argv) {
                 } else {
                     code = run_op(rest, std::cout);
                 }
+            } else if (command == "data") {
+                code = run_data(rest, std::cin, std::cout);
             } else {
-                throw UsageError("unknown command '" + command + "' (commands: info, train, bench, op; see hsa --help)");
+                throw UsageError("unknown command '" + command + "' (commands: info, train, bench, op, data; see hsa --help)");
             }
         }
     } catch (const ConfigError& e) {

@@ -1,6 +1,7 @@
 // Runs the real `hsa` binary (HSA_BINARY_PATH) for the command-line tests
-// (tests/test_cli.cpp, tests/test_hdf5_op.cpp): a shell command with stdin from /dev/null
-// and stdout and stderr captured to files, and checks of its one-line errors.
+// (tests/test_cli.cpp, tests/test_hdf5_op.cpp, tests/test_tokenizer.cpp): a shell command
+// with stdin from /dev/null (or a given file) and stdout and stderr captured to files, and
+// checks of its one-line errors.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -39,12 +40,14 @@ inline std::string read_file_bytes(const std::string& path) {
 }
 
 // Runs `<env_prefix>hsa <args...>` (env_prefix, e.g. "OMP_NUM_THREADS=4 ", is put before the
-// binary verbatim), stdout and stderr going to the files out_path and err_path.
+// binary verbatim), stdin read from the file in_path, stdout and stderr going to the files
+// out_path and err_path.
 inline RunResult run_hsa(const std::vector<std::string>& args, const std::string& out_path,
-                         const std::string& err_path, const std::string& env_prefix = "") {
+                         const std::string& err_path, const std::string& env_prefix = "",
+                         const std::string& in_path = "/dev/null") {
     std::string command = env_prefix + shell_quote(HSA_BINARY_PATH);
     for (const auto& a : args) command += " " + shell_quote(a);
-    command += " </dev/null >" + shell_quote(out_path) + " 2>" + shell_quote(err_path);
+    command += " <" + shell_quote(in_path) + " >" + shell_quote(out_path) + " 2>" + shell_quote(err_path);
     const int status = std::system(command.c_str());
     RunResult r;
     r.code = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -1,0 +1,113 @@
+#include "launch/data_command.h"
+
+#include <cmath>
+#include <iterator>
+
+#include "core/json.h"
+#include "core/model/config.h"
+#include "trainers/tokenizer.h"
+
+namespace hsa {
+
+namespace {
+
+const char* kDataHelp = R"(usage: hsa data encode|decode [--tokenizer byte]
+
+Converts between text and token ids, for scripts:
+  encode   reads all of stdin (any bytes) and prints the ids as one compact JSON list,
+           e.g. "hi" -> [104,105]
+  decode   reads a JSON list of integer ids from stdin and writes the text (the bytes,
+           with no newline added; specials as <|bos|>, <|eos|>, <|pad|>)
+
+options:
+  --tokenizer byte   one id per byte (0..255), then BOS 256, EOS 257, PAD 258 (the default;
+                     tokenizer.json files are not supported yet)
+  -h, --help         this text
+
+exit codes: 0 success, 2 bad arguments or input
+)";
+
+std::string read_all(std::istream& in) {
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+int encode(const ByteTokenizer& tok, std::istream& in, std::ostream& out) {
+    const std::vector<int32_t> ids = tok.encode(read_all(in));
+    std::string text = "[";
+    for (size_t i = 0; i < ids.size(); ++i) {
+        if (i) text += ",";
+        text += std::to_string(ids[i]);
+    }
+    text += "]\n";
+    out << text;
+    return 0;
+}
+
+int decode(const ByteTokenizer& tok, std::istream& in, std::ostream& out) {
+    Json list;
+    try {
+        list = Json::parse(read_all(in), "stdin");
+    } catch (const Error& e) {
+        throw ConfigError(std::string("data decode: ") + e.what());
+    }
+    if (!list.is_array())
+        throw ConfigError(std::string("data decode: stdin holds a JSON ") + list.kind_name() + ", expected a list of token ids");
+    const int32_t vocab = tok.vocab_size();
+    std::vector<int32_t> ids;
+    ids.reserve(list.items().size());
+    for (size_t i = 0; i < list.items().size(); ++i) {
+        const Json& item = list.items()[i];
+        const std::string where = "data decode: element " + std::to_string(i);
+        if (!item.is_number()) throw ConfigError(where + " is a JSON " + item.kind_name() + ", expected an integer token id");
+        const double v = item.as_number();
+        if (v != std::floor(v)) throw ConfigError(where + " is " + item.dump() + ", expected an integer token id");
+        if (v < 0 || v >= vocab)
+            throw ConfigError(where + ": id " + item.dump() + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+        ids.push_back(static_cast<int32_t>(v));
+    }
+    const std::string text = tok.decode(ids);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.flush();
+    return 0;
+}
+
+}  // namespace
+
+const std::string& data_help() {
+    static const std::string help = kDataHelp;
+    return help;
+}
+
+int run_data(const std::vector<std::string>& args, std::istream& in, std::ostream& out) {
+    if (args.empty()) {
+        out << data_help();
+        return 2;
+    }
+    const std::string& sub = args[0];
+    if (sub == "-h" || sub == "--help") {
+        out << data_help();
+        return 0;
+    }
+    if (sub != "encode" && sub != "decode")
+        throw ConfigError("data: unknown subcommand '" + sub + "' (encode or decode; see hsa data --help)");
+    std::string tokenizer = "byte";
+    for (size_t i = 1; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "-h" || a == "--help") {
+            out << data_help();
+            return 0;
+        } else if (a == "--tokenizer") {
+            if (i + 1 >= args.size()) throw ConfigError("data: --tokenizer needs a value (byte)");
+            tokenizer = args[++i];
+        } else if (a.rfind("--tokenizer=", 0) == 0) {
+            tokenizer = a.substr(std::string("--tokenizer=").size());
+        } else {
+            throw ConfigError("data " + sub + ": unknown option '" + a + "' (see hsa data --help)");
+        }
+    }
+    if (tokenizer != "byte") throw ConfigError("data: tokenizer.json files are not supported yet; use --tokenizer byte");
+    ByteTokenizer tok;
+    return sub == "encode" ? encode(tok, in, out) : decode(tok, in, out);
+}
+
+}  // namespace hsa
