@@ -20,7 +20,6 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "trainers/bench.h"
-#include "trainers/bench_train.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -143,11 +142,7 @@ int run_train(const std::vector<std::string>& args) {
     for (const auto& o : overrides) apply_override(root, o);
     FullConfig config = FullConfig::from_json(root);
     if (print_config) {
-        Json resolved = Json::object();
-        resolved["model"] = config.model.to_json();
-        resolved["train"] = root.contains("train") ? root.at("train") : Json::object();
-        resolved["task"] = root.contains("task") ? root.at("task") : Json::object();
-        std::cout << resolved.dump(2) << "\n";
+        std::cout << config.to_json().dump(2) << "\n";
         return 0;
     }
     TrainResult result = train_recall(config, &std::cout);
@@ -184,8 +179,6 @@ int main(int argc, char** argv) {
                 if (rest.empty() || rest[0] == "-h" || rest[0] == "--help") {
                     std::cout << kBenchHelp;
                     code = rest.empty() ? 2 : 0;
-                } else if (rest[0] == "train" && rest.size() == 1) {
-                    code = bench_train(std::cout);
                 } else {
                     code = run_bench(rest[0], std::vector<std::string>(rest.begin() + 1, rest.end()), std::cout);
                 }

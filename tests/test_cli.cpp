@@ -15,6 +15,7 @@
 
 #include "core/cuda_allocator.h"
 #include "core/json.h"
+#include "trainers/trainer.h"
 #include "tests/cli_runner.h"
 
 namespace hsa {
@@ -170,6 +171,11 @@ TEST_F(CliConfig, PrintConfigIsValidJson) {
     EXPECT_EQ(j.at("model").at("hidden").as_number(), 64.0);
     EXPECT_TRUE(j.contains("train"));
     EXPECT_TRUE(j.contains("task"));
+    // Resolved: every default is printed, and the output reads back to the same config.
+    EXPECT_EQ(j.at("train").at("seq_len").as_number(), 128.0);
+    EXPECT_EQ(j.at("train").at("precision").as_string(), "bf16");
+    EXPECT_EQ(j.at("task").at("rounds").as_number(), 6.0);
+    EXPECT_EQ(FullConfig::from_json(j).to_json().dump(), j.dump());
 
     RunResult s = run({"train", "--set", "model.residual=standard", "--set", "model.train_topk=all", "--set",
                        "train.steps=7", "--print-config"});

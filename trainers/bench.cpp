@@ -1,5 +1,7 @@
 #include "trainers/bench.h"
 
+#include "trainers/bench_train.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -160,7 +162,9 @@ int bench_swa(std::ostream& out) {
 
 int run_bench(const std::string& what, const std::vector<std::string>& args, std::ostream& out) {
     if (!args.empty()) throw ConfigError("bench " + what + ": unexpected argument '" + args[0] + "'");
-    if (what != "hsa" && what != "swa") throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa)");
+    if (what != "hsa" && what != "swa" && what != "train")
+        throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa, train)");
+    if (what == "train") return bench_train(out);
 #ifdef HSA_WITH_CUDA
     HSA_CHECK(cuda_available(), "bench " << what << ": no GPU visible; benchmarks time CUDA kernels");
     return what == "hsa" ? bench_hsa(out) : bench_swa(out);

@@ -43,6 +43,16 @@ int64_t RecallTaskConfig::first_query_position(int64_t seq_len, int64_t window) 
     return seq_len - 3 * pairs - (rounds - 1) * (3 * pairs + window);
 }
 
+Json RecallTaskConfig::to_json() const {
+    Json j = Json::object();
+    j["pairs"] = pairs;
+    j["keys"] = keys;
+    j["values"] = values;
+    j["filler"] = filler;
+    j["rounds"] = rounds;
+    return j;
+}
+
 RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64_t seq_len, int64_t window,
                               uint64_t seed, uint64_t batch_index) {
     const int64_t T = seq_len, P = task.pairs;

@@ -29,6 +29,7 @@ struct RecallTaskConfig {
     void validate(int64_t seq_len, int64_t window, int64_t vocab_size) const;
     int64_t first_query_position(int64_t seq_len, int64_t window) const;
     static RecallTaskConfig from_json(const Json& section);
+    Json to_json() const;
 };
 
 struct RecallBatch {

@@ -58,6 +58,35 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     return t;
 }
 
+Json TrainConfig::to_json() const {
+    Json j = Json::object();
+    j["steps"] = steps;
+    j["batch_size"] = batch_size;
+    j["seq_len"] = seq_len;
+    j["lr"] = lr;
+    j["min_lr_ratio"] = min_lr_ratio;
+    j["warmup"] = warmup;
+    j["weight_decay"] = weight_decay;
+    j["beta1"] = beta1;
+    j["beta2"] = beta2;
+    j["grad_clip"] = grad_clip;
+    j["seed"] = seed;
+    j["log_every"] = log_every;
+    j["eval_every"] = eval_every;
+    j["eval_batches"] = eval_batches;
+    j["device"] = device;
+    j["precision"] = precision;
+    return j;
+}
+
+Json FullConfig::to_json() const {
+    Json root = Json::object();
+    root["model"] = model.to_json();
+    root["train"] = train.to_json();
+    root["task"] = task.to_json();
+    return root;
+}
+
 double TrainConfig::lr_at(int64_t step) const {
     if (step < warmup) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
     const double span = std::max<int64_t>(1, steps - warmup);

@@ -37,6 +37,7 @@ struct TrainConfig {
                                      // and f32 master weights) or "f32"; the CPU always computes exactly
 
     static TrainConfig from_json(const Json& section);
+    Json to_json() const;
     double lr_at(int64_t step) const;  // step counts from 0
 };
 
@@ -47,6 +48,7 @@ struct FullConfig {
     // Parses {"model": {...}, "train": {...}, "task": {...}}; unknown sections or fields
     // are errors (ConfigError).
     static FullConfig from_json(const Json& root);
+    Json to_json() const;  // every field, resolved; from_json(to_json()) is the identity
 };
 
 // The configuration `hsa train` starts from: every field at its default (the structs'
