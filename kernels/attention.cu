@@ -142,6 +142,35 @@ __device__ __forceinline__ void load_tile(float* __restrict__ dst, const float* 
     }
 }
 
+// The query side of a (batch x head, query tile) block, shared by the forward and the dQ
+// kernels: which row this thread's lanes own, the keys that row sees, and the key range
+// any row of the block sees.
+template <int TPR, int BQ>
+struct QueryTile {
+    int64_t b, row;
+    int h, g, r, t;
+    bool active;
+    int lo_t = 0, hi_t = -1;  // inactive rows see nothing
+    int k_lo, k_hi;
+
+    __device__ QueryTile(int T, int H, int group, bool causal, int window) {
+        const int bh = blockIdx.x;
+        b = bh / H;
+        h = bh % H;
+        g = h / group;
+        const int q0 = blockIdx.y * BQ;
+        r = threadIdx.x % TPR;
+        t = q0 + threadIdx.x / TPR;
+        active = t < T;
+        if (active) keys_of_query(causal, window, T, t, lo_t, hi_t);
+        const int q_last = min(T - 1, q0 + BQ - 1);
+        int unused;
+        keys_of_query(causal, window, T, q0, k_lo, unused);
+        keys_of_query(causal, window, T, q_last, unused, k_hi);
+        row = (b * T + t) * H + h;
+    }
+};
+
 // ------------------------------------------------------------------ forward
 
 template <int D, int TPR, int BQ, int BK>
@@ -155,23 +184,12 @@ __global__ void __launch_bounds__(BQ* TPR)
     const float4* k4 = reinterpret_cast<const float4*>(k_tile);
     const float4* v4 = reinterpret_cast<const float4*>(v_tile);
 
-    const int bh = blockIdx.x;
-    const int64_t b = bh / H;
-    const int h = bh % H, g = h / group;
-    const int q0 = blockIdx.y * BQ;
-    const int r = threadIdx.x % TPR;
-    const int t = q0 + threadIdx.x / TPR;
-    const bool active = t < T;
-
-    int lo_t = 0, hi_t = -1;  // inactive rows see nothing
-    if (active) keys_of_query(causal, window, T, t, lo_t, hi_t);
-    // Keys any row of the block sees.
-    const int q_last = min(T - 1, q0 + BQ - 1);
-    int k_lo, k_hi, unused;
-    keys_of_query(causal, window, T, q0, k_lo, unused);
-    keys_of_query(causal, window, T, q_last, unused, k_hi);
-
-    const int64_t row = (b * T + t) * H + h;
+    const QueryTile<TPR, BQ> tile(T, H, group, causal, window);
+    const int64_t b = tile.b;
+    const int h = tile.h, g = tile.g, r = tile.r, t = tile.t;
+    const bool active = tile.active;
+    const int lo_t = tile.lo_t, hi_t = tile.hi_t, k_lo = tile.k_lo, k_hi = tile.k_hi;
+    const int64_t row = tile.row;
     float4 qv[NC], acc[NC];
     load_row_chunks<D, TPR>(q + row * d, d, active, r, qv);
 #pragma unroll
@@ -252,22 +270,12 @@ __global__ void __launch_bounds__(BQ* TPR)
     const float4* k4 = reinterpret_cast<const float4*>(k_tile);
     const float4* v4 = reinterpret_cast<const float4*>(v_tile);
 
-    const int bh = blockIdx.x;
-    const int64_t b = bh / H;
-    const int h = bh % H, g = h / group;
-    const int q0 = blockIdx.y * BQ;
-    const int r = threadIdx.x % TPR;
-    const int t = q0 + threadIdx.x / TPR;
-    const bool active = t < T;
-
-    int lo_t = 0, hi_t = -1;
-    if (active) keys_of_query(causal, window, T, t, lo_t, hi_t);
-    const int q_last = min(T - 1, q0 + BQ - 1);
-    int k_lo, k_hi, unused;
-    keys_of_query(causal, window, T, q0, k_lo, unused);
-    keys_of_query(causal, window, T, q_last, unused, k_hi);
-
-    const int64_t row = (b * T + t) * H + h;
+    const QueryTile<TPR, BQ> tile(T, H, group, causal, window);
+    const int64_t b = tile.b;
+    const int h = tile.h, g = tile.g, r = tile.r, t = tile.t;
+    const bool active = tile.active;
+    const int lo_t = tile.lo_t, hi_t = tile.hi_t, k_lo = tile.k_lo, k_hi = tile.k_hi;
+    const int64_t row = tile.row;
     float4 qv[NC], gov[NC], acc[NC];
     load_row_chunks<D, TPR>(q + row * d, d, active, r, qv);
     load_row_chunks<D, TPR>(grad_out + row * d, d, active, r, gov);
