@@ -5,24 +5,28 @@
 
 #include "core/json.h"
 #include "core/model/config.h"
+#include "launch/shard_command.h"
+#include "launch/task_command.h"
 #include "trainers/tokenizer.h"
 
 namespace hsa {
 
 namespace {
 
-const char* kDataHelp = R"(usage: hsa data encode|decode [--tokenizer byte]
+const char* kDataHelp = R"(usage: hsa data encode|decode|tokenize|inspect|task [options]
 
-Converts between text and token ids, for scripts:
   encode   reads all of stdin (any bytes) and prints the ids as one compact JSON list,
            e.g. "hi" -> [104,105]
   decode   reads a JSON list of integer ids from stdin and writes the text (the bytes,
-           with no newline added; specials as <|bos|>, <|eos|>, <|pad|>)
+           with no newline added; byte tokenizer specials as <|bos|>, <|eos|>, <|pad|>)
+  tokenize text files to HDF5 token shards (hsa data tokenize --help)
+  inspect  summary and a decoded sample of a shard (hsa data inspect --help)
+  task     generate RULER/BABILong-style task data and score answers (hsa data task --help)
 
-options:
-  --tokenizer byte   one id per byte (0..255), then BOS 256, EOS 257, PAD 258 (the default;
-                     tokenizer.json files are not supported yet)
-  -h, --help         this text
+options of encode and decode:
+  --tokenizer byte|PATH   byte: one id per byte (0..255), then BOS 256, EOS 257, PAD 258
+                          (the default); PATH: a Hugging Face tokenizer.json (byte-level BPE)
+  -h, --help              this text
 
 exit codes: 0 success, 2 bad arguments or input
 )";
@@ -31,7 +35,7 @@ std::string read_all(std::istream& in) {
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-int encode(const ByteTokenizer& tok, std::istream& in, std::ostream& out) {
+int encode(const Tokenizer& tok, std::istream& in, std::ostream& out) {
     const std::vector<int32_t> ids = tok.encode(read_all(in));
     std::string text = "[";
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -43,7 +47,7 @@ int encode(const ByteTokenizer& tok, std::istream& in, std::ostream& out) {
     return 0;
 }
 
-int decode(const ByteTokenizer& tok, std::istream& in, std::ostream& out) {
+int decode(const Tokenizer& tok, std::istream& in, std::ostream& out) {
     Json list;
     try {
         list = Json::parse(read_all(in), "stdin");
@@ -88,8 +92,11 @@ int run_data(const std::vector<std::string>& args, std::istream& in, std::ostrea
         out << data_help();
         return 0;
     }
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    if (sub == "tokenize" || sub == "inspect") return run_data_shards(sub, rest, out);
+    if (sub == "task") return run_data_task(rest, out);
     if (sub != "encode" && sub != "decode")
-        throw ConfigError("data: unknown subcommand '" + sub + "' (encode or decode; see hsa data --help)");
+        throw ConfigError("data: unknown subcommand '" + sub + "' (encode, decode, tokenize, inspect, task; see hsa data --help)");
     std::string tokenizer = "byte";
     for (size_t i = 1; i < args.size(); ++i) {
         const std::string& a = args[i];
@@ -97,7 +104,7 @@ int run_data(const std::vector<std::string>& args, std::istream& in, std::ostrea
             out << data_help();
             return 0;
         } else if (a == "--tokenizer") {
-            if (i + 1 >= args.size()) throw ConfigError("data: --tokenizer needs a value (byte)");
+            if (i + 1 >= args.size()) throw ConfigError("data: --tokenizer needs a value (byte or a tokenizer.json path)");
             tokenizer = args[++i];
         } else if (a.rfind("--tokenizer=", 0) == 0) {
             tokenizer = a.substr(std::string("--tokenizer=").size());
@@ -105,9 +112,8 @@ int run_data(const std::vector<std::string>& args, std::istream& in, std::ostrea
             throw ConfigError("data " + sub + ": unknown option '" + a + "' (see hsa data --help)");
         }
     }
-    if (tokenizer != "byte") throw ConfigError("data: tokenizer.json files are not supported yet; use --tokenizer byte");
-    ByteTokenizer tok;
-    return sub == "encode" ? encode(tok, in, out) : decode(tok, in, out);
+    const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer);
+    return sub == "encode" ? encode(*tok, in, out) : decode(*tok, in, out);
 }
 
 }  // namespace hsa

@@ -1,6 +1,5 @@
-// `hsa data encode|decode [--tokenizer byte]`: text on stdin to a JSON list of token ids on
-// stdout and back, for scripts. Today only the byte tokenizer (trainers/tokenizer.h);
-// tokenizer.json files come later.
+// `hsa data`: encode|decode (text on stdin to a JSON list of token ids on stdout and back,
+// for scripts) live here; tokenize/inspect are in shard_command, task in task_command.
 #pragma once
 
 #include <istream>

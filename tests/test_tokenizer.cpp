@@ -181,7 +181,7 @@ TEST_F(CliData, BadInputIsOneLineExitTwo) {
     expect_error_line(run({"data", "decode"}, "[-1]"), 2, {"element 0", "-1"});
     expect_error_line(run({"data", "decode"}, "[1e300]"), 2, {"element 0"});
     expect_error_line(run({"data", "encode", "--tokenizer", "/tmp/tokenizer.json"}, "hi"), 2,
-                      {"data: tokenizer.json files are not supported yet; use --tokenizer byte"});
+                      {"tokenizer: tokenizer.json files are not supported yet"});
     expect_error_line(run({"data", "decode", "--tokenizer", "gpt2.json"}, "[1]"), 2, {"not supported yet"});
     expect_error_line(run({"data", "encode", "--tokenizer"}), 2, {"--tokenizer"});
     expect_error_line(run({"data", "encode", "--bogus"}), 2, {"--bogus"});

@@ -1,5 +1,6 @@
 #include "trainers/tokenizer.h"
 
+#include "core/model/config.h"
 #include "core/tensor.h"
 
 namespace hsa {
@@ -49,6 +50,11 @@ std::string ByteTokenizer::decode(const std::vector<int32_t>& ids) const {
         }
     }
     return text;
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+    if (spec == "byte") return std::make_unique<ByteTokenizer>();
+    throw ConfigError("tokenizer: tokenizer.json files are not supported yet; use --tokenizer byte");
 }
 
 }  // namespace hsa
