@@ -1,5 +1,7 @@
 // CudaBackend::attention_forward / attention_backward: local attention (sliding-window causal
-// or bidirectional), GQA, scale 1/sqrt(d), FlashAttention style, f32 throughout. Matches
+// or bidirectional), GQA, scale 1/sqrt(d), FlashAttention style, f32 throughout. At bf16
+// matrix-product precision (core/precision.h) and head dim 64 they hand over to the
+// tensor-core kernels of kernels/attention_tc.cu. Matches
 // core/cpu/cpu_attention.cpp (which accumulates in double) to f32 rounding.
 //
 // Layouts: q, out, grad_q [B, T, H, d] (row (b*T + t)*H + h); k, v [B, T, Hk, d] (row
@@ -30,6 +32,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/precision.h"
+#include "kernels/attention_tc.cuh"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -453,6 +457,11 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     const AttentionDims A = checks::check_attention_forward(q, k, v, span, out, lse, Device::CUDA);
     check_attention_limits("attention_forward", A);
     if (A.B == 0 || A.T == 0) return;
+    // At bf16 matrix-product precision (training), the tensor-core kernels.
+    if (matmul_precision() == MatmulPrecision::BF16 && attention_tensor_core_eligible(A.d, {&q, &k, &v, &out})) {
+        attention_forward_tensor_core(q, k, v, span.causal, kernel_window(span, A.T), out, lse);
+        return;
+    }
     const float* pq = q.data<float>();
     const float* pk = k.data<float>();
     const float* pv = v.data<float>();
@@ -488,6 +497,14 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
         HSA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
     }
 
+    if (matmul_precision() == MatmulPrecision::BF16 &&
+        attention_tensor_core_eligible(A.d, {&q, &k, &v, &grad_out, want_q ? &grad_q : nullptr,
+                                             want_k ? &grad_k : nullptr, want_v ? &grad_v : nullptr})) {
+        attention_backward_tensor_core(q, k, v, grad_out, lse, delta, span.causal, kernel_window(span, A.T),
+                                       want_q ? &grad_q : nullptr, want_k ? &grad_k : nullptr,
+                                       want_v ? &grad_v : nullptr);
+        return;
+    }
     const float* pq = q.data<float>();
     const float* pk = k.data<float>();
     const float* pv = v.data<float>();

@@ -18,16 +18,7 @@
 //      The f32 accumulators carry sum_k w_k o_k across chunks; they are stored once.
 // Padding index -1: skipped, lse 0; a token with no chunk stores zeros.
 //
-// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point
-// type"), lane = 4 * groupID + tig (threadID_in_group):
-//   A 16x16 (row): reg0 = (row gid,   cols 2tig, 2tig+1), reg1 = (row gid+8, same cols),
-//                  reg2 = (row gid,   cols 2tig+8, +9),  reg3 = (row gid+8, cols 2tig+8, +9)
-//   B 16x8 (col):  reg0 = (rows 2tig, 2tig+1; col gid), reg1 = (rows 2tig+8, +9; col gid)
-//   C/D 16x8 f32:  c0, c1 = (row gid, cols 2tig, 2tig+1), c2, c3 = (row gid+8, same cols)
-// In every packed register the lower-indexed element sits in the low 16 bits.
-// ldmatrix.m8n8.x4: lane l gives the address of row (l & 7) of matrix (l >> 3) and gets,
-// of each matrix i, register i = (row l / 4, cols 2 (l % 4), +1); with .trans it gets
-// (rows 2 (l % 4), +1; col l / 4) instead, i.e. the B fragment of a row-major [k][n] tile.
+// Fragment layouts and ldmatrix addressing: kernels/mma_bf16.cuh.
 //
 // Resources (ptxas, sm_90, no spills): d 64: 4 warps a block, 72 KB shared, 165 registers;
 // d 128: 2 warps a block, 68 KB shared, 220 registers; 3 blocks per SM either way.
@@ -42,6 +33,7 @@
 
 #include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_common.cuh"
+#include "kernels/mma_bf16.cuh"
 
 namespace hsa {
 
@@ -82,45 +74,13 @@ struct V1Params {
 
 // ---------------------------------------------------------------- device helpers
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo, .y = hi
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-
-// c += a b for one 16x8x16 tile.
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
+using mma::ldmatrix_x4;
+using mma::ldmatrix_x4_trans;
+using mma::mma_bf16_16816;
+using mma::pack_bf16;
+using mma::quad_max;
+using mma::quad_sum;
+using mma::shared_address;
 
 // The 64 rows of K and V of one chunk and KV head (row j at base + j * row_stride, d
 // floats each) into the warp's bf16 tiles. Each lane moves 16-byte vectors; a batch keeps

@@ -24,9 +24,9 @@ skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
 # Kernel tests under compute-sanitizer (memcheck, racecheck), when it is installed.
 sanitizer="not run"
 if command -v compute-sanitizer >/dev/null 2>&1; then
-  HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*' > "$out/sanitizer.log" 2>&1
+  HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*:CudaAttentionTensorCore.*' > "$out/sanitizer.log" 2>&1
   mem_rc=$?
-  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*' >> "$out/sanitizer.log" 2>&1
+  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*:CudaAttentionTensorCore.*' >> "$out/sanitizer.log" 2>&1
   race_rc=$?
   sanitizer="memcheck rc=$mem_rc, racecheck rc=$race_rc ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' '))"
 fi

@@ -11,6 +11,7 @@
 
 #include "core/backend.h"
 #include "core/cuda_allocator.h"
+#include "core/precision.h"
 #include "core/model/config.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -126,8 +127,11 @@ int bench_swa(std::ostream& out) {
     Backend& gpu = backend_for(Device::CUDA);
     Rng rng(2027);
     out << "Sliding-window attention, window 512, 16 q / 16 kv heads, d 64, f32 storage (reference: torch flex_attention, "
-           "TARGETS.md)\n";
-    out << "| N x L | fwd ms | fwd+bwd ms | fwd TFLOP/s | ref fwd ms | ref fwd+bwd ms |\n|---|---|---|---|---|---|\n";
+           "TARGETS.md). f32: CUDA-core kernels (kernels/attention.cu, precision f32); bf16: tensor-core kernels "
+           "(kernels/attention_tc.cu, precision bf16, training's default). TFLOP/s count 4 T W' H d for the forward "
+           "and 3.5x that for forward+backward (the backward recomputes 1 product and adds 4; W' = keys actually in the causal window).\n";
+    out << "| N x L | f32 fwd ms | f32 fwd+bwd ms | bf16 fwd ms | bf16 fwd+bwd ms | bf16 fwd TFLOP/s | bf16 fwd+bwd TFLOP/s "
+           "| ref fwd ms | ref fwd+bwd ms |\n|---|---|---|---|---|---|---|---|---|\n";
     for (const Shape2& s : shapes) {
         Tensor q = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
         Tensor k = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
@@ -143,14 +147,19 @@ int bench_swa(std::ostream& out) {
             forward();
             gpu.attention_backward(q, k, v, o, lse, grad_out, span, gq, gk, gv);
         };
-        const double fwd = median_ms(forward, 2, repeats_for(forward));
-        const double total = median_ms(both, 1, repeats_for(both));
+        double ms[2][2];  // [precision f32, bf16][fwd, fwd+bwd]
+        for (int p = 0; p < 2; ++p) {
+            MatmulPrecisionScope precision(p == 0 ? MatmulPrecision::F32 : MatmulPrecision::BF16);
+            ms[p][0] = median_ms(forward, 2, repeats_for(forward));
+            ms[p][1] = median_ms(both, 1, repeats_for(both));
+        }
         double keys = 0;  // exact count of (query, key) pairs in the causal window
         for (int64_t t = 0; t < s.length; ++t) keys += static_cast<double>(std::min<int64_t>(t + 1, W));
         const double flops = 4.0 * static_cast<double>(s.batch * H * d) * keys;
-        out << "| " << s.batch << " x " << s.length / 1024 << "K | " << std::fixed << std::setprecision(2) << fwd << " | " << total
-            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << std::setprecision(2) << s.ref_fwd << " | "
-            << s.ref_total << " |\n"
+        out << "| " << s.batch << " x " << s.length / 1024 << "K | " << std::fixed << std::setprecision(2) << ms[0][0] << " | "
+            << ms[0][1] << " | " << ms[1][0] << " | " << ms[1][1] << " | " << std::setprecision(1)
+            << flops / (ms[1][0] * 1e-3) / 1e12 << " | " << 3.5 * flops / (ms[1][1] * 1e-3) / 1e12 << " | "
+            << std::setprecision(2) << s.ref_fwd << " | " << s.ref_total << " |\n"
             << std::flush;
     }
     return 0;

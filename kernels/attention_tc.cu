@@ -1,0 +1,524 @@
+// Local attention on tensor cores (FlashAttention-2 style): bf16 operands on mma.sync
+// m16n8k16 with f32 accumulation, f32 online softmax, f32 tensors in and out (q, K, V, dO
+// and the probabilities are rounded to bf16 inside the kernels). Semantics and layouts:
+// core/backend.h (Backend::attention_forward / attention_backward); the f32 CUDA-core
+// version, used at f32 precision and for other head dims: kernels/attention.cu. Fragment
+// layouts and ldmatrix addressing: kernels/mma_bf16.cuh.
+//
+// Layouts: q, out, dO, dQ [B, T, H, D]; k, v, dK, dV [B, T, Hk, D]; lse, delta [B, T, H].
+// Head h reads KV head g = h / G, G = H / Hk.
+//
+// Blocks of 4 warps own 64 rows, 16 a warp (the M of every MMA), and stream 64-row tiles
+// of the other operand through shared memory (bf16, row stride D + 8: the 16-byte pad puts
+// the 8 rows of every ldmatrix phase in distinct banks):
+//   forward   rows = queries of (b, h); tiles = keys. S = Q K^T, online softmax (one
+//             rescale per tile), O += P V with P re-packed from the S registers.
+//   dQ        rows = queries of (b, h); tiles = keys. P = exp(S - lse), dP = dO V^T,
+//             dS = P (dP - delta), dQ += dS K.
+//   dK/dV     rows = keys of (b, g); tiles = queries of each of the G heads of g in turn
+//             (ascending), so no two blocks write the same row: deterministic, no atomics.
+//             P^T = exp(K Q^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T -
+//             delta), dK += dS^T Q.
+// Only the tiles a block's rows can see are visited (the window's band for causal, all for
+// bidirectional); elements are masked only in tiles that are not wholly visible.
+#include "kernels/attention_tc.cuh"
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/mma_bf16.cuh"
+
+namespace hsa {
+
+namespace {
+
+using mma::b_from_kn_lane_offset;
+using mma::b_from_nk_lane_offset;
+using mma::ldmatrix_x4;
+using mma::ldmatrix_x4_trans;
+using mma::mma_bf16_16816;
+using mma::pack_bf16;
+using mma::pack_c_as_a;
+using mma::quad_max;
+using mma::quad_sum;
+using mma::shared_address;
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kRows = 16 * kWarps;  // rows a block owns
+constexpr int kTile = 64;           // rows of a streamed shared tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct TcParams {
+    const float* q;         // [B, T, H, D]
+    const float* k;         // [B, T, Hk, D]
+    const float* v;         // [B, T, Hk, D]
+    const float* grad_out;  // [B, T, H, D] (backward)
+    const float* lse;       // [B, T, H] (backward input)
+    const float* delta;     // [B, T, H] (backward)
+    float* out;             // [B, T, H, D] (forward)
+    float* lse_out;         // [B, T, H] (forward)
+    float* grad_q;          // [B, T, H, D] or null
+    float* grad_k;          // [B, T, Hk, D] or null
+    float* grad_v;          // [B, T, Hk, D] or null
+    int T, H, Hk, G;
+    bool causal;
+    int window;  // causal only; 0 = unlimited
+    float scale;       // 1 / sqrt(D)
+    float scale_log2;  // scale * log2(e): softmax by exp2
+};
+
+// Does query t see key s?
+__device__ __forceinline__ bool sees(const TcParams& P, int t, int s) {
+    if (t >= P.T || s >= P.T) return false;
+    if (!P.causal) return true;
+    return s <= t && (P.window == 0 || s > t - P.window);
+}
+
+// Does every query of [t0, t0 + 64) see every key of [s0, s0 + 64)?
+__device__ __forceinline__ bool tile_wholly_visible(const TcParams& P, int t0, int s0) {
+    if (t0 + 63 >= P.T || s0 + 63 >= P.T) return false;
+    if (!P.causal) return true;
+    return s0 + 63 <= t0 && (P.window == 0 || s0 > t0 + 63 - P.window);
+}
+
+// Keys [lo, hi] seen by some query of [t0, t0 + kRows).
+__device__ __forceinline__ void keys_of_queries(const TcParams& P, int t0, int& lo, int& hi) {
+    if (!P.causal) {
+        lo = 0;
+        hi = P.T - 1;
+        return;
+    }
+    hi = min(P.T - 1, t0 + kRows - 1);
+    lo = P.window > 0 ? max(0, t0 - P.window + 1) : 0;
+}
+
+// Queries [lo, hi] that see some key of [s0, s0 + kRows).
+__device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& lo, int& hi) {
+    if (!P.causal) {
+        lo = 0;
+        hi = P.T - 1;
+        return;
+    }
+    lo = s0;
+    hi = P.window > 0 ? min(P.T - 1, s0 + kRows - 1 + P.window - 1) : P.T - 1;
+}
+
+// Rows first .. first + 63 of a [rows][D] f32 matrix (row r at base + r * stride) into a
+// bf16 shared tile; rows at or past T are zeros. All threads of the block take part.
+template <int D>
+__device__ __forceinline__ void load_tile_bf16(const float* __restrict__ base, int64_t stride, int first, int T,
+                                               __nv_bfloat16* tile) {
+    constexpr int kLd = D + 8;
+    constexpr int kVecPerRow = D / 4;
+#pragma unroll 4
+    for (int e = static_cast<int>(threadIdx.x); e < kTile * kVecPerRow; e += kThreads) {
+        const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (first + row < T) x = __ldg(reinterpret_cast<const float4*>(base + static_cast<int64_t>(first + row) * stride + col));
+        *reinterpret_cast<uint2*>(tile + row * kLd + col) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    }
+}
+
+// The A fragments (16 x D, all k-steps) of rows ra and ra + 8 of a [rows][D] f32 matrix;
+// zeros for rows at or past T.
+template <int D>
+__device__ __forceinline__ void load_a_rows(const float* __restrict__ base, int64_t stride, int ra, int T, int tig,
+                                            uint32_t (&f)[D / 16][4]) {
+    const int rb = ra + 8;
+    const bool va = ra < T, vb = rb < T;
+    const float* pa = base + static_cast<int64_t>(va ? ra : 0) * stride + 2 * tig;
+    const float* pb = base + static_cast<int64_t>(vb ? rb : 0) * stride + 2 * tig;
+    const float2 zero = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const float2 a_lo = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk)) : zero;
+        const float2 a_hi = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk + 8)) : zero;
+        const float2 b_lo = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk)) : zero;
+        const float2 b_hi = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk + 8)) : zero;
+        f[kk][0] = pack_bf16(a_lo.x, a_lo.y);
+        f[kk][1] = pack_bf16(b_lo.x, b_lo.y);
+        f[kk][2] = pack_bf16(a_hi.x, a_hi.y);
+        f[kk][3] = pack_bf16(b_hi.x, b_hi.y);
+    }
+}
+
+// c[j] (16 x 64, j = n-tile of 8 columns) = A (registers, 16 x D) times the transpose of a
+// [64][D] shared tile read from the lane's ldmatrix address nk_lane.
+template <int D>
+__device__ __forceinline__ void product_with_tile_transpose(const uint32_t (&a)[D / 16][4], uint32_t nk_lane,
+                                                            float (&c)[kTile / 8][4]) {
+    constexpr int kLd = D + 8;
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+        c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk += 2) {
+            uint32_t b[4];
+            ldmatrix_x4(b, nk_lane + 2u * static_cast<uint32_t>(8 * j * kLd + 16 * kk));
+            mma_bf16_16816(c[j], a[kk], b[0], b[1]);
+            mma_bf16_16816(c[j], a[kk + 1], b[2], b[3]);
+        }
+    }
+}
+
+// acc (16 x D) += A (registers, 16 x 64 as 4 k-steps) times a [64][D] shared tile read
+// from the lane's ldmatrix address kn_lane.
+template <int D>
+__device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)[kTile / 16][4], uint32_t kn_lane,
+                                                             float (&acc)[D / 8][4]) {
+    constexpr int kLd = D + 8;
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, kn_lane + 2u * static_cast<uint32_t>(16 * ks * kLd + 8 * n));
+            mma_bf16_16816(acc[n], a[ks], b[0], b[1]);
+            mma_bf16_16816(acc[n + 1], a[ks], b[2], b[3]);
+        }
+    }
+}
+
+// Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 matrix.
+template <int D>
+__device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t stride, int ra, int T, int tig,
+                                           const float (&acc)[D / 8][4], float factor_a, float factor_b) {
+    const int rb = ra + 8;
+    float* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
+    float* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        if (ra < T) *reinterpret_cast<float2*>(pa + 8 * n) = make_float2(acc[n][0] * factor_a, acc[n][1] * factor_a);
+        if (rb < T) *reinterpret_cast<float2*>(pb + 8 * n) = make_float2(acc[n][2] * factor_b, acc[n][3] * factor_b);
+    }
+}
+
+// ---------------------------------------------------------------- forward
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams P) {
+    constexpr int kLd = D + 8;
+    __shared__ __align__(16) __nv_bfloat16 Ks[kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 Vs[kTile * kLd];
+
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
+    const int t0 = static_cast<int>(blockIdx.y) * kRows;
+    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
+    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
+    const float* q_base = P.q + (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+    const float* k_base = P.k + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const float* v_base = P.v + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    uint32_t qf[D / 16][4];
+    load_a_rows<D>(q_base, q_stride, ta, P.T, tig, qf);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
+    float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
+
+    const uint32_t k_lane = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t v_lane = shared_address(Vs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    int lo, hi;
+    keys_of_queries(P, t0, lo, hi);
+    for (int s0 = lo; s0 <= hi; s0 += kTile) {
+        __syncthreads();  // the previous tile's reads are done
+        load_tile_bf16<D>(k_base, kv_stride, s0, P.T, Ks);
+        load_tile_bf16<D>(v_base, kv_stride, s0, P.T, Vs);
+        __syncthreads();
+
+        float s[kTile / 8][4];
+        product_with_tile_transpose<D>(qf, k_lane, s);
+        if (!tile_wholly_visible(P, t0, s0)) {
+#pragma unroll
+            for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int key = s0 + 8 * j + 2 * tig + e;
+                    if (!sees(P, ta, key)) s[j][e] = -INFINITY;
+                    if (!sees(P, tb, key)) s[j][2 + e] = -INFINITY;
+                }
+        }
+        float new_a = max_a, new_b = max_b;
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+            new_a = fmaxf(new_a, fmaxf(s[j][0], s[j][1]));
+            new_b = fmaxf(new_b, fmaxf(s[j][2], s[j][3]));
+        }
+        new_a = quad_max(new_a);
+        new_b = quad_max(new_b);
+        // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
+        const float off_a = new_a == -INFINITY ? 0.0f : new_a * P.scale_log2;
+        const float off_b = new_b == -INFINITY ? 0.0f : new_b * P.scale_log2;
+        const float rescale_a = exp2f(max_a * P.scale_log2 - off_a);
+        const float rescale_b = exp2f(max_b * P.scale_log2 - off_b);
+        max_a = new_a;
+        max_b = new_b;
+        sum_a *= rescale_a;
+        sum_b *= rescale_b;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            acc[n][0] *= rescale_a;
+            acc[n][1] *= rescale_a;
+            acc[n][2] *= rescale_b;
+            acc[n][3] *= rescale_b;
+        }
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+            s[j][0] = exp2f(fmaf(s[j][0], P.scale_log2, -off_a));
+            s[j][1] = exp2f(fmaf(s[j][1], P.scale_log2, -off_a));
+            s[j][2] = exp2f(fmaf(s[j][2], P.scale_log2, -off_b));
+            s[j][3] = exp2f(fmaf(s[j][3], P.scale_log2, -off_b));
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        uint32_t pf[kTile / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
+        accumulate_product_with_tile<D>(pf, v_lane, acc);
+    }
+
+    sum_a = quad_sum(sum_a);
+    sum_b = quad_sum(sum_b);
+    // Every real query sees at least one key (itself, or all keys), so its sum is > 0.
+    const float inv_a = ta < P.T ? 1.0f / sum_a : 0.0f, inv_b = tb < P.T ? 1.0f / sum_b : 0.0f;
+    store_rows<D>(P.out + (static_cast<int64_t>(b) * P.T * P.H + h) * D, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    if (tig == 0) {
+        float* lse = P.lse_out + static_cast<int64_t>(b) * P.T * P.H + h;
+        if (ta < P.T) lse[static_cast<int64_t>(ta) * P.H] = max_a * P.scale + logf(sum_a);
+        if (tb < P.T) lse[static_cast<int64_t>(tb) * P.H] = max_b * P.scale + logf(sum_b);
+    }
+}
+
+// ---------------------------------------------------------------- backward: dQ
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcParams P) {
+    constexpr int kLd = D + 8;
+    __shared__ __align__(16) __nv_bfloat16 Ks[kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 Vs[kTile * kLd];
+
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
+    const int t0 = static_cast<int>(blockIdx.y) * kRows;
+    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
+    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
+    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+    const float* k_base = P.k + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const float* v_base = P.v + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    uint32_t qf[D / 16][4], dof[D / 16][4];
+    load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
+    load_a_rows<D>(P.grad_out + q_offset, q_stride, ta, P.T, tig, dof);
+    const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + h;
+    const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + h;
+    const float lse_a = ta < P.T ? lse[static_cast<int64_t>(ta) * P.H] * kLog2e : 0.0f;
+    const float lse_b = tb < P.T ? lse[static_cast<int64_t>(tb) * P.H] * kLog2e : 0.0f;
+    const float delta_a = ta < P.T ? delta[static_cast<int64_t>(ta) * P.H] : 0.0f;
+    const float delta_b = tb < P.T ? delta[static_cast<int64_t>(tb) * P.H] : 0.0f;
+
+    float dq[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+    const uint32_t k_nk = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t k_kn = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    const uint32_t v_nk = shared_address(Vs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    int lo, hi;
+    keys_of_queries(P, t0, lo, hi);
+    for (int s0 = lo; s0 <= hi; s0 += kTile) {
+        __syncthreads();
+        load_tile_bf16<D>(k_base, kv_stride, s0, P.T, Ks);
+        load_tile_bf16<D>(v_base, kv_stride, s0, P.T, Vs);
+        __syncthreads();
+
+        float p[kTile / 8][4], dp[kTile / 8][4];
+        product_with_tile_transpose<D>(qf, k_nk, p);   // scores
+        product_with_tile_transpose<D>(dof, v_nk, dp);  // dO V^T
+        const bool whole = tile_wholly_visible(P, t0, s0);
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int key = s0 + 8 * j + 2 * tig + e;
+                const float pa = exp2f(fmaf(p[j][e], P.scale_log2, -lse_a));
+                const float pb = exp2f(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
+                p[j][e] = whole || sees(P, ta, key) ? pa * (dp[j][e] - delta_a) : 0.0f;  // dS
+                p[j][2 + e] = whole || sees(P, tb, key) ? pb * (dp[j][2 + e] - delta_b) : 0.0f;
+            }
+        uint32_t dsf[kTile / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
+        accumulate_product_with_tile<D>(dsf, k_kn, dq);
+    }
+    store_rows<D>(P.grad_q + q_offset, q_stride, ta, P.T, tig, dq, P.scale, P.scale);
+}
+
+// ---------------------------------------------------------------- backward: dK, dV
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(TcParams P) {
+    constexpr int kLd = D + 8;
+    __shared__ __align__(16) __nv_bfloat16 Qs[kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 dOs[kTile * kLd];
+    __shared__ float lse_tile[kTile];    // lse * log2(e); +inf past T (probability 0)
+    __shared__ float delta_tile[kTile];
+
+    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int b = static_cast<int>(blockIdx.x) / P.Hk, g = static_cast<int>(blockIdx.x) % P.Hk;
+    const int s0 = static_cast<int>(blockIdx.y) * kRows;
+    const int sa = s0 + 16 * warp + gid, sb = sa + 8;  // this lane's two key rows
+    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
+    const int64_t kv_offset = (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    uint32_t kf[D / 16][4], vf[D / 16][4];
+    load_a_rows<D>(P.k + kv_offset, kv_stride, sa, P.T, tig, kf);
+    load_a_rows<D>(P.v + kv_offset, kv_stride, sa, P.T, tig, vf);
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+    }
+
+    const uint32_t q_nk = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t q_kn = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    const uint32_t do_nk = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t do_kn = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    int lo, hi;
+    queries_of_keys(P, s0, lo, hi);
+    for (int head = g * P.G; head < (g + 1) * P.G; ++head) {
+        const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
+        const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + head;
+        const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + head;
+        for (int t0 = lo; t0 <= hi; t0 += kTile) {
+            __syncthreads();
+            load_tile_bf16<D>(P.q + q_offset, q_stride, t0, P.T, Qs);
+            load_tile_bf16<D>(P.grad_out + q_offset, q_stride, t0, P.T, dOs);
+            for (int i = static_cast<int>(threadIdx.x); i < kTile; i += kThreads) {
+                const int t = t0 + i;
+                lse_tile[i] = t < P.T ? lse[static_cast<int64_t>(t) * P.H] * kLog2e : INFINITY;
+                delta_tile[i] = t < P.T ? delta[static_cast<int64_t>(t) * P.H] : 0.0f;
+            }
+            __syncthreads();
+
+            float pt[kTile / 8][4], dpt[kTile / 8][4];  // [key][query]
+            product_with_tile_transpose<D>(kf, q_nk, pt);   // K Q^T
+            const bool whole = tile_wholly_visible(P, t0, s0);
+#pragma unroll
+            for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = 8 * j + 2 * tig + e, t = t0 + col;
+                    const float l = lse_tile[col];
+                    const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
+                    const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
+                    pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
+                    pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
+                }
+            {
+                uint32_t pf[kTile / 16][4];
+#pragma unroll
+                for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], pt[2 * ks], pt[2 * ks + 1]);
+                accumulate_product_with_tile<D>(pf, do_kn, dv);  // dV += P^T dO
+            }
+            product_with_tile_transpose<D>(vf, do_nk, dpt);  // V dO^T
+#pragma unroll
+            for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float dl = delta_tile[8 * j + 2 * tig + e];
+                    pt[j][e] *= dpt[j][e] - dl;  // dS^T
+                    pt[j][2 + e] *= dpt[j][2 + e] - dl;
+                }
+            uint32_t dsf[kTile / 16][4];
+#pragma unroll
+            for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], pt[2 * ks], pt[2 * ks + 1]);
+            accumulate_product_with_tile<D>(dsf, q_kn, dk);  // dK += dS^T Q
+        }
+    }
+    if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
+    if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
+}
+
+// ---------------------------------------------------------------- host side
+
+constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill the dK/dV kernel)
+
+TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
+    TcParams P{};
+    P.T = static_cast<int>(q.size(1));
+    P.H = static_cast<int>(q.size(2));
+    P.Hk = static_cast<int>(k.size(2));
+    P.G = P.H / P.Hk;
+    P.causal = causal;
+    P.window = window;
+    P.scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+    P.scale_log2 = P.scale * kLog2e;
+    return P;
+}
+
+dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
+    const int64_t tiles = (T + kRows - 1) / kRows;
+    HSA_CHECK(tiles <= 65535, op << ": T = " << T << " needs " << tiles << " row blocks, over the grid limit 65535");
+    HSA_CHECK(heads_times_batch < (int64_t{1} << 31), op << ": " << heads_times_batch << " (batch x heads) blocks, over the grid limit");
+    return dim3(static_cast<unsigned>(heads_times_batch), static_cast<unsigned>(tiles));
+}
+
+}  // namespace
+
+bool attention_tensor_core_eligible(int64_t head_dim, std::initializer_list<const Tensor*> tensors) {
+    if (head_dim != kHeadDim) return false;
+    for (const Tensor* t : tensors)
+        if (t && t->defined() && reinterpret_cast<uintptr_t>(t->data<float>()) % 16 != 0) return false;
+    return true;
+}
+
+void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int window,
+                                   Tensor& out, Tensor& lse) {
+    TcParams P = make_params(q, k, causal, window);
+    P.q = q.data<float>();
+    P.k = k.data<float>();
+    P.v = v.data<float>();
+    P.out = out.data<float>();
+    P.lse_out = lse.data<float>();
+    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
+    attention_forward_tc_kernel<kHeadDim><<<grid, kThreads>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
+}
+
+void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_out,
+                                    const Tensor& lse, const Tensor& delta, bool causal, int window, Tensor* grad_q,
+                                    Tensor* grad_k, Tensor* grad_v) {
+    TcParams P = make_params(q, k, causal, window);
+    P.q = q.data<float>();
+    P.k = k.data<float>();
+    P.v = v.data<float>();
+    P.grad_out = grad_out.data<float>();
+    P.lse = lse.data<float>();
+    P.delta = delta.data<float>();
+    P.grad_q = grad_q ? grad_q->data<float>() : nullptr;
+    P.grad_k = grad_k ? grad_k->data<float>() : nullptr;
+    P.grad_v = grad_v ? grad_v->data<float>() : nullptr;
+    if (P.grad_q) {
+        attention_backward_dq_tc_kernel<kHeadDim>
+            <<<grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
+        HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
+    }
+    if (P.grad_k || P.grad_v) {
+        attention_backward_dkdv_tc_kernel<kHeadDim>
+            <<<grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
+        HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
+    }
+}
+
+}  // namespace hsa

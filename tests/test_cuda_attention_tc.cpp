@@ -1,0 +1,136 @@
+// Local attention on tensor cores (kernels/attention_tc.cu: bf16 operands, f32 accumulation
+// and softmax), reached through the backend's attention_forward / attention_backward at
+// bf16 matrix-product precision, against the CPU reference (f32 inputs, double
+// accumulation) on fresh random inputs: sliding windows that do and do not divide the 64-row
+// tiles, T shorter than a tile, no window, bidirectional (the chunk encoder's S + 1 = 65
+// positions), GQA groups 1, 4 and 16. The backward runs on the kernel's own forward output
+// and lse, as in training. Outputs are poisoned (NaN) first, so an unwritten element fails.
+//
+// Tolerances. The kernels round q, K, V, dO and the probabilities (and dS) to bf16: 8
+// significant bits, a relative error of at most 2^-9 ~ 2e-3 per operand; accumulation is
+// f32. With random signs such errors leave a relative L2 error of a few 1e-3 on out, so we
+// require <= 1e-2; lse is O(log W) and depends on q, K only: <= 1e-3. The gradients pass
+// through one more rounded product and the difference dP - delta: <= 2e-2. Indexing, mask
+// or layout mistakes give errors of O(1). In addition every error must stay within 3x of the
+// error of the same CPU computation on bf16-rounded inputs (q, K, V, dO): the kernels lose
+// no more than bf16 operands must lose.
+// Without a GPU the comparisons skip with the reason.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/precision.h"
+#include "core/tensor.h"
+#include "cuda_test_util.h"
+#include "op_test_harness.h"
+
+namespace hsa {
+namespace {
+
+using test::on_gpu;
+using test::poisoned;
+using test::relative_error;
+using test::test_rng;
+
+constexpr double kOutTol = 1e-2;
+constexpr double kLseTol = 1e-3;
+constexpr double kGradTol = 2e-2;
+constexpr double kOverBf16Inputs = 3.0;
+
+Backend& cpu() { return backend_for(Device::CPU); }
+
+Tensor rounded_to_bf16(const Tensor& t) {
+    std::vector<float> values = t.to_vector();
+    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
+    return Tensor::from_vector(values, t.shape());
+}
+
+struct AttentionCase {
+    int64_t B, T, H, Hk;
+    AttentionSpan span;
+};
+
+std::string describe(const AttentionCase& c) {
+    return "B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
+           std::to_string(c.Hk) + (c.span.causal ? " causal window " + std::to_string(c.span.window) : " bidirectional");
+}
+
+struct Gradients {
+    Tensor q, k, v;
+};
+
+// The CPU reference forward and backward (out and lse of its own forward).
+void cpu_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_out, AttentionSpan span,
+                   Tensor& out, Tensor& lse, Gradients& g) {
+    out = Tensor::empty(q.shape());
+    lse = Tensor::empty({q.size(0), q.size(1), q.size(2)});
+    cpu().attention_forward(q, k, v, span, out, lse);
+    g = {Tensor::empty(q.shape()), Tensor::empty(k.shape()), Tensor::empty(v.shape())};
+    cpu().attention_backward(q, k, v, out, lse, grad_out, span, g.q, g.k, g.v);
+}
+
+TEST(CudaAttentionTensorCore, ForwardBackwardMatchCpuReference) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const int64_t d = 64;
+    for (const AttentionCase& c : {AttentionCase{2, 300, 4, 1, {true, 128}}, AttentionCase{1, 37, 2, 2, {true, 16}},
+                                   AttentionCase{1, 700, 16, 1, {true, 512}}, AttentionCase{2, 200, 4, 4, {true, 0}},
+                                   AttentionCase{1, 333, 8, 2, {true, 100}}, AttentionCase{24, 65, 4, 1, {false, 0}}}) {
+        SCOPED_TRACE(describe(c));
+        Tensor q = rng.normal({c.B, c.T, c.H, d}), k = rng.normal({c.B, c.T, c.Hk, d}), v = rng.normal({c.B, c.T, c.Hk, d});
+        Tensor grad_out = rng.normal(q.shape());
+        Tensor out_want, lse_want, out_bf16, lse_bf16;
+        Gradients want, bf16;
+        cpu_reference(q, k, v, grad_out, c.span, out_want, lse_want, want);
+        cpu_reference(rounded_to_bf16(q), rounded_to_bf16(k), rounded_to_bf16(v), rounded_to_bf16(grad_out), c.span,
+                      out_bf16, lse_bf16, bf16);
+
+        MatmulPrecisionScope precision(MatmulPrecision::BF16);
+        Backend& gpu = backend_for(Device::CUDA);
+        Tensor qg = on_gpu(q), kg = on_gpu(k), vg = on_gpu(v), dog = on_gpu(grad_out);
+        Tensor out_got = poisoned(q.shape()), lse_got = poisoned(lse_want.shape());
+        gpu.attention_forward(qg, kg, vg, c.span, out_got, lse_got);
+        Gradients got{poisoned(q.shape()), poisoned(k.shape()), poisoned(v.shape())};
+        gpu.attention_backward(qg, kg, vg, out_got, lse_got, dog, c.span, got.q, got.k, got.v);
+
+        struct Check { const char* name; const Tensor& got; const Tensor& want; const Tensor& floor; double tol; };
+        for (const Check& check : {Check{"out", out_got, out_want, out_bf16, kOutTol},
+                                   Check{"lse", lse_got, lse_want, lse_bf16, kLseTol},
+                                   Check{"grad_q", got.q, want.q, bf16.q, kGradTol},
+                                   Check{"grad_k", got.k, want.k, bf16.k, kGradTol},
+                                   Check{"grad_v", got.v, want.v, bf16.v, kGradTol}}) {
+            const double err = relative_error(check.got, check.want), floor = relative_error(check.floor, check.want);
+            std::printf("  %-40s %-6s rel err %.2e (bf16-input CPU %.2e)\n", describe(c).c_str(), check.name, err, floor);
+            EXPECT_LE(err, check.tol) << check.name << " vs CPU reference";
+            EXPECT_LE(err, kOverBf16Inputs * floor) << check.name << ": CPU on bf16-rounded inputs is off by " << floor;
+        }
+    }
+}
+
+// Only the gradients asked for are written: the others stay as they were.
+TEST(CudaAttentionTensorCore, WritesOnlyRequestedGradients) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const AttentionSpan span{true, 64};
+    Tensor q = rng.normal({1, 150, 4, 64}, 1.0f, Device::CUDA), k = rng.normal({1, 150, 2, 64}, 1.0f, Device::CUDA);
+    Tensor v = rng.normal({1, 150, 2, 64}, 1.0f, Device::CUDA), grad_out = rng.normal({1, 150, 4, 64}, 1.0f, Device::CUDA);
+    MatmulPrecisionScope precision(MatmulPrecision::BF16);
+    Backend& gpu = backend_for(Device::CUDA);
+    Tensor out = poisoned(q.shape()), lse = poisoned({1, 150, 4});
+    gpu.attention_forward(q, k, v, span, out, lse);
+    Tensor all_q = poisoned(q.shape()), all_k = poisoned(k.shape()), all_v = poisoned(v.shape());
+    gpu.attention_backward(q, k, v, out, lse, grad_out, span, all_q, all_k, all_v);
+    Tensor none, only_v = poisoned(v.shape());
+    gpu.attention_backward(q, k, v, out, lse, grad_out, span, none, none, only_v);
+    EXPECT_EQ(relative_error(only_v, all_v), 0.0) << "grad_v alone must equal grad_v computed with the others";
+    Tensor only_q = poisoned(q.shape());
+    gpu.attention_backward(q, k, v, out, lse, grad_out, span, only_q, none, none);
+    EXPECT_EQ(relative_error(only_q, all_q), 0.0);
+}
+
+}  // namespace
+}  // namespace hsa
