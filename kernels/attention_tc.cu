@@ -35,16 +35,17 @@ namespace hsa {
 
 namespace {
 
+using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
 using mma::b_from_nk_lane_offset;
-using mma::ldmatrix_x4;
-using mma::ldmatrix_x4_trans;
-using mma::mma_bf16_16816;
+using mma::load_a_rows;
 using mma::pack_bf16;
 using mma::pack_c_as_a;
+using mma::product_with_tile_transpose;
 using mma::quad_max;
 using mma::quad_sum;
 using mma::shared_address;
+using mma::store_rows;
 
 constexpr int kWarpSize = 32;
 constexpr int kWarps = 4;
@@ -124,80 +125,6 @@ __device__ __forceinline__ void load_tile_bf16(const float* __restrict__ base, i
     }
 }
 
-// The A fragments (16 x D, all k-steps) of rows ra and ra + 8 of a [rows][D] f32 matrix;
-// zeros for rows at or past T.
-template <int D>
-__device__ __forceinline__ void load_a_rows(const float* __restrict__ base, int64_t stride, int ra, int T, int tig,
-                                            uint32_t (&f)[D / 16][4]) {
-    const int rb = ra + 8;
-    const bool va = ra < T, vb = rb < T;
-    const float* pa = base + static_cast<int64_t>(va ? ra : 0) * stride + 2 * tig;
-    const float* pb = base + static_cast<int64_t>(vb ? rb : 0) * stride + 2 * tig;
-    const float2 zero = make_float2(0.0f, 0.0f);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const float2 a_lo = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk)) : zero;
-        const float2 a_hi = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk + 8)) : zero;
-        const float2 b_lo = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk)) : zero;
-        const float2 b_hi = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk + 8)) : zero;
-        f[kk][0] = pack_bf16(a_lo.x, a_lo.y);
-        f[kk][1] = pack_bf16(b_lo.x, b_lo.y);
-        f[kk][2] = pack_bf16(a_hi.x, a_hi.y);
-        f[kk][3] = pack_bf16(b_hi.x, b_hi.y);
-    }
-}
-
-// c[j] (16 x 64, j = n-tile of 8 columns) = A (registers, 16 x D) times the transpose of a
-// [64][D] shared tile read from the lane's ldmatrix address nk_lane.
-template <int D>
-__device__ __forceinline__ void product_with_tile_transpose(const uint32_t (&a)[D / 16][4], uint32_t nk_lane,
-                                                            float (&c)[kTile / 8][4]) {
-    constexpr int kLd = D + 8;
-#pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
-        c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk += 2) {
-            uint32_t b[4];
-            ldmatrix_x4(b, nk_lane + 2u * static_cast<uint32_t>(8 * j * kLd + 16 * kk));
-            mma_bf16_16816(c[j], a[kk], b[0], b[1]);
-            mma_bf16_16816(c[j], a[kk + 1], b[2], b[3]);
-        }
-    }
-}
-
-// acc (16 x D) += A (registers, 16 x 64 as 4 k-steps) times a [64][D] shared tile read
-// from the lane's ldmatrix address kn_lane.
-template <int D>
-__device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)[kTile / 16][4], uint32_t kn_lane,
-                                                             float (&acc)[D / 8][4]) {
-    constexpr int kLd = D + 8;
-#pragma unroll
-    for (int n = 0; n < D / 8; n += 2) {
-#pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, kn_lane + 2u * static_cast<uint32_t>(16 * ks * kLd + 8 * n));
-            mma_bf16_16816(acc[n], a[ks], b[0], b[1]);
-            mma_bf16_16816(acc[n + 1], a[ks], b[2], b[3]);
-        }
-    }
-}
-
-// Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 matrix.
-template <int D>
-__device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t stride, int ra, int T, int tig,
-                                           const float (&acc)[D / 8][4], float factor_a, float factor_b) {
-    const int rb = ra + 8;
-    float* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
-    float* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-        if (ra < T) *reinterpret_cast<float2*>(pa + 8 * n) = make_float2(acc[n][0] * factor_a, acc[n][1] * factor_a);
-        if (rb < T) *reinterpret_cast<float2*>(pb + 8 * n) = make_float2(acc[n][2] * factor_b, acc[n][3] * factor_b);
-    }
-}
-
 // ---------------------------------------------------------------- forward
 
 template <int D>
@@ -235,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
         __syncthreads();
 
         float s[kTile / 8][4];
-        product_with_tile_transpose<D>(qf, k_lane, s);
+        product_with_tile_transpose<D, kTile>(qf, k_lane, s);
         if (!tile_wholly_visible(P, t0, s0)) {
 #pragma unroll
             for (int j = 0; j < kTile / 8; ++j)
@@ -282,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
         uint32_t pf[kTile / 16][4];
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
-        accumulate_product_with_tile<D>(pf, v_lane, acc);
+        accumulate_product_with_tile<D, kTile>(pf, v_lane, acc);
     }
 
     sum_a = quad_sum(sum_a);
@@ -341,8 +268,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
         __syncthreads();
 
         float p[kTile / 8][4], dp[kTile / 8][4];
-        product_with_tile_transpose<D>(qf, k_nk, p);   // scores
-        product_with_tile_transpose<D>(dof, v_nk, dp);  // dO V^T
+        product_with_tile_transpose<D, kTile>(qf, k_nk, p);   // scores
+        product_with_tile_transpose<D, kTile>(dof, v_nk, dp);  // dO V^T
         const bool whole = tile_wholly_visible(P, t0, s0);
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j)
@@ -357,7 +284,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
         uint32_t dsf[kTile / 16][4];
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
-        accumulate_product_with_tile<D>(dsf, k_kn, dq);
+        accumulate_product_with_tile<D, kTile>(dsf, k_kn, dq);
     }
     store_rows<D>(P.grad_q + q_offset, q_stride, ta, P.T, tig, dq, P.scale, P.scale);
 }
@@ -412,7 +339,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
             __syncthreads();
 
             float pt[kTile / 8][4], dpt[kTile / 8][4];  // [key][query]
-            product_with_tile_transpose<D>(kf, q_nk, pt);   // K Q^T
+            product_with_tile_transpose<D, kTile>(kf, q_nk, pt);   // K Q^T
             const bool whole = tile_wholly_visible(P, t0, s0);
 #pragma unroll
             for (int j = 0; j < kTile / 8; ++j)
@@ -429,9 +356,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
                 uint32_t pf[kTile / 16][4];
 #pragma unroll
                 for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], pt[2 * ks], pt[2 * ks + 1]);
-                accumulate_product_with_tile<D>(pf, do_kn, dv);  // dV += P^T dO
+                accumulate_product_with_tile<D, kTile>(pf, do_kn, dv);  // dV += P^T dO
             }
-            product_with_tile_transpose<D>(vf, do_nk, dpt);  // V dO^T
+            product_with_tile_transpose<D, kTile>(vf, do_nk, dpt);  // V dO^T
 #pragma unroll
             for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
@@ -443,7 +370,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
             uint32_t dsf[kTile / 16][4];
 #pragma unroll
             for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], pt[2 * ks], pt[2 * ks + 1]);
-            accumulate_product_with_tile<D>(dsf, q_kn, dk);  // dK += dS^T Q
+            accumulate_product_with_tile<D, kTile>(dsf, q_kn, dk);  // dK += dS^T Q
         }
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);

@@ -19,15 +19,23 @@
 //    S rows in registers. Linear in T; rows of never-selected chunks and rows past C * S
 //    get 0.
 //
+// At bf16 matrix-product precision (core/precision.h, training's default) and d = 64,
+// S = 64, G <= 16, the forward and passes 1 and 3 run on tensor cores instead
+// (kernels/hsa_forward_v1.cu, kernels/hsa_backward_v1.cu); passes 2 and the zero tail, and
+// the pair lists, are shared.
+//
 // Limits (checked): head dim d <= 128, chunk size S <= 128, any GQA group G.
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 
+#include "core/precision.h"
 #include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/hsa_backward_v1.cuh"
+#include "kernels/hsa_forward_v1.cuh"
 
 namespace hsa {
 
@@ -451,6 +459,13 @@ size_t query_kernel_shared_bytes(const HsaParams& P, bool backward) {
     return sizeof(float) * static_cast<size_t>(floats);
 }
 
+// The tensor-core forward and backward together (the backward consumes the forward's lse,
+// so both must be the same version): at bf16 precision, where the v1 kernels apply.
+bool use_tensor_cores(const HsaParams& P, std::initializer_list<const Tensor*> tensors) {
+    return matmul_precision() == MatmulPrecision::BF16 &&
+           hsa_tensor_core_eligible(P.d, P.S, P.heads_per_kv, /*backward=*/true, tensors);
+}
+
 }  // namespace
 
 // ================================================================ backend methods
@@ -461,6 +476,10 @@ void CudaBackend::hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor&
     const checks::HsaDims D =
         checks::check_hsa_forward(q, kmem, vmem, indices, weights, chunk_size, out, lse, Device::CUDA);
     const HsaParams P = hsa_params(op, D, q, kmem, vmem, indices, weights);
+    if (use_tensor_cores(P, {&q, &kmem, &vmem, &weights, &out})) {
+        hsa_forward_tensor_core(q, kmem, vmem, indices, weights, chunk_size, out, lse);
+        return;
+    }
     const int64_t blocks = query_blocks(P);
     if (blocks == 0) return;
     HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " query blocks, expected fewer than " << INT_MAX);
@@ -485,11 +504,18 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
     const float* grad_out_p = grad_out.data<float>();
     float* gk = want_k ? grad_kmem.data<float>() : nullptr;
     float* gv = want_v ? grad_vmem.data<float>() : nullptr;
+    const bool tensor_cores = use_tensor_cores(P, {&q, &kmem, &vmem, &weights, &grad_out, want_q ? &grad_q : nullptr,
+                                                   want_k ? &grad_kmem : nullptr, want_v ? &grad_vmem : nullptr});
+    const HsaTensorCoreShape shape{P.B, P.T, P.H, P.Hk, P.Hr, P.Tm, P.K, P.C};
 
     // Pass 1: od = dO . o per (t, h, k), and grad_q.
     Tensor od = Tensor::empty({P.B, P.T, P.H, P.K}, DType::F32, Device::CUDA);
     const int64_t blocks = query_blocks(P);
-    if (blocks > 0) {
+    if (tensor_cores) {
+        hsa_backward_queries_tensor_core(shape, q.data<float>(), kmem.data<float>(), vmem.data<float>(),
+                                         indices.data<int32_t>(), weights.data<float>(), lse_p, grad_out_p,
+                                         od.data<float>(), want_q ? grad_q.data<float>() : nullptr);
+    } else if (blocks > 0) {
         HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " query blocks, expected fewer than " << INT_MAX);
         const size_t shared_bytes = query_kernel_shared_bytes(P, true);
         allow_shared_bytes(op, hsa_backward_query_kernel, shared_bytes);
@@ -512,19 +538,26 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
         if (P.B * P.C * P.Hk > 0) {
             Tensor pair_ids, segment_start;
             cuda_detail::build_chunk_pair_lists(op, indices, P.C, pair_ids, segment_start);
-            // Threads own one column and M rows of the chunk: NT / d rows per pass.
-            const int NT = P.d > 64 ? 512 : 256;
-            const int64_t rows_needed = (P.S + NT / P.d - 1) / (NT / P.d);  // <= 32 for d, S <= 128
-            HSA_CHECK(rows_needed <= 32, op << ": chunk_size " << P.S << " with head dim " << P.d
-                                            << " is not supported by the CUDA backend");
-            if (NT == 256 && rows_needed <= 16)
-                launch_memory_kernel<256, 16>(op, P, lse_p, grad_out_p, od.data<float>(), pair_ids, segment_start, gk, gv);
-            else if (NT == 256)
-                launch_memory_kernel<256, 32>(op, P, lse_p, grad_out_p, od.data<float>(), pair_ids, segment_start, gk, gv);
-            else if (rows_needed <= 16)
-                launch_memory_kernel<512, 16>(op, P, lse_p, grad_out_p, od.data<float>(), pair_ids, segment_start, gk, gv);
-            else
-                launch_memory_kernel<512, 32>(op, P, lse_p, grad_out_p, od.data<float>(), pair_ids, segment_start, gk, gv);
+            if (tensor_cores) {
+                hsa_backward_memory_tensor_core(shape, q.data<float>(), kmem.data<float>(), vmem.data<float>(),
+                                                weights.data<float>(), lse_p, grad_out_p, od.data<float>(),
+                                                pair_ids.data<int32_t>(), segment_start.data<int32_t>(), gk, gv);
+            } else {
+                // Threads own one column and M rows of the chunk: NT / d rows per pass.
+                const int NT = P.d > 64 ? 512 : 256;
+                const int64_t rows_needed = (P.S + NT / P.d - 1) / (NT / P.d);  // <= 32 for d, S <= 128
+                HSA_CHECK(rows_needed <= 32, op << ": chunk_size " << P.S << " with head dim " << P.d
+                                                << " is not supported by the CUDA backend");
+                const float* odp = od.data<float>();
+                if (NT == 256 && rows_needed <= 16)
+                    launch_memory_kernel<256, 16>(op, P, lse_p, grad_out_p, odp, pair_ids, segment_start, gk, gv);
+                else if (NT == 256)
+                    launch_memory_kernel<256, 32>(op, P, lse_p, grad_out_p, odp, pair_ids, segment_start, gk, gv);
+                else if (rows_needed <= 16)
+                    launch_memory_kernel<512, 16>(op, P, lse_p, grad_out_p, odp, pair_ids, segment_start, gk, gv);
+                else
+                    launch_memory_kernel<512, 32>(op, P, lse_p, grad_out_p, odp, pair_ids, segment_start, gk, gv);
+            }
         }
         const int64_t tail = P.B * (P.Tm - P.C * P.S) * P.Hk * P.d;
         if (tail > 0) {

@@ -82,39 +82,6 @@ using mma::quad_max;
 using mma::quad_sum;
 using mma::shared_address;
 
-// The 64 rows of K and V of one chunk and KV head (row j at base + j * row_stride, d
-// floats each) into the warp's bf16 tiles. Each lane moves 16-byte vectors; a batch keeps
-// 2 x kBatch loads in flight per lane before converting and storing.
-template <int D>
-__device__ __forceinline__ void load_chunk_bf16(const float* __restrict__ kbase, const float* __restrict__ vbase,
-                                                int64_t row_stride, __nv_bfloat16* Ks, __nv_bfloat16* Vs, int lane) {
-    constexpr int kLd = V1Config<D>::kLd;
-    constexpr int kVecPerRow = D / 4;
-    constexpr int kVecPerLane = kChunk * kVecPerRow / kWarpSize;  // 32 (d 64) or 64 (d 128)
-    constexpr int kBatch = 8;
-    static_assert(kVecPerLane % kBatch == 0, "whole batches");
-#pragma unroll 1  // unrolled, the compiler hoists every batch's loads and spills
-    for (int first = 0; first < kVecPerLane; first += kBatch) {
-        float4 kr[kBatch], vr[kBatch];
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-            const int e = (first + i) * kWarpSize + lane;  // consecutive lanes: consecutive vectors of a row
-            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-            kr[i] = __ldg(reinterpret_cast<const float4*>(kbase + row * row_stride + col));
-            vr[i] = __ldg(reinterpret_cast<const float4*>(vbase + row * row_stride + col));
-        }
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-            const int e = (first + i) * kWarpSize + lane;
-            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-            *reinterpret_cast<uint2*>(Ks + row * kLd + col) =
-                make_uint2(pack_bf16(kr[i].x, kr[i].y), pack_bf16(kr[i].z, kr[i].w));
-            *reinterpret_cast<uint2*>(Vs + row * kLd + col) =
-                make_uint2(pack_bf16(vr[i].x, vr[i].y), pack_bf16(vr[i].z, vr[i].w));
-        }
-    }
-}
-
 // ---------------------------------------------------------------- kernel
 
 template <int D>
@@ -190,7 +157,7 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
         const float w = __ldg(P.weights + sel + k);
         const int64_t first = ((b * P.Tm + static_cast<int64_t>(c) * kChunk) * P.Hk + g) * D;
         __syncwarp();  // every lane's ldmatrix reads of the previous chunk are done
-        load_chunk_bf16<D>(P.kmem + first, P.vmem + first, kv_row_stride, Ks, Vs, lane);
+        mma::load_two_tiles_bf16_warp<D, kChunk>(P.kmem + first, P.vmem + first, kv_row_stride, Ks, Vs, lane);
         __syncwarp();  // the tiles are visible to the whole warp
 
         // S = Q K^T, 16 x 64.

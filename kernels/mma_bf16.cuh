@@ -80,4 +80,113 @@ __device__ __forceinline__ int b_from_nk_lane_offset(int lane, int ld) { return 
 // (ks, n + 1).
 __device__ __forceinline__ int b_from_kn_lane_offset(int lane, int ld) { return (lane & 15) * ld + (lane >> 4) * 8; }
 
+// The A fragments (16 x D, all k-steps) of rows ra and ra + 8 of a [rows][D] f32 matrix;
+// zeros for rows at or past T.
+template <int D>
+__device__ __forceinline__ void load_a_rows(const float* __restrict__ base, int64_t stride, int ra, int T, int tig,
+                                            uint32_t (&f)[D / 16][4]) {
+    const int rb = ra + 8;
+    const bool va = ra < T, vb = rb < T;
+    const float* pa = base + static_cast<int64_t>(va ? ra : 0) * stride + 2 * tig;
+    const float* pb = base + static_cast<int64_t>(vb ? rb : 0) * stride + 2 * tig;
+    const float2 zero = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const float2 a_lo = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk)) : zero;
+        const float2 a_hi = va ? __ldg(reinterpret_cast<const float2*>(pa + 16 * kk + 8)) : zero;
+        const float2 b_lo = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk)) : zero;
+        const float2 b_hi = vb ? __ldg(reinterpret_cast<const float2*>(pb + 16 * kk + 8)) : zero;
+        f[kk][0] = pack_bf16(a_lo.x, a_lo.y);
+        f[kk][1] = pack_bf16(b_lo.x, b_lo.y);
+        f[kk][2] = pack_bf16(a_hi.x, a_hi.y);
+        f[kk][3] = pack_bf16(b_hi.x, b_hi.y);
+    }
+}
+
+// c[j] (16 x N, j = n-tile of 8 columns) = A (registers, 16 x D) times the transpose of an
+// [N][D] shared tile (row stride D + 8) read from the lane's ldmatrix address nk_lane.
+template <int D, int N>
+__device__ __forceinline__ void product_with_tile_transpose(const uint32_t (&a)[D / 16][4], uint32_t nk_lane,
+                                                            float (&c)[N / 8][4]) {
+    constexpr int kLd = D + 8;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+        c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk += 2) {
+            uint32_t b[4];
+            ldmatrix_x4(b, nk_lane + 2u * static_cast<uint32_t>(8 * j * kLd + 16 * kk));
+            mma_bf16_16816(c[j], a[kk], b[0], b[1]);
+            mma_bf16_16816(c[j], a[kk + 1], b[2], b[3]);
+        }
+    }
+}
+
+// acc (16 x D) += A (registers, 16 x N as N / 16 k-steps) times an [N][D] shared tile (row
+// stride D + 8) read
+// from the lane's ldmatrix address kn_lane.
+template <int D, int N>
+__device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)[N / 16][4], uint32_t kn_lane,
+                                                             float (&acc)[D / 8][4]) {
+    constexpr int kLd = D + 8;
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+#pragma unroll
+        for (int ks = 0; ks < N / 16; ++ks) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, kn_lane + 2u * static_cast<uint32_t>(16 * ks * kLd + 8 * n));
+            mma_bf16_16816(acc[n], a[ks], b[0], b[1]);
+            mma_bf16_16816(acc[n + 1], a[ks], b[2], b[3]);
+        }
+    }
+}
+
+// Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 matrix.
+template <int D>
+__device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t stride, int ra, int T, int tig,
+                                           const float (&acc)[D / 8][4], float factor_a, float factor_b) {
+    const int rb = ra + 8;
+    float* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
+    float* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        if (ra < T) *reinterpret_cast<float2*>(pa + 8 * n) = make_float2(acc[n][0] * factor_a, acc[n][1] * factor_a);
+        if (rb < T) *reinterpret_cast<float2*>(pb + 8 * n) = make_float2(acc[n][2] * factor_b, acc[n][3] * factor_b);
+    }
+}
+
+// N rows of two [rows][D] f32 matrices (row j at base + j * row_stride; the K and V of one
+// chunk and KV head) into one warp's bf16 tiles (row stride D + 8). Each lane moves 16-byte
+// vectors; a batch keeps 2 x kBatch loads in flight per lane before converting and storing.
+template <int D, int N>
+__device__ __forceinline__ void load_two_tiles_bf16_warp(const float* __restrict__ kbase,
+                                                         const float* __restrict__ vbase, int64_t row_stride,
+                                                         __nv_bfloat16* Ks, __nv_bfloat16* Vs, int lane) {
+    constexpr int kLd = D + 8;
+    constexpr int kVecPerRow = D / 4;
+    constexpr int kVecPerLane = N * kVecPerRow / 32;  // 32 (D 64, N 64) or 64 (D 128)
+    constexpr int kBatch = 8;
+    static_assert(kVecPerLane % kBatch == 0, "whole batches");
+#pragma unroll 1  // unrolled, the compiler hoists every batch's loads and spills
+    for (int first = 0; first < kVecPerLane; first += kBatch) {
+        float4 kr[kBatch], vr[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = (first + i) * 32 + lane;  // consecutive lanes: consecutive vectors of a row
+            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
+            kr[i] = __ldg(reinterpret_cast<const float4*>(kbase + row * row_stride + col));
+            vr[i] = __ldg(reinterpret_cast<const float4*>(vbase + row * row_stride + col));
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+            const int e = (first + i) * 32 + lane;
+            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
+            *reinterpret_cast<uint2*>(Ks + row * kLd + col) =
+                make_uint2(pack_bf16(kr[i].x, kr[i].y), pack_bf16(kr[i].z, kr[i].w));
+            *reinterpret_cast<uint2*>(Vs + row * kLd + col) =
+                make_uint2(pack_bf16(vr[i].x, vr[i].y), pack_bf16(vr[i].z, vr[i].w));
+        }
+    }
+}
+
 }  // namespace hsa::mma

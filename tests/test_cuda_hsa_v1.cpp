@@ -23,6 +23,7 @@
 
 #include "core/backend.h"
 #include "core/cuda_allocator.h"
+#include "core/precision.h"
 #include "core/tensor.h"
 #include "cuda_test_util.h"
 #include "op_test_harness.h"
@@ -114,6 +115,61 @@ TEST(CudaHsaV1, ForwardMatchesCpuReference) {
         EXPECT_GT(empty_rows, 0) << "the case should contain tokens that select no chunk";
         EXPECT_EQ(bad_lse, 0) << "lse entries at padding that are not 0";
         EXPECT_EQ(bad_out, 0) << "out entries of tokens without chunks that are not 0";
+    }
+#endif
+}
+
+// At bf16 precision the backend's hsa_forward / hsa_backward run the tensor-core kernels
+// (kernels/hsa_forward_v1.cu, kernels/hsa_backward_v1.cu); the backward consumes the
+// forward's own lse, as in training. Tolerances: out and lse as above; the gradients pass
+// through one more rounded product (dS or P w rounded to bf16) and the difference
+// dov - od, so we require <= 2e-2, and within 3x of the CPU computation on bf16-rounded
+// q / K / V / dO.
+TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
+#ifndef HSA_WITH_CUDA_KERNELS
+    GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
+#else
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    constexpr double kGradTol = 2e-2;
+    for (const HsaCase& c : {HsaCase{2, 300, 16, 1, 1, 64, 64, 8}, HsaCase{1, 640, 8, 2, 2, 64, 64, 4},
+                             HsaCase{1, 1024, 4, 4, 1, 64, 64, 8}}) {
+        SCOPED_TRACE("B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
+                     std::to_string(c.Hk) + " Hr " + std::to_string(c.Hr) + " K " + std::to_string(c.K));
+        const auto [q, kmem, vmem, indices, weights] = random_hsa_inputs(rng, c);
+        Tensor grad_out = rng.normal(q.shape());
+        struct Result { Tensor out, lse, gq, gk, gv, gw; };
+        auto run_cpu = [&](const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& go_) {
+            Result r{Tensor::empty(q.shape()), Tensor::empty({c.B, c.T, c.H, c.K}), Tensor::empty(q.shape()),
+                     Tensor::empty(kmem.shape()), Tensor::empty(vmem.shape()), Tensor::empty(weights.shape())};
+            cpu().hsa_forward(q_, k_, v_, indices, weights, c.S, r.out, r.lse);
+            cpu().hsa_backward(q_, k_, v_, indices, weights, c.S, r.lse, go_, r.gq, r.gk, r.gv, r.gw);
+            return r;
+        };
+        const Result want = run_cpu(q, kmem, vmem, grad_out);
+        const Result floor = run_cpu(rounded_to_bf16(q), rounded_to_bf16(kmem), rounded_to_bf16(vmem), rounded_to_bf16(grad_out));
+
+        MatmulPrecisionScope precision(MatmulPrecision::BF16);
+        Backend& gpu = backend_for(Device::CUDA);
+        Result got{poisoned(q.shape()), poisoned({c.B, c.T, c.H, c.K}), poisoned(q.shape()), poisoned(kmem.shape()),
+                   poisoned(vmem.shape()), poisoned(weights.shape())};
+        const Tensor qg = on_gpu(q), kg = on_gpu(kmem), vg = on_gpu(vmem), ig = on_gpu(indices), wg = on_gpu(weights);
+        gpu.hsa_forward(qg, kg, vg, ig, wg, c.S, got.out, got.lse);
+        gpu.hsa_backward(qg, kg, vg, ig, wg, c.S, got.lse, on_gpu(grad_out), got.gq, got.gk, got.gv, got.gw);
+
+        struct Check { const char* name; const Tensor& got; const Tensor& want; const Tensor& floor; double tol; };
+        for (const Check& check : {Check{"out", got.out, want.out, floor.out, kOutTol}, Check{"lse", got.lse, want.lse, floor.lse, kLseTol},
+                                   Check{"grad_q", got.gq, want.gq, floor.gq, kGradTol},
+                                   Check{"grad_kmem", got.gk, want.gk, floor.gk, kGradTol},
+                                   Check{"grad_vmem", got.gv, want.gv, floor.gv, kGradTol},
+                                   Check{"grad_weights", got.gw, want.gw, floor.gw, kGradTol}}) {
+            const double err = relative_error(check.got, check.want), floor_err = relative_error(check.floor, check.want);
+            std::printf("  T %-5lld H %-2lld Hk %lld %-12s rel err %.2e (bf16-input CPU %.2e)\n", static_cast<long long>(c.T),
+                        static_cast<long long>(c.H), static_cast<long long>(c.Hk), check.name, err, floor_err);
+            EXPECT_LE(err, check.tol) << check.name << " vs CPU reference";
+            EXPECT_LE(err, kOverBf16Inputs * floor_err) << check.name << ": CPU on bf16-rounded inputs is off by " << floor_err;
+        }
     }
 #endif
 }

@@ -11,6 +11,8 @@
 // Without a GPU every test here skips with the reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -284,7 +286,11 @@ TEST(CudaOps, LocalAttentionForwardBackward) {
 
 // Scores whose CPU (double) and GPU (f32) rankings may legitimately differ only when two
 // candidates are within float rounding of each other; random normal inputs make such
-// near-ties rare, and a mismatch is accepted only if the two chunks' scores are that close.
+// near-ties rare. Each row's selection is a set listed by chunk index, so one swapped pair
+// shifts the positions of others: rows are compared as sets, and a difference is accepted
+// only when every chunk selected by one side alone scores within 1e-4 of every chunk
+// selected by the other side alone (both then sit at the K-th place), and the padding
+// agrees exactly.
 void expect_same_selection(const Tensor& got_gpu, const Tensor& want, const Tensor& qr, const Tensor& landmarks) {
     std::vector<float> got = got_gpu.to_vector(), ref = want.to_vector();
     const int64_t Hr = qr.size(2), dr = qr.size(3), C = landmarks.size(1), T = qr.size(1), K = want.size(3);
@@ -295,14 +301,33 @@ void expect_same_selection(const Tensor& got_gpu, const Tensor& want, const Tens
         for (int64_t i = 0; i < dr; ++i) s += static_cast<double>(q[((b * T + t) * Hr + r) * dr + i]) * l[((b * C + c) * Hr + r) * dr + i];
         return s / std::sqrt(static_cast<double>(dr));
     };
-    int hard_mismatches = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-        if (got[i] == ref[i]) continue;
-        const int64_t row = static_cast<int64_t>(i) / K, r = row % Hr, t = (row / Hr) % T, b = row / (Hr * T);
-        if (got[i] < 0 || ref[i] < 0 || std::fabs(score(b, t, r, static_cast<int64_t>(got[i])) - score(b, t, r, static_cast<int64_t>(ref[i]))) > 1e-4)
-            ++hard_mismatches;
+    int64_t hard_mismatches = 0, near_ties = 0;
+    const int64_t rows = static_cast<int64_t>(ref.size()) / K;
+    for (int64_t row = 0; row < rows; ++row) {
+        const int64_t r = row % Hr, t = (row / Hr) % T, b = row / (Hr * T);
+        std::vector<int64_t> got_set, ref_set;
+        for (int64_t k = 0; k < K; ++k) {
+            got_set.push_back(static_cast<int64_t>(got[static_cast<size_t>(row * K + k)]));
+            ref_set.push_back(static_cast<int64_t>(ref[static_cast<size_t>(row * K + k)]));
+        }
+        if (got_set == ref_set) continue;
+        std::vector<int64_t> only_got, only_ref;
+        for (int64_t c : got_set)
+            if (std::find(ref_set.begin(), ref_set.end(), c) == ref_set.end()) only_got.push_back(c);
+        for (int64_t c : ref_set)
+            if (std::find(got_set.begin(), got_set.end(), c) == got_set.end()) only_ref.push_back(c);
+        bool tie = !only_got.empty() && only_got.size() == only_ref.size();
+        for (int64_t a : only_got)
+            for (int64_t c : only_ref)
+                tie = tie && a >= 0 && c >= 0 && std::fabs(score(b, t, r, a) - score(b, t, r, c)) <= 1e-4;
+        if (tie) {
+            ++near_ties;
+        } else if (hard_mismatches++ < 3) {
+            ADD_FAILURE() << "row " << row << " (b " << b << ", t " << t << ", r " << r << "): " << only_got.size()
+                          << " chunk(s) only in the GPU selection, " << only_ref.size() << " only in the CPU's";
+        }
     }
-    EXPECT_EQ(hard_mismatches, 0) << "selected chunks differ beyond near-ties";
+    EXPECT_EQ(hard_mismatches, 0) << "selected chunks differ beyond near-ties (" << near_ties << " near-tie rows accepted)";
 }
 
 TEST(CudaOps, RetrievalSelectionAndWeights) {

@@ -70,10 +70,13 @@ int bench_hsa(std::ostream& out) {
     Backend& gpu = backend_for(Device::CUDA);
     Rng rng(2026);
     out << "HSA operator, H 16, Hk 1, S 64, K 8, random top-K chunks, f32 storage (reference: public Triton kernel, "
-           "bf16, TARGETS.md). v1: hsa_forward_tensor_core (bf16 tensor cores, kernels/hsa_forward_v1.cu), its "
-           "output's relative L2 error against the backend's (v0) output; peak GiB: v0\n";
-    out << "| N x L | d | fwd ms | fwd+bwd ms | fwd TFLOP/s | v1 fwd ms | v1 TFLOP/s | v1 rel err | ref fwd ms | ref fwd+bwd ms "
-           "| peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+           "bf16, TARGETS.md). f32: v0 kernels (kernels/hsa.cu, precision f32). bf16: precision bf16 (training's "
+           "default): tensor-core forward v1 (kernels/hsa_forward_v1.cu) and backward v1 (kernels/hsa_backward_v1.cu); "
+           "d 128 has no tensor-core backward yet, so its bf16 row times the v1 forward alone. rel err: bf16 output "
+           "against f32 output (relative L2). TFLOP/s: 4 N L H K S d for the forward, 3.5x that for fwd+bwd. "
+           "peak GiB: bf16 fwd+bwd\n";
+    out << "| N x L | d | f32 fwd ms | f32 fwd+bwd ms | bf16 fwd ms | bf16 fwd+bwd ms | bf16 fwd TFLOP/s | bf16 fwd+bwd "
+           "TFLOP/s | bf16 rel err | ref fwd ms | ref fwd+bwd ms | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const HsaShape& s : shapes) {
         const int64_t N = s.batch, L = s.length, d = s.head_dim;
         Tensor q = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
@@ -82,39 +85,52 @@ int bench_hsa(std::ostream& out) {
         Tensor indices = random_selection(rng, N, L, S, K).to(Device::CUDA);
         Tensor weights = rng.uniform({N, L, 1, K}, 0.05f, 0.25f, Device::CUDA);
         Tensor grad_out = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
-        Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA), o_bf16 = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
         Tensor lse = Tensor::empty({N, L, H, K}, DType::F32, Device::CUDA);
         Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(kmem.shape(), DType::F32, Device::CUDA),
                gv = Tensor::empty(vmem.shape(), DType::F32, Device::CUDA), gw = Tensor::empty(weights.shape(), DType::F32, Device::CUDA);
-        cuda_allocator_reset_peak();
-        auto forward = [&] { gpu.hsa_forward(q, kmem, vmem, indices, weights, S, o, lse); };
+        Tensor* result = &o;
+        auto forward = [&] { gpu.hsa_forward(q, kmem, vmem, indices, weights, S, *result, lse); };
         auto both = [&] {
             forward();
             gpu.hsa_backward(q, kmem, vmem, indices, weights, S, lse, grad_out, gq, gk, gv, gw);
         };
+        const double flops = 4.0 * static_cast<double>(N * L * H * K * S * d);
         const double fwd = median_ms(forward, 2, repeats_for(forward));
         const double total = median_ms(both, 1, repeats_for(both));
-        const double flops = 4.0 * static_cast<double>(N * L * H * K * S * d);
-        const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);
-        std::ostringstream v1_cells;  // "v1 fwd ms | v1 TFLOP/s | v1 rel err"
-        v1_cells << "- | - | -";
+        double bf16_fwd = 0, bf16_total = -1;
+        cuda_allocator_reset_peak();
+        {
+            MatmulPrecisionScope precision(MatmulPrecision::BF16);
+            result = &o_bf16;
+            if (d == 64) {
+                bf16_fwd = median_ms(forward, 2, repeats_for(forward));
+                bf16_total = median_ms(both, 1, repeats_for(both));
+            } else {
 #ifdef HSA_WITH_CUDA_KERNELS
-        if (d == 64 || d == 128) {
-            Tensor o1 = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
-            Tensor lse1 = Tensor::empty({N, L, H, K}, DType::F32, Device::CUDA);
-            auto forward_v1 = [&] { hsa_forward_tensor_core(q, kmem, vmem, indices, weights, S, o1, lse1); };
-            const double v1 = median_ms(forward_v1, 2, repeats_for(forward_v1));
-            gpu.axpy(-1.0f, o, o1);  // o still holds v0's forward output; o1 becomes v1 - v0
-            const double v1_err = std::sqrt(gpu.sum_of_squares(o1) / std::max(gpu.sum_of_squares(o), 1e-30));
-            v1_cells.str("");
-            v1_cells << std::fixed << std::setprecision(2) << v1 << " | " << std::setprecision(1)
-                     << flops / (v1 * 1e-3) / 1e12 << " | " << std::scientific << std::setprecision(1) << v1_err;
-        }
+                auto forward_v1 = [&] { hsa_forward_tensor_core(q, kmem, vmem, indices, weights, S, o_bf16, lse); };
+                bf16_fwd = median_ms(forward_v1, 2, repeats_for(forward_v1));
 #endif
-        out << "| " << N << " x " << L / 1024 << "K | " << d << " | " << std::fixed << std::setprecision(2) << fwd << " | " << total
-            << " | " << std::setprecision(1) << flops / (fwd * 1e-3) / 1e12 << " | " << v1_cells.str() << " | "
-            << std::setprecision(2) << s.reference_fwd_ms << " | " << s.reference_total_ms << " | " << std::setprecision(2)
-            << peak << " |\n"
+            }
+        }
+        const double peak = static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30);
+        gpu.axpy(-1.0f, o, o_bf16);  // o_bf16 becomes bf16 - f32
+        const double err = std::sqrt(gpu.sum_of_squares(o_bf16) / std::max(gpu.sum_of_squares(o), 1e-30));
+        std::ostringstream total_cells;
+        if (bf16_total > 0)
+            total_cells << std::fixed << std::setprecision(2) << bf16_total;
+        else
+            total_cells << "-";
+        std::ostringstream total_rate;
+        if (bf16_total > 0)
+            total_rate << std::fixed << std::setprecision(1) << 3.5 * flops / (bf16_total * 1e-3) / 1e12;
+        else
+            total_rate << "-";
+        out << "| " << N << " x " << L / 1024 << "K | " << d << " | " << std::fixed << std::setprecision(2) << fwd << " | "
+            << total << " | " << bf16_fwd << " | " << total_cells.str() << " | " << std::setprecision(1)
+            << flops / (bf16_fwd * 1e-3) / 1e12 << " | " << total_rate.str() << " | " << std::scientific
+            << std::setprecision(1) << err << " | " << std::fixed << std::setprecision(2) << s.reference_fwd_ms << " | "
+            << s.reference_total_ms << " | " << peak << " |\n"
             << std::flush;
     }
     return 0;
