@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake g++ libgtest-dev libopenmpi-dev openmpi-bin libhdf5-dev libicu-dev gnuplot-nox)
+packages=(cmake g++ libgtest-dev libopenmpi-dev openmpi-bin libhdf5-dev libicu-dev gnuplot-nox bible-kjv-text fortunes-min fortunes wamerican)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

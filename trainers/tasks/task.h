@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct TaskExample {
     int64_t prompt_length = 0;           // tokens[0, prompt_length) is the prompt given to a model
     std::vector<std::string> answers;    // reference answer strings, as the scorer expects them
     double depth = -1;                   // where the (first) needle sits in the context, 0..1; -1 if none
+    // Added fields:
+    std::string question;                // the question asked (BABILong's scoring rule ignores labels
+                                         // that the question mentions); empty for RULER tasks
+    int64_t target_length = 0;           // options.length it was generated for
 };
 
 // Options shared by every task; each generator reads what it needs and ignores the rest.
@@ -45,5 +50,51 @@ TaskExample generate_task_example(const std::string& name, const Tokenizer& tok,
 // fraction for partial-credit rules (RULER's string match over all references; BABILong's
 // single-label rule).
 double score_task(const std::string& name, const std::string& prediction, const std::vector<std::string>& answers);
+
+// ---- additions ----
+
+// The same with the example's question: BABILong's rule (qa1..qa5) drops the labels that the
+// question mentions before checking the prediction (e.g. "kitchen" in "Where was the apple
+// before the kitchen?"), so pass TaskExample::question for those; RULER tasks ignore it.
+double score_task(const std::string& name, const std::string& prediction, const std::vector<std::string>& answers,
+                  const std::string& question);
+// RULER's two string-match metrics for one prediction (case-insensitive substring tests):
+// "all" = fraction of the references found; "part" = 1 if any reference is found.
+double string_match_all(const std::string& prediction, const std::vector<std::string>& references);
+double string_match_part(const std::string& prediction, const std::vector<std::string>& references);
+// BABILong's label set for qa1..qa5 (the labels its compare_answers looks for); empty otherwise.
+std::vector<std::string> babilong_labels(const std::string& name);
+
+// One line describing a task (for `hsa data task list`); "" for an unknown name.
+std::string task_description(const std::string& name);
+// "ruler" or "babilong"; "" for an unknown name.
+std::string task_family(const std::string& name);
+// True when the task reads the prose corpus (or options.haystack_file) for its haystack.
+bool task_uses_prose(const std::string& name);
+
+// A token count as written on command lines and in configs: a plain integer or one with a
+// K (x1024) or M (x1048576) suffix, e.g. "4096", "4K", "32M". Throws ConfigError naming the
+// text for anything else, zero or negative.
+int64_t parse_token_count(const std::string& text);
+
+// Generates many examples with one tokenizer, reusing the tokenized haystack sentences across
+// examples (generate_task_example builds a fresh one per call, so a loop over examples should
+// use this). Not thread-safe: one generator per thread.
+class TaskGenerator {
+public:
+    explicit TaskGenerator(const Tokenizer& tok);
+    ~TaskGenerator();
+    TaskGenerator(const TaskGenerator&) = delete;
+    TaskGenerator& operator=(const TaskGenerator&) = delete;
+
+    TaskExample generate(const std::string& name, const TaskOptions& options, int64_t index);
+    const Tokenizer& tokenizer() const { return tok_; }
+
+    struct Cache;  // tokenized sentences and words, per haystack source
+
+private:
+    const Tokenizer& tok_;
+    std::unique_ptr<Cache> cache_;
+};
 
 }  // namespace hsa

@@ -1,0 +1,217 @@
+#include "trainers/tasks/task_shard.h"
+
+#include <hdf5.h>
+
+#include <cstring>
+#include <set>
+
+#include "core/hdf5_io.h"
+#include "core/json.h"
+
+namespace hsa {
+
+namespace {
+
+const char* kFormat = "hsa-task-shard-1";
+
+Tensor i64_tensor(const std::vector<int64_t>& values) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::I64);
+    if (!values.empty()) std::memcpy(t.data<int64_t>(), values.data(), values.size() * sizeof(int64_t));
+    return t;
+}
+
+std::vector<int64_t> read_i64(const Hdf5File& file, const std::string& name, size_t expected) {
+    const Tensor t = file.read_tensor(name);
+    if (t.ndim() != 1 || static_cast<size_t>(t.numel()) != expected)
+        throw Error(file.filename() + ": /" + name + " has shape " + shape_string(t.shape()) + ", expected [" + std::to_string(expected) + "]");
+    std::vector<int64_t> out(expected);
+    if (t.dtype() == DType::I64) {
+        std::memcpy(out.data(), t.data<int64_t>(), expected * sizeof(int64_t));
+    } else {
+        for (size_t i = 0; i < expected; ++i) out[i] = t.data<int32_t>()[i];
+    }
+    return out;
+}
+
+// Closes an HDF5 handle when it goes out of scope.
+struct Handle {
+    hid_t id;
+    herr_t (*close)(hid_t);
+    ~Handle() {
+        if (id >= 0) close(id);
+    }
+};
+
+}  // namespace
+
+void write_string_dataset(const std::string& path, const std::string& dataset, const std::vector<std::string>& values) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    const std::string where = path + ": /" + dataset;
+    Handle file{H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose};
+    if (file.id < 0) throw Error(path + ": cannot open for writing strings");
+    if (H5Lexists(file.id, dataset.c_str(), H5P_DEFAULT) > 0 && H5Ldelete(file.id, dataset.c_str(), H5P_DEFAULT) < 0)
+        throw Error(where + ": cannot replace the existing dataset");
+    Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
+    if (type.id < 0 || H5Tset_size(type.id, H5T_VARIABLE) < 0 || H5Tset_cset(type.id, H5T_CSET_UTF8) < 0)
+        throw Error(where + ": cannot make a string type");
+    const hsize_t count = values.size();
+    Handle space{H5Screate_simple(1, &count, nullptr), H5Sclose};
+    Handle data{H5Dcreate2(file.id, dataset.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+    if (data.id < 0) throw Error(where + ": cannot create the dataset");
+    std::vector<const char*> pointers;
+    pointers.reserve(values.size());
+    for (const std::string& v : values) pointers.push_back(v.c_str());
+    if (!values.empty() && H5Dwrite(data.id, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
+        throw Error(where + ": cannot write " + std::to_string(values.size()) + " strings");
+}
+
+std::vector<std::string> read_string_dataset(const std::string& path, const std::string& dataset) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    const std::string where = path + ": /" + dataset;
+    Handle file{H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose};
+    if (file.id < 0) throw Error(path + ": cannot open for reading");
+    if (H5Lexists(file.id, dataset.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
+    Handle data{H5Dopen2(file.id, dataset.c_str(), H5P_DEFAULT), H5Dclose};
+    if (data.id < 0) throw Error(where + ": cannot open the dataset");
+    Handle stored{H5Dget_type(data.id), H5Tclose};
+    if (H5Tget_class(stored.id) != H5T_STRING || H5Tis_variable_str(stored.id) <= 0)
+        throw Error(where + " is not a variable-length string dataset");
+    Handle space{H5Dget_space(data.id), H5Sclose};
+    if (H5Sget_simple_extent_ndims(space.id) != 1) throw Error(where + " is not 1-D");
+    hsize_t count = 0;
+    H5Sget_simple_extent_dims(space.id, &count, nullptr);
+    Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
+    H5Tset_size(type.id, H5T_VARIABLE);
+    H5Tset_cset(type.id, H5T_CSET_UTF8);
+    std::vector<char*> pointers(count, nullptr);
+    if (count > 0 && H5Dread(data.id, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
+        throw Error(where + ": cannot read " + std::to_string(count) + " strings");
+    std::vector<std::string> out;
+    out.reserve(count);
+    for (char* p : pointers) out.emplace_back(p ? p : "");
+    if (count > 0) {
+#if H5_VERSION_GE(1, 12, 0)
+        H5Treclaim(type.id, space.id, H5P_DEFAULT, pointers.data());
+#else
+        H5Dvlen_reclaim(type.id, space.id, H5P_DEFAULT, pointers.data());
+#endif
+    }
+    return out;
+}
+
+void write_task_shard(const std::string& path, const std::vector<TaskExample>& examples, const Tokenizer& tok,
+                      int64_t seed) {
+    size_t total = 0;
+    for (const TaskExample& ex : examples) total += ex.tokens.size();
+    Tensor tokens = Tensor::empty({static_cast<int64_t>(total)}, DType::I32);
+    Tensor mask = Tensor::empty({static_cast<int64_t>(total)}, DType::I32);
+    Tensor depths = Tensor::empty({static_cast<int64_t>(examples.size())}, DType::F32);
+    std::vector<int64_t> offsets, prompt_lengths, lengths, target_lengths;
+    std::vector<std::string> answers, questions, tasks;
+    std::set<std::string> task_set;
+    std::string task_list;
+    size_t at = 0;
+    for (size_t i = 0; i < examples.size(); ++i) {
+        const TaskExample& ex = examples[i];
+        if (ex.loss_mask.size() != ex.tokens.size())
+            throw Error(path + ": example " + std::to_string(i) + " has " + std::to_string(ex.loss_mask.size()) +
+                        " loss-mask entries for " + std::to_string(ex.tokens.size()) + " tokens");
+        offsets.push_back(static_cast<int64_t>(at));
+        prompt_lengths.push_back(ex.prompt_length);
+        lengths.push_back(static_cast<int64_t>(ex.tokens.size()));
+        target_lengths.push_back(ex.target_length);
+        depths.data<float>()[i] = static_cast<float>(ex.depth);
+        Json list = Json::array();
+        for (const std::string& a : ex.answers) list.push_back(a);
+        answers.push_back(list.dump());
+        questions.push_back(ex.question);
+        tasks.push_back(ex.task);
+        if (task_set.insert(ex.task).second) task_list += (task_list.empty() ? "" : ",") + ex.task;
+        std::memcpy(tokens.data<int32_t>() + at, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
+        for (size_t k = 0; k < ex.loss_mask.size(); ++k) mask.data<int32_t>()[at + k] = ex.loss_mask[k];
+        at += ex.tokens.size();
+    }
+    {
+        Hdf5File file(path, Hdf5Mode::Create);
+        file.write_tensor("tokens", tokens, tok.vocab_size() <= 65536 ? Hdf5Type::U16 : Hdf5Type::U32);
+        file.write_tensor("loss_mask", mask, Hdf5Type::U8);
+        file.write_tensor("offsets", i64_tensor(offsets));
+        file.write_tensor("prompt_lengths", i64_tensor(prompt_lengths));
+        file.write_tensor("lengths", i64_tensor(lengths));
+        file.write_tensor("target_lengths", i64_tensor(target_lengths));
+        file.write_tensor("depths", depths, Hdf5Type::F64);
+        file.write_int_attribute("/", "vocab_size", tok.vocab_size());
+        file.write_string_attribute("/", "tokenizer", tok.name());
+        file.write_int_attribute("/", "bos", tok.bos_id());
+        file.write_int_attribute("/", "eos", tok.eos_id());
+        file.write_string_attribute("/", "task", task_list);
+        file.write_int_attribute("/", "seed", seed);
+        file.write_string_attribute("/", "format", kFormat);
+        file.close();
+    }
+    write_string_dataset(path, "answers", answers);
+    write_string_dataset(path, "questions", questions);
+    write_string_dataset(path, "tasks", tasks);
+}
+
+TaskShard read_task_shard(const std::string& path) {
+    TaskShard shard;
+    std::vector<int64_t> offsets, prompt_lengths, lengths, target_lengths;
+    Tensor tokens, mask, depths;
+    {
+        Hdf5File file(path, Hdf5Mode::Read);
+        if (!file.has_attribute("/", "format") || file.read_string_attribute("/", "format") != kFormat)
+            throw Error(path + ": not a task shard (no format attribute \"" + kFormat + "\")");
+        shard.tokenizer = file.read_string_attribute("/", "tokenizer");
+        shard.vocab_size = file.read_int_attribute("/", "vocab_size");
+        shard.bos = file.read_int_attribute("/", "bos");
+        shard.eos = file.read_int_attribute("/", "eos");
+        shard.task = file.read_string_attribute("/", "task");
+        shard.seed = file.read_int_attribute("/", "seed");
+        const Shape offsets_shape = file.dataset_shape("offsets");
+        if (offsets_shape.size() != 1) throw Error(path + ": /offsets is not 1-D");
+        const size_t n = static_cast<size_t>(offsets_shape[0]);
+        offsets = read_i64(file, "offsets", n);
+        prompt_lengths = read_i64(file, "prompt_lengths", n);
+        lengths = read_i64(file, "lengths", n);
+        target_lengths = read_i64(file, "target_lengths", n);
+        tokens = file.read_tensor("tokens");
+        mask = file.read_tensor("loss_mask");
+        depths = file.read_tensor("depths");
+        if (tokens.ndim() != 1 || mask.ndim() != 1 || mask.numel() != tokens.numel())
+            throw Error(path + ": /tokens and /loss_mask must be 1-D and of one length");
+        if (depths.numel() != static_cast<int64_t>(n)) throw Error(path + ": /depths does not have one entry per example");
+    }
+    const std::vector<std::string> answers = read_string_dataset(path, "answers");
+    const std::vector<std::string> questions = read_string_dataset(path, "questions");
+    const std::vector<std::string> tasks = read_string_dataset(path, "tasks");
+    const size_t n = offsets.size();
+    if (answers.size() != n || questions.size() != n || tasks.size() != n)
+        throw Error(path + ": /answers, /questions and /tasks must have one entry per example (" + std::to_string(n) + ")");
+    const int64_t total = tokens.numel();
+    for (size_t i = 0; i < n; ++i) {
+        const int64_t begin = offsets[i], end = i + 1 < n ? offsets[i + 1] : total;
+        if (begin < 0 || end > total || end - begin != lengths[i] || prompt_lengths[i] < 0 || prompt_lengths[i] > lengths[i])
+            throw Error(path + ": example " + std::to_string(i) + " has inconsistent offsets/lengths (" + std::to_string(begin) +
+                        ".." + std::to_string(end) + ", length " + std::to_string(lengths[i]) + ")");
+        TaskExample ex;
+        ex.task = tasks[i];
+        ex.tokens.assign(tokens.data<int32_t>() + begin, tokens.data<int32_t>() + end);
+        ex.loss_mask.resize(ex.tokens.size());
+        for (int64_t k = begin; k < end; ++k) ex.loss_mask[static_cast<size_t>(k - begin)] = static_cast<uint8_t>(mask.data<int32_t>()[k]);
+        ex.prompt_length = prompt_lengths[i];
+        ex.target_length = target_lengths[i];
+        ex.depth = depths.data<float>()[i];
+        ex.question = questions[i];
+        const Json list = Json::parse(answers[i], path + " /answers[" + std::to_string(i) + "]");
+        if (!list.is_array()) throw Error(path + ": /answers[" + std::to_string(i) + "] is not a JSON list");
+        for (const Json& a : list.items()) {
+            if (!a.is_string()) throw Error(path + ": /answers[" + std::to_string(i) + "] holds a non-string");
+            ex.answers.push_back(a.as_string());
+        }
+        shard.examples.push_back(std::move(ex));
+    }
+    return shard;
+}
+
+}  // namespace hsa
