@@ -27,8 +27,8 @@ encoded in pieces), so corpora larger than memory are fine.
 options:
   --out PREFIX            output prefix (its folder must exist); required
   --tokenizer byte|PATH   byte (the default) or a Hugging Face tokenizer.json
-  --shard-tokens N        tokens per shard before the next one starts (default 100M;
-                          K, M, G suffixes are 10^3, 10^6, 10^9)
+  --shard-tokens N        tokens per shard before the next one starts (default
+                          100000000; K, M, G suffixes multiply by 1024, 1024^2, 1024^3)
   --split-blank-lines     documents end at blank lines and at the end of each file (default);
                           line ends become "\n", a document has no trailing newline
   --doc-per-file          each file is one document, byte for byte
@@ -58,21 +58,22 @@ std::string option_value(const std::vector<std::string>& args, size_t& i, const 
     return args[++i];
 }
 
-// A positive count with an optional K/M/G (10^3/10^6/10^9) suffix.
+// A positive count with an optional K/M/G suffix (x1024, x1024^2, x1024^3: token counts
+// are written this way everywhere in hsa, e.g. "--lengths 4K,32K").
 int64_t parse_count(const std::string& text, const std::string& what) {
     std::string digits = text;
     int64_t scale = 1;
     if (!digits.empty()) {
         const char last = digits.back();
-        if (last == 'K' || last == 'k') scale = 1000;
-        if (last == 'M' || last == 'm') scale = 1000000;
-        if (last == 'G' || last == 'g') scale = 1000000000;
+        if (last == 'K' || last == 'k') scale = int64_t(1) << 10;
+        if (last == 'M' || last == 'm') scale = int64_t(1) << 20;
+        if (last == 'G' || last == 'g') scale = int64_t(1) << 30;
         if (scale != 1) digits.pop_back();
     }
     const bool numeric = !digits.empty() && digits.size() <= 12 &&
                          digits.find_first_not_of("0123456789") == std::string::npos;
     if (!numeric || std::stoll(digits) < 1)
-        throw ConfigError(what + ": expected a positive whole number (K, M, G suffixes allowed), got '" + text + "'");
+        throw ConfigError(what + ": expected a positive whole number (K, M, G suffixes = x1024, x1024^2, x1024^3), got '" + text + "'");
     return std::stoll(digits) * scale;
 }
 

@@ -569,14 +569,14 @@ TEST(ShardCli, TokenizeThenInspectThroughTheBinary) {
     const auto expected = expected_stream(docs);
     EXPECT_NE(r.out.find(std::to_string(expected.size()) + " tokens, 300 documents"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("c-00000.h5"), std::string::npos) << r.out;
-    const size_t shards = (expected.size() + 4999) / 5000;
+    const size_t shards = (expected.size() + 5119) / 5120;  // 5K = 5120
     std::vector<std::string> files;
     for (size_t i = 0; i < shards; ++i) files.push_back(shard_path(dir / "c", static_cast<int64_t>(i)));
     EXPECT_EQ(read_all(files), expected);
 
     r = test::run_hsa({"data", "inspect", files[0]}, out, err);
     ASSERT_EQ(r.code, 0) << describe(r);
-    EXPECT_NE(r.out.find("tokens      5000 (u16)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("tokens      5120 (u16)"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("tokenizer   byte (vocab_size 259, bos 256, eos 257)"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("continues in the next shard"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("loss mask   none"), std::string::npos) << r.out;
