@@ -1,15 +1,22 @@
-// `hsa`: the one command-line entry point. Subcommands: info, train, bench, op, data.
+// `hsa`: the one command-line entry point. Subcommands: info, train, generate, bench, op, data.
 // Errors in user input print one line on stderr and exit non-zero (2 for a bad config or
 // bad arguments, 1 for failures while running).
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/build_info.h"
+#include "core/cuda_allocator.h"
 #include "core/json.h"
 #include "core/model/config.h"
 #include "core/model/model.h"
@@ -20,6 +27,8 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "trainers/bench.h"
+#include "trainers/generate.h"
+#include "trainers/tokenizer.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -36,7 +45,9 @@ usage: hsa <command> [options]
 
 commands:
   info     build flags, library versions (CUDA runtime/driver, NCCL, cuDNN, MPI, HDF5) and visible GPUs
-  train    train a model (today: the built-in recall task, on the CPU or one GPU)
+  train    train a model (today: the built-in recall task, on the CPU or one GPU), with
+           checkpoints, exact resume (--resume), log.jsonl and loss plots in train.out_dir
+  generate greedy continuation of a prompt by a checkpoint (hsa generate --ckpt F --prompt-file P)
   bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
   op       run one op forward + backward on HDF5 inputs (hsa op NAME --inputs IN.h5 --out OUT.h5)
   data     text to token ids and back, for scripts (hsa data encode|decode --tokenizer byte)
@@ -44,7 +55,8 @@ commands:
 Run 'hsa <command> --help' for a command's options.
 )";
 
-const char* kTrainHelp = R"(usage: hsa train [--config FILE.json] [--set section.key=value ...] [--print-config]
+const char* kTrainHelp = R"(usage: hsa train [--config FILE.json] [--set section.key=value ...] [--resume | --overwrite]
+                 [--print-config]
 
 Trains the SWA + HSA model of shared/design/MODEL.md on the built-in associative-recall
 task: key-value pairs early in each sequence, queried at the end beyond the sliding
@@ -56,8 +68,37 @@ options:
                     (see --print-config); unknown fields are errors
   --set K=V         override one field, e.g. --set model.residual=standard
                     --set model.train_topk=all --set train.steps=50 (repeatable)
+  --resume          continue from the newest complete checkpoint in train.out_dir, with the
+                    same data position, optimizer state and losses (bit for bit on the CPU)
+                    as a run that never stopped; a damaged newest checkpoint is skipped with
+                    a warning. No checkpoint there: starts at step 0, saying so (so one
+                    command line serves a first launch and every restart). Only out_dir,
+                    save_every, keep_checkpoints, log_every, eval_every, eval_batches and
+                    max_bad_steps may differ from the checkpoint's configuration.
+  --overwrite       start over in a train.out_dir that holds an earlier run's checkpoints
+                    (deletes them); without --resume or --overwrite such a folder is an error
   --print-config    print the resolved configuration as JSON and exit
   -h, --help        this text
+
+the run's folder, train.out_dir (default runs/tiny):
+  config.json       the resolved configuration
+  log.jsonl         one JSON object per step: step, loss, lr, grad_norm, tokens_per_s,
+                    tokens_seen, peak_memory_bytes (peak RSS on CPU, allocator peak on GPU),
+                    eval_loss and eval_accuracy on evaluation steps, skipped on skipped steps
+  loss.png, accuracy.png   curves drawn with gnuplot (a warning, and no PNG, without it)
+  checkpoints/step-00000100.h5   HDF5: /params/<name>, /optim/<name>/{m,v}, attributes with
+                    the config, step, tokens seen, data position and checksums; written to a
+                    temporary file and renamed, so a crash never leaves a half checkpoint
+
+train fields (besides model and optimizer settings; see --print-config):
+  train.steps, batch_size (per micro-batch), grad_accum (micro-batches per step), seq_len
+  train.save_every  checkpoint every N steps (0 = only at the end)
+  train.keep_checkpoints   keep the newest N (0 = all)
+  train.eval_every, eval_batches   held-out evaluation (eval_every 0 = only at the end)
+  train.max_bad_steps   a step whose loss or gradient is NaN/Inf is skipped (no update);
+                    this many in a row stop the run (exit 1), keeping its checkpoints
+  train.inject_nan_steps   testing aid: steps (1-based) whose loss is treated as NaN
+  Ctrl-C or SIGTERM: the current step finishes, a checkpoint is written, exit 1.
 
 model switches (ablations of the paper's three principles):
   model.encoder_layers  0 = no chunk encoder (needs model.cls=false)
@@ -67,7 +108,31 @@ model switches (ablations of the paper's three principles):
   model.topk            K chunks per token; model.train_topk: a number or "all"
   model.retrieval_heads 1 or kv_heads;  model.qk_norm, model.retrieval_norm: true/false
 
-exit codes: 0 success, 1 runtime failure, 2 bad arguments or configuration
+exit codes: 0 success, 1 runtime failure (divergence, interruption, unreadable checkpoints),
+2 bad arguments or configuration (including a resume whose configuration does not match)
+)";
+
+const char* kGenerateHelp = R"(usage: hsa generate --ckpt FILE.h5 --prompt-file FILE --max-new N [--tokenizer byte|ids|PATH]
+                    [--device cpu|cuda]
+
+Greedy decoding: loads the model of a training checkpoint, encodes the prompt and appends,
+N times, the most likely next token (stopping early at the tokenizer's end-of-text token),
+then prints the continuation (without the prompt) and a newline on stdout.
+Each new token recomputes the whole sequence (no key/value cache yet): fine for checks
+and short answers, slow for long continuations. The same inputs give the same output.
+
+options:
+  --ckpt FILE       a checkpoint written by hsa train (train.out_dir/checkpoints/step-*.h5)
+  --prompt-file F   the prompt: the file's bytes exactly (a final newline is part of it)
+  --max-new N       tokens to generate at most (N >= 0)
+  --tokenizer T     byte (default): one token per byte; ids: the prompt file holds token
+                    ids separated by white space and the output is ids too (for models of
+                    synthetic tasks such as the recall task); or the path of a Hugging Face
+                    tokenizer.json. Ids the tokenizer cannot decode are never chosen.
+  --device D        cpu (default) or cuda
+  -h, --help        this text
+
+exit codes: 0 success, 1 runtime failure (e.g. a damaged checkpoint), 2 bad arguments
 )";
 
 const char* kBenchHelp = R"(usage: hsa bench hsa | swa | train
@@ -111,10 +176,25 @@ int run_info() {
     return 0;
 }
 
+// Set by SIGINT/SIGTERM during `hsa train`: the loop finishes its step, writes a checkpoint
+// and stops. SA_RESETHAND makes a second signal act as usual (terminate at once).
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void request_training_stop(int signal) { g_stop_signal = signal; }
+
+void install_stop_handlers() {
+    struct sigaction action {};
+    action.sa_handler = request_training_stop;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+}
+
 int run_train(const std::vector<std::string>& args) {
     Json root = default_train_config();
     std::vector<std::string> overrides;
     bool print_config = false;
+    RunOptions options;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "-h" || a == "--help") {
@@ -135,20 +215,123 @@ int run_train(const std::vector<std::string>& args) {
             overrides.push_back(args[++i]);
         } else if (a == "--print-config") {
             print_config = true;
+        } else if (a == "--resume") {
+            options.resume = true;
+        } else if (a == "--overwrite") {
+            options.overwrite = true;
         } else {
             throw UsageError("train: unknown option '" + a + "' (see hsa train --help)");
         }
     }
+    if (options.resume && options.overwrite)
+        throw UsageError("train: --resume and --overwrite exclude each other (continue the run, or start it over)");
     for (const auto& o : overrides) apply_override(root, o);
     FullConfig config = FullConfig::from_json(root);
     if (print_config) {
         std::cout << config.to_json().dump(2) << "\n";
         return 0;
     }
-    TrainResult result = train_recall(config, &std::cout);
-    std::cout << std::fixed << std::setprecision(3) << "final: loss " << result.losses.back() << ", held-out recall accuracy "
-              << result.final_accuracy << " (chance " << 1.0 / static_cast<double>(config.task.values) << "), "
-              << std::setprecision(0) << result.tokens_per_second << " tokens/s\n";
+    options.progress = &std::cout;
+    options.stop_requested = &g_stop_signal;
+    install_stop_handlers();
+    TrainResult result = run_training(config, options);
+    if (!result.losses.empty())
+        std::cout << std::fixed << std::setprecision(3) << "final: loss " << result.losses.back() << ", held-out recall accuracy "
+                  << result.final_accuracy << " (chance " << 1.0 / static_cast<double>(config.task.values) << "), "
+                  << std::setprecision(0) << result.tokens_per_second << " tokens/s\n";
+    std::cout << "outputs: " << config.train.out_dir << " (log.jsonl, config.json, loss.png, checkpoints/";
+    if (!result.last_checkpoint.empty()) std::cout << "; newest " << result.last_checkpoint;
+    std::cout << ")\n";
+    return 0;
+}
+
+// The prompt as token ids: white-space separated integers.
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& source) {
+    std::vector<int32_t> ids;
+    std::istringstream in(text);
+    for (std::string word; in >> word;) {
+        char* end = nullptr;
+        errno = 0;
+        const long long value = std::strtoll(word.c_str(), &end, 10);
+        if (*end != '\0' || errno != 0 || value < 0 || value > 2147483647LL)
+            throw ConfigError(source + ": '" + word + "' (word " + std::to_string(ids.size() + 1) +
+                              ") is not a token id (a whole number >= 0)");
+        ids.push_back(static_cast<int32_t>(value));
+    }
+    return ids;
+}
+
+int run_generate(const std::vector<std::string>& args) {
+    std::string checkpoint, prompt_file, tokenizer_spec = "byte", device = "cpu";
+    int64_t max_new = -1;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&](const char* what) -> std::string {
+            if (i + 1 >= args.size()) throw UsageError(a + " needs " + what);
+            return args[++i];
+        };
+        if (a == "-h" || a == "--help") {
+            std::cout << kGenerateHelp;
+            return 0;
+        } else if (a == "--ckpt") {
+            checkpoint = value("a checkpoint file");
+        } else if (a == "--prompt-file") {
+            prompt_file = value("a file name");
+        } else if (a == "--max-new") {
+            const std::string text = value("a number of tokens");
+            char* end = nullptr;
+            errno = 0;
+            const long long n = std::strtoll(text.c_str(), &end, 10);
+            if (text.empty() || *end != '\0' || errno != 0 || n < 0)
+                throw UsageError("--max-new: expected a whole number >= 0, got '" + text + "'");
+            max_new = n;
+        } else if (a == "--tokenizer") {
+            tokenizer_spec = value("byte, ids or the path of a tokenizer.json");
+        } else if (a == "--device") {
+            device = value("cpu or cuda");
+            if (device != "cpu" && device != "cuda") throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
+        } else {
+            throw UsageError("generate: unknown option '" + a + "' (see hsa generate --help)");
+        }
+    }
+    if (checkpoint.empty()) throw UsageError("generate: --ckpt is required (see hsa generate --help)");
+    if (prompt_file.empty()) throw UsageError("generate: --prompt-file is required (see hsa generate --help)");
+    if (max_new < 0) throw UsageError("generate: --max-new is required (see hsa generate --help)");
+    if (device == "cuda" && !cuda_available()) throw UsageError("--device cuda: no GPU is visible (or this build has no CUDA)");
+    std::error_code missing;
+    if (!std::filesystem::is_regular_file(checkpoint, missing))
+        throw ConfigError("generate: --ckpt '" + checkpoint + "': no such checkpoint file");
+
+    std::string prompt_text;
+    try {
+        prompt_text = read_text_file(prompt_file);
+    } catch (const Error& e) {
+        throw ConfigError(e.what());
+    }
+    std::unique_ptr<Tokenizer> tokenizer;
+    if (tokenizer_spec != "ids") tokenizer = load_tokenizer(tokenizer_spec);
+    std::unique_ptr<Model> model = load_model_from_checkpoint(checkpoint, device == "cuda" ? Device::CUDA : Device::CPU);
+    const std::vector<int32_t> prompt = tokenizer ? tokenizer->encode(prompt_text) : parse_token_ids(prompt_text, prompt_file);
+    if (prompt.empty()) throw ConfigError("generate: the prompt file '" + prompt_file + "' holds no tokens");
+    const int64_t vocab = model->config().vocab_size;
+    for (size_t i = 0; i < prompt.size(); ++i)
+        if (prompt[i] >= vocab)
+            throw ConfigError("generate: prompt token " + std::to_string(prompt[i]) + " at position " + std::to_string(i) +
+                              " is outside the model's vocabulary of " + std::to_string(vocab) + " ids (tokenizer '" +
+                              tokenizer_spec + "'; the checkpoint was trained on other token ids)");
+    GenerateOptions options;
+    options.max_new = max_new;
+    if (tokenizer) {
+        options.stop_id = tokenizer->eos_id();
+        options.vocab_limit = tokenizer->vocab_size();
+    }
+    const std::vector<int32_t> continuation = greedy_generate(*model, prompt, options);
+    if (tokenizer) {
+        std::cout << tokenizer->decode(continuation) << "\n";
+    } else {
+        for (size_t i = 0; i < continuation.size(); ++i) std::cout << (i ? " " : "") << continuation[i];
+        std::cout << "\n";
+    }
     return 0;
 }
 
@@ -175,6 +358,8 @@ int main(int argc, char** argv) {
                 else code = run_info();
             } else if (command == "train") {
                 code = run_train(rest);
+            } else if (command == "generate") {
+                code = run_generate(rest);
             } else if (command == "bench") {
                 if (rest.empty() || rest[0] == "-h" || rest[0] == "--help") {
                     std::cout << kBenchHelp;
@@ -192,7 +377,7 @@ int main(int argc, char** argv) {
             } else if (command == "data") {
                 code = run_data(rest, std::cin, std::cout);
             } else {
-                throw UsageError("unknown command '" + command + "' (commands: info, train, bench, op, data; see hsa --help)");
+                throw UsageError("unknown command '" + command + "' (commands: info, train, generate, bench, op, data; see hsa --help)");
             }
         }
     } catch (const ConfigError& e) {

@@ -103,6 +103,7 @@ TEST_F(CliHelp, MainHelp) {
         EXPECT_NE(r.out.find("usage: hsa <command>"), std::string::npos) << r.out;
         EXPECT_NE(r.out.find("info"), std::string::npos);
         EXPECT_NE(r.out.find("train"), std::string::npos);
+        EXPECT_NE(r.out.find("generate"), std::string::npos);
         EXPECT_NE(r.out.find("hsa <command> --help"), std::string::npos) << "points to the per-command options";
     }
 }
@@ -112,9 +113,23 @@ TEST_F(CliHelp, TrainHelp) {
         RunResult r = run({"train", flag});
         EXPECT_EQ(r.code, 0) << describe(r);
         EXPECT_EQ(r.err, "");
-        for (const char* word : {"usage: hsa train", "--config", "--set", "--print-config", "exit codes"})
+        for (const char* word : {"usage: hsa train", "--config", "--set", "--print-config", "--resume", "--overwrite",
+                                 "log.jsonl", "loss.png", "checkpoints/step-00000100.h5", "save_every", "keep_checkpoints",
+                                 "grad_accum", "max_bad_steps", "inject_nan_steps", "exit codes"})
             EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
     }
+}
+
+TEST_F(CliHelp, GenerateHelp) {
+    for (const char* flag : {"--help", "-h"}) {
+        RunResult r = run({"generate", flag});
+        EXPECT_EQ(r.code, 0) << describe(r);
+        EXPECT_EQ(r.err, "");
+        for (const char* word : {"usage: hsa generate", "--ckpt", "--prompt-file", "--max-new", "--tokenizer", "byte", "ids",
+                                 "recomputes the whole sequence", "exit codes"})
+            EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
+    }
+    expect_error(run({"generate", "--bogus"}), 2, {"--bogus"});
 }
 
 TEST_F(CliArgs, NoArgumentsExitsTwo) {
@@ -187,19 +202,25 @@ TEST_F(CliConfig, PrintConfigIsValidJson) {
 }
 
 TEST_F(CliTrain, ShortRun) {
-    RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.eval_batches=1", "--set", "train.batch_size=2"});
+    RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.eval_batches=1", "--set", "train.batch_size=2",
+                       "--set", "train.out_dir=" + dir_ + "/run"});
     ASSERT_EQ(r.code, 0) << describe(r);
     EXPECT_EQ(r.err, "") << describe(r);
     EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(step +3/3 +loss [0-9]+\.[0-9]+)"))) << r.out;
     EXPECT_NE(r.out.find("recall accuracy"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("final: loss"), std::string::npos) << r.out;
+    for (const char* file : {"/run/log.jsonl", "/run/config.json", "/run/checkpoints/step-00000003.h5"})
+        EXPECT_TRUE(std::filesystem::exists(dir_ + file)) << file << "\n" << r.out;
 }
 
 TEST_F(CliTrain, DivergenceIsARuntimeFailure) {
-    // An absurd learning rate without clipping blows the weights up after the first step.
-    RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--set",
-                       "train.eval_batches=1", "--set", "train.batch_size=2"});
-    expect_error(r, 1, {"diverged"});
+    // An absurd learning rate without clipping blows the weights up after the first step; every
+    // later step is skipped (non-finite loss) until max_bad_steps in a row stop the run.
+    RunResult r = run({"train", "--set", "train.steps=10", "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--set",
+                       "train.eval_batches=1", "--set", "train.batch_size=2", "--set", "train.max_bad_steps=3", "--set",
+                       "train.out_dir=" + dir_ + "/run"});
+    expect_error(r, 1, {"diverged", "3 consecutive steps"});
+    EXPECT_NE(r.out.find("step skipped, no update"), std::string::npos) << r.out;
 }
 
 }  // namespace

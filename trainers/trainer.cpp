@@ -1,25 +1,35 @@
 #include "trainers/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <iomanip>
-#include <memory>
+#include <limits>
 #include <sstream>
 
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/cuda_allocator.h"
 #include "core/model/model.h"
 #include "core/ops.h"
 #include "core/optimizer.h"
 #include "core/precision.h"
+#include "trainers/checkpoint.h"
+#include "trainers/plot.h"
+#include "trainers/train_log.h"
 
 namespace hsa {
+
+// ---------------------------------------------------------------- configuration
 
 TrainConfig TrainConfig::from_json(const Json& section) {
     TrainConfig t;
     ConfigReader r(section, "train");
     r.read("steps", t.steps);
     r.read("batch_size", t.batch_size);
+    r.read("grad_accum", t.grad_accum);
     r.read("seq_len", t.seq_len);
     r.read("lr", t.lr);
     r.read("min_lr_ratio", t.min_lr_ratio);
@@ -34,10 +44,23 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     r.read("eval_batches", t.eval_batches);
     r.read("device", t.device);
     r.read("precision", t.precision);
+    r.read("out_dir", t.out_dir);
+    r.read("save_every", t.save_every);
+    r.read("keep_checkpoints", t.keep_checkpoints);
+    r.read("max_bad_steps", t.max_bad_steps);
+    if (const Json* steps = r.raw("inject_nan_steps")) {
+        if (!steps->is_array()) r.fail("inject_nan_steps", std::string("expected a list of step numbers, got ") + steps->kind_name());
+        for (const Json& s : steps->items()) {
+            if (!s.is_number() || s.as_number() != std::floor(s.as_number()) || s.as_number() < 1 || s.as_number() > 9e15)
+                r.fail("inject_nan_steps", "expected step numbers >= 1, got " + s.dump());
+            t.inject_nan_steps.push_back(static_cast<int64_t>(s.as_number()));
+        }
+    }
     r.finish();
     auto bad = [](const std::string& what) { throw ConfigError("config train." + what); };
     if (t.steps < 1) bad("steps: must be >= 1, got " + std::to_string(t.steps));
     if (t.batch_size < 1) bad("batch_size: must be >= 1, got " + std::to_string(t.batch_size));
+    if (t.grad_accum < 1) bad("grad_accum: must be >= 1, got " + std::to_string(t.grad_accum));
     if (t.seq_len < 2) bad("seq_len: must be >= 2, got " + std::to_string(t.seq_len));
     if (!(t.lr > 0)) bad("lr: must be > 0");
     if (t.min_lr_ratio < 0 || t.min_lr_ratio > 1) bad("min_lr_ratio: must be in [0, 1]");
@@ -53,6 +76,10 @@ TrainConfig TrainConfig::from_json(const Json& section) {
     if (t.device != "cpu" && t.device != "cuda") bad("device: expected \"cpu\" or \"cuda\", got \"" + t.device + "\"");
     if (t.precision != "f32" && t.precision != "bf16")
         bad("precision: expected \"f32\" or \"bf16\", got \"" + t.precision + "\"");
+    if (t.out_dir.empty()) bad("out_dir: must name a folder");
+    if (t.save_every < 0) bad("save_every: must be >= 0 (0 = only at the end), got " + std::to_string(t.save_every));
+    if (t.keep_checkpoints < 0) bad("keep_checkpoints: must be >= 0 (0 = keep all), got " + std::to_string(t.keep_checkpoints));
+    if (t.max_bad_steps < 1) bad("max_bad_steps: must be >= 1, got " + std::to_string(t.max_bad_steps));
     if (t.device == "cuda" && !cuda_available())
         bad("device: \"cuda\" asked for, but no GPU is visible (or this build has no CUDA support)");
     return t;
@@ -62,6 +89,7 @@ Json TrainConfig::to_json() const {
     Json j = Json::object();
     j["steps"] = steps;
     j["batch_size"] = batch_size;
+    j["grad_accum"] = grad_accum;
     j["seq_len"] = seq_len;
     j["lr"] = lr;
     j["min_lr_ratio"] = min_lr_ratio;
@@ -76,6 +104,13 @@ Json TrainConfig::to_json() const {
     j["eval_batches"] = eval_batches;
     j["device"] = device;
     j["precision"] = precision;
+    j["out_dir"] = out_dir;
+    j["save_every"] = save_every;
+    j["keep_checkpoints"] = keep_checkpoints;
+    j["max_bad_steps"] = max_bad_steps;
+    Json injected = Json::array();
+    for (int64_t s : inject_nan_steps) injected.push_back(s);
+    j["inject_nan_steps"] = injected;
     return j;
 }
 
@@ -116,44 +151,265 @@ Json default_train_config() {
     return root;
 }
 
+// ---------------------------------------------------------------- data
+
 namespace {
+
 // Held-out batches come from a different seed stream than training batches.
 constexpr uint64_t kEvalSeedOffset = 0x5eed0000ull;
 
-std::string format_duration(double seconds) {
-    std::ostringstream out;
-    int64_t s = static_cast<int64_t>(seconds + 0.5);
-    if (s >= 3600) out << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
-    else if (s >= 60) out << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
-    else out << s << "s";
-    return out.str();
-}
-}  // namespace
+// The recall task as a BatchSource: batch k of a stream is make_recall_batch(seed, k), so
+// the whole state is the next batch index.
+class RecallBatchSource : public BatchSource {
+public:
+    RecallBatchSource(const RecallTaskConfig& task, int64_t rows, int64_t seq_len, int64_t window, uint64_t seed)
+        : task_(task), rows_(rows), seq_len_(seq_len), window_(window), seed_(seed) {}
 
-EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches,
-                           const std::vector<Tensor>* fixed_selection) {
+    TrainBatch next() override {
+        RecallBatch b = make_recall_batch(task_, rows_, seq_len_, window_, seed_, next_batch_++);
+        TrainBatch out;
+        out.tokens = b.tokens;
+        out.targets = b.targets;
+        out.mask = b.mask;
+        out.answers = b.answers;
+        return out;
+    }
+
+    Json state() const override {
+        Json s = Json::object();
+        s["source"] = "recall";
+        s["seed"] = static_cast<int64_t>(seed_);
+        s["rows"] = rows_;
+        s["next_batch"] = static_cast<int64_t>(next_batch_);
+        return s;
+    }
+
+    void restore(const Json& state) override {
+        auto number = [&](const char* key) -> int64_t {
+            if (!state.is_object() || !state.contains(key) || !state.at(key).is_number())
+                throw ConfigError("recall data state: no number \"" + std::string(key) + "\" in " + state.dump());
+            return static_cast<int64_t>(state.at(key).as_number());
+        };
+        if (!state.is_object() || !state.contains("source") || !state.at("source").is_string() ||
+            state.at("source").as_string() != "recall")
+            throw ConfigError("recall data state: expected source \"recall\", got " + state.dump());
+        if (number("seed") != static_cast<int64_t>(seed_) || number("rows") != rows_)
+            throw ConfigError("recall data state " + state.dump() + " belongs to another seed or batch size (this source: seed " +
+                              std::to_string(seed_) + ", rows " + std::to_string(rows_) + ")");
+        const int64_t next = number("next_batch");
+        if (next < 0) throw ConfigError("recall data state: negative next_batch in " + state.dump());
+        next_batch_ = static_cast<uint64_t>(next);
+    }
+
+private:
+    RecallTaskConfig task_;
+    int64_t rows_, seq_len_, window_;
+    uint64_t seed_;
+    uint64_t next_batch_ = 0;
+};
+
+// Rows [start, start + count) of a batch (host tensors), for micro-batches.
+TrainBatch slice_rows(const TrainBatch& batch, int64_t start, int64_t count) {
+    auto rows = [&](const Tensor& t) {
+        const int64_t T = t.size(1);
+        Tensor host = t.to(Device::CPU).contiguous();
+        Tensor out = Tensor::empty({count, T}, host.dtype());
+        const size_t row_bytes = static_cast<size_t>(T) * dtype_size(host.dtype());
+        std::memcpy(out.raw_data(), static_cast<const char*>(host.raw_data()) + static_cast<size_t>(start) * row_bytes,
+                    static_cast<size_t>(count) * row_bytes);
+        return out;
+    };
+    TrainBatch out;
+    out.tokens = rows(batch.tokens);
+    out.targets = rows(batch.targets);
+    out.mask = rows(batch.mask);
+    return out;
+}
+
+// The cross-entropy's normaliser for a batch: the summed mask over positions with a target,
+// exactly as ops::cross_entropy computes it. Micro-batch losses weighted by their share of
+// it add up to the loss of the whole batch.
+double loss_weight(const TrainBatch& batch) {
+    Tensor targets = batch.targets.to(Device::CPU).contiguous();
+    Tensor mask = batch.mask.to(Device::CPU).to(DType::F32).contiguous();
+    const int32_t* t = targets.data<int32_t>();
+    const float* m = mask.data<float>();
+    double total = 0;
+    for (int64_t i = 0; i < targets.numel(); ++i)
+        if (t[i] >= 0) total += static_cast<double>(m[i]);
+    return total;
+}
+
+EvalResult evaluate_source(Model& model, BatchSource& source, int64_t batches, const std::vector<Tensor>* fixed_selection) {
     NoGradGuard no_grad;
-    EvalResult result;
     ForwardOptions options;
     options.training = false;
     options.fixed_selection = fixed_selection;
+    const int64_t V = model.config().vocab_size;
+    int64_t correct = 0, answers = 0;
+    double loss_sum = 0;
     for (int64_t i = 0; i < batches; ++i) {
-        RecallBatch batch = make_recall_batch(config.task, config.train.batch_size, config.train.seq_len, config.model.window,
-                                              static_cast<uint64_t>(config.train.seed) + kEvalSeedOffset, static_cast<uint64_t>(i));
+        TrainBatch batch = source.next();
         Tensor logits = model.forward(batch.tokens, options);
-        result.accuracy += recall_accuracy(logits, batch);
         const int64_t n = batch.tokens.numel();
-        result.loss += ops::cross_entropy(ops::reshape(logits, {n, config.model.vocab_size}),
-                                          batch.targets.view({n}).to(model.device()), batch.mask.view({n}).to(model.device()))
-                           .item();
+        loss_sum += ops::cross_entropy(ops::reshape(logits, {n, V}), batch.targets.view({n}).to(model.device()),
+                                       batch.mask.view({n}).to(model.device()))
+                        .item();
+        Tensor host = logits.to(Device::CPU).to(DType::F32).contiguous();
+        const float* l = host.data<float>();
+        const float* mask = batch.mask.data<float>();
+        const int32_t* targets = batch.targets.data<int32_t>();
+        for (int64_t p = 0; p < n; ++p) {
+            if (mask[p] == 0.0f || targets[p] < 0) continue;
+            const float* row = l + p * V;
+            correct += (std::max_element(row, row + V) - row) == targets[p];
+            ++answers;
+        }
     }
-    result.accuracy /= static_cast<double>(batches);
-    result.loss /= static_cast<double>(batches);
+    EvalResult result;
+    result.accuracy = answers ? static_cast<double>(correct) / static_cast<double>(answers) : 0.0;
+    result.loss = loss_sum / static_cast<double>(batches);
     return result;
 }
 
-TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model* existing) {
+}  // namespace
+
+std::unique_ptr<BatchSource> make_training_batch_source(const FullConfig& config, bool held_out) {
     const TrainConfig& tc = config.train;
+    const uint64_t seed = static_cast<uint64_t>(tc.seed) + (held_out ? kEvalSeedOffset : 0);
+    const int64_t rows = held_out ? tc.batch_size : tc.batch_size * tc.grad_accum;
+    return std::make_unique<RecallBatchSource>(config.task, rows, tc.seq_len, config.model.window, seed);
+}
+
+EvalResult evaluate_batches(Model& model, BatchSource& source, int64_t batches) {
+    return evaluate_source(model, source, batches, nullptr);
+}
+
+EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches, const std::vector<Tensor>* fixed_selection) {
+    RecallBatchSource source(config.task, config.train.batch_size, config.train.seq_len, config.model.window,
+                             static_cast<uint64_t>(config.train.seed) + kEvalSeedOffset);
+    return evaluate_source(model, source, batches, fixed_selection);
+}
+
+// ---------------------------------------------------------------- the loop
+
+namespace {
+
+struct StepOutcome {
+    float loss = 0;
+    double grad_norm = 0;
+    std::string bad;  // why the step made no update; empty for a good step
+};
+
+// One optimizer step over a global batch of grad_accum micro-batches: each micro-batch's
+// mean loss is weighted by its share of the batch's loss positions, so the summed gradient
+// is the gradient of the whole batch's mean loss (up to float rounding). A non-finite loss
+// or gradient norm leaves the weights and optimizer state untouched.
+StepOutcome train_step(Model& model, AdamW& optimizer, const TrainBatch& batch, const TrainConfig& tc, int64_t step,
+                       double lr) {
+    StepOutcome out;
+    model.parameters().zero_grad();
+    const double total_weight = loss_weight(batch);
+    if (!(total_weight > 0)) {
+        out.loss = std::numeric_limits<float>::quiet_NaN();
+        out.bad = "the batch has no loss positions";
+        return out;
+    }
+    const bool inject_nan = std::find(tc.inject_nan_steps.begin(), tc.inject_nan_steps.end(), step + 1) != tc.inject_nan_steps.end();
+    double loss_sum = 0;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+        const TrainBatch part = tc.grad_accum == 1 ? batch : slice_rows(batch, micro * tc.batch_size, tc.batch_size);
+        const double share = tc.grad_accum == 1 ? 1.0 : loss_weight(part) / total_weight;
+        if (share == 0) continue;  // no loss positions in this micro-batch: nothing to learn from it
+        Tensor loss = model.loss(part.tokens, part.targets, part.mask);
+        float value = loss.item();
+        if (inject_nan && micro == 0) value = std::numeric_limits<float>::quiet_NaN();
+        if (!std::isfinite(value)) {
+            Tape::current().clear();  // the recorded forward pass is not backpropagated
+            model.parameters().zero_grad();
+            out.loss = value;
+            out.bad = std::string("loss is ") + (std::isnan(value) ? "nan" : "inf");
+            return out;
+        }
+        loss_sum += share * static_cast<double>(value);
+        backward(tc.grad_accum == 1 ? loss : ops::scale(loss, static_cast<float>(share)));
+    }
+    out.loss = static_cast<float>(loss_sum);
+    out.grad_norm = optimizer.clip_grad_norm(tc.grad_clip);
+    if (!std::isfinite(out.grad_norm)) {
+        model.parameters().zero_grad();
+        out.bad = std::string("gradient norm is ") + (std::isnan(out.grad_norm) ? "nan" : "inf");
+        return out;
+    }
+    optimizer.step(static_cast<float>(lr));
+    return out;
+}
+
+// Number for a log record; JSON has no NaN or Inf, so those become null.
+Json finite_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(); }
+
+// The out_dir of a run and what it writes there.
+struct RunFolder {
+    std::string root, checkpoints, log, config;
+    explicit RunFolder(const std::string& out_dir)
+        : root(out_dir), checkpoints(out_dir + "/checkpoints"), log(out_dir + "/log.jsonl"), config(out_dir + "/config.json") {}
+};
+
+// The newest checkpoint of `files` (ascending) that reads and verifies; damaged ones are
+// reported with a warning line and skipped. Throws when none is usable.
+Checkpoint newest_loadable_checkpoint(const std::vector<CheckpointFile>& files, std::ostream* progress) {
+    std::string newest_problem;
+    for (size_t i = files.size(); i-- > 0;) {
+        try {
+            return read_checkpoint(files[i].path, true);
+        } catch (const Error& e) {
+            if (newest_problem.empty()) newest_problem = e.what();
+            if (progress) {
+                *progress << "warning: cannot use checkpoint " << files[i].path << ": " << e.what();
+                if (i > 0) *progress << "; falling back to " << files[i - 1].path;
+                *progress << "\n" << std::flush;
+            }
+        }
+    }
+    HSA_FAIL("resume: none of the " << files.size() << " checkpoints in " << std::filesystem::path(files.back().path).parent_path().string()
+                                    << " can be read (newest: " << newest_problem << ")");
+}
+
+class Plotter {
+public:
+    Plotter(const RunFolder& folder, std::ostream* progress) : folder_(folder), progress_(progress) {}
+    // Redraws the curves from log.jsonl; at most every 30 s unless forced (the run's end).
+    void draw(bool force) {
+        const auto now = std::chrono::steady_clock::now();
+        if (!force && drawn_once_ && now - last_ < std::chrono::seconds(30)) return;
+        drawn_once_ = true;
+        last_ = now;
+        if (!gnuplot_available()) {
+            if (!warned_ && progress_)
+                *progress_ << "warning: gnuplot not found: no loss.png (install gnuplot-nox, see launch/setup.sh)\n" << std::flush;
+            warned_ = true;
+            return;
+        }
+        try {
+            plot_training_log(read_train_log(folder_.log), folder_.root);
+        } catch (const Error& e) {
+            if (!warned_ && progress_) *progress_ << "warning: " << e.what() << "\n" << std::flush;
+            warned_ = true;
+        }
+    }
+
+private:
+    const RunFolder& folder_;
+    std::ostream* progress_;
+    bool drawn_once_ = false, warned_ = false;
+    std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace
+
+TrainResult run_training(const FullConfig& config, const RunOptions& options, Model* existing) {
+    const TrainConfig& tc = config.train;
+    std::ostream* progress = options.progress;
     std::unique_ptr<Model> owned;
     if (!existing)
         owned = std::make_unique<Model>(config.model, static_cast<uint64_t>(tc.seed),
@@ -164,56 +420,180 @@ TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model
     adam.beta2 = static_cast<float>(tc.beta2);
     adam.weight_decay = static_cast<float>(tc.weight_decay);
     AdamW optimizer(model.parameters(), adam);
+    std::unique_ptr<BatchSource> source = make_training_batch_source(config, false);
+    std::unique_ptr<BatchSource> held_out = make_training_batch_source(config, true);
+    const Json held_out_start = held_out->state();  // every evaluation sees the same batches
+    const Json resolved = config.to_json();
 
+    // Where the run stands; a resumed run starts from its checkpoint's values.
+    CheckpointState run;
+    TrainResult result;
+    const RunFolder folder(tc.out_dir);
+    std::unique_ptr<TrainLog> log;
+    if (options.write_outputs) {
+        std::error_code ec;
+        std::filesystem::create_directories(folder.checkpoints, ec);
+        if (ec) throw ConfigError("train.out_dir: cannot create '" + folder.checkpoints + "': " + ec.message());
+        const int stale = remove_checkpoint_temporaries(folder.checkpoints);
+        if (stale > 0 && progress)
+            *progress << "removed " << stale << " unfinished checkpoint file(s) of a killed run in " << folder.checkpoints << "\n";
+        const std::vector<CheckpointFile> files = list_checkpoints(folder.checkpoints);
+        if (options.resume) {
+            if (files.empty()) {
+                if (progress) *progress << "resume: no checkpoint in " << folder.checkpoints << ": starting at step 0\n";
+            } else {
+                Checkpoint checkpoint = newest_loadable_checkpoint(files, progress);
+                const std::string difference = first_config_difference(checkpoint.state.config, resolved);
+                if (!difference.empty())
+                    throw ConfigError("resume: the configuration differs from the one of " + checkpoint.path + " in " + difference +
+                                      " (only " + "out_dir, save_every, keep_checkpoints, log_every, eval_every, eval_batches "
+                                      "and max_bad_steps may change)");
+                apply_checkpoint(checkpoint, model.parameters(), &optimizer);
+                source->restore(checkpoint.state.data_state);
+                run = checkpoint.state;
+                result.last_checkpoint = checkpoint.path;
+                if (progress)
+                    *progress << "resuming from " << checkpoint.path << " (step " << run.step << " of " << tc.steps << ", "
+                              << run.tokens_seen << " tokens seen)\n";
+            }
+        } else if (!files.empty()) {
+            if (!options.overwrite)
+                throw ConfigError("train.out_dir '" + tc.out_dir + "' already holds checkpoints of a run (newest " +
+                                  files.back().path + "): pass --resume to continue it, --overwrite to start over, or choose "
+                                  "another train.out_dir");
+            for (const auto& f : files) std::filesystem::remove(f.path, ec);
+            if (progress)
+                *progress << "overwrite: removed " << files.size() << " checkpoint(s) of an earlier run in " << folder.checkpoints
+                          << "\n";
+        }
+        write_file_atomically(folder.config, resolved.dump(2) + "\n");
+        log = std::make_unique<TrainLog>(folder.log, run.step);
+    }
     if (progress) {
         *progress << "model: " << model.parameters().count() << " parameters, depth " << config.model.depth()
                   << ", recall task with " << config.task.pairs << " pairs (chance " << std::fixed << std::setprecision(3)
                   << 1.0 / static_cast<double>(config.task.values) << ")\n";
     }
-    TrainResult result;
+    result.first_step = run.step;
+    result.skipped_steps = run.skipped_steps;
+    run.config = resolved;
+    run.rng_state = Json::object();
+    // The model's initial weights come from train.seed; the data streams' counters are in
+    // data_state. Nothing else in the loop draws random numbers.
+    run.rng_state["seed"] = tc.seed;
+    run.rng_state["eval_seed"] = static_cast<int64_t>(static_cast<uint64_t>(tc.seed) + kEvalSeedOffset);
+
+    if (run.step >= tc.steps) {
+        if (progress) *progress << "the run is already complete (step " << run.step << " of " << tc.steps << "): nothing to do\n";
+        return result;
+    }
+
+    Plotter plotter(folder, progress);
+    auto save = [&]() {
+        run.optimizer_steps = optimizer.steps_taken();
+        run.data_state = source->state();
+        const std::string path = folder.checkpoints + "/" + checkpoint_file_name(run.step);
+        save_checkpoint(path, run, model.parameters(), optimizer);
+        prune_checkpoints(folder.checkpoints, tc.keep_checkpoints);
+        result.last_checkpoint = path;
+    };
+
     MatmulPrecisionScope precision(parse_matmul_precision(tc.precision));
     const auto start = std::chrono::steady_clock::now();
-    const int64_t tokens_per_step = tc.batch_size * tc.seq_len;
-    for (int64_t step = 0; step < tc.steps; ++step) {
-        RecallBatch batch = make_recall_batch(config.task, tc.batch_size, tc.seq_len, config.model.window, static_cast<uint64_t>(tc.seed),
-                                              static_cast<uint64_t>(step));
-        model.parameters().zero_grad();
-        Tensor loss = model.loss(batch.tokens, batch.targets, batch.mask);
-        const float loss_value = loss.item();
-        HSA_CHECK(std::isfinite(loss_value), "loss is " << loss_value << " at step " << step << ": training diverged");
-        backward(loss);
-        const double norm = optimizer.clip_grad_norm(tc.grad_clip);
+    const int64_t tokens_per_step = tc.batch_size * tc.grad_accum * tc.seq_len;
+    const int64_t first_step = run.step;
+    for (int64_t step = first_step; step < tc.steps; ++step) {
+        const auto step_start = std::chrono::steady_clock::now();
         const double lr = tc.lr_at(step);
-        optimizer.step(static_cast<float>(lr));
-        result.losses.push_back(loss_value);
-        result.grad_norms.push_back(norm);
+        const TrainBatch batch = source->next();
+        const StepOutcome outcome = train_step(model, optimizer, batch, tc, step, lr);
+        const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+        run.step = step + 1;
+        run.tokens_seen += tokens_per_step;
+        if (outcome.bad.empty()) {
+            run.consecutive_bad_steps = 0;
+        } else {
+            ++run.consecutive_bad_steps;
+            ++run.skipped_steps;
+        }
+        result.losses.push_back(outcome.bad.empty() ? outcome.loss : std::numeric_limits<float>::quiet_NaN());
+        result.grad_norms.push_back(outcome.grad_norm);
+        result.skipped_steps = run.skipped_steps;
 
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const double rate = static_cast<double>((step + 1) * tokens_per_step) / std::max(elapsed, 1e-9);
+        const double rate = static_cast<double>((run.step - first_step) * tokens_per_step) / std::max(elapsed, 1e-9);
         result.tokens_per_second = rate;
-        const bool last = step + 1 == tc.steps;
-        if (progress && ((step + 1) % tc.log_every == 0 || last)) {
-            const double eta = elapsed / static_cast<double>(step + 1) * static_cast<double>(tc.steps - step - 1);
-            *progress << "step " << std::setw(5) << step + 1 << "/" << tc.steps << "  loss " << std::fixed << std::setprecision(4)
-                      << loss_value << "  lr " << std::scientific << std::setprecision(2) << lr << std::fixed
-                      << "  grad-norm " << std::setprecision(3) << norm << "  " << std::setprecision(0) << rate
-                      << " tok/s  ETA " << format_duration(eta);
+        const bool last = run.step == tc.steps;
+
+        Json record = Json::object();
+        record["step"] = run.step;
+        record["loss"] = outcome.bad.empty() ? finite_or_null(outcome.loss) : Json();
+        record["lr"] = lr;
+        record["grad_norm"] = finite_or_null(outcome.grad_norm);
+        record["tokens_per_s"] = static_cast<double>(tokens_per_step) / std::max(step_seconds, 1e-9);
+        record["tokens_seen"] = run.tokens_seen;
+        record["peak_memory_bytes"] = peak_memory_bytes(model.device());
+        if (!outcome.bad.empty()) record["skipped"] = outcome.bad;
+
+        if (!outcome.bad.empty() && progress)
+            *progress << "step " << run.step << "/" << tc.steps << ": " << outcome.bad << ": step skipped, no update ("
+                      << run.consecutive_bad_steps << " in a row; the run stops at train.max_bad_steps = " << tc.max_bad_steps
+                      << ")\n" << std::flush;
+        if (progress && outcome.bad.empty() && (run.step % tc.log_every == 0 || last)) {
+            const double eta = elapsed / static_cast<double>(run.step - first_step) * static_cast<double>(tc.steps - run.step);
+            *progress << "step " << std::setw(5) << run.step << "/" << tc.steps << "  loss " << std::fixed << std::setprecision(4)
+                      << outcome.loss << "  lr " << std::scientific << std::setprecision(2) << lr << std::fixed << "  grad-norm "
+                      << std::setprecision(3) << outcome.grad_norm << "  " << std::setprecision(0) << rate << " tok/s  ETA "
+                      << format_duration(eta);
             if (model.device() == Device::CUDA)
                 *progress << "  GPU mem " << std::setprecision(2)
-                          << static_cast<double>(cuda_allocator_stats().peak_bytes_in_use) / (1 << 30) << " GiB peak";
+                          << static_cast<double>(peak_memory_bytes(Device::CUDA)) / (1 << 30) << " GiB peak";
             *progress << "\n" << std::flush;
         }
-        if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last) {
-            EvalResult eval = evaluate_recall(model, config, tc.eval_batches);
+        if ((tc.eval_every > 0 && run.step % tc.eval_every == 0) || last) {
+            held_out->restore(held_out_start);
+            const EvalResult eval = evaluate_source(model, *held_out, tc.eval_batches, nullptr);
             result.final_accuracy = eval.accuracy;
             result.final_eval_loss = eval.loss;
+            record["eval_loss"] = finite_or_null(eval.loss);
+            record["eval_accuracy"] = eval.accuracy;
             if (progress)
-                *progress << "eval at step " << step + 1 << ": held-out answer loss " << std::setprecision(4) << eval.loss
-                          << ", recall accuracy " << std::setprecision(3) << eval.accuracy << "\n"
+                *progress << "eval at step " << run.step << ": held-out answer loss " << std::fixed << std::setprecision(4)
+                          << eval.loss << ", recall accuracy " << std::setprecision(3) << eval.accuracy << "\n"
                           << std::flush;
+        }
+        if (log) log->append(record);
+
+        if (run.consecutive_bad_steps >= tc.max_bad_steps) {
+            if (log) plotter.draw(true);
+            std::ostringstream message;
+            message << "training diverged: " << run.consecutive_bad_steps << " consecutive steps without an update (step "
+                    << run.step << ": " << outcome.bad << "; train.max_bad_steps = " << tc.max_bad_steps << ")";
+            if (log)
+                message << "; " << (result.last_checkpoint.empty() ? "no checkpoint was written yet"
+                                                                   : "the newest checkpoint is " + result.last_checkpoint);
+            throw TrainingDiverged(message.str());
+        }
+        const bool interrupted = options.stop_requested && *options.stop_requested != 0;
+        if (log && (last || interrupted || (tc.save_every > 0 && run.step % tc.save_every == 0))) {
+            save();
+            plotter.draw(last || interrupted);
+        }
+        if (interrupted && !last) {
+            std::ostringstream message;
+            message << "interrupted at step " << run.step << " of " << tc.steps;
+            if (log) message << ": checkpoint " << result.last_checkpoint << " written; continue with --resume";
+            throw TrainingInterrupted(message.str());
         }
     }
     return result;
+}
+
+TrainResult train_recall(const FullConfig& config, std::ostream* progress, Model* model) {
+    RunOptions options;
+    options.progress = progress;
+    options.write_outputs = false;
+    return run_training(config, options, model);
 }
 
 }  // namespace hsa
