@@ -448,26 +448,58 @@ __global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* 
 }
 
 // grad_landmarks, one block per landmark row (b, c, r): sum over the selections that hold
-// c, in (t, k) order, of grad_score * qr[b, t, r]. No atomics.
-constexpr int kLandmarkThreads = 128;
+// c of grad_score * qr[b, t, r]. A chunk can be selected by thousands of tokens, so the
+// selections are split among the block's warps in a fixed interleaving (warp w takes
+// selections w, w + 8, ...; each lane owns dims lane + 32 m and keeps M independent loads
+// in flight per selection), and the 8 partial sums are added in warp order. Fixed order
+// everywhere: no atomics, bit-identical run to run.
+constexpr int kLandmarkWarps = 8;
+constexpr int kLandmarkThreads = kLandmarkWarps * 32;
 
+template <int M>  // dims per lane: dr <= 32 M
 __global__ void __launch_bounds__(kLandmarkThreads)
     chunk_weights_landmarks_kernel(WeightParams P, const float* grad_scores, const int32_t* pair_ids,
                                    const int32_t* segment_start, float* grad_landmarks) {
+    extern __shared__ float landmark_partials[];  // [kLandmarkWarps][dr]
+    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
     const int64_t lrow = blockIdx.x;  // (b * C + c) * Hr + r
     const int64_t r = lrow % P.Hr;
     const int64_t c = (lrow / P.Hr) % P.C;
     const int64_t b = lrow / (P.Hr * P.C);
     const int64_t segment = (b * P.Hr + r) * P.C + c;
     const int32_t begin = segment_start[segment], end = segment_start[segment + 1];
-    for (int64_t i = threadIdx.x; i < P.dr; i += kLandmarkThreads) {
-        float acc = 0.0f;
-        for (int32_t at = begin; at < end; ++at) {
-            const int64_t p = pair_ids[at];  // (b * T + t) * Hr + r) * K + k
-            acc = fmaf(grad_scores[p], P.qr[(p / P.K) * P.dr + i], acc);
-        }
-        grad_landmarks[lrow * P.dr + i] = acc * P.scale;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+    for (int32_t at = begin + warp; at < end; at += kLandmarkWarps) {
+        const int64_t p = pair_ids[at];  // ((b * T + t) * Hr + r) * K + k
+        const float g = grad_scores[p];
+        const float* q = P.qr + (p / P.K) * P.dr;
+        float x[M];
+#pragma unroll
+        for (int m = 0; m < M; ++m) x[m] = lane + 32 * m < P.dr ? __ldg(q + lane + 32 * m) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[m] = fmaf(g, x[m], acc[m]);
     }
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+        if (lane + 32 * m < P.dr) landmark_partials[warp * P.dr + lane + 32 * m] = acc[m];
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < P.dr; i += kLandmarkThreads) {
+        float sum = 0.0f;
+        for (int w = 0; w < kLandmarkWarps; ++w) sum += landmark_partials[w * P.dr + i];
+        grad_landmarks[lrow * P.dr + i] = sum * P.scale;
+    }
+}
+
+template <int M>
+void launch_landmarks_kernel(const char* op, const WeightParams& P, int64_t lrows, const float* grad_scores,
+                             const Tensor& pair_ids, const Tensor& segment_start, float* grad_landmarks) {
+    const size_t shared_bytes = sizeof(float) * kLandmarkWarps * static_cast<size_t>(P.dr);
+    allow_shared_bytes(op, chunk_weights_landmarks_kernel<M>, shared_bytes);
+    chunk_weights_landmarks_kernel<M><<<static_cast<unsigned>(lrows), kLandmarkThreads, shared_bytes>>>(
+        P, grad_scores, pair_ids.data<int32_t>(), segment_start.data<int32_t>(), grad_landmarks);
+    HSA_CUDA_CHECK_LAUNCH("chunk_weights_landmarks_kernel");
 }
 
 WeightParams weight_params(const RetrievalDims& D, const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
@@ -595,10 +627,15 @@ void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmar
         HSA_CHECK(lrows < INT_MAX, op << ": " << lrows << " landmark rows, expected fewer than " << INT_MAX);
         Tensor pair_ids, segment_start;
         cuda_detail::build_chunk_pair_lists(op, indices, D.C, pair_ids, segment_start);
-        chunk_weights_landmarks_kernel<<<static_cast<unsigned>(lrows), kLandmarkThreads>>>(
-            P, grad_scores.data<float>(), pair_ids.data<int32_t>(), segment_start.data<int32_t>(),
-            grad_landmarks.data<float>());
-        HSA_CUDA_CHECK_LAUNCH("chunk_weights_landmarks_kernel");
+        // Dims per lane, rounded up to a power of two (retrieval dims up to 2048 here).
+        const float* gs = grad_scores.data<float>();
+        float* gl = grad_landmarks.data<float>();
+        HSA_CHECK(D.dr <= 2048, op << ": retrieval dim " << D.dr << " exceeds the CUDA kernels' limit of 2048");
+        if (D.dr <= 32) launch_landmarks_kernel<1>(op, P, lrows, gs, pair_ids, segment_start, gl);
+        else if (D.dr <= 128) launch_landmarks_kernel<4>(op, P, lrows, gs, pair_ids, segment_start, gl);
+        else if (D.dr <= 512) launch_landmarks_kernel<16>(op, P, lrows, gs, pair_ids, segment_start, gl);
+        else if (D.dr <= 1024) launch_landmarks_kernel<32>(op, P, lrows, gs, pair_ids, segment_start, gl);
+        else launch_landmarks_kernel<64>(op, P, lrows, gs, pair_ids, segment_start, gl);
     }
 }
 

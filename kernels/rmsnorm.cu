@@ -1,7 +1,9 @@
 // RMSNorm over the last dim for the CUDA backend: out = x * inv_rms * weight,
 // inv_rms = 1 / sqrt(mean(x^2) + eps).
 //
-// One block per row (grid-stride over rows); the row reductions (sum of squares, and
+// Rows of up to kWarpRowMax elements (every norm of the model: hidden 1024, and the q/k
+// norms' rows of one head, 64) take one warp each, with no block barriers; wider rows one
+// block each (grid-stride over rows). The row reductions (sum of squares, and
 // sum g w x in the backward) accumulate in double with a fixed-order block reduction, and
 // the per-element formulas are evaluated in double as in the CPU reference.
 // grad_weight is deterministic: split s of the rows writes partial[s, j] (double), then a
@@ -27,6 +29,53 @@ int row_threads(int64_t units) {
 unsigned row_grid(int64_t N) { return static_cast<unsigned>(N < (int64_t{1} << 20) ? N : (int64_t{1} << 20)); }
 
 __device__ inline double wval(const float* w, int64_t j) { return w ? static_cast<double>(w[j]) : 1.0; }
+
+constexpr int64_t kWarpRowMax = 2048;
+constexpr int kRowsPerBlock = 8;  // warps per block of the warp-per-row kernels
+
+// Xor butterfly: the same additions in the same order on every lane, so every lane ends
+// with the same, run-to-run identical value.
+__device__ __forceinline__ double warp_sum_double(double v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, float eps, float* out, float* inv_rms,
+                                            int64_t N, int64_t D) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+    if (n >= N) return;
+    const float* xr = x + n * D;
+    float* orow = out + n * D;
+    double ss = 0.0;
+    for (int64_t j = lane; j < D; j += 32) ss += static_cast<double>(xr[j]) * xr[j];
+    ss = warp_sum_double(ss);
+    const double r = 1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps));
+    if (lane == 0) inv_rms[n] = static_cast<float>(r);
+    // Each lane rewrites only the elements it read itself: out may alias x.
+    for (int64_t j = lane; j < D; j += 32) orow[j] = static_cast<float>(static_cast<double>(xr[j]) * r * wval(w, j));
+}
+
+__global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, const float* inv_rms, const float* g,
+                                               float* dx, int64_t N, int64_t D) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+    if (n >= N) return;
+    const float* xr = x + n * D;
+    const float* gr = g + n * D;
+    float* dr = dx + n * D;
+    const double r = static_cast<double>(inv_rms[n]);
+    double dot = 0.0;
+    for (int64_t j = lane; j < D; j += 32) dot += static_cast<double>(gr[j]) * wval(w, j) * static_cast<double>(xr[j]);
+    dot = warp_sum_double(dot);  // every lane has read its elements before any writes (dx may alias)
+    const double c = dot * r * r * r / static_cast<double>(D);
+    for (int64_t j = lane; j < D; j += 32) {
+        const double gw = static_cast<double>(gr[j]) * wval(w, j);
+        dr[j] = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+    }
+}
+
+unsigned warp_row_grid(int64_t N) { return static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 template <bool Vec>
 __global__ void rmsnorm_forward_kernel(const float* x, const float* w, float eps, float* out, float* inv_rms,
@@ -124,7 +173,9 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     float* pr = inv_rms.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     if (N == 0) return;
-    if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
+    if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
+        rmsnorm_forward_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
+    } else if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
         rmsnorm_forward_kernel<true><<<row_grid(N), row_threads(D / 4)>>>(px, pw, eps, po, pr, N, D);
     } else {
         rmsnorm_forward_kernel<false><<<row_grid(N), row_threads(D)>>>(px, pw, eps, po, pr, N, D);
@@ -144,7 +195,10 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
     float* pgx = grad_x.defined() ? grad_x.data<float>() : nullptr;
     float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
     if (pgx && N > 0) {
-        rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D);
+        if (D <= kWarpRowMax && N < (int64_t{1} << 34))
+            rmsnorm_backward_x_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, pr, pg, pgx, N, D);
+        else
+            rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_x_kernel");
     }
     if (pgw) {

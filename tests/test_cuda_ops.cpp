@@ -174,7 +174,7 @@ TEST(CudaOps, RmsnormRopeSwiglu) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}}) {
+    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}, {3, 3000}}) {
         Tensor x = rng.normal({N, D}), w = rng.normal({D}), grad_out = rng.normal({N, D});
         for (bool with_weight : {true, false}) {
             Tensor weight = with_weight ? w : Tensor();
@@ -336,7 +336,7 @@ TEST(CudaOps, RetrievalSelectionAndWeights) {
     Rng rng = test_rng();
     struct Case { int64_t B, T, Hr, dr, S, K; };
     for (const Case& c : {Case{2, 37, 1, 8, 4, 3}, Case{1, 200, 2, 16, 8, 8}, Case{1, 4096, 1, 64, 64, 8},
-                          Case{1, 70000, 1, 32, 64, 16}}) {
+                          Case{1, 256, 1, 1024, 16, 4}, Case{1, 200, 2, 1500, 8, 4}, Case{1, 70000, 1, 32, 64, 16}}) {
         SCOPED_TRACE("T " + std::to_string(c.T) + " K " + std::to_string(c.K));
         if (small_only() && c.T > 1000) continue;
         const int64_t C = c.T / c.S;
