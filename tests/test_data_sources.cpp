@@ -330,6 +330,41 @@ TEST(ShardSource, BadShardsAndStatesAreOneLineErrors) {
     expect_one_line_error([&] { source.restore(Json(3)); }, {"object"});
 }
 
+TEST(ShardSource, DataRanksReadDisjointWindows) {
+    HSA_SEED_TRACE();
+    Rng rng = test::test_rng();
+    TempFolder dir;
+    const auto files = write_position_shards(dir, "d", {rng.next_int(500, 3000)});
+    const int64_t T = rng.next_int(2, 16), ranks = rng.next_int(2, 5);
+    const uint64_t seed = rng.next_u64() >> 12;
+    ShardBatchSource whole(text_options(files, 1, T, seed, true));
+    for (int64_t epoch = 0; epoch < 2; ++epoch) {
+        std::set<int64_t> seen;
+        int64_t per_rank = -1;
+        for (int64_t r = 0; r < ranks; ++r) {
+            ShardSourceOptions o = text_options(files, 1, T, seed, true);
+            o.rank = {r, ranks};
+            ShardBatchSource source(o);
+            per_rank = source.windows_in_epoch(epoch);
+            EXPECT_EQ(per_rank, whole.windows_in_epoch(epoch) / ranks);
+            for (int64_t k = 0; k < per_rank; ++k) {
+                const int64_t start = source.window_start(epoch, k);
+                EXPECT_EQ(start, whole.window_start(epoch, k * ranks + r)) << "rank r takes places r, r + ranks, ...";
+                EXPECT_TRUE(seen.insert(start).second) << "window " << start << " read by two ranks";
+            }
+        }
+        EXPECT_EQ(static_cast<int64_t>(seen.size()), per_rank * ranks);
+    }
+    ShardSourceOptions o = text_options(files, 1, T, seed, true);
+    o.rank = {1, ranks};
+    ShardBatchSource rank1(o);
+    expect_one_line_error([&] { rank1.restore(whole.state()); }, {"ranks"});
+    o.rank = {ranks, ranks};
+    expect_one_line_error([&] { ShardBatchSource bad(o); }, {"data rank", std::to_string(ranks)});
+    o.rank = {0, 100000};
+    expect_one_line_error([&] { ShardBatchSource bad(o); }, {"window", "100000 data-parallel ranks"});
+}
+
 // ---------------------------------------------------------------- recall
 
 RecallTaskConfig recall_task() {
@@ -580,6 +615,38 @@ TEST(MixtureSource, StateRestoreContinuesBitForBitThroughTheFactory) {
     state["children"]["recall"]["seed"] = "12345";
     expect_one_line_error([&] { source->restore(state); }, {"recall", "seed"});
     EXPECT_EQ(source->state().dump(), before);
+}
+
+TEST(MixtureSource, DataRanksGetDisjointSlicesOfEverySource) {
+    HSA_SEED_TRACE();
+    Rng rng = test::test_rng();
+    const uint64_t seed = rng.next_u64() >> 20;
+    // Recall: rank r's batch i is the stream's batch i * ranks + r.
+    DataConfig recall_only;
+    recall_only.recall = recall_task();
+    for (int64_t r = 0; r < 3; ++r) {
+        auto source = make_batch_source(recall_only, 2, 128, 8, 64, seed, false, r, 3);
+        for (uint64_t i = 0; i < 3; ++i)
+            EXPECT_EQ(ints(source->next().tokens), ints(make_recall_batch(recall_task(), 2, 128, 8, seed, i * 3 + r).tokens));
+    }
+    // Tasks: rank r's k-th example is the stream's example k * ranks + r.
+    TaskBatchSource one(task_options(seed));
+    TaskSourceOptions o = task_options(seed);
+    o.rank = {1, 2};
+    TaskBatchSource second(o);
+    EXPECT_EQ(second.example(0).tokens, one.example(1).tokens);
+    EXPECT_EQ(second.example(3).tokens, one.example(7).tokens);
+    // The mixture: ranks differ, and a rank's state does not restore on another.
+    DataConfig mixed;
+    mixed.tasks = {"passkey"};
+    mixed.task_lengths = {500};
+    mixed.weights = {0, 1, 1};
+    mixed.recall = recall_task();
+    auto rank0 = make_batch_source(mixed, 2, 1024, 8, 300, seed, false, 0, 2);
+    auto rank1 = make_batch_source(mixed, 2, 1024, 8, 300, seed, false, 1, 2);
+    EXPECT_NE(ints(rank0->next().tokens), ints(rank1->next().tokens));
+    expect_one_line_error([&] { rank1->restore(rank0->state()); }, {"rank"});
+    check_state_restore([&] { return make_batch_source(mixed, 2, 1024, 8, 300, seed, false, 1, 2); }, 2, 2);
 }
 
 // ---------------------------------------------------------------- the "data" config

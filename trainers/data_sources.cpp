@@ -205,9 +205,21 @@ void DataConfig::validate(int64_t seq_len, int64_t window, int64_t vocab_size) c
 
 // ---------------------------------------------------------------- RowSource
 
-RowSource::RowSource(int64_t batch, int64_t seq_len) : batch_(batch), seq_len_(seq_len) {
+RowSource::RowSource(int64_t batch, int64_t seq_len, DataRank rank) : batch_(batch), seq_len_(seq_len), rank_(rank) {
     if (batch < 1) throw ConfigError("data: batch size must be >= 1, got " + std::to_string(batch));
     if (seq_len < 1) throw ConfigError("data: seq_len must be >= 1, got " + std::to_string(seq_len));
+    if (rank.ranks < 1 || rank.rank < 0 || rank.rank >= rank.ranks)
+        throw ConfigError("data: data rank " + std::to_string(rank.rank) + " is outside [0, " + std::to_string(rank.ranks) + ")");
+}
+
+void RowSource::add_rank(Json& state) const {
+    state["rank"] = rank_.rank;
+    state["ranks"] = rank_.ranks;
+}
+
+void RowSource::check_rank(const Json& state) const {
+    check_state(state, "ranks", Json(rank_.ranks));
+    check_state(state, "rank", Json(rank_.rank));
 }
 
 TrainBatch RowSource::next() {
@@ -249,7 +261,8 @@ int64_t counter_field(const Json& value, const std::string& what) {
 
 // ---------------------------------------------------------------- ShardBatchSource
 
-ShardBatchSource::ShardBatchSource(ShardSourceOptions options) : RowSource(options.batch, options.seq_len), options_(std::move(options)) {
+ShardBatchSource::ShardBatchSource(ShardSourceOptions options)
+    : RowSource(options.batch, options.seq_len, options.rank), options_(std::move(options)) {
     if (options_.files.empty()) throw ConfigError("data: a text source needs at least one shard");
     if (!(options_.held_out_fraction >= 0 && options_.held_out_fraction < 1))
         throw ConfigError("data: held_out_fraction must be in [0, 1), got " + number_text(options_.held_out_fraction));
@@ -287,6 +300,13 @@ ShardBatchSource::ShardBatchSource(ShardSourceOptions options) : RowSource(optio
                           "' has " + std::to_string(region_end_ - region_begin_) + " tokens, fewer than seq_len + 1 = " +
                           std::to_string(need) + " (one row)");
     }
+    // The fewest windows any epoch can have (its grid shifted furthest) must feed every rank.
+    const int64_t span = std::min(seq_len_, region_tokens() - seq_len_);
+    const int64_t fewest = (region_tokens() - span) / seq_len_;
+    if (fewest < rank_.ranks)
+        throw ConfigError("data: the " + std::to_string(options_.files.size()) + " shard(s) from '" + first_file + "' give " +
+                          std::to_string(fewest) + " window(s) of seq_len + 1 = " + std::to_string(need) +
+                          " tokens per epoch, fewer than the " + std::to_string(rank_.ranks) + " data-parallel ranks");
     window_tokens_.resize(static_cast<size_t>(need));
     window_mask_.resize(static_cast<size_t>(need));
 }
@@ -297,14 +317,15 @@ int64_t ShardBatchSource::epoch_shift(int64_t epoch) const {
     return static_cast<int64_t>(mix64(options_.seed ^ kShiftTag, static_cast<uint64_t>(epoch), 0) % static_cast<uint64_t>(span));
 }
 
-int64_t ShardBatchSource::windows_in_epoch(int64_t epoch) const {
-    return (region_tokens() - epoch_shift(epoch) - 1) / seq_len_;
-}
+int64_t ShardBatchSource::all_windows(int64_t epoch) const { return (region_tokens() - epoch_shift(epoch) - 1) / seq_len_; }
+
+int64_t ShardBatchSource::windows_in_epoch(int64_t epoch) const { return all_windows(epoch) / rank_.ranks; }
 
 int64_t ShardBatchSource::window_start(int64_t epoch, int64_t k) const {
-    const uint64_t n = static_cast<uint64_t>(windows_in_epoch(epoch));
-    const uint64_t w = options_.shuffle ? permute(static_cast<uint64_t>(k), n, options_.seed, static_cast<uint64_t>(epoch))
-                                        : static_cast<uint64_t>(k);
+    // Rank r takes places r, r + ranks, ... of the epoch's order: disjoint from the other ranks.
+    const uint64_t place = static_cast<uint64_t>(k * rank_.ranks + rank_.rank);
+    const uint64_t n = static_cast<uint64_t>(all_windows(epoch));
+    const uint64_t w = options_.shuffle ? permute(place, n, options_.seed, static_cast<uint64_t>(epoch)) : place;
     return region_begin_ + epoch_shift(epoch) + static_cast<int64_t>(w) * seq_len_;
 }
 
@@ -370,6 +391,7 @@ Json ShardBatchSource::state() const {
     s["stream_tokens"] = shard_begin_.back();
     s["files"] = static_cast<int64_t>(options_.files.size());
     s["held_out"] = options_.held_out;
+    add_rank(s);
     // Where the next window starts, for people reading a checkpoint.
     int64_t epoch = epoch_, window = window_;
     if (window >= windows_in_epoch(epoch)) ++epoch, window = 0;
@@ -385,6 +407,7 @@ void ShardBatchSource::restore(const Json& state) {
     check_state(state, "stream_tokens", Json(shard_begin_.back()));
     check_state(state, "files", Json(static_cast<int64_t>(options_.files.size())));
     check_state(state, "held_out", Json(options_.held_out));
+    check_rank(state);
     const int64_t epoch = counter_field(state_field(state, "epoch"), "text epoch");
     const int64_t window = counter_field(state_field(state, "window"), "text window");
     if (window > windows_in_epoch(epoch))
@@ -396,7 +419,8 @@ void ShardBatchSource::restore(const Json& state) {
 
 // ---------------------------------------------------------------- TaskBatchSource
 
-TaskBatchSource::TaskBatchSource(TaskSourceOptions options) : RowSource(options.batch, options.seq_len), options_(std::move(options)) {
+TaskBatchSource::TaskBatchSource(TaskSourceOptions options)
+    : RowSource(options.batch, options.seq_len, options.rank), options_(std::move(options)) {
     if (options_.tasks.empty()) throw ConfigError("config data.tasks: a task source needs at least one task");
     for (const auto& name : options_.tasks)
         if (!is_task(name)) throw ConfigError("config data.tasks: unknown task '" + name + "' (known: " + join(task_names()) + ")");
@@ -428,7 +452,8 @@ TaskBatchSource::TaskBatchSource(TaskSourceOptions options) : RowSource(options.
     row_mask_.resize(static_cast<size_t>(seq_len_ + 1));
 }
 
-TaskExample TaskBatchSource::example(int64_t index) const {
+TaskExample TaskBatchSource::example(int64_t k) const {
+    const int64_t index = k * rank_.ranks + rank_.rank;  // in the stream all ranks share
     Rng pick(mix64(options_.seed ^ kTaskTag, static_cast<uint64_t>(index), 0));
     const std::string& name = options_.tasks[static_cast<size_t>(pick.next_int(0, static_cast<int64_t>(options_.tasks.size())))];
     const int64_t asked = options_.lengths[static_cast<size_t>(pick.next_int(0, static_cast<int64_t>(options_.lengths.size())))];
@@ -495,22 +520,25 @@ Json TaskBatchSource::state() const {
     s["kind"] = kind();
     s["example"] = next_example_;
     s["seed"] = seed_text(options_.seed);
+    add_rank(s);
     return s;
 }
 
 void TaskBatchSource::restore(const Json& state) {
     check_state(state, "seed", Json(seed_text(options_.seed)));
+    check_rank(state);
     next_example_ = counter_field(state_field(state, "example"), "tasks example");
     pending_.reset();
 }
 
 // ---------------------------------------------------------------- RecallBatchSource
 
-RecallBatchSource::RecallBatchSource(RecallTaskConfig task, int64_t batch, int64_t seq_len, int64_t window, uint64_t seed)
-    : RowSource(batch, seq_len), task_(task), window_(window), seed_(seed) {}
+RecallBatchSource::RecallBatchSource(RecallTaskConfig task, int64_t batch, int64_t seq_len, int64_t window, uint64_t seed,
+                                     DataRank rank)
+    : RowSource(batch, seq_len, rank), task_(task), window_(window), seed_(seed) {}
 
 const RecallBatch& RecallBatchSource::batch_for_row(int64_t row) {
-    const int64_t index = row / batch_;
+    const int64_t index = (row / batch_) * rank_.ranks + rank_.rank;
     if (index != cached_index_) {
         cached_ = make_recall_batch(task_, batch_, seq_len_, window_, seed_, static_cast<uint64_t>(index));
         cached_index_ = index;
@@ -521,7 +549,8 @@ const RecallBatch& RecallBatchSource::batch_for_row(int64_t row) {
 TrainBatch RecallBatchSource::next() {
     if (row_ % batch_ != 0) return RowSource::next();
     // On a batch boundary: the recall batch itself, as the foundation trainer made it.
-    RecallBatch b = make_recall_batch(task_, batch_, seq_len_, window_, seed_, static_cast<uint64_t>(row_ / batch_));
+    const int64_t index = (row_ / batch_) * rank_.ranks + rank_.rank;
+    RecallBatch b = make_recall_batch(task_, batch_, seq_len_, window_, seed_, static_cast<uint64_t>(index));
     row_ += batch_;
     TrainBatch out;
     out.tokens = b.tokens;
@@ -553,11 +582,13 @@ Json RecallBatchSource::state() const {
     s["kind"] = kind();
     s["row"] = row_;
     s["seed"] = seed_text(seed_);
+    add_rank(s);
     return s;
 }
 
 void RecallBatchSource::restore(const Json& state) {
     check_state(state, "seed", Json(seed_text(seed_)));
+    check_rank(state);
     row_ = counter_field(state_field(state, "row"), "recall row");
 }
 
@@ -572,10 +603,15 @@ int64_t first_seq_len(const std::vector<std::unique_ptr<RowSource>>& children) {
     if (children.empty() || !children.front()) throw ConfigError("data: a mixture needs at least one source");
     return children.front()->seq_len();
 }
+DataRank first_rank(const std::vector<std::unique_ptr<RowSource>>& children) {
+    if (children.empty() || !children.front()) throw ConfigError("data: a mixture needs at least one source");
+    return children.front()->data_rank();
+}
 }  // namespace
 
 MixtureSource::MixtureSource(std::vector<std::unique_ptr<RowSource>> children, std::vector<double> weights, uint64_t seed)
-    : RowSource(first_batch(children), first_seq_len(children)), children_(std::move(children)), weights_(std::move(weights)),
+    : RowSource(first_batch(children), first_seq_len(children), first_rank(children)), children_(std::move(children)),
+      weights_(std::move(weights)),
       seed_(seed) {
     if (weights_.size() != children_.size())
         throw ConfigError("data: a mixture of " + std::to_string(children_.size()) + " sources got " +
@@ -583,8 +619,9 @@ MixtureSource::MixtureSource(std::vector<std::unique_ptr<RowSource>> children, s
     double total = 0;
     for (size_t i = 0; i < children_.size(); ++i) {
         if (!children_[i]) throw ConfigError("data: a mixture source is missing");
-        if (children_[i]->batch() != batch_ || children_[i]->seq_len() != seq_len_)
-            throw ConfigError("data: mixture sources differ in batch or seq_len");
+        if (children_[i]->batch() != batch_ || children_[i]->seq_len() != seq_len_ ||
+            children_[i]->data_rank().rank != rank_.rank || children_[i]->data_rank().ranks != rank_.ranks)
+            throw ConfigError("data: mixture sources differ in batch, seq_len or data rank");
         for (size_t j = 0; j < i; ++j)
             if (std::string(children_[j]->kind()) == children_[i]->kind())
                 throw ConfigError(std::string("data: two mixture sources of kind ") + children_[i]->kind());
@@ -599,7 +636,7 @@ MixtureSource::MixtureSource(std::vector<std::unique_ptr<RowSource>> children, s
 }
 
 int64_t MixtureSource::next_row(int32_t* tokens, int32_t* targets, float* mask) {
-    const double u = unit_double(mix64(seed_ ^ kMixtureTag, static_cast<uint64_t>(row_), 0));
+    const double u = unit_double(mix64(seed_ ^ kMixtureTag, static_cast<uint64_t>(row_ * rank_.ranks + rank_.rank), 0));
     size_t pick = 0;
     while (pick + 1 < cumulative_.size() && u >= cumulative_[pick]) ++pick;
     ++row_;
@@ -612,6 +649,7 @@ Json MixtureSource::state() const {
     s["kind"] = kind();
     s["row"] = row_;
     s["seed"] = seed_text(seed_);
+    add_rank(s);
     Json weights = Json::object(), rows = Json::object(), children = Json::object();
     for (size_t i = 0; i < children_.size(); ++i) {
         const std::string name = children_[i]->kind();
@@ -627,6 +665,7 @@ Json MixtureSource::state() const {
 
 void MixtureSource::restore(const Json& state) {
     check_state(state, "seed", Json(seed_text(seed_)));
+    check_rank(state);
     Json weights = Json::object();
     for (size_t i = 0; i < children_.size(); ++i) weights[children_[i]->kind()] = weights_[i];
     check_state(state, "weights", weights);
@@ -658,8 +697,10 @@ void MixtureSource::restore(const Json& state) {
 // ---------------------------------------------------------------- the factory
 
 std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, int64_t batch, int64_t seq_len, int64_t window,
-                                               int64_t vocab_size, uint64_t seed, bool held_out) {
+                                               int64_t vocab_size, uint64_t seed, bool held_out, int64_t data_rank,
+                                               int64_t data_ranks) {
     config.validate(seq_len, window, vocab_size);
+    const DataRank rank{data_rank, data_ranks};
     const uint64_t source_seed = held_out ? seed + kHeldOutSeedOffset : seed;
     std::vector<std::unique_ptr<RowSource>> children;
     std::vector<double> weights;
@@ -679,6 +720,7 @@ std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, int64_t
         o.shuffle = config.shuffle && !held_out;
         o.held_out = held_out;
         o.held_out_fraction = separate ? 0 : config.held_out_fraction;
+        o.rank = rank;
         auto source = std::make_unique<ShardBatchSource>(std::move(o));
         text = source.get();
         children.push_back(std::move(source));
@@ -694,6 +736,7 @@ std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, int64_t
         o.seq_len = seq_len;
         o.vocab_size = vocab_size;
         o.seed = source_seed;
+        o.rank = rank;
         auto source = std::make_unique<TaskBatchSource>(std::move(o));
         if (text && source->tokenizer().name() != text->format().tokenizer)
             throw ConfigError("config data.tokenizer: the tasks are rendered with '" + source->tokenizer().name() +
@@ -703,7 +746,7 @@ std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, int64_t
         weights.push_back(config.weights.tasks);
     }
     if (config.weights.recall > 0) {
-        children.push_back(std::make_unique<RecallBatchSource>(config.recall, batch, seq_len, window, source_seed));
+        children.push_back(std::make_unique<RecallBatchSource>(config.recall, batch, seq_len, window, source_seed, rank));
         weights.push_back(config.weights.recall);
     }
     if (children.size() == 1) return std::move(children.front());
