@@ -326,8 +326,8 @@ TaskExample generate_cwe(TaskContext& ctx) {
     // smaller worked example.
     const int num_common = static_cast<int>(extra_int(ctx, "num_cw", 10, 1, 1000));
     int freq_common = static_cast<int>(extra_int(ctx, "freq_cw", short_context ? 6 : 30, 2, 100000));
-    const bool freq_common_forced = ctx.options.extra.contains("freq_cw");
-    const int freq_rare = static_cast<int>(extra_int(ctx, "freq_ucw", short_context ? 1 : 3, 1, 100000));
+    int freq_rare = static_cast<int>(extra_int(ctx, "freq_ucw", short_context ? 1 : 3, 1, 100000));
+    const bool frequencies_given = ctx.options.extra.contains("freq_cw") || ctx.options.extra.contains("freq_ucw");
     if (freq_rare >= freq_common)
         throw ConfigError("task cwe: freq_ucw " + std::to_string(freq_rare) + " must be below freq_cw " + std::to_string(freq_common));
     Rng& rng = ctx.rng;
@@ -369,14 +369,21 @@ TaskExample generate_cwe(TaskContext& ctx) {
         if (word_tokens[w] < 0) word_tokens[w] = static_cast<int64_t>(ctx.tok.encode(" " + *pool[w]).size());
         return word_tokens[w];
     };
-    // Very short contexts (1K tokens of bytes) cannot hold the common words 6 times each
-    // next to the prompt: unless freq_cw was given, they drop to 3 (RULER's worked example's
-    // frequency) when the common block would take over half the budget.
-    if (!freq_common_forced && freq_common > 3 && freq_rare < 3) {
-        int64_t block = 0;
-        for (int64_t e = 1; e <= static_cast<int64_t>(num_common) * freq_common; ++e) block += number_size(e);
-        for (size_t w = 0; w < static_cast<size_t>(num_common); ++w) block += freq_common * word_size(w);
-        if (block * 2 > budget) freq_common = 3;
+    // RULER's frequencies assume a BPE tokenizer; with bytes, 10 words 30 times do not fit
+    // 4K tokens. Unless freq_cw/freq_ucw were given, they step down RULER's own tiers (30/3,
+    // then 6/1 of its short contexts, then 3/1 of its short worked example) until the common
+    // words' block takes at most half of the budget.
+    if (!frequencies_given) {
+        const int tiers[3][2] = {{30, 3}, {6, 1}, {3, 1}};
+        for (const auto& tier : tiers) {
+            if (tier[0] > freq_common) continue;
+            freq_common = tier[0];
+            freq_rare = tier[1];
+            int64_t block = 0;
+            for (int64_t e = 1; e <= static_cast<int64_t>(num_common) * freq_common; ++e) block += number_size(e);
+            for (size_t w = 0; w < static_cast<size_t>(num_common); ++w) block += freq_common * word_size(w);
+            if (block * 2 <= budget) break;
+        }
     }
     // Greedy, one entry at a time: the common words' block first, then each rare word
     // freq_ucw times. When the word list runs out (millions of tokens), every count is scaled
