@@ -72,6 +72,9 @@ struct DataConfig {
 // With the default config this is a RecallBatchSource whose batch i (counting from 0) equals
 // make_recall_batch(config.recall, batch, seq_len, window, seed, i).
 //
+// The held-out source reads its text in order and continues where it stopped; an evaluation
+// that should see the same batches every time saves its state() once and restores it first.
+//
 // Data parallelism: data_rank in [0, data_ranks) gets its own slice of the data (rank r takes
 // every data_ranks-th window / example / recall batch, starting at r), disjoint from the other
 // ranks' and, with data_ranks = 1, the whole stream. Ranks that split one sequence (sequence
