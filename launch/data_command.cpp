@@ -25,7 +25,11 @@ const char* kDataHelp = R"(usage: hsa data encode|decode|tokenize|inspect|task [
 
 options of encode and decode:
   --tokenizer byte|PATH   byte: one id per byte (0..255), then BOS 256, EOS 257, PAD 258
-                          (the default); PATH: a Hugging Face tokenizer.json (byte-level BPE)
+                          (the default); PATH: a Hugging Face tokenizer.json (byte-level BPE,
+                          e.g. GPT-2 or GPT-NeoX): the ids of the tokenizers library with
+                          add_special_tokens=False, special tokens in the text included;
+                          input that is not UTF-8 is read with U+FFFD in its place, and
+                          decode writes U+FFFD where ids end in the middle of a character
   -h, --help              this text
 
 exit codes: 0 success, 2 bad arguments or input

@@ -180,9 +180,10 @@ TEST_F(CliData, BadInputIsOneLineExitTwo) {
     expect_error_line(run({"data", "decode"}, "[104, 259]"), 2, {"element 1", "259", "[0, 259)"});
     expect_error_line(run({"data", "decode"}, "[-1]"), 2, {"element 0", "-1"});
     expect_error_line(run({"data", "decode"}, "[1e300]"), 2, {"element 0"});
-    expect_error_line(run({"data", "encode", "--tokenizer", "/tmp/tokenizer.json"}, "hi"), 2,
-                      {"tokenizer: tokenizer.json files are not supported yet"});
-    expect_error_line(run({"data", "decode", "--tokenizer", "gpt2.json"}, "[1]"), 2, {"not supported yet"});
+    // A path is a tokenizer.json (tests/test_bpe_tokenizer.cpp); a missing one is one line.
+    const std::string missing = dir_ + "/missing/tokenizer.json";
+    expect_error_line(run({"data", "encode", "--tokenizer", missing}, "hi"), 2, {"tokenizer: " + missing + " does not exist"});
+    expect_error_line(run({"data", "decode", "--tokenizer", "gpt2.json"}, "[1]"), 2, {"gpt2.json does not exist"});
     expect_error_line(run({"data", "encode", "--tokenizer"}), 2, {"--tokenizer"});
     expect_error_line(run({"data", "encode", "--bogus"}), 2, {"--bogus"});
     expect_error_line(run({"data", "frob"}), 2, {"frob"});

@@ -2,6 +2,7 @@
 
 #include "core/model/config.h"
 #include "core/tensor.h"
+#include "trainers/bpe_tokenizer.h"
 
 namespace hsa {
 
@@ -54,7 +55,8 @@ std::string ByteTokenizer::decode(const std::vector<int32_t>& ids) const {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
     if (spec == "byte") return std::make_unique<ByteTokenizer>();
-    throw ConfigError("tokenizer: tokenizer.json files are not supported yet; use --tokenizer byte");
+    if (spec.empty()) throw ConfigError("tokenizer: empty name, expected 'byte' or the path of a tokenizer.json");
+    return BpeTokenizer::load(spec);
 }
 
 }  // namespace hsa
