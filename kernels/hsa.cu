@@ -477,7 +477,7 @@ void CudaBackend::hsa_forward(const Tensor& q, const Tensor& kmem, const Tensor&
         checks::check_hsa_forward(q, kmem, vmem, indices, weights, chunk_size, out, lse, Device::CUDA);
     const HsaParams P = hsa_params(op, D, q, kmem, vmem, indices, weights);
     if (use_tensor_cores(P, {&q, &kmem, &vmem, &weights, &out})) {
-        hsa_forward_tensor_core(q, kmem, vmem, indices, weights, chunk_size, out, lse);
+        hsa_forward_tensor_core(q, kmem, vmem, indices, weights, chunk_size, out, lse, /*indices_checked=*/true);
         return;
     }
     const int64_t blocks = query_blocks(P);

@@ -17,7 +17,10 @@ namespace hsa {
 
 // q [B, T, H, d]; kmem, vmem [B, Tm, Hk, d]; indices (i32), weights [B, T, Hr, K];
 // out [B, T, H, d], lse [B, T, H, K]: all CUDA, contiguous, f32 except indices.
+// indices_checked: the caller has already checked every index against the chunks of kmem
+// (the backend's hsa_forward has), so the device round trip of that check is skipped.
 void hsa_forward_tensor_core(const Tensor& q, const Tensor& kmem, const Tensor& vmem, const Tensor& indices,
-                             const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse);
+                             const Tensor& weights, int64_t chunk_size, Tensor& out, Tensor& lse,
+                             bool indices_checked = false);
 
 }  // namespace hsa
