@@ -60,7 +60,8 @@ Generates --samples examples for every (length, depth) pair and writes one HDF5 
 /tokens, /loss_mask, /offsets (start of each example), /prompt_lengths, /lengths,
 /target_lengths, /depths, and /answers, /questions, /tasks as strings; attributes
 vocab_size, tokenizer, bos, eos, task, seed. A progress line (tokens/s, ETA) goes to stderr
-about once a second, a summary to stdout. The whole shard is held in memory until written.
+about once a second, a summary to stdout. Examples are written as they are made (memory
+holds one at a time); a failure part way removes the file.
 
 options:
   --out FILE.h5         the shard to write (replaced if it exists); required
@@ -236,12 +237,14 @@ int show_task(const std::vector<std::string>& args, std::ostream& out) {
         }
     }
     require_task(name);
+    if (options.depth >= 0 && !task_has_depth(name))
+        throw ConfigError("data task show: task " + name + " has no needle depth; drop --depth (niah_* and passkey take it)");
     const std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer);
     const auto start = std::chrono::steady_clock::now();
     const TaskExample ex = generate_task_example(name, *tok, options, index);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-    const std::vector<int32_t> prompt(ex.tokens.begin(), ex.tokens.begin() + ex.prompt_length);
+    const auto prompt_begin = ex.tokens.begin(), prompt_end = ex.tokens.begin() + ex.prompt_length;
     const std::vector<int32_t> answer(ex.tokens.begin() + ex.prompt_length, ex.tokens.end());
     Json answers = Json::array();
     for (const std::string& a : ex.answers) answers.push_back(a);
@@ -255,15 +258,15 @@ int show_task(const std::vector<std::string>& args, std::ostream& out) {
     // Decode only the two ends of a long prompt: decoding 32M tokens to print 1200 characters
     // would be wasteful. Tokens are decoded from a window a little wider than needed.
     const int64_t window = std::min<int64_t>(ex.prompt_length, chars * 4 + 16);
-    std::string head = tok->decode(std::vector<int32_t>(prompt.begin(), prompt.begin() + window));
-    std::string tail = tok->decode(std::vector<int32_t>(prompt.end() - window, prompt.end()));
+    std::string head = tok->decode(std::vector<int32_t>(prompt_begin, prompt_begin + window));
+    std::string tail = tok->decode(std::vector<int32_t>(prompt_end - window, prompt_end));
     out << "--- prompt";
     if (static_cast<int64_t>(head.size()) > chars && ex.prompt_length > window / 2) {
         head = head.substr(0, static_cast<size_t>(chars));
         tail = tail.substr(tail.size() > static_cast<size_t>(chars) ? tail.size() - static_cast<size_t>(chars) : 0);
         out << " (start and end) ---\n" << printable(head) << "\n[...]\n" << printable(tail) << "\n";
     } else {
-        out << " ---\n" << printable(tok->decode(prompt)) << "\n";
+        out << " ---\n" << printable(tok->decode(std::vector<int32_t>(prompt_begin, prompt_end))) << "\n";
     }
     out << "--- answer ---\n" << printable(tok->decode(answer)) << "\n";
     return 0;
@@ -317,8 +320,7 @@ int generate_tasks(const std::vector<std::string>& args, std::ostream& out) {
     }
     require_task(name);
     if (out_path.empty()) throw ConfigError("data task generate: --out FILE.h5 is required");
-    const bool has_depth = name.rfind("niah_", 0) == 0 || name == "passkey";
-    if (depths_given && !has_depth)
+    if (depths_given && !task_has_depth(name))
         throw ConfigError("data task generate: task " + name + " has no needle depth; drop --depths (niah_* and passkey take it)");
     const std::filesystem::path folder = std::filesystem::path(out_path).parent_path();
     if (!folder.empty() && !std::filesystem::is_directory(folder))
@@ -329,8 +331,8 @@ int generate_tasks(const std::vector<std::string>& args, std::ostream& out) {
     const int64_t total = static_cast<int64_t>(lengths.size() * depths.size()) * samples;
     double planned_tokens = 0;
     for (int64_t l : lengths) planned_tokens += static_cast<double>(l) * static_cast<double>(depths.size() * samples);
-    std::vector<TaskExample> examples;
-    examples.reserve(static_cast<size_t>(total));
+    // Examples go to disk as they are made: memory holds one example at a time.
+    TaskShardWriter writer(out_path, *tok, static_cast<int64_t>(base.seed));
     const auto start = std::chrono::steady_clock::now();
     auto last_report = start;
     double tokens_done = 0;
@@ -342,7 +344,7 @@ int generate_tasks(const std::vector<std::string>& args, std::ostream& out) {
                 TaskOptions options = base;
                 options.length = length;
                 options.depth = depth;
-                examples.push_back(generator.generate(name, options, index));
+                writer.append(generator.generate(name, options, index));
                 tokens_done += static_cast<double>(length);
                 const auto now = std::chrono::steady_clock::now();
                 if (std::chrono::duration<double>(now - last_report).count() >= 1.0) {
@@ -357,11 +359,10 @@ int generate_tasks(const std::vector<std::string>& args, std::ostream& out) {
                 }
             }
     if (reported) std::fprintf(stderr, "\n");
-    write_task_shard(out_path, examples, *tok, static_cast<int64_t>(base.seed));
+    const int64_t examples = writer.examples(), tokens = writer.tokens();
+    writer.close();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    size_t tokens = 0;
-    for (const TaskExample& ex : examples) tokens += ex.tokens.size();
-    out << "wrote " << out_path << ": " << examples.size() << " examples of " << name << ", " << tokens << " tokens ("
+    out << "wrote " << out_path << ": " << examples << " examples of " << name << ", " << tokens << " tokens ("
         << lengths.size() << " lengths x " << depths.size() << " depths x " << samples << " samples), tokenizer "
         << tok->name() << ", " << seconds << " s (" << human_count(static_cast<double>(tokens) / std::max(seconds, 1e-9))
         << " tokens/s)\n";

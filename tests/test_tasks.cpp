@@ -762,6 +762,8 @@ TEST_F(TaskCli, BadInputsGiveOneLineAndExit2) {
     test::expect_error_line(run({"data", "task", "score", "qa1", "--prediction", "x"}), 2, {"--answers"});
     test::expect_error_line(run({"data", "task", "score", "qa1", "--jsonl", dir + "none.jsonl"}), 2, {"none.jsonl"});
     test::expect_error_line(run({"data", "task", "frobnicate"}), 2, {"frobnicate"});
+    // The second length fails after the first example was written: the file goes away.
+    test::expect_error_line(run({"data", "task", "generate", "passkey", "--lengths", "4K,60", "--out", out}), 2, {"too short"});
     EXPECT_FALSE(std::filesystem::exists(out)) << "no half-written shard after an error";
 }
 

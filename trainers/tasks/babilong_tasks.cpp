@@ -289,14 +289,11 @@ bool make_story(Rng& rng, int task, int facts, Story& story) {
 
 bool is_word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
-// True when `text` holds `word` as a whole word (case-insensitive).
-bool mentions(const std::string& text, const std::string& word) {
-    std::string t = text, wl = word;
-    for (char& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    for (char& c : wl) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    for (size_t at = t.find(wl); at != std::string::npos; at = t.find(wl, at + 1)) {
-        const bool left = at == 0 || !is_word_char(t[at - 1]);
-        const bool right = at + wl.size() >= t.size() || !is_word_char(t[at + wl.size()]);
+// True when `text` holds `word` as a whole word (both already lower-case).
+bool mentions_word(const std::string& text, const std::string& word) {
+    for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
+        const bool left = at == 0 || !is_word_char(text[at - 1]);
+        const bool right = at + word.size() >= text.size() || !is_word_char(text[at + word.size()]);
         if (left && right) return true;
     }
     return false;
@@ -322,9 +319,13 @@ TaskExample generate_babilong_task(TaskContext& ctx) {
     labels.insert(labels.end(), kObjects.begin(), kObjects.end());
     labels.insert(labels.end(), kPeople.begin(), kPeople.end());
     labels.insert(labels.end(), kGivers.begin(), kGivers.end());
+    for (std::string& l : labels)
+        for (char& c : l) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     auto skip = [labels](const std::string& sentence) {
+        std::string lowered = sentence;
+        for (char& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         for (const std::string& l : labels)
-            if (mentions(sentence, l)) return true;
+            if (mentions_word(lowered, l)) return true;
         return false;
     };
 

@@ -416,15 +416,14 @@ TaskExample generate_cwe(TaskContext& ctx) {
     std::vector<size_t> list;
     for (size_t w = 0; w < pool.size(); ++w) list.insert(list.end(), static_cast<size_t>(counts[w]), w);
     for (size_t i = list.size(); i > 1; --i) std::swap(list[i - 1], list[static_cast<size_t>(rng.next_int(0, static_cast<int64_t>(i)))]);
-    std::vector<int32_t> context;
-    context.reserve(static_cast<size_t>(budget));
+    std::vector<int32_t> context = start_tokens(ctx, prompt);
     for (size_t i = 0; i < list.size(); ++i) {
         const std::vector<int32_t> n = ctx.tok.encode(" " + std::to_string(i + 1) + ".");
         const std::vector<int32_t> w = ctx.tok.encode(" " + *pool[list[i]]);
         context.insert(context.end(), n.begin(), n.end());
         context.insert(context.end(), w.begin(), w.end());
     }
-    return assemble_example(ctx, prompt, context, common);
+    return finish_example(prompt, std::move(context), common);
 }
 
 // ---------------------------------------------------------------- frequent words extraction
@@ -510,13 +509,12 @@ TaskExample generate_fwe(TaskContext& ctx) {
     for (size_t k = 0; k < vocab.size(); ++k) list.insert(list.end(), static_cast<size_t>(counts[k]), static_cast<uint32_t>(k));
     for (size_t i = list.size(); i > 1; --i) std::swap(list[i - 1], list[static_cast<size_t>(rng.next_int(0, static_cast<int64_t>(i)))]);
     std::vector<std::vector<int32_t>> encoded(vocab.size());
-    std::vector<int32_t> context;
-    context.reserve(static_cast<size_t>(budget));
+    std::vector<int32_t> context = start_tokens(ctx, prompt);
     for (uint32_t k : list) {
         if (encoded[k].empty()) encoded[k] = ctx.tok.encode(" " + vocab[k]);
         context.insert(context.end(), encoded[k].begin(), encoded[k].end());
     }
-    return assemble_example(ctx, prompt, context, answers);
+    return finish_example(prompt, std::move(context), answers);
 }
 
 }  // namespace

@@ -102,6 +102,8 @@ bool task_uses_prose(const std::string& name) {
     return t && t->uses_prose;
 }
 
+bool task_has_depth(const std::string& name) { return is_task(name) && (name.rfind("niah_", 0) == 0 || name == "passkey"); }
+
 int64_t parse_token_count(const std::string& text) {
     const std::string bad = "'" + text + "' is not a token count (a positive integer, or with a K or M suffix: 4096, 4K, 32M)";
     if (text.empty()) throw ConfigError(bad);
@@ -261,7 +263,6 @@ FilledContext fill_context(TaskContext& ctx, std::vector<int32_t>& out, int64_t 
                           " tokens and only " + std::to_string(budget) + " are left for the context");
     const int64_t background = budget - insert_total;
     const size_t context_start = out.size();
-    out.reserve(out.size() + static_cast<size_t>(budget));
     FilledContext filled;
     int64_t done = 0;           // background tokens emitted
     bool exhausted = false;     // the background budget is used up (a piece was cut)
@@ -321,13 +322,16 @@ PromptTokens tokenize_parts(TaskContext& ctx, const PromptParts& parts, int64_t 
     return p;
 }
 
-TaskExample assemble_example(TaskContext& ctx, const PromptTokens& prompt, const std::vector<int32_t>& context,
-                             std::vector<std::string> answers) {
-    (void)ctx;
+std::vector<int32_t> start_tokens(const TaskContext& ctx, const PromptTokens& prompt) {
+    std::vector<int32_t> tokens;
+    tokens.reserve(static_cast<size_t>(std::max<int64_t>(ctx.options.length, 0)));
+    tokens.insert(tokens.end(), prompt.before.begin(), prompt.before.end());
+    return tokens;
+}
+
+TaskExample finish_example(const PromptTokens& prompt, std::vector<int32_t> tokens, std::vector<std::string> answers) {
     TaskExample ex;
-    ex.tokens.reserve(prompt.before.size() + context.size() + prompt.after.size() + prompt.answer.size());
-    ex.tokens.insert(ex.tokens.end(), prompt.before.begin(), prompt.before.end());
-    ex.tokens.insert(ex.tokens.end(), context.begin(), context.end());
+    ex.tokens = std::move(tokens);
     ex.tokens.insert(ex.tokens.end(), prompt.after.begin(), prompt.after.end());
     ex.prompt_length = static_cast<int64_t>(ex.tokens.size());
     ex.tokens.insert(ex.tokens.end(), prompt.answer.begin(), prompt.answer.end());
@@ -341,9 +345,9 @@ TaskExample build_with_haystack(TaskContext& ctx, const PromptParts& parts, Piec
                                 const std::vector<ContextInsert>& inserts, std::vector<std::string> answers,
                                 int primary_insert) {
     const PromptTokens prompt = tokenize_parts(ctx, parts, 0);
-    std::vector<int32_t> context;
-    const FilledContext filled = fill_context(ctx, context, prompt.context_budget, source, inserts);
-    TaskExample ex = assemble_example(ctx, prompt, context, std::move(answers));
+    std::vector<int32_t> tokens = start_tokens(ctx, prompt);
+    const FilledContext filled = fill_context(ctx, tokens, prompt.context_budget, source, inserts);
+    TaskExample ex = finish_example(prompt, std::move(tokens), std::move(answers));
     if (primary_insert >= 0) ex.depth = filled.insert_depths[static_cast<size_t>(primary_insert)];
     return ex;
 }

@@ -71,6 +71,8 @@ std::string task_description(const std::string& name);
 std::string task_family(const std::string& name);
 // True when the task reads the prose corpus (or options.haystack_file) for its haystack.
 bool task_uses_prose(const std::string& name);
+// True when options.depth places a needle (niah_*, passkey); the other tasks ignore it.
+bool task_has_depth(const std::string& name);
 
 // A token count as written on command lines and in configs: a plain integer or one with a
 // K (x1024) or M (x1048576) suffix, e.g. "4096", "4K", "32M". Throws ConfigError naming the

@@ -140,9 +140,12 @@ struct PromptTokens {
 };
 PromptTokens tokenize_parts(TaskContext& ctx, const PromptParts& parts, int64_t minimum_context);
 
-// prompt = before + context + after; then the answer (its tokens are the loss-masked ones).
-TaskExample assemble_example(TaskContext& ctx, const PromptTokens& prompt, const std::vector<int32_t>& context,
-                             std::vector<std::string> answers);
+// The example's token buffer, holding the instructions, with room for the whole example: the
+// context is appended to it in place (a 32M-token example is never copied).
+std::vector<int32_t> start_tokens(const TaskContext& ctx, const PromptTokens& prompt);
+// Appends the question and the answer to `tokens` (instructions + context) and sets the
+// prompt length and the loss mask (1 on the answer and its EOS).
+TaskExample finish_example(const PromptTokens& prompt, std::vector<int32_t> tokens, std::vector<std::string> answers);
 
 // A whole example whose context is background + inserts: the usual path.
 TaskExample build_with_haystack(TaskContext& ctx, const PromptParts& parts, PieceSource& source,

@@ -2,8 +2,9 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
-#include <set>
 
 #include "core/hdf5_io.h"
 #include "core/json.h"
@@ -99,59 +100,126 @@ std::vector<std::string> read_string_dataset(const std::string& path, const std:
     return out;
 }
 
-void write_task_shard(const std::string& path, const std::vector<TaskExample>& examples, const Tokenizer& tok,
-                      int64_t seed) {
-    size_t total = 0;
-    for (const TaskExample& ex : examples) total += ex.tokens.size();
-    Tensor tokens = Tensor::empty({static_cast<int64_t>(total)}, DType::I32);
-    Tensor mask = Tensor::empty({static_cast<int64_t>(total)}, DType::I32);
-    Tensor depths = Tensor::empty({static_cast<int64_t>(examples.size())}, DType::F32);
-    std::vector<int64_t> offsets, prompt_lengths, lengths, target_lengths;
-    std::vector<std::string> answers, questions, tasks;
-    std::set<std::string> task_set;
-    std::string task_list;
-    size_t at = 0;
-    for (size_t i = 0; i < examples.size(); ++i) {
-        const TaskExample& ex = examples[i];
-        if (ex.loss_mask.size() != ex.tokens.size())
-            throw Error(path + ": example " + std::to_string(i) + " has " + std::to_string(ex.loss_mask.size()) +
-                        " loss-mask entries for " + std::to_string(ex.tokens.size()) + " tokens");
-        offsets.push_back(static_cast<int64_t>(at));
-        prompt_lengths.push_back(ex.prompt_length);
-        lengths.push_back(static_cast<int64_t>(ex.tokens.size()));
-        target_lengths.push_back(ex.target_length);
-        depths.data<float>()[i] = static_cast<float>(ex.depth);
-        Json list = Json::array();
-        for (const std::string& a : ex.answers) list.push_back(a);
-        answers.push_back(list.dump());
-        questions.push_back(ex.question);
-        tasks.push_back(ex.task);
-        if (task_set.insert(ex.task).second) task_list += (task_list.empty() ? "" : ",") + ex.task;
-        std::memcpy(tokens.data<int32_t>() + at, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
-        for (size_t k = 0; k < ex.loss_mask.size(); ++k) mask.data<int32_t>()[at + k] = ex.loss_mask[k];
-        at += ex.tokens.size();
+TaskShardWriter::TaskShardWriter(const std::string& path, const Tokenizer& tok, int64_t seed)
+    : path_(path), vocab_size_(tok.vocab_size()), bos_(tok.bos_id()), eos_(tok.eos_id()), seed_(seed), tokenizer_(tok.name()),
+      wide_(tok.vocab_size() > 65536) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file_ < 0) throw Error(path + ": cannot create the task shard");
+    // 1-D datasets that grow: chunks of 1M elements, no limit.
+    auto growing = [&](const char* name, hid_t type) {
+        const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk = 1 << 20;
+        Handle space{H5Screate_simple(1, &zero, &unlimited), H5Sclose};
+        Handle props{H5Pcreate(H5P_DATASET_CREATE), H5Pclose};
+        H5Pset_chunk(props.id, 1, &chunk);
+        const hid_t set = H5Dcreate2(file_, name, type, space.id, H5P_DEFAULT, props.id, H5P_DEFAULT);
+        if (set < 0) throw Error(path_ + ": cannot create /" + name);
+        return set;
+    };
+    try {
+        tokens_set_ = growing("tokens", wide_ ? H5T_STD_U32LE : H5T_STD_U16LE);
+        mask_set_ = growing("loss_mask", H5T_STD_U8LE);
+    } catch (...) {
+        discard();
+        throw;
     }
-    {
-        Hdf5File file(path, Hdf5Mode::Create);
-        file.write_tensor("tokens", tokens, tok.vocab_size() <= 65536 ? Hdf5Type::U16 : Hdf5Type::U32);
-        file.write_tensor("loss_mask", mask, Hdf5Type::U8);
-        file.write_tensor("offsets", i64_tensor(offsets));
-        file.write_tensor("prompt_lengths", i64_tensor(prompt_lengths));
-        file.write_tensor("lengths", i64_tensor(lengths));
-        file.write_tensor("target_lengths", i64_tensor(target_lengths));
+}
+
+void TaskShardWriter::discard() {
+    const bool unfinished = file_ >= 0;
+    if (tokens_set_ >= 0) H5Dclose(tokens_set_);
+    if (mask_set_ >= 0) H5Dclose(mask_set_);
+    if (file_ >= 0) H5Fclose(file_);
+    tokens_set_ = mask_set_ = file_ = -1;
+    if (unfinished) std::remove(path_.c_str());
+}
+
+TaskShardWriter::~TaskShardWriter() { discard(); }
+
+void TaskShardWriter::append(const TaskExample& ex) {
+    if (file_ < 0) throw Error(path_ + ": append after close");
+    const size_t n = ex.tokens.size();
+    if (ex.loss_mask.size() != n)
+        throw Error(path_ + ": example " + std::to_string(offsets_.size()) + " has " + std::to_string(ex.loss_mask.size()) +
+                    " loss-mask entries for " + std::to_string(n) + " tokens");
+    // Narrow the ids to the stored width, range-checked like the HDF5 layer's writers.
+    std::vector<uint16_t> narrow;
+    std::vector<uint32_t> wide;
+    (wide_ ? wide.resize(n) : narrow.resize(n));
+    for (size_t i = 0; i < n; ++i) {
+        const int32_t id = ex.tokens[i];
+        if (id < 0 || id >= vocab_size_)
+            throw Error(path_ + ": example " + std::to_string(offsets_.size()) + " token " + std::to_string(i) + " is id " +
+                        std::to_string(id) + ", outside the vocabulary [0, " + std::to_string(vocab_size_) + ")");
+        if (wide_) wide[i] = static_cast<uint32_t>(id);
+        else narrow[i] = static_cast<uint16_t>(id);
+    }
+    auto append_to = [&](hid_t set, hid_t memory_type, const void* data, const char* name) {
+        const hsize_t start = static_cast<hsize_t>(total_), count = n, size = start + count;
+        if (H5Dset_extent(set, &size) < 0) throw Error(path_ + ": cannot grow /" + name);
+        Handle file_space{H5Dget_space(set), H5Sclose};
+        Handle memory_space{H5Screate_simple(1, &count, nullptr), H5Sclose};
+        if (H5Sselect_hyperslab(file_space.id, H5S_SELECT_SET, &start, nullptr, &count, nullptr) < 0 ||
+            (n > 0 && H5Dwrite(set, memory_type, memory_space.id, file_space.id, H5P_DEFAULT, data) < 0))
+            throw Error(path_ + ": cannot append " + std::to_string(n) + " values to /" + name);
+    };
+    if (wide_) append_to(tokens_set_, H5T_NATIVE_UINT32, wide.data(), "tokens");
+    else append_to(tokens_set_, H5T_NATIVE_UINT16, narrow.data(), "tokens");
+    append_to(mask_set_, H5T_NATIVE_UINT8, ex.loss_mask.data(), "loss_mask");
+
+    offsets_.push_back(total_);
+    total_ += static_cast<int64_t>(n);
+    prompt_lengths_.push_back(ex.prompt_length);
+    lengths_.push_back(static_cast<int64_t>(n));
+    target_lengths_.push_back(ex.target_length);
+    depths_.push_back(ex.depth);
+    Json list = Json::array();
+    for (const std::string& a : ex.answers) list.push_back(a);
+    answers_.push_back(list.dump());
+    questions_.push_back(ex.question);
+    tasks_.push_back(ex.task);
+    if (std::find(task_order_.begin(), task_order_.end(), ex.task) == task_order_.end()) task_order_.push_back(ex.task);
+}
+
+void TaskShardWriter::close() {
+    if (file_ < 0) throw Error(path_ + ": closed twice");
+    H5Dclose(tokens_set_);
+    H5Dclose(mask_set_);
+    H5Fclose(file_);
+    tokens_set_ = mask_set_ = file_ = -1;
+    try {
+        Hdf5File file(path_, Hdf5Mode::ReadWrite);
+        file.write_tensor("offsets", i64_tensor(offsets_));
+        file.write_tensor("prompt_lengths", i64_tensor(prompt_lengths_));
+        file.write_tensor("lengths", i64_tensor(lengths_));
+        file.write_tensor("target_lengths", i64_tensor(target_lengths_));
+        Tensor depths = Tensor::empty({static_cast<int64_t>(depths_.size())}, DType::F32);
+        for (size_t i = 0; i < depths_.size(); ++i) depths.data<float>()[i] = static_cast<float>(depths_[i]);
         file.write_tensor("depths", depths, Hdf5Type::F64);
-        file.write_int_attribute("/", "vocab_size", tok.vocab_size());
-        file.write_string_attribute("/", "tokenizer", tok.name());
-        file.write_int_attribute("/", "bos", tok.bos_id());
-        file.write_int_attribute("/", "eos", tok.eos_id());
+        std::string task_list;
+        for (const std::string& t : task_order_) task_list += (task_list.empty() ? "" : ",") + t;
+        file.write_int_attribute("/", "vocab_size", vocab_size_);
+        file.write_string_attribute("/", "tokenizer", tokenizer_);
+        file.write_int_attribute("/", "bos", bos_);
+        file.write_int_attribute("/", "eos", eos_);
         file.write_string_attribute("/", "task", task_list);
-        file.write_int_attribute("/", "seed", seed);
+        file.write_int_attribute("/", "seed", seed_);
         file.write_string_attribute("/", "format", kFormat);
         file.close();
+        write_string_dataset(path_, "answers", answers_);
+        write_string_dataset(path_, "questions", questions_);
+        write_string_dataset(path_, "tasks", tasks_);
+    } catch (...) {
+        std::remove(path_.c_str());
+        throw;
     }
-    write_string_dataset(path, "answers", answers);
-    write_string_dataset(path, "questions", questions);
-    write_string_dataset(path, "tasks", tasks);
+}
+
+void write_task_shard(const std::string& path, const std::vector<TaskExample>& examples, const Tokenizer& tok,
+                      int64_t seed) {
+    TaskShardWriter writer(path, tok, seed);
+    for (const TaskExample& ex : examples) writer.append(ex);
+    writer.close();
 }
 
 TaskShard read_task_shard(const std::string& path) {

@@ -35,6 +35,36 @@ struct TaskShard {
     std::vector<TaskExample> examples;
 };
 
+// Writes a task shard one example at a time: /tokens and /loss_mask grow on disk (chunked
+// datasets), so memory holds one example however many are generated; the per-example
+// datasets, strings and attributes are written by close(). A writer destroyed without
+// close() (an error part way) removes its file, so no half shard is left behind.
+class TaskShardWriter {
+public:
+    // Creates `path` (replacing any file there). Throws hsa::Error naming the file.
+    TaskShardWriter(const std::string& path, const Tokenizer& tok, int64_t seed);
+    ~TaskShardWriter();
+    TaskShardWriter(const TaskShardWriter&) = delete;
+    TaskShardWriter& operator=(const TaskShardWriter&) = delete;
+
+    void append(const TaskExample& example);
+    void close();
+    int64_t examples() const { return static_cast<int64_t>(offsets_.size()); }
+    int64_t tokens() const { return total_; }
+
+private:
+    void discard();  // closes the handles and removes an unfinished file
+    std::string path_;
+    int64_t vocab_size_, bos_, eos_, seed_;
+    std::string tokenizer_;
+    int64_t file_ = -1, tokens_set_ = -1, mask_set_ = -1;  // hid_t handles while open
+    bool wide_ = false;                                      // u32 tokens (vocab > 65536)
+    int64_t total_ = 0;
+    std::vector<int64_t> offsets_, prompt_lengths_, lengths_, target_lengths_;
+    std::vector<double> depths_;
+    std::vector<std::string> answers_, questions_, tasks_, task_order_;
+};
+
 // Writes `examples` (made with `tok`) to `path`, replacing any file there. Throws hsa::Error
 // naming the file on failure.
 void write_task_shard(const std::string& path, const std::vector<TaskExample>& examples, const Tokenizer& tok,
