@@ -98,15 +98,18 @@ void append_kjv_documents(const std::string& text, std::vector<CorpusDocument>& 
 }
 
 // A fortune file holds entries separated by lines of "%". Attribution lines ("-- Author")
-// are dropped, and entries that are mostly not letters (ASCII art, tables) are skipped.
+// are dropped, and entries laid out in columns or mostly not letters (ASCII art) are skipped.
 void append_fortune_documents(const std::string& name, const std::string& text, std::vector<CorpusDocument>& documents) {
     std::istringstream lines(text);
     std::string line, entry;
     int number = 0;
+    bool tabular = false;  // a line with a tab after its first word: columns, not prose
     auto flush = [&] {
         const std::string prose = collapse_whitespace(entry);
         entry.clear();
-        if (prose.size() < 20) return;
+        const bool skip = tabular;
+        tabular = false;
+        if (skip || prose.size() < 20) return;
         size_t letters = 0;
         for (char c : prose) letters += std::isalpha(static_cast<unsigned char>(c)) || c == ' ';
         if (letters * 10 < prose.size() * 8) return;
@@ -120,6 +123,7 @@ void append_fortune_documents(const std::string& name, const std::string& text, 
         }
         const size_t first = line.find_first_not_of(" \t");
         if (first != std::string::npos && line.compare(first, 2, "--") == 0) continue;
+        if (first != std::string::npos && line.find('\t', first) != std::string::npos) tabular = true;
         entry += line;
         entry += '\n';
     }
