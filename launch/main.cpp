@@ -1,4 +1,4 @@
-// `hsa`: the one command-line entry point. Subcommands: info, train, generate, bench, op, data.
+// `hsa`: the one command-line entry point. Subcommands: info, train, generate, eval, bench, op, data.
 // Errors in user input print one line on stderr and exit non-zero (2 for a bad config or
 // bad arguments, 1 for failures while running).
 #include <cerrno>
@@ -27,8 +27,12 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "trainers/bench.h"
+#include "trainers/evaluate.h"
 #include "trainers/generate.h"
+#include "trainers/plot.h"
+#include "trainers/tasks/task.h"
 #include "trainers/tokenizer.h"
+#include "trainers/train_log.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -48,6 +52,8 @@ commands:
   train    train a model (today: the built-in recall task, on the CPU or one GPU), with
            checkpoints, exact resume (--resume), log.jsonl and loss plots in train.out_dir
   generate greedy continuation of a prompt by a checkpoint (hsa generate --ckpt F --prompt-file P)
+  eval     accuracy of a checkpoint on a RULER/BABILong-style task by context length and needle
+           depth: a table, JSON and a heatmap PNG (hsa eval --ckpt F --task passkey --lengths 4K,8K)
   bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
   op       run one op forward + backward on HDF5 inputs (hsa op NAME --inputs IN.h5 --out OUT.h5)
   data     text to token ids and back, for scripts (hsa data encode|decode --tokenizer byte)
@@ -129,6 +135,40 @@ options:
                     ids separated by white space and the output is ids too (for models of
                     synthetic tasks such as the recall task); or the path of a Hugging Face
                     tokenizer.json. Ids the tokenizer cannot decode are never chosen.
+  --device D        cpu (default) or cuda
+  -h, --help        this text
+
+exit codes: 0 success, 1 runtime failure (e.g. a damaged checkpoint), 2 bad arguments
+)";
+
+const char* kEvalHelp = R"(usage: hsa eval --ckpt FILE.h5 --task NAME --lengths L1,L2,... [--samples N] [--depths D1,D2,...]
+                [--tokenizer byte|PATH] [--max-new N] [--seed S] [--haystack FILE]
+                [--option KEY=VALUE ...] [--out DIR] [--device cpu|cuda]
+
+Scores a checkpoint on a RULER-style (niah_*, vt, cwe, fwe, passkey) or BABILong-style
+(qa1..qa5) task: for every (length, depth) cell, --samples examples are generated
+(hsa data task list shows the tasks), each prompt is decoded greedily and the
+continuation is scored with the task's rule. Prints the accuracy table (rows: depth,
+columns: length) and writes DIR/eval_NAME.json (options, every prediction and score,
+accuracy per cell and per length) and DIR/eval_NAME.png (a length x depth heatmap, drawn
+by gnuplot; without gnuplot a warning and no PNG). Decoding recomputes the whole
+sequence for each new token (no key/value cache yet): long lengths are slow on a CPU.
+
+options:
+  --ckpt FILE       a checkpoint written by hsa train
+  --task NAME       the task (hsa data task list)
+  --lengths L,...   target example lengths in tokens; K (x1024) and M suffixes: 4K,8K,16K
+  --samples N       examples per cell (default 10)
+  --depths D,...    needle depths in [0, 1] (niah_*, passkey); default one row of random depths
+  --tokenizer T     byte (default) or the path of a Hugging Face tokenizer.json: the one
+                    the model was trained with
+  --max-new N       tokens decoded per example (default: the reference answer's length + 8;
+                    decoding stops early at end-of-text)
+  --seed S          example seed (default 1): the same seed gives the same examples
+  --haystack FILE   prose haystack text instead of the installed corpus
+  --option K=V      a task setting, e.g. num_hops=6 for vt (repeatable)
+  --out DIR         where the JSON and PNG go (default: the run folder's eval/, i.e. next to
+                    the checkpoints/ folder holding --ckpt)
   --device D        cpu (default) or cuda
   -h, --help        this text
 
@@ -335,6 +375,130 @@ int run_generate(const std::vector<std::string>& args) {
     return 0;
 }
 
+// "a,b,c" -> {"a", "b", "c"}; empty items are an error.
+std::vector<std::string> split_list(const std::string& text, const std::string& option) {
+    std::vector<std::string> items;
+    std::string item;
+    std::istringstream in(text);
+    while (std::getline(in, item, ',')) {
+        if (item.empty()) throw UsageError(option + ": empty item in '" + text + "'");
+        items.push_back(item);
+    }
+    if (items.empty()) throw UsageError(option + ": expected a comma-separated list, got '" + text + "'");
+    return items;
+}
+
+int64_t parse_count_option(const std::string& text, const std::string& option, int64_t minimum) {
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno != 0 || n < minimum)
+        throw UsageError(option + ": expected a whole number >= " + std::to_string(minimum) + ", got '" + text + "'");
+    return n;
+}
+
+int run_eval(const std::vector<std::string>& args) {
+    std::string checkpoint, tokenizer_spec = "byte", device = "cpu", out_dir;
+    TaskEvalOptions options;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&](const char* what) -> std::string {
+            if (i + 1 >= args.size()) throw UsageError(a + " needs " + what);
+            return args[++i];
+        };
+        if (a == "-h" || a == "--help") {
+            std::cout << kEvalHelp;
+            return 0;
+        } else if (a == "--ckpt") {
+            checkpoint = value("a checkpoint file");
+        } else if (a == "--task") {
+            options.task = value("a task name");
+        } else if (a == "--lengths") {
+            for (const auto& item : split_list(value("lengths, e.g. 4K,8K"), "--lengths")) {
+                try {
+                    options.lengths.push_back(parse_token_count(item));
+                } catch (const Error& e) {
+                    throw UsageError(std::string("--lengths: ") + e.what());
+                }
+            }
+        } else if (a == "--depths") {
+            for (const auto& item : split_list(value("depths, e.g. 0,0.5,1"), "--depths")) {
+                char* end = nullptr;
+                const double depth = std::strtod(item.c_str(), &end);
+                if (*end != '\0' || !(depth >= 0 && depth <= 1))
+                    throw UsageError("--depths: '" + item + "' is not a depth in [0, 1]");
+                options.depths.push_back(depth);
+            }
+        } else if (a == "--samples") {
+            options.samples = parse_count_option(value("a number"), "--samples", 1);
+        } else if (a == "--max-new") {
+            options.max_new = parse_count_option(value("a number of tokens"), "--max-new", 1);
+        } else if (a == "--seed") {
+            options.seed = static_cast<uint64_t>(parse_count_option(value("a number"), "--seed", 0));
+        } else if (a == "--tokenizer") {
+            tokenizer_spec = value("byte or the path of a tokenizer.json");
+        } else if (a == "--haystack") {
+            options.haystack_file = value("a text file");
+        } else if (a == "--option") {
+            const std::string text = value("KEY=VALUE");
+            const size_t eq = text.find('=');
+            if (eq == std::string::npos || eq == 0) throw UsageError("--option: '" + text + "' is not KEY=VALUE");
+            Json parsed;
+            try {
+                parsed = Json::parse(text.substr(eq + 1), "--option");
+            } catch (const Error&) {
+                parsed = Json(text.substr(eq + 1));  // not JSON: a string
+            }
+            options.extra[text.substr(0, eq)] = parsed;
+        } else if (a == "--out") {
+            out_dir = value("a folder");
+        } else if (a == "--device") {
+            device = value("cpu or cuda");
+            if (device != "cpu" && device != "cuda") throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
+        } else {
+            throw UsageError("eval: unknown option '" + a + "' (see hsa eval --help)");
+        }
+    }
+    if (checkpoint.empty()) throw UsageError("eval: --ckpt is required (see hsa eval --help)");
+    if (options.task.empty()) throw UsageError("eval: --task is required (hsa data task list shows the tasks)");
+    if (options.lengths.empty()) throw UsageError("eval: --lengths is required, e.g. --lengths 4K,8K");
+    options.validate();
+    if (device == "cuda" && !cuda_available()) throw UsageError("--device cuda: no GPU is visible (or this build has no CUDA)");
+    std::error_code missing;
+    if (!std::filesystem::is_regular_file(checkpoint, missing))
+        throw ConfigError("eval: --ckpt '" + checkpoint + "': no such checkpoint file");
+    if (out_dir.empty()) {
+        const std::filesystem::path folder = std::filesystem::path(checkpoint).parent_path();
+        out_dir = ((folder.filename() == "checkpoints" ? folder.parent_path() : folder) / "eval").string();
+        if (out_dir.empty()) out_dir = "eval";
+    }
+    std::filesystem::create_directories(out_dir, missing);
+    if (missing) throw ConfigError("eval: --out: cannot create '" + out_dir + "': " + missing.message());
+
+    const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(tokenizer_spec);
+    CheckpointState state;
+    std::unique_ptr<Model> model = load_model_from_checkpoint(checkpoint, device == "cuda" ? Device::CUDA : Device::CPU, &state);
+    std::cout << "eval: " << checkpoint << " (step " << state.step << "), task " << options.task << ", tokenizer "
+              << tokenizer->name() << "\n";
+    const TaskEvalResult result = evaluate_task(*model, *tokenizer, options, &std::cout);
+    std::cout << task_eval_table(result, options);
+    const std::string json_path = out_dir + "/eval_" + options.task + ".json";
+    const std::string png_path = out_dir + "/eval_" + options.task + ".png";
+    write_file_atomically(json_path, task_eval_json(result, options, checkpoint, state.step, tokenizer->name()).dump(2) + "\n");
+    std::cout << "results: " << json_path;
+    if (!gnuplot_available()) {
+        std::cout << "\nwarning: gnuplot not found: no heatmap (install gnuplot-nox, see launch/setup.sh)\n";
+        return 0;
+    }
+    try {
+        plot_task_eval(result, options, png_path);
+        std::cout << ", " << png_path << "\n";
+    } catch (const Error& e) {
+        std::cout << "\nwarning: " << e.what() << "\n";
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -360,6 +524,8 @@ int main(int argc, char** argv) {
                 code = run_train(rest);
             } else if (command == "generate") {
                 code = run_generate(rest);
+            } else if (command == "eval") {
+                code = run_eval(rest);
             } else if (command == "bench") {
                 if (rest.empty() || rest[0] == "-h" || rest[0] == "--help") {
                     std::cout << kBenchHelp;
@@ -377,7 +543,7 @@ int main(int argc, char** argv) {
             } else if (command == "data") {
                 code = run_data(rest, std::cin, std::cout);
             } else {
-                throw UsageError("unknown command '" + command + "' (commands: info, train, generate, bench, op, data; see hsa --help)");
+                throw UsageError("unknown command '" + command + "' (commands: info, train, generate, eval, bench, op, data; see hsa --help)");
             }
         }
     } catch (const ConfigError& e) {

@@ -104,6 +104,7 @@ TEST_F(CliHelp, MainHelp) {
         EXPECT_NE(r.out.find("info"), std::string::npos);
         EXPECT_NE(r.out.find("train"), std::string::npos);
         EXPECT_NE(r.out.find("generate"), std::string::npos);
+        EXPECT_NE(r.out.find("eval"), std::string::npos);
         EXPECT_NE(r.out.find("hsa <command> --help"), std::string::npos) << "points to the per-command options";
     }
 }
@@ -130,6 +131,16 @@ TEST_F(CliHelp, GenerateHelp) {
             EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
     }
     expect_error(run({"generate", "--bogus"}), 2, {"--bogus"});
+}
+
+TEST_F(CliHelp, EvalHelp) {
+    RunResult r = run({"eval", "--help"});
+    EXPECT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(r.err, "");
+    for (const char* word : {"usage: hsa eval", "--ckpt", "--task", "--lengths", "--samples", "--depths", "heatmap", ".json",
+                             "hsa data task list", "exit codes"})
+        EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
+    expect_error(run({"eval", "--bogus"}), 2, {"--bogus"});
 }
 
 TEST_F(CliArgs, NoArgumentsExitsTwo) {

@@ -28,8 +28,11 @@
 #include "core/rng.h"
 #include "tests/cli_runner.h"
 #include "trainers/checkpoint.h"
+#include "trainers/evaluate.h"
 #include "trainers/generate.h"
 #include "trainers/plot.h"
+#include "trainers/tasks/task.h"
+#include "trainers/tokenizer.h"
 #include "trainers/train_log.h"
 #include "trainers/trainer.h"
 
@@ -864,6 +867,110 @@ TEST_F(TrainerGenerate, BadInputsAreOneLine) {
     write_bytes(dir_ / "garbage.h5", "garbage");
     test::expect_error_line(run({"generate", "--ckpt", dir_ / "garbage.h5", "--prompt-file", prompt, "--max-new", "3"}), 1,
                             {"garbage.h5"});
+}
+
+
+// ============================================================================ eval
+
+// The table, JSON and accuracies aggregate the cells' scores as documented.
+TEST(TrainerEval, TableAndJsonAggregateTheScores) {
+    TaskEvalOptions options;
+    options.task = "passkey";
+    options.lengths = {4096, 8192};
+    options.depths = {0.0, 1.0};
+    options.samples = 2;
+    TaskEvalResult result;
+    const double scores[4][2] = {{1, 0}, {1, 1}, {0, 0}, {0.5, 0.5}};  // (4K, 0), (4K, 1), (8K, 0), (8K, 1)
+    for (int c = 0; c < 4; ++c) {
+        TaskEvalCell cell;
+        cell.length = options.lengths[c / 2];
+        cell.depth = options.depths[c % 2];
+        for (double s : scores[c]) {
+            cell.scores.push_back(s);
+            cell.predictions.push_back("12345");
+            cell.answers.push_back({"12345"});
+            cell.example_lengths.push_back(cell.length);
+        }
+        result.cells.push_back(cell);
+    }
+    EXPECT_DOUBLE_EQ(result.accuracy(), 4.0 / 8.0);
+    const std::string table = task_eval_table(result, options);
+    EXPECT_NE(table.find("depth \\ length         4K       8K"), std::string::npos) << table;
+    EXPECT_NE(table.find("0.00                0.500    0.000"), std::string::npos) << table;
+    EXPECT_NE(table.find("1.00                1.000    0.500"), std::string::npos) << table;
+    EXPECT_NE(table.find("mean                0.750    0.250"), std::string::npos) << table;
+    EXPECT_NE(table.find("overall accuracy 0.500"), std::string::npos) << table;
+    const Json j = task_eval_json(result, options, "c.h5", 7, "byte");
+    EXPECT_EQ(j.at("accuracy_by_length").at("4096").as_number(), 0.75);
+    EXPECT_EQ(j.at("accuracy_by_length").at("8192").as_number(), 0.25);
+    ASSERT_EQ(j.at("cells").items().size(), 4u);
+    EXPECT_EQ(j.at("cells").items()[3].at("accuracy").as_number(), 0.5);
+    EXPECT_EQ(j.at("checkpoint_step").as_number(), 7.0);
+    EXPECT_EQ(length_label(4096), "4K");
+    EXPECT_EQ(length_label(300), "300");
+    EXPECT_EQ(length_label(32 * 1024 * 1024), "32M");
+}
+
+TEST_F(TrainerGenerate, EvalWritesTableJsonAndHeatmapDeterministically) {
+    const std::string out_dir = dir_ / "run";
+    FullConfig config = tiny_run(out_dir, 1);
+    config.model.vocab_size = 260;
+    run_training(config, with_outputs());
+    const std::string checkpoint = checkpoint_path(out_dir, 1);
+    const std::vector<std::string> args = {"eval", "--ckpt", checkpoint, "--task", "passkey", "--lengths", "256,320",
+                                           "--samples", "2", "--depths", "0,1", "--max-new", "3"};
+    RunResult r = run(args);
+    ASSERT_EQ(r.code, 0) << describe(r);
+    EXPECT_EQ(r.err, "");
+    EXPECT_NE(r.out.find("depth \\ length        256      320"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("overall accuracy"), std::string::npos) << r.out;
+    const std::string json_path = out_dir + "/eval/eval_passkey.json";  // next to checkpoints/
+    const std::string first = read_bytes(json_path);
+    const Json j = Json::parse(first, json_path);
+    EXPECT_EQ(j.at("task").as_string(), "passkey");
+    EXPECT_EQ(j.at("lengths").dump(), "[256,320]");
+    EXPECT_EQ(j.at("depths").dump(), "[0,1]");
+    ASSERT_EQ(j.at("cells").items().size(), 4u);
+    for (const Json& cell : j.at("cells").items()) {
+        ASSERT_EQ(cell.at("scores").items().size(), 2u);
+        for (const Json& s : cell.at("scores").items()) EXPECT_TRUE(s.as_number() >= 0 && s.as_number() <= 1);
+        ASSERT_EQ(cell.at("answers").items().size(), 2u);
+        EXPECT_EQ(cell.at("answers").items()[0].items()[0].as_string().size(), 5u) << "a 5-digit pass key";
+        EXPECT_LE(std::fabs(cell.at("example_tokens").items()[0].as_number() - cell.at("length").as_number()), 64);
+    }
+    // The first example's prediction is the greedy continuation of its prompt, decoded.
+    auto tokenizer = load_tokenizer("byte");
+    TaskOptions task_options;
+    task_options.length = 256;
+    task_options.depth = 0;
+    const TaskExample example = generate_task_example("passkey", *tokenizer, task_options, 0);
+    std::unique_ptr<Model> model = load_model_from_checkpoint(checkpoint);
+    GenerateOptions decode;
+    decode.max_new = 3;
+    decode.stop_id = tokenizer->eos_id();
+    decode.vocab_limit = tokenizer->vocab_size();
+    const std::vector<int32_t> prompt(example.tokens.begin(), example.tokens.begin() + example.prompt_length);
+    const std::string prediction = tokenizer->decode(greedy_generate(*model, prompt, decode));
+    const Json& first_cell = j.at("cells").items()[0];
+    if (prediction.find_first_of("\x80\xff") == std::string::npos) {  // stored as is when valid UTF-8
+        EXPECT_EQ(first_cell.at("predictions").items()[0].as_string(), prediction);
+    }
+    EXPECT_EQ(first_cell.at("scores").items()[0].as_number(), score_task("passkey", prediction, example.answers));
+    if (gnuplot_available()) {
+        EXPECT_EQ(read_bytes(out_dir + "/eval/eval_passkey.png").substr(0, 8), "\x89PNG\r\n\x1a\n");
+    }
+
+    RunResult again = run(args);
+    ASSERT_EQ(again.code, 0) << describe(again);
+    EXPECT_EQ(read_bytes(json_path), first) << "the same checkpoint and seed give the same results";
+
+    test::expect_error_line(run({"eval", "--ckpt", checkpoint, "--task", "passkee", "--lengths", "256"}), 2,
+                            {"unknown task 'passkee'", "passkey"});
+    test::expect_error_line(run({"eval", "--ckpt", checkpoint, "--task", "passkey", "--lengths", "4X"}), 2, {"--lengths", "4X"});
+    test::expect_error_line(run({"eval", "--ckpt", checkpoint, "--task", "passkey", "--lengths", "256", "--depths", "1.5"}), 2,
+                            {"--depths", "1.5"});
+    test::expect_error_line(run({"eval", "--ckpt", checkpoint, "--lengths", "256"}), 2, {"--task"});
+    test::expect_error_line(run({"eval", "--ckpt", checkpoint, "--task", "passkey"}), 2, {"--lengths"});
 }
 
 }  // namespace

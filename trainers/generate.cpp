@@ -34,13 +34,14 @@ std::vector<int32_t> greedy_generate(Model& model, const std::vector<int32_t>& p
     return produced;
 }
 
-std::unique_ptr<Model> load_model_from_checkpoint(const std::string& path, Device device) {
+std::unique_ptr<Model> load_model_from_checkpoint(const std::string& path, Device device, CheckpointState* state) {
     Checkpoint checkpoint = read_checkpoint(path, false);
     HSA_CHECK(checkpoint.state.config.is_object() && checkpoint.state.config.contains("model"),
               path << ": the checkpoint's configuration has no \"model\" section");
     const ModelConfig config = ModelConfig::from_json(checkpoint.state.config.at("model"));
     auto model = std::make_unique<Model>(config, 0, device);  // initial weights are all replaced
     apply_checkpoint(checkpoint, model->parameters(), nullptr);
+    if (state) *state = checkpoint.state;
     return model;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/model/model.h"
+#include "trainers/checkpoint.h"
 
 namespace hsa {
 
@@ -26,7 +27,9 @@ struct GenerateOptions {
 std::vector<int32_t> greedy_generate(Model& model, const std::vector<int32_t>& prompt, const GenerateOptions& options);
 
 // A model with the parameters of a checkpoint (trainers/checkpoint.h; the optimizer state
-// is not read) on `device`. Throws hsa::Error naming the file when it is unreadable.
-std::unique_ptr<Model> load_model_from_checkpoint(const std::string& path, Device device = Device::CPU);
+// is not read) on `device`; the checkpoint's step, config, ... go to `state` when given.
+// Throws hsa::Error naming the file when it is unreadable.
+std::unique_ptr<Model> load_model_from_checkpoint(const std::string& path, Device device = Device::CPU,
+                                                  CheckpointState* state = nullptr);
 
 }  // namespace hsa

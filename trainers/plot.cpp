@@ -152,8 +152,9 @@ void plot_heatmap(const HeatmapPlot& plot, const std::string& png_path) {
            << quoted(plot.y_label) << "\n";
     script << "set cbrange [" << number(plot.low) << ":" << number(plot.high) << "]\n";
     script << "set palette defined (0 '#b2182b', 0.5 '#fddbc7', 1 '#2166ac')\nunset key\nset tics scale 0\n";
-    script << "set xrange [-0.5:" << plot.column_labels.size() - 0.5 << "]\nset yrange [-0.5:" << plot.row_labels.size() - 0.5
-           << "] reverse\n";
+    // The first row on top (depth 0 = the start of the context).
+    script << "set xrange [-0.5:" << plot.column_labels.size() - 0.5 << "]\nset yrange [" << plot.row_labels.size() - 0.5
+           << ":-0.5]\n";
     script << "set xtics (";
     for (size_t c = 0; c < plot.column_labels.size(); ++c) script << (c ? ", " : "") << quoted(plot.column_labels[c]) << " " << c;
     script << ")\nset ytics (";
