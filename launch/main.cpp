@@ -64,14 +64,17 @@ Run 'hsa <command> --help' for a command's options.
 const char* kTrainHelp = R"(usage: hsa train [--config FILE.json] [--set section.key=value ...] [--resume | --overwrite]
                  [--print-config]
 
-Trains the SWA + HSA model of shared/design/MODEL.md on the built-in associative-recall
-task: key-value pairs early in each sequence, queried at the end beyond the sliding
+Trains the SWA + HSA model of shared/design/MODEL.md on the data of the "data" section:
+tokenised text shards (hsa data tokenize), RULER/BABILong-style task examples, the
+built-in associative-recall task, or a weighted mixture. The default is the recall task
+alone: key-value pairs early in each sequence, queried at the end beyond the sliding
 window, so only HSA retrieval can answer. Prints a progress line (loss, tokens/s, ETA)
-and the held-out recall accuracy.
+and the held-out accuracy (at the answer positions; for text, of every next token).
 
 options:
-  --config FILE     JSON with sections "model", "train", "task"; every field has a default
-                    (see --print-config); unknown fields are errors
+  --config FILE     JSON with sections "model", "train", "task" (the recall task's settings)
+                    and "data"; every field has a default (see --print-config); unknown
+                    fields are errors
   --set K=V         override one field, e.g. --set model.residual=standard
                     --set model.train_topk=all --set train.steps=50 (repeatable)
   --resume          continue from the newest complete checkpoint in train.out_dir, with the
@@ -105,6 +108,12 @@ train fields (besides model and optimizer settings; see --print-config):
                     this many in a row stop the run (exit 1), keeping its checkpoints
   train.inject_nan_steps   testing aid: steps (1-based) whose loss is treated as NaN
   Ctrl-C or SIGTERM: the current step finishes, a checkpoint is written, exit 1.
+
+data fields (trainers/data_sources.h):
+  data.shards, data.held_out_shards   token shard paths or globs; data.held_out_fraction
+  data.tasks, data.task_lengths       task names (hsa data task list) and example lengths
+  data.weights {"text", "tasks", "recall"}   mixture weights (default: what is listed, else recall)
+  data.tokenizer, data.haystack_file, data.shuffle
 
 model switches (ablations of the paper's three principles):
   model.encoder_layers  0 = no chunk encoder (needs model.cls=false)
@@ -275,10 +284,15 @@ int run_train(const std::vector<std::string>& args) {
     options.stop_requested = &g_stop_signal;
     install_stop_handlers();
     TrainResult result = run_training(config, options);
-    if (!result.losses.empty())
-        std::cout << std::fixed << std::setprecision(3) << "final: loss " << result.losses.back() << ", held-out recall accuracy "
-                  << result.final_accuracy << " (chance " << 1.0 / static_cast<double>(config.task.values) << "), "
-                  << std::setprecision(0) << result.tokens_per_second << " tokens/s\n";
+    if (!result.losses.empty()) {
+        std::cout << std::fixed << std::setprecision(3) << "final: loss " << result.losses.back();
+        if (recall_only(config))
+            std::cout << ", held-out recall accuracy " << result.final_accuracy << " (chance "
+                      << 1.0 / static_cast<double>(config.task.values) << ")";
+        else
+            std::cout << ", held-out loss " << result.final_eval_loss << ", answer accuracy " << result.final_accuracy;
+        std::cout << ", " << std::setprecision(0) << result.tokens_per_second << " tokens/s\n";
+    }
     std::cout << "outputs: " << config.train.out_dir << " (log.jsonl, config.json, loss.png, checkpoints/";
     if (!result.last_checkpoint.empty()) std::cout << "; newest " << result.last_checkpoint;
     std::cout << ")\n";

@@ -32,6 +32,7 @@
 #include "trainers/generate.h"
 #include "trainers/plot.h"
 #include "trainers/tasks/task.h"
+#include "trainers/token_shards.h"
 #include "trainers/tokenizer.h"
 #include "trainers/train_log.h"
 #include "trainers/trainer.h"
@@ -869,6 +870,103 @@ TEST_F(TrainerGenerate, BadInputsAreOneLine) {
                             {"garbage.h5"});
 }
 
+
+// ============================================================================ data sources
+
+// Random byte-tokenizer text in one shard of `tokens` tokens: prefix-00000.h5.
+std::string write_text_shard(const std::string& prefix, int64_t tokens) {
+    ByteTokenizer byte;
+    ShardWriterOptions options;
+    options.prefix = prefix;
+    options.format = shard_format_of(byte);
+    ShardWriter writer(options);
+    Rng rng(77);
+    std::vector<int32_t> text;
+    for (int64_t i = 0; i < tokens; ++i) text.push_back(static_cast<int32_t>(rng.next_int(32, 127)));
+    writer.append(text);
+    return writer.finish().at(0);
+}
+
+TEST(TrainerData, DataSectionDefaultsToTheRecallTaskAndRoundTrips) {
+    const FullConfig c = FullConfig::from_json(default_train_config());
+    EXPECT_TRUE(recall_only(c));
+    EXPECT_NE(describe_data(c).find("recall task with 1 pairs"), std::string::npos) << describe_data(c);
+    const Json j = c.to_json();
+    ASSERT_TRUE(j.contains("data"));
+    EXPECT_FALSE(j.at("data").contains("recall")) << "the recall task's settings are the task section";
+    EXPECT_EQ(FullConfig::from_json(j).to_json().dump(), j.dump());
+
+    // The default source is the recall task of the foundation trainer: same batches.
+    std::unique_ptr<BatchSource> source = make_training_batch_source(c, false);
+    const TrainBatch first = source->next();
+    const RecallBatch expected = make_recall_batch(c.task, c.train.batch_size, c.train.seq_len, c.model.window, 1, 0);
+    EXPECT_TRUE(same_tensor_bits(first.tokens, expected.tokens));
+    EXPECT_TRUE(same_tensor_bits(first.mask, expected.mask));
+
+    Json recall_in_data = default_train_config();
+    apply_override(recall_in_data, "data.recall={\"pairs\": 2}");
+    try {
+        FullConfig::from_json(recall_in_data);
+        ADD_FAILURE() << "data.recall accepted beside the task section";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("config data.recall"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("\"task\" section"), std::string::npos) << e.what();
+    }
+    Json unknown = default_train_config();
+    apply_override(unknown, "data.shardz=[]");
+    EXPECT_THROW(FullConfig::from_json(unknown), ConfigError);
+    Json missing = default_train_config();
+    apply_override(missing, "data.shards=[\"/nonexistent/x-*.h5\"]");
+    apply_override(missing, "model.vocab_size=260");
+    const FullConfig parsed = FullConfig::from_json(missing);  // files are checked when the sources are made
+    EXPECT_THROW(make_training_batch_source(parsed, false), ConfigError);
+}
+
+// Text shards mixed with the recall task: the resumed run equals the uninterrupted one bit
+// for bit (the mixture's draws, the text position and the recall batch index all restored).
+TEST(TrainerData, TextAndRecallMixtureResumesExactly) {
+    TempDir dir;
+    write_text_shard(dir / "text", 8000);
+    FullConfig config = tiny_run(dir / "run", 6);
+    Json root = config.to_json();
+    root["model"]["vocab_size"] = int64_t{260};
+    Json shards = Json::array();
+    shards.push_back(dir / "text-*.h5");
+    root["data"]["shards"] = shards;
+    root["data"]["held_out_fraction"] = 0.1;
+    root["data"]["weights"] = Json::parse(R"({"text": 1, "tasks": 0, "recall": 1})");
+    root["train"]["save_every"] = int64_t{3};
+    root["train"]["eval_every"] = int64_t{3};
+    root["train"]["grad_accum"] = int64_t{2};
+    config = FullConfig::from_json(root);
+    EXPECT_FALSE(recall_only(config));
+    EXPECT_NE(describe_data(config).find("text from 1 shard pattern(s) (weight 1)"), std::string::npos) << describe_data(config);
+
+    const TrainResult full = run_training(config, with_outputs());
+    ASSERT_EQ(full.losses.size(), 6u);
+    for (float loss : full.losses) EXPECT_TRUE(std::isfinite(loss));
+    const Checkpoint last = read_checkpoint(checkpoint_path(dir / "run", 6));
+    EXPECT_EQ(last.state.data_state.at("kind").as_string(), "mixture") << last.state.data_state.dump();
+
+    fs::remove(checkpoint_path(dir / "run", 6));
+    RunOptions resume = with_outputs();
+    resume.resume = true;
+    const TrainResult resumed = run_training(config, resume);
+    ASSERT_EQ(resumed.losses.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(same_bits(resumed.losses[i], full.losses[3 + i])) << "step " << 4 + i;
+    EXPECT_EQ(resumed.final_eval_loss, full.final_eval_loss);
+    EXPECT_EQ(read_checkpoint(checkpoint_path(dir / "run", 6)).state.data_state.dump(), last.state.data_state.dump());
+
+    // A different mixture is a different run: refused on resume, naming the field.
+    FullConfig other = config;
+    other.data.weights.recall = 2;
+    try {
+        run_training(other, resume);
+        ADD_FAILURE() << "resumed with other data weights";
+    } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("data.weights.recall"), std::string::npos) << e.what();
+    }
+}
 
 // ============================================================================ eval
 

@@ -119,6 +119,11 @@ Json FullConfig::to_json() const {
     root["model"] = model.to_json();
     root["train"] = train.to_json();
     root["task"] = task.to_json();
+    Json data_section = Json::object();
+    const Json all_data = data.to_json();
+    for (const auto& [key, value] : all_data.fields())
+        if (key != "recall") data_section[key] = value;  // the "task" section holds it
+    root["data"] = data_section;
     return root;
 }
 
@@ -134,12 +139,20 @@ FullConfig FullConfig::from_json(const Json& root) {
     if (!root.is_object()) throw ConfigError(std::string("config: expected a JSON object at the top, got ") + root.kind_name());
     FullConfig c;
     for (const auto& [key, value] : root.fields())
-        if (key != "model" && key != "train" && key != "task")
-            throw ConfigError("config: unknown section \"" + key + "\" (known: model, train, task)");
+        if (key != "model" && key != "train" && key != "task" && key != "data")
+            throw ConfigError("config: unknown section \"" + key + "\" (known: model, train, task, data)");
     c.model = ModelConfig::from_json(root.contains("model") ? root.at("model") : Json::object());
     c.train = TrainConfig::from_json(root.contains("train") ? root.at("train") : Json::object());
     c.task = RecallTaskConfig::from_json(root.contains("task") ? root.at("task") : Json::object());
-    c.task.validate(c.train.seq_len, c.model.window, c.model.vocab_size);
+    const Json data = root.contains("data") ? root.at("data") : Json::object();
+    // One place for the recall task's settings: the "task" section, which configs had first.
+    if (data.is_object() && data.contains("recall"))
+        throw ConfigError("config data.recall: the recall task is configured in the \"task\" section (task.pairs, task.keys, "
+                          "task.values, task.filler, task.rounds), not in data");
+    c.data = DataConfig::from_json(data);
+    c.data.recall = c.task;
+    if (c.data.weights.recall > 0) c.task.validate(c.train.seq_len, c.model.window, c.model.vocab_size);
+    c.data.validate(c.train.seq_len, c.model.window, c.model.vocab_size);
     return c;
 }
 
@@ -148,65 +161,13 @@ Json default_train_config() {
     root["model"] = Json::object();
     root["train"] = Json::object();
     root["task"] = Json::object();
+    root["data"] = Json::object();
     return root;
 }
 
 // ---------------------------------------------------------------- data
 
 namespace {
-
-// Held-out batches come from a different seed stream than training batches.
-constexpr uint64_t kEvalSeedOffset = 0x5eed0000ull;
-
-// The recall task as a BatchSource: batch k of a stream is make_recall_batch(seed, k), so
-// the whole state is the next batch index.
-class RecallBatchSource : public BatchSource {
-public:
-    RecallBatchSource(const RecallTaskConfig& task, int64_t rows, int64_t seq_len, int64_t window, uint64_t seed)
-        : task_(task), rows_(rows), seq_len_(seq_len), window_(window), seed_(seed) {}
-
-    TrainBatch next() override {
-        RecallBatch b = make_recall_batch(task_, rows_, seq_len_, window_, seed_, next_batch_++);
-        TrainBatch out;
-        out.tokens = b.tokens;
-        out.targets = b.targets;
-        out.mask = b.mask;
-        out.answers = b.answers;
-        return out;
-    }
-
-    Json state() const override {
-        Json s = Json::object();
-        s["source"] = "recall";
-        s["seed"] = static_cast<int64_t>(seed_);
-        s["rows"] = rows_;
-        s["next_batch"] = static_cast<int64_t>(next_batch_);
-        return s;
-    }
-
-    void restore(const Json& state) override {
-        auto number = [&](const char* key) -> int64_t {
-            if (!state.is_object() || !state.contains(key) || !state.at(key).is_number())
-                throw ConfigError("recall data state: no number \"" + std::string(key) + "\" in " + state.dump());
-            return static_cast<int64_t>(state.at(key).as_number());
-        };
-        if (!state.is_object() || !state.contains("source") || !state.at("source").is_string() ||
-            state.at("source").as_string() != "recall")
-            throw ConfigError("recall data state: expected source \"recall\", got " + state.dump());
-        if (number("seed") != static_cast<int64_t>(seed_) || number("rows") != rows_)
-            throw ConfigError("recall data state " + state.dump() + " belongs to another seed or batch size (this source: seed " +
-                              std::to_string(seed_) + ", rows " + std::to_string(rows_) + ")");
-        const int64_t next = number("next_batch");
-        if (next < 0) throw ConfigError("recall data state: negative next_batch in " + state.dump());
-        next_batch_ = static_cast<uint64_t>(next);
-    }
-
-private:
-    RecallTaskConfig task_;
-    int64_t rows_, seq_len_, window_;
-    uint64_t seed_;
-    uint64_t next_batch_ = 0;
-};
 
 // Rows [start, start + count) of a batch (host tensors), for micro-batches.
 TrainBatch slice_rows(const TrainBatch& batch, int64_t start, int64_t count) {
@@ -276,9 +237,9 @@ EvalResult evaluate_source(Model& model, BatchSource& source, int64_t batches, c
 
 std::unique_ptr<BatchSource> make_training_batch_source(const FullConfig& config, bool held_out) {
     const TrainConfig& tc = config.train;
-    const uint64_t seed = static_cast<uint64_t>(tc.seed) + (held_out ? kEvalSeedOffset : 0);
     const int64_t rows = held_out ? tc.batch_size : tc.batch_size * tc.grad_accum;
-    return std::make_unique<RecallBatchSource>(config.task, rows, tc.seq_len, config.model.window, seed);
+    return make_batch_source(config.data, rows, tc.seq_len, config.model.window, config.model.vocab_size,
+                             static_cast<uint64_t>(tc.seed), held_out);
 }
 
 EvalResult evaluate_batches(Model& model, BatchSource& source, int64_t batches) {
@@ -287,7 +248,7 @@ EvalResult evaluate_batches(Model& model, BatchSource& source, int64_t batches) 
 
 EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches, const std::vector<Tensor>* fixed_selection) {
     RecallBatchSource source(config.task, config.train.batch_size, config.train.seq_len, config.model.window,
-                             static_cast<uint64_t>(config.train.seed) + kEvalSeedOffset);
+                             static_cast<uint64_t>(config.train.seed) + kHeldOutSeedOffset);
     return evaluate_source(model, source, batches, fixed_selection);
 }
 
@@ -374,6 +335,40 @@ Checkpoint newest_loadable_checkpoint(const std::vector<CheckpointFile>& files, 
     HSA_FAIL("resume: none of the " << files.size() << " checkpoints in " << std::filesystem::path(files.back().path).parent_path().string()
                                     << " can be read (newest: " << newest_problem << ")");
 }
+
+std::string weight_text(double weight) {
+    std::ostringstream out;
+    out << weight;
+    return out.str();
+}
+
+}  // namespace
+
+bool recall_only(const FullConfig& config) {
+    return config.data.weights.text == 0 && config.data.weights.tasks == 0 && config.data.weights.recall > 0;
+}
+
+std::string describe_data(const FullConfig& config) {
+    std::ostringstream out;
+    if (recall_only(config)) {
+        out << "recall task with " << config.task.pairs << " pairs (chance " << std::fixed << std::setprecision(3)
+            << 1.0 / static_cast<double>(config.task.values) << ")";
+        return out.str();
+    }
+    const DataWeights& w = config.data.weights;
+    std::string parts;
+    auto add = [&](const std::string& part) { parts += (parts.empty() ? "" : ", ") + part; };
+    if (w.text > 0) add("text from " + std::to_string(config.data.shards.size()) + " shard pattern(s) (weight " + weight_text(w.text) + ")");
+    if (w.tasks > 0) {
+        std::string names;
+        for (const auto& t : config.data.tasks) names += (names.empty() ? "" : ",") + t;
+        add("tasks " + names + " (weight " + weight_text(w.tasks) + ")");
+    }
+    if (w.recall > 0) add("recall task (weight " + weight_text(w.recall) + ")");
+    return parts;
+}
+
+namespace {
 
 class Plotter {
 public:
@@ -469,11 +464,9 @@ TrainResult run_training(const FullConfig& config, const RunOptions& options, Mo
         write_file_atomically(folder.config, resolved.dump(2) + "\n");
         log = std::make_unique<TrainLog>(folder.log, run.step);
     }
-    if (progress) {
-        *progress << "model: " << model.parameters().count() << " parameters, depth " << config.model.depth()
-                  << ", recall task with " << config.task.pairs << " pairs (chance " << std::fixed << std::setprecision(3)
-                  << 1.0 / static_cast<double>(config.task.values) << ")\n";
-    }
+    if (progress)
+        *progress << "model: " << model.parameters().count() << " parameters, depth " << config.model.depth() << "; data: "
+                  << describe_data(config) << "\n";
     result.first_step = run.step;
     result.skipped_steps = run.skipped_steps;
     run.config = resolved;
@@ -481,7 +474,7 @@ TrainResult run_training(const FullConfig& config, const RunOptions& options, Mo
     // The model's initial weights come from train.seed; the data streams' counters are in
     // data_state. Nothing else in the loop draws random numbers.
     run.rng_state["seed"] = tc.seed;
-    run.rng_state["eval_seed"] = static_cast<int64_t>(static_cast<uint64_t>(tc.seed) + kEvalSeedOffset);
+    run.rng_state["held_out_seed"] = static_cast<int64_t>(static_cast<uint64_t>(tc.seed) + kHeldOutSeedOffset);
 
     if (run.step >= tc.steps) {
         if (progress) *progress << "the run is already complete (step " << run.step << " of " << tc.steps << "): nothing to do\n";
@@ -559,7 +552,8 @@ TrainResult run_training(const FullConfig& config, const RunOptions& options, Mo
             record["eval_accuracy"] = eval.accuracy;
             if (progress)
                 *progress << "eval at step " << run.step << ": held-out answer loss " << std::fixed << std::setprecision(4)
-                          << eval.loss << ", recall accuracy " << std::setprecision(3) << eval.accuracy << "\n"
+                          << eval.loss << ", " << (recall_only(config) ? "recall" : "answer") << " accuracy "
+                          << std::setprecision(3) << eval.accuracy << "\n"
                           << std::flush;
         }
         if (log) log->append(record);

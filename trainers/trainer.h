@@ -1,6 +1,8 @@
 // The training loop: AdamW with warmup + cosine decay, global grad-norm clipping and
-// gradient accumulation, over batches from a BatchSource (trainers/batch_source.h; today the
-// built-in recall task of trainers/recall_task.h). A run with outputs writes its folder
+// gradient accumulation, over batches from a BatchSource (trainers/batch_source.h) chosen by
+// the config's "data" section (trainers/data_sources.h: text shards, task examples, the
+// built-in recall task of trainers/recall_task.h, or a mixture; by default the recall task
+// alone). A run with outputs writes its folder
 // train.out_dir:
 //   config.json          the resolved configuration
 //   log.jsonl            one record per step (fields: trainers/train_log.h)
@@ -21,6 +23,7 @@
 #include "core/json.h"
 #include "core/model/config.h"
 #include "trainers/batch_source.h"
+#include "trainers/data_sources.h"
 #include "trainers/recall_task.h"
 
 namespace hsa {
@@ -62,9 +65,11 @@ struct TrainConfig {
 struct FullConfig {
     ModelConfig model;
     TrainConfig train;
-    RecallTaskConfig task;
-    // Parses {"model": {...}, "train": {...}, "task": {...}}; unknown sections or fields
-    // are errors (ConfigError).
+    RecallTaskConfig task;  // the built-in recall task (section "task"), used where data.weights.recall > 0
+    DataConfig data;        // which data, mixed how (section "data"); data.recall is always `task`
+    // Parses {"model": {...}, "train": {...}, "task": {...}, "data": {...}}; unknown sections
+    // or fields are errors (ConfigError). The recall task is configured in "task" only: a
+    // "recall" field in "data" is an error, and to_json() leaves it out of "data".
     static FullConfig from_json(const Json& root);
     Json to_json() const;  // every field, resolved; from_json(to_json()) is the identity
 };
@@ -73,8 +78,9 @@ struct FullConfig {
 // initialisers), i.e. a tiny model that learns the recall task on a CPU in about 30 s.
 Json default_train_config();
 
-// The training data of a configuration: global batches of batch_size * grad_accum sequences
-// (`held_out` = false) or the held-out evaluation stream of batch_size sequences (true).
+// The training data of a configuration (make_batch_source of config.data with train.seed):
+// global batches of batch_size * grad_accum sequences (`held_out` = false) or the held-out
+// evaluation stream of batch_size sequences (true). Throws ConfigError naming a bad shard.
 std::unique_ptr<BatchSource> make_training_batch_source(const FullConfig& config, bool held_out);
 
 struct RunOptions {
@@ -108,6 +114,12 @@ struct TrainingInterrupted : Error {
     explicit TrainingInterrupted(const std::string& message) : Error(message) {}
 };
 
+// True when the data is the recall task alone (the default); its accuracy is then "recall
+// accuracy", else the accuracy at the loss positions ("answer accuracy").
+bool recall_only(const FullConfig& config);
+// One line describing the data mix, for the progress output.
+std::string describe_data(const FullConfig& config);
+
 class Model;
 // Runs the loop. Trains `model` in place when given (it must match config.model), else a
 // fresh model seeded by train.seed. Throws ConfigError for an out_dir that cannot be used
@@ -125,7 +137,7 @@ struct EvalResult {
     double loss = 0;
 };
 EvalResult evaluate_batches(Model& model, BatchSource& source, int64_t batches);
-// The same on the recall task's held-out stream (seeds disjoint from training's).
+// The same on the recall task's held-out stream (seed train.seed + kHeldOutSeedOffset).
 // fixed_selection (per upper group, [B, T, Hr, K]) overrides retrieval, for ablations.
 EvalResult evaluate_recall(Model& model, const FullConfig& config, int64_t batches,
                            const std::vector<Tensor>* fixed_selection = nullptr);
