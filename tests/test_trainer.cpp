@@ -924,6 +924,12 @@ TEST(TrainerData, DataSectionDefaultsToTheRecallTaskAndRoundTrips) {
 
 // Text shards mixed with the recall task: the resumed run equals the uninterrupted one bit
 // for bit (the mixture's draws, the text position and the recall batch index all restored).
+// launch/configs/tiny.json spells out the defaults of `hsa train`.
+TEST(TrainerData, TinyConfigFileIsTheDefaults) {
+    const Json file = Json::parse(read_bytes(std::string(HSA_SOURCE_DIR) + "/launch/configs/tiny.json"));
+    EXPECT_EQ(FullConfig::from_json(file).to_json().dump(2), FullConfig::from_json(default_train_config()).to_json().dump(2));
+}
+
 TEST(TrainerData, TextAndRecallMixtureResumesExactly) {
     TempDir dir;
     write_text_shard(dir / "text", 8000);
