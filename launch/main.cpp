@@ -49,8 +49,8 @@ usage: hsa <command> [options]
 
 commands:
   info     build flags, library versions (CUDA runtime/driver, NCCL, cuDNN, MPI, HDF5) and visible GPUs
-  train    train a model (today: the built-in recall task, on the CPU or one GPU), with
-           checkpoints, exact resume (--resume), log.jsonl and loss plots in train.out_dir
+  train    train a model on text shards, task examples or the built-in recall task (CPU or one
+           GPU), with checkpoints, exact resume (--resume), log.jsonl and loss plots in train.out_dir
   generate greedy continuation of a prompt by a checkpoint (hsa generate --ckpt F --prompt-file P)
   eval     accuracy of a checkpoint on a RULER/BABILong-style task by context length and needle
            depth: a table, JSON and a heatmap PNG (hsa eval --ckpt F --task passkey --lengths 4K,8K)
@@ -234,7 +234,7 @@ void install_stop_handlers() {
     struct sigaction action {};
     action.sa_handler = request_training_stop;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESETHAND;
+    action.sa_flags = SA_RESETHAND | SA_RESTART;  // interrupted writes resume rather than fail
     sigaction(SIGINT, &action, nullptr);
     sigaction(SIGTERM, &action, nullptr);
 }

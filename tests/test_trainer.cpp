@@ -290,6 +290,12 @@ TEST(Checkpoint, ConfigDifferenceNamesTheFieldThatChangesTheMath) {
     Json accumulated = base;
     accumulated["train"]["grad_accum"] = int64_t{2};
     EXPECT_EQ(first_config_difference(base, accumulated), "train.grad_accum: checkpoint 1, now 2");
+    Json several = accumulated;
+    several["data"]["tokenizer"] = "other";
+    several["model"]["hidden"] = int64_t{32};
+    several["train"]["lr"] = 0.5;
+    EXPECT_EQ(first_config_difference(base, several),
+              "model.hidden: checkpoint 64, now 32 (and 3 more: train.grad_accum, train.lr, data.tokenizer)");
 }
 
 // ============================================================================ exact resume

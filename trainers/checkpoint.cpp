@@ -281,18 +281,35 @@ std::string first_config_difference(const Json& checkpoint_config, const Json& c
         return std::find(fields.begin(), fields.end(), key) != fields.end();
     };
     auto text = [](const Json* v) { return v ? v->dump() : std::string("(absent)"); };
-    // Every key of either side, in the current config's order first.
+    // Every key of either side; the model's and the optimizer's fields first, as the likeliest
+    // intended change and the one that matters most.
     std::vector<std::string> keys;
     for (const auto& [k, v] : now) keys.push_back(k);
     for (const auto& [k, v] : saved)
         if (!value_of(now, k)) keys.push_back(k);
+    auto rank = [](const std::string& key) {
+        const char* order[] = {"model.", "train.", "task.", "data."};
+        for (int i = 0; i < 4; ++i)
+            if (key.rfind(order[i], 0) == 0) return i;
+        return 4;
+    };
+    std::stable_sort(keys.begin(), keys.end(), [&](const std::string& a, const std::string& b) { return rank(a) < rank(b); });
+    std::string first;
+    std::vector<std::string> others;
     for (const std::string& key : keys) {
         if (is_bookkeeping(key)) continue;
         const Json* a = value_of(saved, key);
         const Json* b = value_of(now, key);
-        if (text(a) != text(b)) return key + ": checkpoint " + text(a) + ", now " + text(b);
+        if (text(a) == text(b)) continue;
+        if (first.empty()) first = key + ": checkpoint " + text(a) + ", now " + text(b);
+        else others.push_back(key);
     }
-    return "";
+    if (!others.empty()) {
+        first += " (and " + std::to_string(others.size()) + " more: ";
+        for (size_t i = 0; i < others.size() && i < 4; ++i) first += (i ? ", " : "") + others[i];
+        first += others.size() > 4 ? ", ...)" : ")";
+    }
+    return first;
 }
 
 }  // namespace hsa

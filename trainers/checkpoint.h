@@ -82,9 +82,9 @@ void prune_checkpoints(const std::string& folder, int64_t keep);
 // reported; a resumed run may change them. Every other field changes the math.
 const std::vector<std::string>& bookkeeping_config_fields();
 
-// The first field ("train.lr") whose value differs between a checkpoint's configuration and
-// the current one, ignoring bookkeeping fields, as "train.lr: checkpoint 0.01, now 0.02";
-// "" when they agree.
+// The first field (model, then train, task, data) whose value differs between a checkpoint's
+// configuration and the current one, ignoring bookkeeping fields, as "train.lr: checkpoint
+// 0.01, now 0.02", followed by " (and 2 more: a, b)" when others differ too; "" when they agree.
 std::string first_config_difference(const Json& checkpoint_config, const Json& current_config);
 
 }  // namespace hsa

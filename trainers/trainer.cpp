@@ -439,10 +439,12 @@ TrainResult run_training(const FullConfig& config, const RunOptions& options, Mo
             } else {
                 Checkpoint checkpoint = newest_loadable_checkpoint(files, progress);
                 const std::string difference = first_config_difference(checkpoint.state.config, resolved);
-                if (!difference.empty())
+                if (!difference.empty()) {
+                    std::string may_change;
+                    for (const auto& field : bookkeeping_config_fields()) may_change += (may_change.empty() ? "" : ", ") + field;
                     throw ConfigError("resume: the configuration differs from the one of " + checkpoint.path + " in " + difference +
-                                      " (only " + "out_dir, save_every, keep_checkpoints, log_every, eval_every, eval_batches "
-                                      "and max_bad_steps may change)");
+                                      " (only " + may_change + " may change)");
+                }
                 apply_checkpoint(checkpoint, model.parameters(), &optimizer);
                 source->restore(checkpoint.state.data_state);
                 run = checkpoint.state;
