@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,43 +46,58 @@ std::string terminal_lines(int width, int height) {
            "\n} else {\n  set terminal png" + size + "\n}\n";
 }
 
-// A temporary folder removed on scope exit.
-class TemporaryFolder {
+// An anonymous in-memory file (memfd): gnuplot's script and messages go through these, so
+// a process killed mid-plot leaves no temporary files behind.
+class MemoryFile {
 public:
-    TemporaryFolder() {
-        std::string pattern = (std::filesystem::temp_directory_path() / "hsa_plot_XXXXXX").string();
-        HSA_CHECK(mkdtemp(pattern.data()) != nullptr, "plot: cannot create a temporary folder: " << std::strerror(errno));
-        path_ = pattern;
+    explicit MemoryFile(const char* name) : fd_(memfd_create(name, MFD_CLOEXEC)) {
+        HSA_CHECK(fd_ >= 0, "plot: cannot create an in-memory file: " << std::strerror(errno));
     }
-    ~TemporaryFolder() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
+    ~MemoryFile() {
+        if (fd_ >= 0) ::close(fd_);
     }
-    const std::string& path() const { return path_; }
+    MemoryFile(const MemoryFile&) = delete;
+    MemoryFile& operator=(const MemoryFile&) = delete;
+    int fd() const { return fd_; }
+    void write_all(const std::string& text) {
+        for (size_t done = 0; done < text.size();) {
+            const ssize_t n = ::write(fd_, text.data() + done, text.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            HSA_CHECK(n > 0, "plot: cannot write the gnuplot script: " << std::strerror(errno));
+            done += static_cast<size_t>(n);
+        }
+        ::lseek(fd_, 0, SEEK_SET);
+    }
+    std::string read_all() const {
+        ::lseek(fd_, 0, SEEK_SET);
+        std::string text;
+        char buffer[4096];
+        for (ssize_t n; (n = ::read(fd_, buffer, sizeof buffer)) != 0;) {
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) break;
+            text.append(buffer, static_cast<size_t>(n));
+        }
+        return text;
+    }
 
 private:
-    std::string path_;
+    int fd_;
 };
 
-// Runs gnuplot on `script` (which sets output to a temporary PNG), then renames that PNG to
-// png_path. gnuplot's own messages go to a file and only its first error line is reported.
+// Runs gnuplot on the script (read from its stdin), which draws into a temporary PNG beside
+// png_path that is then renamed. Only gnuplot's first message line is reported on failure.
 void run_gnuplot(const std::string& script_body, const std::string& png_path) {
     HSA_CHECK(gnuplot_available(), "plot: gnuplot is not installed (install gnuplot-nox, see launch/setup.sh)");
-    TemporaryFolder folder;
-    const std::string script_path = folder.path() + "/plot.gp", messages_path = folder.path() + "/gnuplot.log";
     const std::string temporary_png = png_path + ".tmp.png";
-    {
-        std::ofstream script(script_path, std::ios::binary);
-        script << "set output " << quoted(temporary_png) << "\n" << script_body << "unset output\n";
-        HSA_CHECK(script, "plot: cannot write the gnuplot script " << script_path);
-    }
+    MemoryFile script("hsa-plot-script"), messages("hsa-plot-messages");
+    script.write_all("set output " + quoted(temporary_png) + "\n" + script_body + "unset output\n");
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, messages_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    posix_spawn_file_actions_adddup2(&actions, script.fd(), 0);
+    posix_spawn_file_actions_adddup2(&actions, messages.fd(), 1);
+    posix_spawn_file_actions_adddup2(&actions, messages.fd(), 2);
     std::string program = "gnuplot";
-    std::vector<char*> argv = {program.data(), const_cast<char*>(script_path.c_str()), nullptr};
+    std::vector<char*> argv = {program.data(), nullptr};
     pid_t pid = 0;
     const int spawned = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
@@ -89,9 +105,9 @@ void run_gnuplot(const std::string& script_body, const std::string& png_path) {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    std::ifstream messages(messages_path);
+    std::istringstream lines(messages.read_all());
     std::string first_message, line;
-    while (std::getline(messages, line))
+    while (std::getline(lines, line))
         if (first_message.empty() && line.find_first_not_of(" \t^") != std::string::npos) first_message = line;
     std::error_code ec;
     if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) || !std::filesystem::exists(temporary_png, ec)) {

@@ -1,7 +1,9 @@
 // PNG plots drawn by gnuplot (the package gnuplot-nox, installed by launch/setup.sh): a
-// script with the data inline goes to a temporary folder and gnuplot runs on it as a child
-// process. The pngcairo terminal is used where gnuplot has it, else png. Plots are written
-// to "<name>.tmp.png" and renamed, so a reader never sees half a PNG.
+// script with the data inline is fed to gnuplot, run as a child process, through an
+// in-memory file, so a run killed mid-plot leaves at most a "<name>.tmp.png" (replaced by
+// the next plot) and no temporary files elsewhere. The pngcairo terminal
+// is used where gnuplot has it, else png. Plots are written to "<name>.tmp.png" and renamed,
+// so a reader never sees half a PNG.
 #pragma once
 
 #include <string>

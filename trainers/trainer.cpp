@@ -372,12 +372,13 @@ namespace {
 
 class Plotter {
 public:
-    Plotter(const RunFolder& folder, std::ostream* progress) : folder_(folder), progress_(progress) {}
-    // Redraws the curves from log.jsonl; at most every 30 s unless forced (the run's end).
+    Plotter(const RunFolder& folder, std::ostream* progress)
+        : folder_(folder), progress_(progress), last_(std::chrono::steady_clock::now()) {}
+    // Redraws the curves from log.jsonl; at most every 30 s unless forced (the run's end), so
+    // a short run draws once and a long one keeps its PNGs fresh at little cost.
     void draw(bool force) {
         const auto now = std::chrono::steady_clock::now();
-        if (!force && drawn_once_ && now - last_ < std::chrono::seconds(30)) return;
-        drawn_once_ = true;
+        if (!force && now - last_ < std::chrono::seconds(30)) return;
         last_ = now;
         if (!gnuplot_available()) {
             if (!warned_ && progress_)
@@ -396,7 +397,7 @@ public:
 private:
     const RunFolder& folder_;
     std::ostream* progress_;
-    bool drawn_once_ = false, warned_ = false;
+    bool warned_ = false;
     std::chrono::steady_clock::time_point last_;
 };
 
