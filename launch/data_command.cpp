@@ -5,6 +5,7 @@
 
 #include "core/json.h"
 #include "core/model/config.h"
+#include "launch/corpus_command.h"
 #include "launch/shard_command.h"
 #include "launch/task_command.h"
 #include "trainers/tokenizer.h"
@@ -13,7 +14,7 @@ namespace hsa {
 
 namespace {
 
-const char* kDataHelp = R"(usage: hsa data encode|decode|tokenize|inspect|task [options]
+const char* kDataHelp = R"(usage: hsa data encode|decode|tokenize|inspect|task|corpus [options]
 
   encode   reads all of stdin (any bytes) and prints the ids as one compact JSON list,
            e.g. "hi" -> [104,105]
@@ -22,6 +23,7 @@ const char* kDataHelp = R"(usage: hsa data encode|decode|tokenize|inspect|task [
   tokenize text files to HDF5 token shards (hsa data tokenize --help)
   inspect  summary and a decoded sample of a shard (hsa data inspect --help)
   task     generate RULER/BABILong-style task data and score answers (hsa data task --help)
+  corpus   the installed prose corpus's training or held-out split as text (hsa data corpus --help)
 
 options of encode and decode:
   --tokenizer byte|PATH   byte: one id per byte (0..255), then BOS 256, EOS 257, PAD 258
@@ -99,8 +101,9 @@ int run_data(const std::vector<std::string>& args, std::istream& in, std::ostrea
     const std::vector<std::string> rest(args.begin() + 1, args.end());
     if (sub == "tokenize" || sub == "inspect") return run_data_shards(sub, rest, out);
     if (sub == "task") return run_data_task(rest, out);
+    if (sub == "corpus") return run_data_corpus(rest, out);
     if (sub != "encode" && sub != "decode")
-        throw ConfigError("data: unknown subcommand '" + sub + "' (encode, decode, tokenize, inspect, task; see hsa data --help)");
+        throw ConfigError("data: unknown subcommand '" + sub + "' (encode, decode, tokenize, inspect, task, corpus; see hsa data --help)");
     std::string tokenizer = "byte";
     for (size_t i = 1; i < args.size(); ++i) {
         const std::string& a = args[i];

@@ -33,7 +33,7 @@ fi
 
 # One GPU training run of the tiny default, then the benchmarks.
 start=$(date +%s)
-./build/launch/hsa train --set train.device=cuda > "$out/train_cuda.log" 2>&1
+./build/launch/hsa train --set train.device=cuda --set train.out_dir="$out/run_cuda" --overwrite > "$out/train_cuda.log" 2>&1
 train_rc=$?
 train_s=$(( $(date +%s) - start ))
 tail -3 "$out/train_cuda.log"
