@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/cuda_allocator.h"
 #include "core/json.h"
+#include "trainers/tasks/corpus.h"
 #include "trainers/trainer.h"
 #include "tests/cli_runner.h"
 
@@ -232,6 +234,42 @@ TEST_F(CliTrain, DivergenceIsARuntimeFailure) {
                        "train.out_dir=" + dir_ + "/run"});
     expect_error(r, 1, {"diverged", "3 consecutive steps"});
     EXPECT_NE(r.out.find("step skipped, no update"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace hsa
+
+namespace hsa {
+namespace {
+
+// `hsa data corpus`: the two splits are disjoint, non-empty and together the whole corpus;
+// bad arguments are one line and exit 2.
+using CliCorpus = CliTest;
+
+TEST_F(CliCorpus, SplitsAreDisjointParagraphsAndBadArgumentsAreOneLine) {
+    expect_error(run({"data", "corpus", "--split", "validation", "--out", dir_ + "/x.txt"}), 2, {"--split", "validation"});
+    expect_error(run({"data", "corpus"}), 2, {"--out"});
+    if (const std::string reason = corpus_missing_reason(); !reason.empty()) GTEST_SKIP() << reason;
+    const std::string train = dir_ + "/train.txt", held_out = dir_ + "/held_out.txt";
+    ASSERT_EQ(run({"data", "corpus", "--out", train}).code, 0);
+    ASSERT_EQ(run({"data", "corpus", "--split", "held-out", "--out", held_out}).code, 0);
+    auto paragraphs = [](const std::string& text) {
+        std::set<std::string> out;
+        for (size_t at = 0; at < text.size();) {
+            const size_t end = text.find("\n\n", at);
+            out.insert(text.substr(at, end - at));
+            at = end == std::string::npos ? text.size() : end + 2;
+        }
+        return out;
+    };
+    const std::set<std::string> a = paragraphs(test::read_file_bytes(train)), b = paragraphs(test::read_file_bytes(held_out));
+    EXPECT_GT(a.size(), 1000u);
+    EXPECT_GT(b.size(), 100u);
+    EXPECT_GT(a.size(), 5 * b.size()) << "about 10% of the documents are held out";
+    size_t shared = 0;
+    for (const std::string& p : b) shared += a.count(p);
+    EXPECT_LE(shared, b.size() / 100) << "held-out paragraphs also in the training split (only exact repeats may be)";
+    EXPECT_FALSE(std::filesystem::exists(train + ".tmp"));
 }
 
 }  // namespace
