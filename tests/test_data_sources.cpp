@@ -630,6 +630,7 @@ TEST(MixtureSource, StateRestoreContinuesBitForBitThroughTheFactory) {
 }
 
 TEST(MixtureSource, DataRanksGetDisjointSlicesOfEverySource) {
+    SKIP_WITHOUT_CORPUS();
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     const uint64_t seed = rng.next_u64() >> 20;
