@@ -26,7 +26,8 @@ namespace {
 using test::describe;
 using test::RunResult;
 
-const std::string kFixtures = std::string(HSA_SOURCE_DIR) + "/../shared/data/tokenizers/";
+// Copies of shared/data/tokenizers/ kept in the repository (tests/fixtures/tokenizers/README.md).
+const std::string kFixtures = std::string(HSA_SOURCE_DIR) + "/tests/fixtures/tokenizers/";
 const char* const kNoIcu = "this build has no ICU (install libicu-dev and rebuild)";
 
 #define SKIP_WITHOUT_ICU() \
