@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <memory>
 
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace hsa {
@@ -49,6 +51,15 @@ public:
     virtual void broadcast_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha,
                                   Tensor& out) = 0;
     virtual double sum_of_squares(const Tensor& x) = 0;  // accumulated in double
+    // sum_of_squares of each tensor, equal to calling it one by one (which is what this
+    // default does). The CUDA backend reads all results back in one transfer: one device
+    // round trip for a whole gradient norm instead of one per parameter.
+    virtual std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) {
+        std::vector<double> out;
+        out.reserve(xs.size());
+        for (const Tensor& x : xs) out.push_back(sum_of_squares(x));
+        return out;
+    }
     virtual double sum(const Tensor& x) = 0;             // accumulated in double
 
     // ---- embedding: table [V, D], ids i32 [N] (each in [0, V)), out [N, D] ----

@@ -1,6 +1,7 @@
 #include "core/optimizer.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/backend.h"
 
@@ -14,11 +15,23 @@ AdamW::AdamW(ParameterStore& params, const AdamWConfig& config) : params_(params
 }
 
 double AdamW::grad_norm() const {
-    double total = 0;
+    // One batched call per device (a single read-back on the GPU); the per-tensor sums are
+    // added in parameter order, as before.
+    std::vector<Tensor> cpu_grads, cuda_grads;
+    std::vector<bool> on_cuda;
     for (const auto& e : params_.entries()) {
         Tensor g = e.tensor.grad();
-        if (g.defined()) total += backend_for(g.device()).sum_of_squares(g);
+        if (!g.defined()) continue;
+        on_cuda.push_back(g.device() == Device::CUDA);
+        (on_cuda.back() ? cuda_grads : cpu_grads).push_back(g);
     }
+    const std::vector<double> cpu_sums =
+        cpu_grads.empty() ? std::vector<double>{} : backend_for(Device::CPU).sum_of_squares_many(cpu_grads);
+    const std::vector<double> cuda_sums =
+        cuda_grads.empty() ? std::vector<double>{} : backend_for(Device::CUDA).sum_of_squares_many(cuda_grads);
+    double total = 0;
+    size_t next_cpu = 0, next_cuda = 0;
+    for (bool cuda : on_cuda) total += cuda ? cuda_sums[next_cuda++] : cpu_sums[next_cpu++];
     return std::sqrt(total);
 }
 

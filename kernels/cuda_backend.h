@@ -17,6 +17,7 @@ class CudaBackend final : public Backend {
 public:
     Device device() const override { return Device::CUDA; }
     HSA_BACKEND_OVERRIDES
+    std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
 };
 
 // Installs the CUDA backend for Device::CUDA (core/backend.h). Called once at start-up by

@@ -207,22 +207,32 @@ __global__ void combine_sum_kernel(const double* partial, int count, double* res
     if (threadIdx.x == 0) result[0] = acc;
 }
 
+// Launches the reduction of x into result[0] (partial sums in scratch); n depends only on
+// x, so the split, and the result, are reproducible run to run.
+template <bool Square>
+int64_t sum_blocks(int64_t n) {
+    const int64_t per_block = static_cast<int64_t>(kSumThreads) * 4;
+    int64_t blocks = (n + per_block - 1) / per_block;
+    return blocks > kSumMaxBlocks ? kSumMaxBlocks : blocks;
+}
+
+template <bool Square>
+void launch_device_sum(const float* px, int64_t n, double* partial, int64_t blocks, double* result) {
+    partial_sum_kernel<Square><<<static_cast<unsigned>(blocks), kSumThreads>>>(px, n, aligned16(px), partial);
+    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares partial_sum_kernel" : "sum partial_sum_kernel"));
+    combine_sum_kernel<<<1, kCombineThreads>>>(partial, static_cast<int>(blocks), result);
+    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares combine_sum_kernel" : "sum combine_sum_kernel"));
+}
+
 template <bool Square>
 double device_sum(const Tensor& x, const char* op) {
     const float* px = cuda_f32(x, op, "x");
     const int64_t n = x.numel();
     if (n == 0) return 0.0;
-    const bool vec = aligned16(px);
-    // The split depends on n only, so the result is reproducible run to run.
-    const int64_t per_block = static_cast<int64_t>(kSumThreads) * 4;
-    int64_t blocks = (n + per_block - 1) / per_block;
-    if (blocks > kSumMaxBlocks) blocks = kSumMaxBlocks;
+    const int64_t blocks = sum_blocks<Square>(n);
     Tensor scratch = double_scratch(blocks + 1);
     double* partial = double_ptr(scratch);
-    partial_sum_kernel<Square><<<static_cast<unsigned>(blocks), kSumThreads>>>(px, n, vec, partial);
-    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares partial_sum_kernel" : "sum partial_sum_kernel"));
-    combine_sum_kernel<<<1, kCombineThreads>>>(partial, static_cast<int>(blocks), partial + blocks);
-    HSA_CUDA_CHECK_LAUNCH((Square ? "sum_of_squares combine_sum_kernel" : "sum combine_sum_kernel"));
+    launch_device_sum<Square>(px, n, partial, blocks, partial + blocks);
     double result = 0.0;
     HSA_CUDA_CHECK(cudaMemcpy(&result, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost));
     return result;
@@ -327,6 +337,28 @@ void CudaBackend::broadcast_middle(const Tensor& x, int64_t outer, int64_t n, in
 }
 
 double CudaBackend::sum_of_squares(const Tensor& x) { return device_sum<true>(x, "sum_of_squares"); }
+
+std::vector<double> CudaBackend::sum_of_squares_many(const std::vector<Tensor>& xs) {
+    // Results first (one contiguous read-back), then each tensor's partial sums.
+    int64_t total = static_cast<int64_t>(xs.size());
+    for (const Tensor& x : xs) total += x.numel() > 0 ? sum_blocks<true>(x.numel()) : 0;
+    std::vector<double> out(xs.size(), 0.0);
+    if (xs.empty()) return out;
+    Tensor scratch = double_scratch(total);
+    double* results = double_ptr(scratch);
+    HSA_CUDA_CHECK(cudaMemsetAsync(results, 0, xs.size() * sizeof(double)));
+    double* partial = results + xs.size();
+    for (size_t i = 0; i < xs.size(); ++i) {
+        const float* px = cuda_f32(xs[i], "sum_of_squares", "x");
+        const int64_t n = xs[i].numel();
+        if (n == 0) continue;
+        const int64_t blocks = sum_blocks<true>(n);
+        launch_device_sum<true>(px, n, partial, blocks, results + i);
+        partial += blocks;
+    }
+    HSA_CUDA_CHECK(cudaMemcpy(out.data(), results, xs.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    return out;
+}
 
 double CudaBackend::sum(const Tensor& x) { return device_sum<false>(x, "sum"); }
 

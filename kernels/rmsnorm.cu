@@ -8,6 +8,7 @@
 // the per-element formulas are evaluated in double as in the CPU reference.
 // grad_weight is deterministic: split s of the rows writes partial[s, j] (double), then a
 // second kernel adds the splits in order.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda_backend.h"
@@ -72,6 +73,59 @@ __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, c
     for (int64_t j = lane; j < D; j += 32) {
         const double gw = static_cast<double>(gr[j]) * wval(w, j);
         dr[j] = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+    }
+}
+
+// dx of rows up to 32 M wide and the weight gradient's partial sums in one pass (x and g
+// read once). Block b owns rows [b * rows_per_block, ...); warp w of it takes rows w, w + 8,
+// ... and lane l keeps columns l + 32 m in registers; the warps' column sums are added in
+// warp order into partial[b, :]. Every order is fixed: bit-identical run to run.
+template <int M>
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    rmsnorm_backward_fused_kernel(const float* x, const float* w, const float* inv_rms, const float* g, float* dx,
+                                  int64_t N, int64_t D, int64_t rows_per_block, double* partial) {
+    extern __shared__ double warp_columns[];  // [kRowsPerBlock][D]
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+    const int64_t end = begin + rows_per_block < N ? begin + rows_per_block : N;
+    double acc[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = 0.0;
+    for (int64_t n = begin + warp; n < end; n += kRowsPerBlock) {
+        const float* xr = x + n * D;
+        const float* gr = g + n * D;
+        float xv[M], gv[M];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const int64_t j = lane + 32 * m;
+            xv[m] = j < D ? xr[j] : 0.0f;
+            gv[m] = j < D ? gr[j] : 0.0f;
+        }
+        const double r = static_cast<double>(inv_rms[n]);
+        double dot = 0.0;
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+            if (lane + 32 * m < D) dot += static_cast<double>(gv[m]) * wval(w, lane + 32 * m) * static_cast<double>(xv[m]);
+        dot = warp_sum_double(dot);  // every lane holds its elements in registers: dx may alias g or x
+        const double c = dot * r * r * r / static_cast<double>(D);
+        float* dr = dx + n * D;
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const int64_t j = lane + 32 * m;
+            if (j >= D) continue;
+            const double gw = static_cast<double>(gv[m]) * wval(w, j);
+            dr[j] = static_cast<float>(r * gw - static_cast<double>(xv[m]) * c);
+            acc[m] += static_cast<double>(gv[m]) * static_cast<double>(xv[m]) * r;
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+        if (lane + 32 * m < D) warp_columns[warp * D + lane + 32 * m] = acc[m];
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+        double sum = 0.0;
+        for (int v = 0; v < kRowsPerBlock; ++v) sum += warp_columns[v * D + j];
+        partial[static_cast<int64_t>(blockIdx.x) * D + j] = sum;
     }
 }
 
@@ -163,6 +217,17 @@ __global__ void rmsnorm_grad_weight_combine_kernel(const double* partial, int64_
     dw[j] = static_cast<float>(acc);
 }
 
+constexpr int64_t kFusedMax = 1024;  // widest row of the fused backward (32 columns a lane)
+
+template <int M>
+void launch_fused(const float* px, const float* pw, const float* pr, const float* pg, float* pgx, int64_t N, int64_t D,
+                  int64_t blocks, int64_t rows_per_block, double* partial, size_t shared_bytes) {
+    allow_shared_bytes("rmsnorm_backward", rmsnorm_backward_fused_kernel<M>, shared_bytes);
+    rmsnorm_backward_fused_kernel<M><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, shared_bytes>>>(
+        px, pw, pr, pg, pgx, N, D, rows_per_block, partial);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
+}
+
 }  // namespace
 
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
@@ -194,6 +259,24 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     float* pgx = grad_x.defined() ? grad_x.data<float>() : nullptr;
     float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
+    if (pgx && pgw && N > 0 && D <= kFusedMax) {
+        // Blocks and rows per block depend on N only: reproducible.
+        const int64_t blocks = std::min<int64_t>(1024, (N + kRowsPerBlock - 1) / kRowsPerBlock);
+        const int64_t rows_per_block = (N + blocks - 1) / blocks;
+        Tensor scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
+        double* partial = static_cast<double*>(scratch.raw_data());
+        const size_t shared_bytes = sizeof(double) * kRowsPerBlock * static_cast<size_t>(D);
+        const int m = static_cast<int>((D + 31) / 32);
+        if (m <= 1) launch_fused<1>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        else if (m <= 2) launch_fused<2>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        else if (m <= 4) launch_fused<4>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        else if (m <= 8) launch_fused<8>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        else if (m <= 16) launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        else launch_fused<32>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
+        rmsnorm_grad_weight_combine_kernel<<<blocks_for(D, 256), 256>>>(partial, blocks, D, pgw);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        return;
+    }
     if (pgx && N > 0) {
         if (D <= kWarpRowMax && N < (int64_t{1} << 34))
             rmsnorm_backward_x_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, pr, pg, pgx, N, D);

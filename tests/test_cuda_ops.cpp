@@ -170,6 +170,28 @@ TEST(CudaOps, GemmBf16PrecisionIsBf16Accurate) {
     EXPECT_CLOSE(exact, want, kReductionTol);
 }
 
+// The batched sum of squares (one read-back for a whole gradient norm) equals the single
+// calls bit for bit, and the CPU reference within reduction tolerance; empty tensors give 0.
+TEST(CudaOps, SumOfSquaresManyEqualsSingleCalls) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    std::vector<Tensor> cpu_xs, gpu_xs;
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1024}, int64_t{0}, int64_t{300001}, int64_t{4096 * 257}}) {
+        cpu_xs.push_back(rng.normal({n}));
+        gpu_xs.push_back(on_gpu(cpu_xs.back()));
+    }
+    const std::vector<double> many = gpu().sum_of_squares_many(gpu_xs);
+    ASSERT_EQ(many.size(), gpu_xs.size());
+    for (size_t i = 0; i < gpu_xs.size(); ++i) {
+        EXPECT_EQ(many[i], gpu().sum_of_squares(gpu_xs[i])) << "tensor " << i;
+        const double want = cpu().sum_of_squares(cpu_xs[i]);
+        EXPECT_NEAR(many[i], want, 1e-9 * std::max(1.0, want)) << "tensor " << i;
+    }
+    EXPECT_EQ(many[3], 0.0);
+    EXPECT_TRUE(gpu().sum_of_squares_many({}).empty());
+}
+
 TEST(CudaOps, RmsnormRopeSwiglu) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();

@@ -75,6 +75,11 @@ public:
         timed("sum_of_squares", [&] { r = inner_.sum_of_squares(x); });
         return r;
     }
+    std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override {
+        std::vector<double> r;
+        timed("sum_of_squares", [&] { r = inner_.sum_of_squares_many(xs); });
+        return r;
+    }
     double sum(const Tensor& x) override {
         double r = 0;
         timed("sum", [&] { r = inner_.sum(x); });
