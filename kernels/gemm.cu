@@ -1,8 +1,11 @@
 // CudaBackend::gemm through cuBLASLt: f32 in, f32 out, CUBLAS_COMPUTE_32F (true f32 FMA, no
 // TF32), so results track the CPU reference (core/cpu/cpu_basic.cpp) to f32 rounding.
 //
-// With core/precision.h set to BF16, products use CUBLAS_COMPUTE_32F_FAST_16BF instead
-// (bf16 tensor cores, f32 accumulation); plans are cached per precision.
+// With core/precision.h set to BF16, both operands are first rounded to bf16 (round to
+// nearest even) into scratch buffers by one vectorised pass each, and cuBLASLt multiplies
+// bf16 x bf16 with f32 accumulation into the f32 output (CUBLAS_COMPUTE_32F). Measured, this
+// beat CUBLAS_COMPUTE_32F_FAST_16BF on f32 operands (which converts inside the product) for
+// the model's shapes: docs/PERF.md version 7. Plans are cached per precision.
 //
 // Row-major trick: our tensors are row-major, cuBLASLt is column-major. A row-major [R, C]
 // matrix is a column-major [C, R] one, so out = op(a) op(b) is computed as the column-major
@@ -22,6 +25,7 @@
 // (descriptors, layouts and the heuristic's algorithm) are cached per shape and pointer
 // alignment, so steady-state calls skip descriptor creation and the heuristic.
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,6 +54,12 @@ namespace {
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 constexpr size_t kMaxCachedPlans = 4096;
 
+// How the operands reach the tensor cores: f32 exactly (precision F32); bf16 copies (BF16
+// precision, the fast path); or f32 operands converted inside cuBLASLt
+// (CUBLAS_COMPUTE_32F_FAST_16BF), the BF16 fallback for sizes whose bf16 rows would not be
+// 16-byte aligned (a dim not a multiple of 8), which cuBLASLt's bf16 kernels want.
+enum OperandMode : int64_t { kF32Exact = 0, kBf16Copies = 1, kF32Fast16bf = 2 };
+
 struct DeviceState {
     cublasLtHandle_t handle = nullptr;
     void* workspace = nullptr;
@@ -57,7 +67,7 @@ struct DeviceState {
 
 // Column-major problem as cuBLASLt sees it: D (m x n) = op(A) (m x k) . op(B) (k x n).
 // Key fields: device, transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB,
-// strideC, alignA, alignB, alignC, precision (core/precision.h).
+// strideC, alignA, alignB, alignC, operand mode (OperandMode).
 using PlanKey = std::array<int64_t, 17>;
 
 struct Plan {
@@ -87,15 +97,16 @@ void destroy_plan(Plan& plan) {
 
 // Largest power of two (<= 256) dividing the address and, for several matrices at
 // stride_elems apart, the stride in bytes: the alignment every matrix of the batch has.
-uint32_t alignment_of(const void* pointer, int64_t stride_elems) {
+uint32_t alignment_of(const void* pointer, int64_t stride_elems, size_t element_bytes = sizeof(float)) {
     uint64_t bits = reinterpret_cast<uintptr_t>(pointer) | 256u;
-    if (stride_elems > 0) bits |= static_cast<uint64_t>(stride_elems) * sizeof(float);
+    if (stride_elems > 0) bits |= static_cast<uint64_t>(stride_elems) * element_bytes;
     return static_cast<uint32_t>(bits & (~bits + 1));  // lowest set bit
 }
 
-cublasLtMatrixLayout_t make_layout(int64_t rows, int64_t cols, int64_t ld, int batch, int64_t stride) {
+cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int batch,
+                                   int64_t stride) {
     cublasLtMatrixLayout_t layout = nullptr;
-    HSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_32F, static_cast<uint64_t>(rows),
+    HSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, static_cast<uint64_t>(rows),
                                                 static_cast<uint64_t>(cols), ld));
     if (batch > 1) {
         const int32_t count = batch;
@@ -123,19 +134,20 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
 
     Plan plan;
     try {
-        // BF16: cuBLASLt rounds the f32 operands to bf16 for the tensor cores and
-        // accumulates in f32 (mixed-precision compute on f32 storage).
-        const cublasComputeType_t compute =
-            key[16] == static_cast<int64_t>(MatmulPrecision::BF16) ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+        // Accumulation and output are f32 in every mode.
+        const cudaDataType_t operand_type = key[16] == kBf16Copies ? CUDA_R_16BF : CUDA_R_32F;
+        const cublasComputeType_t compute = key[16] == kF32Fast16bf ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
         HSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
         const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
         const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
         HSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
         HSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
         // Stored shapes (column-major): A is m x k (k x m when transposed), B is k x n (n x k).
-        plan.layout_a = trans_a ? make_layout(k, m, lda, batch, stride_a) : make_layout(m, k, lda, batch, stride_a);
-        plan.layout_b = trans_b ? make_layout(n, k, ldb, batch, stride_b) : make_layout(k, n, ldb, batch, stride_b);
-        plan.layout_c = make_layout(m, n, ldc, batch, stride_c);
+        plan.layout_a = trans_a ? make_layout(operand_type, k, m, lda, batch, stride_a)
+                                : make_layout(operand_type, m, k, lda, batch, stride_a);
+        plan.layout_b = trans_b ? make_layout(operand_type, n, k, ldb, batch, stride_b)
+                                : make_layout(operand_type, k, n, ldb, batch, stride_b);
+        plan.layout_c = make_layout(CUDA_R_32F, m, n, ldc, batch, stride_c);
 
         cublasLtMatmulPreference_t pref = nullptr;
         HSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -161,7 +173,7 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
                                                        << cublasLtGetStatusName(status) << " ("
                                                        << cublasLtGetStatusString(status) << ")");
         HSA_CHECK(found_count > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-                  "gemm: cuBLASLt found no " << (key[16] ? "bf16" : "f32") << " algorithm for m " << m << " n " << n << " k " << k << " batch "
+                  "gemm: cuBLASLt found no " << (key[16] != kF32Exact ? "bf16" : "f32") << " algorithm for m " << m << " n " << n << " k " << k << " batch "
                                                                  << batch << " (alignments " << align_a << "/"
                                                                  << align_b << "/" << align_c << " bytes)");
         plan.algo = result.algo;
@@ -177,16 +189,47 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
 // loop_stride_*: when the caller loops over this call with advancing pointers, the stride
 // of that loop (so the cached plan's alignment holds for every iteration); 0 otherwise.
 struct RowMajorGemm {
-    const float* a;
+    const void* a;  // f32, or bf16 at BF16 precision (element_bytes says which)
     bool ta;
-    const float* b;
+    const void* b;
     bool tb;
     float* c;
     int64_t M, N, K;
     int batch = 1;
     int64_t stride_a = 0, stride_b = 0, stride_c = 0;
     int64_t loop_stride_a = 0, loop_stride_b = 0, loop_stride_c = 0;
+    size_t element_bytes = sizeof(float);  // of a and b
+    OperandMode mode = kF32Exact;
 };
+
+// f32 -> bf16 (round to nearest even), 4 elements a thread when both are 16/8-byte aligned.
+__global__ void round_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, int64_t n,
+                                     bool vectorised) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t vector_end = vectorised ? n / 4 * 4 : 0;
+    for (int64_t k = first; k < vector_end / 4; k += stride) {
+        const float4 v = reinterpret_cast<const float4*>(in)[k];
+        reinterpret_cast<__nv_bfloat162*>(out)[2 * k] = __floats2bfloat162_rn(v.x, v.y);
+        reinterpret_cast<__nv_bfloat162*>(out)[2 * k + 1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+    for (int64_t k = vector_end + first; k < n; k += stride) out[k] = __float2bfloat16_rn(in[k]);
+}
+
+// A bf16 copy of a contiguous f32 tensor's data.
+Tensor rounded_bf16_copy(const Tensor& t) {
+    Tensor copy = Tensor::empty(t.shape(), DType::BF16, Device::CUDA);
+    const int64_t n = t.numel();
+    if (n == 0) return copy;
+    const float* in = t.data<float>();
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(copy.raw_data());
+    const bool vectorised = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+    const int64_t work = vectorised ? (n + 3) / 4 : n;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((work + 255) / 256, 4096));
+    round_to_bf16_kernel<<<blocks, 256>>>(in, out, n, vectorised);
+    HSA_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
+    return copy;
+}
 
 void check_int_range(int64_t value, const char* what) {
     HSA_CHECK(value <= INT_MAX, "gemm: " << what << " " << value << " exceeds cuBLASLt's int32 limit " << INT_MAX);
@@ -207,11 +250,12 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     const int64_t ldc = g.N;
     const int64_t sa = g.batch > 1 ? g.stride_b : 0, sb = g.batch > 1 ? g.stride_a : 0,
                   sc = g.batch > 1 ? g.stride_c : 0;
-    const uint32_t align_a = std::min(alignment_of(g.b, sa), alignment_of(g.b, g.loop_stride_b));
-    const uint32_t align_b = std::min(alignment_of(g.a, sb), alignment_of(g.a, g.loop_stride_a));
+    const size_t eb = g.element_bytes;
+    const uint32_t align_a = std::min(alignment_of(g.b, sa, eb), alignment_of(g.b, g.loop_stride_b, eb));
+    const uint32_t align_b = std::min(alignment_of(g.a, sb, eb), alignment_of(g.a, g.loop_stride_a, eb));
     const uint32_t align_c = std::min(alignment_of(g.c, sc), alignment_of(g.c, g.loop_stride_c));
     const PlanKey key{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                      align_a, align_b, align_c, static_cast<int64_t>(matmul_precision())};
+                      align_a, align_b, align_c, g.mode};
     const Plan& plan = find_plan(state, key);
     const float alpha = 1.0f;
     HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,
@@ -225,8 +269,6 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
                        bool accumulate) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, out, Device::CUDA);
     const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
-    const float* pa = a.data<float>();
-    const float* pb = b.data<float>();
     float* po = out.data<float>();
     if (Bo == 0 || M == 0 || N == 0) return;  // empty out
     const float beta0 = accumulate ? 1.0f : 0.0f;
@@ -239,7 +281,21 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
     const int64_t b_step = dims.b_batch == 1 ? 0 : K * N;
     const int64_t o_step = Bo == 1 ? 0 : M * N;
 
+    // At BF16 precision the operands are multiplied as bf16 copies (see the top of the file);
+    // the copies live until the matmuls are enqueued, and the stream orders their reuse.
+    const bool bf16_precision = matmul_precision() == MatmulPrecision::BF16;
+    const bool bf16 = bf16_precision && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
+    Tensor a16, b16;
+    if (bf16) {
+        a16 = rounded_bf16_copy(a);
+        b16 = rounded_bf16_copy(b);
+    }
+    const size_t eb = bf16 ? 2 : sizeof(float);
+    const char* pa = static_cast<const char*>(bf16 ? a16.raw_data() : a.raw_data());
+    const char* pb = static_cast<const char*>(bf16 ? b16.raw_data() : b.raw_data());
     RowMajorGemm g{pa, transpose_a, pb, transpose_b, po, M, N, K};
+    g.element_bytes = eb;
+    g.mode = bf16 ? kBf16Copies : bf16_precision ? kF32Fast16bf : kF32Exact;
     if (B == 1) {
         run_gemm(g, beta0);
         return;
@@ -263,8 +319,8 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
         g.loop_stride_b = b_step;
         g.loop_stride_c = o_step;
         for (int64_t i = 0; i < B; ++i) {
-            g.a = pa + i * a_step;
-            g.b = pb + i * b_step;
+            g.a = pa + i * a_step * eb;
+            g.b = pb + i * b_step * eb;
             g.c = po + i * o_step;
             run_gemm(g, beta0);
         }
@@ -279,8 +335,8 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
     g.loop_stride_a = a_step;
     g.loop_stride_b = b_step;
     for (int64_t i = 0; i < B; ++i) {
-        g.a = pa + i * a_step;
-        g.b = pb + i * b_step;
+        g.a = pa + i * a_step * eb;
+        g.b = pb + i * b_step * eb;
         run_gemm(g, i == 0 ? beta0 : 1.0f);
     }
 }

@@ -122,11 +122,29 @@ TEST(CudaOps, EmbeddingForwardBackward) {
     }
 }
 
+// Every transpose, batching mode and accumulate flag against the CPU. At f32 precision to
+// f32 rounding; at bf16 precision within the bf16 bound of GemmBf16PrecisionIsBf16Accurate
+// (relative 1e-2), once with sizes that are multiples of 8 (the operands' bf16 copies) and
+// once with odd sizes (the FAST_16BF fallback on f32 operands).
+void check_gemm_modes(Rng& rng, int64_t M, int64_t K, int64_t N, int64_t B, double tolerance);
+
 TEST(CudaOps, GemmAllTransposesBatchesAndAccumulate) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    const int64_t M = 37, K = 53, N = 29, B = 3;
+    check_gemm_modes(rng, 37, 53, 29, 3, -1);
+}
+
+TEST(CudaOps, GemmBf16AllTransposesBatchesAndAccumulate) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    MatmulPrecisionScope bf16(MatmulPrecision::BF16);
+    check_gemm_modes(rng, 40, 64, 24, 3, 1e-2);  // bf16 copies
+    check_gemm_modes(rng, 37, 53, 29, 3, 1e-2);  // FAST_16BF fallback
+}
+
+void check_gemm_modes(Rng& rng, int64_t M, int64_t K, int64_t N, int64_t B, double tolerance) {
     for (bool ta : {false, true})
         for (bool tb : {false, true})
             for (int mode = 0; mode < 4; ++mode) {  // 2-D x 2-D, 3-D x 3-D, 3-D x shared 2-D, 3-D x 3-D summed into 2-D
@@ -143,7 +161,11 @@ TEST(CudaOps, GemmAllTransposesBatchesAndAccumulate) {
                     Tensor want = base.clone(), got = on_gpu(base);
                     cpu().gemm(a, ta, b, tb, want, accumulate);
                     gpu().gemm(on_gpu(a), ta, on_gpu(b), tb, got, accumulate);
-                    EXPECT_CLOSE(got, want, kReductionTol);
+                    if (tolerance < 0) {
+                        EXPECT_CLOSE(got, want, kReductionTol);
+                    } else {
+                        EXPECT_LE(relative_error(got, want), tolerance) << "M " << M << " K " << K << " N " << N;
+                    }
                 }
             }
 }
