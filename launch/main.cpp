@@ -157,7 +157,11 @@ const char* kEvalHelp = R"(usage: hsa eval --ckpt FILE.h5 --task NAME --lengths 
 Scores a checkpoint on a RULER-style (niah_*, vt, cwe, fwe, passkey) or BABILong-style
 (qa1..qa5) task: for every (length, depth) cell, --samples examples are generated
 (hsa data task list shows the tasks), each prompt is decoded greedily and the
-continuation is scored with the task's rule. Prints the accuracy table (rows: depth,
+continuation is scored with the task's rule. --task recall scores the built-in
+associative-recall task (its settings from the checkpoint's "task" section) at each
+length instead: the fraction of answer positions whose arg-max is the value, with the
+pairs further from the queries as the length grows (one forward pass per sequence).
+Prints the accuracy table (rows: depth,
 columns: length) and writes DIR/eval_NAME.json (options, every prediction and score,
 accuracy per cell and per length) and DIR/eval_NAME.png (a length x depth heatmap, drawn
 by gnuplot; without gnuplot a warning and no PNG). Decoding recomputes the whole
@@ -165,7 +169,7 @@ sequence for each new token (no key/value cache yet): long lengths are slow on a
 
 options:
   --ckpt FILE       a checkpoint written by hsa train
-  --task NAME       the task (hsa data task list)
+  --task NAME       the task (hsa data task list), or recall
   --lengths L,...   target example lengths in tokens; K (x1024) and M suffixes: 4K,8K,16K
   --samples N       examples per cell (default 10)
   --depths D,...    needle depths in [0, 1] (niah_*, passkey); default one row of random depths
@@ -494,7 +498,10 @@ int run_eval(const std::vector<std::string>& args) {
     std::unique_ptr<Model> model = load_model_from_checkpoint(checkpoint, device == "cuda" ? Device::CUDA : Device::CPU, &state);
     std::cout << "eval: " << checkpoint << " (step " << state.step << "), task " << options.task << ", tokenizer "
               << tokenizer->name() << "\n";
-    const TaskEvalResult result = evaluate_task(*model, *tokenizer, options, &std::cout);
+    const TaskEvalResult result =
+        options.task == kRecallTaskName
+            ? evaluate_recall_lengths(*model, FullConfig::from_json(state.config).task, options, &std::cout)
+            : evaluate_task(*model, *tokenizer, options, &std::cout);
     std::cout << task_eval_table(result, options);
     const std::string json_path = out_dir + "/eval_" + options.task + ".json";
     const std::string png_path = out_dir + "/eval_" + options.task + ".png";

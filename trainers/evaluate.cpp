@@ -1,10 +1,14 @@
 #include "trainers/evaluate.h"
 
+#include "core/autograd.h"
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
 
+#include "core/autograd.h"
 #include "core/model/config.h"
 #include "trainers/generate.h"
 #include "trainers/plot.h"
@@ -64,9 +68,9 @@ std::vector<double> depth_rows(const TaskEvalOptions& options) {
 }  // namespace
 
 void TaskEvalOptions::validate() const {
-    if (!is_task(task)) {
-        std::string known;
-        for (const auto& name : task_names()) known += (known.empty() ? "" : ", ") + name;
+    if (!is_task(task) && task != kRecallTaskName) {
+        std::string known = kRecallTaskName;
+        for (const auto& name : task_names()) known += ", " + name;
         throw ConfigError("eval: unknown task '" + task + "' (known: " + known + ")");
     }
     if (lengths.empty()) throw ConfigError("eval: --lengths needs at least one length");
@@ -137,6 +141,56 @@ TaskEvalResult evaluate_task(Model& model, const Tokenizer& tokenizer, const Tas
             }
             result.cells.push_back(std::move(cell));
         }
+    }
+    return result;
+}
+
+TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& task, const TaskEvalOptions& options,
+                                       std::ostream* progress) {
+    options.validate();
+    const ModelConfig& config = model.config();
+    NoGradGuard no_grad;
+    ForwardOptions forward;
+    forward.training = false;
+    TaskEvalResult result;
+    for (int64_t length : options.lengths) {
+        task.validate(length, config.window, config.vocab_size);
+        const auto start = std::chrono::steady_clock::now();
+        TaskEvalCell cell;
+        cell.length = length;
+        // One sequence at a time: memory stays that of one example at the longest length.
+        for (int64_t i = 0; i < options.samples; ++i) {
+            const RecallBatch batch = make_recall_batch(task, 1, length, config.window, options.seed, static_cast<uint64_t>(i));
+            Tensor logits = model.forward(batch.tokens.to(model.device()), forward).to(Device::CPU).contiguous();
+            const float* l = logits.data<float>();
+            const float* mask = batch.mask.data<float>();
+            const int32_t* targets = batch.targets.data<int32_t>();
+            const int64_t V = config.vocab_size;
+            std::vector<std::string> answers;
+            std::string predicted;
+            double correct = 0, count = 0;
+            for (int64_t p = 0; p < length; ++p) {
+                if (mask[p] == 0.0f) continue;
+                const float* row = l + p * V;
+                const int64_t best = std::max_element(row, row + V) - row;
+                correct += best == targets[p];
+                count += 1;
+                answers.push_back(std::to_string(targets[p]));
+                predicted += (predicted.empty() ? "" : " ") + std::to_string(best);
+            }
+            cell.scores.push_back(count > 0 ? correct / count : 0.0);
+            cell.predictions.push_back(predicted);
+            cell.answers.push_back(answers);
+            cell.example_lengths.push_back(length);
+        }
+        if (progress) {
+            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            *progress << kRecallTaskName << " length " << length_label(length) << ": accuracy " << std::fixed
+                      << std::setprecision(3) << cell.accuracy() << " over " << options.samples << " sequences ("
+                      << std::setprecision(1) << seconds << " s)\n"
+                      << std::flush;
+        }
+        result.cells.push_back(std::move(cell));
     }
     return result;
 }

@@ -12,12 +12,17 @@
 
 #include "core/json.h"
 #include "core/model/model.h"
+#include "trainers/recall_task.h"
 #include "trainers/tokenizer.h"
 
 namespace hsa {
 
+// The built-in associative-recall task (trainers/recall_task.h) is evaluated too, under this
+// name: its settings come from the checkpoint's "task" section.
+constexpr const char* kRecallTaskName = "recall";
+
 struct TaskEvalOptions {
-    std::string task;                  // a name of task_names()
+    std::string task;                  // a name of task_names(), or kRecallTaskName
     std::vector<int64_t> lengths;      // target example lengths in tokens
     std::vector<double> depths;        // needle depths in [0, 1]; empty = a random depth per example
     int64_t samples = 10;              // examples per (length, depth) cell
@@ -49,6 +54,14 @@ struct TaskEvalResult {
 // Runs the evaluation; a line per finished cell goes to `progress` (nullptr = silent).
 // Throws ConfigError when an example's tokens do not fit the model's vocabulary.
 TaskEvalResult evaluate_task(Model& model, const Tokenizer& tokenizer, const TaskEvalOptions& options, std::ostream* progress);
+
+// The recall task at each length: --samples sequences of that length (pairs early, query
+// rounds at the end, every query beyond the sliding window; trainers/recall_task.h), and a
+// score per answer position: 1 when the arg-max logit (teacher forcing, one forward pass)
+// is the value. Longer lengths put the pairs further from the queries: the extrapolation
+// test of HSA retrieval. Throws ConfigError when a length cannot hold the task.
+TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& task, const TaskEvalOptions& options,
+                                       std::ostream* progress);
 
 // "4K" for multiples of 1024, else the number.
 std::string length_label(int64_t length);
