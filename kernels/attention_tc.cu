@@ -25,7 +25,6 @@
 
 #include <cuda_bf16.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -68,9 +67,6 @@ struct TcParams {
     float* grad_k;          // [B, T, Hk, D] or null
     float* grad_v;          // [B, T, Hk, D] or null
     int T, H, Hk, G;
-    int head_splits;        // dK/dV: blocks per key tile, each over G / head_splits heads
-    float* partial_k;       // [head_splits][B, T, Hk, D] when head_splits > 1 (else unused)
-    float* partial_v;
     bool causal;
     int window;  // causal only; 0 = unlimited
     float scale;       // 1 / sqrt(D)
@@ -327,9 +323,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
     const uint32_t do_kn = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
     int lo, hi;
     queries_of_keys(P, s0, lo, hi);
-    const int heads_per_split = P.G / P.head_splits, split = static_cast<int>(blockIdx.z);
-    const int first_head = g * P.G + split * heads_per_split;
-    for (int head = first_head; head < first_head + heads_per_split; ++head) {
+    for (int head = g * P.G; head < (g + 1) * P.G; ++head) {
         const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
         const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + head;
         const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + head;
@@ -379,26 +373,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
             accumulate_product_with_tile<D, kTile>(dsf, q_kn, dk);  // dK += dS^T Q
         }
     }
-    if (P.head_splits > 1) {  // partial sums of this split's heads; reduced in split order below
-        // gridDim.x = B * Hk, so one split's partial tensor [B, T, Hk, D] has gridDim.x * T * D floats.
-        const int64_t split_offset = static_cast<int64_t>(split) * gridDim.x * P.T * D;
-        store_rows<D>(P.partial_k + split_offset + kv_offset, kv_stride, sa, P.T, tig, dk, 1.0f, 1.0f);
-        store_rows<D>(P.partial_v + split_offset + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
-        return;
-    }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
-}
-
-// grad[e] = factor * sum over splits s (in order) of partial[s][e]: deterministic.
-__global__ void sum_head_splits_kernel(const float* __restrict__ partial, int splits, int64_t n, float factor,
-                                       float* __restrict__ grad) {
-    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-         e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        float sum = 0.0f;
-        for (int s = 0; s < splits; ++s) sum += partial[s * n + e];
-        grad[e] = sum * factor;
-    }
 }
 
 // ---------------------------------------------------------------- host side
@@ -413,7 +389,6 @@ TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) 
     P.G = P.H / P.Hk;
     P.causal = causal;
     P.window = window;
-    P.head_splits = 1;
     P.scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
     P.scale_log2 = P.scale * kLog2e;
     return P;
@@ -467,32 +442,9 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
     }
     if (P.grad_k || P.grad_v) {
-        // With few KV heads (the model's SWA has Hk = 1) one block per key tile leaves the
-        // GPU short of blocks; the G query heads are then split over up to 8 blocks per tile
-        // (a divisor of G, from the sizes only), and the partial dK / dV summed in order.
-        const int64_t base_blocks = q.size(0) * k.size(2) * ((q.size(1) + kRows - 1) / kRows);
-        P.head_splits = 1;
-        for (int splits = 2; splits <= 8; splits *= 2)
-            if (P.G % splits == 0 && base_blocks * (splits / 2) < 2048) P.head_splits = splits;
-        Tensor partial_k, partial_v;
-        if (P.head_splits > 1) {
-            partial_k = Tensor::empty({P.head_splits, q.size(0), q.size(1), k.size(2), k.size(3)}, DType::F32, Device::CUDA);
-            partial_v = Tensor::empty(partial_k.shape(), DType::F32, Device::CUDA);
-            P.partial_k = partial_k.data<float>();
-            P.partial_v = partial_v.data<float>();
-        }
-        dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward");
-        grid.z = static_cast<unsigned>(P.head_splits);
         attention_backward_dkdv_tc_kernel<kHeadDim>
-            <<<grid, kThreads>>>(P);
+            <<<grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
-        if (P.head_splits > 1) {
-            const int64_t n = k.numel();
-            const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 8192));
-            if (P.grad_k) sum_head_splits_kernel<<<blocks, 256>>>(P.partial_k, P.head_splits, n, P.scale, P.grad_k);
-            if (P.grad_v) sum_head_splits_kernel<<<blocks, 256>>>(P.partial_v, P.head_splits, n, 1.0f, P.grad_v);
-            HSA_CUDA_CHECK_LAUNCH("sum_head_splits_kernel");
-        }
     }
 }
 
