@@ -56,7 +56,8 @@ commands:
            depth: a table, JSON and a heatmap PNG (hsa eval --ckpt F --task passkey --lengths 4K,8K)
   bench    time the CUDA kernels against TARGETS.md (hsa bench hsa | swa | train)
   op       run one op forward + backward on HDF5 inputs (hsa op NAME --inputs IN.h5 --out OUT.h5)
-  data     text to token ids and back, for scripts (hsa data encode|decode --tokenizer byte)
+  data     tokenizers (encode|decode), HDF5 token shards (tokenize|inspect), RULER/BABILong-style
+           task data (task), the installed prose corpus (corpus): hsa data --help
 
 Run 'hsa <command> --help' for a command's options.
 )";
