@@ -9,52 +9,15 @@
 #include <limits>
 #include <type_traits>
 
+#include "core/hdf5_handle.h"
+
 namespace hsa {
 
 static_assert(std::is_same<hid_t, int64_t>::value, "core/hdf5_io.h stores hid_t as int64_t (HDF5 >= 1.10)");
 
 namespace {
 
-// Owns one HDF5 identifier; closes it with the matching H5?close.
-class Handle {
-public:
-    using Closer = herr_t (*)(hid_t);
-    Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-    ~Handle() {
-        if (id_ >= 0) closer_(id_);
-    }
-    Handle(const Handle&) = delete;
-    Handle& operator=(const Handle&) = delete;
-    Handle(Handle&& other) noexcept : id_(other.id_), closer_(other.closer_) { other.id_ = -1; }
-    bool ok() const { return id_ >= 0; }
-    hid_t get() const { return id_; }
-    operator hid_t() const { return id_; }
-
-private:
-    hid_t id_;
-    Closer closer_;
-};
-
-// HDF5 prints its error stack to stderr by default; every failure here becomes an
-// hsa::Error instead. (The setting is per thread in thread-safe builds, so it is repeated
-// at each entry point; it is cheap.)
-void silence() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-
-herr_t first_error(unsigned n, const H5E_error2_t* error, void* data) {
-    if (n == 0 && error && error->desc) *static_cast<std::string*>(data) = error->desc;
-    return 0;
-}
-
-// The innermost message on HDF5's error stack (where the failure was detected), as
-// " (HDF5: ...)", or "" when the stack is empty. Clears the stack.
-std::string detail() {
-    std::string message;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_error, &message);
-    H5Eclear2(H5E_DEFAULT);
-    for (char& c : message)
-        if (c == '\n' || c == '\r') c = ' ';
-    return message.empty() ? std::string() : " (HDF5: " + message + ")";
-}
+using hdf5::Handle;
 
 std::vector<std::string> split_path(const std::string& path) {
     std::vector<std::string> parts;
@@ -159,7 +122,7 @@ const char* hdf5_type_name(Hdf5Type type) {
 // ---------------------------------------------------------------- file
 
 Hdf5File::Hdf5File(const std::string& filename, Hdf5Mode mode) : filename_(filename), mode_(mode) {
-    silence();
+    hdf5::silence_errors();
     HSA_CHECK(!filename.empty(), "HDF5: empty file name");
     if (mode == Hdf5Mode::Create) {
         // Objects in the 1.8 format: readable by every HDF5 >= 1.8 and h5py, and attributes
@@ -168,7 +131,7 @@ Hdf5File::Hdf5File(const std::string& filename, Hdf5Mode mode) : filename_(filen
         if (fapl.ok()) H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
         hid_t id = H5Fcreate(filename.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.ok() ? fapl.get() : H5P_DEFAULT);
         if (id < 0) {
-            const std::string why = detail();
+            const std::string why = hdf5::error_detail();
             std::error_code ec;
             const auto parent = std::filesystem::path(filename).parent_path();
             if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
@@ -183,12 +146,12 @@ Hdf5File::Hdf5File(const std::string& filename, Hdf5Mode mode) : filename_(filen
     HSA_CHECK(std::filesystem::exists(status), "HDF5 file '" << filename << "' does not exist");
     HSA_CHECK(!std::filesystem::is_directory(status), "'" << filename << "' is a folder, not an HDF5 file");
     const htri_t is_hdf5 = H5Fis_hdf5(filename.c_str());
-    if (is_hdf5 < 0) HSA_FAIL("cannot read '" << filename << "'" << detail());
+    if (is_hdf5 < 0) HSA_FAIL("cannot read '" << filename << "'" << hdf5::error_detail());
     HSA_CHECK(is_hdf5 > 0, "'" << filename << "' is not an HDF5 file");
     hid_t id = H5Fopen(filename.c_str(), mode == Hdf5Mode::Read ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT);
     if (id < 0)
         HSA_FAIL("cannot open HDF5 file '" << filename << "' for " << (mode == Hdf5Mode::Read ? "reading" : "writing")
-                                           << detail());
+                                           << hdf5::error_detail());
     id_ = id;
 }
 
@@ -212,7 +175,7 @@ Hdf5File& Hdf5File::operator=(Hdf5File&& other) noexcept {
 }
 
 void Hdf5File::require_open(const char* what) const {
-    silence();
+    hdf5::silence_errors();
     HSA_CHECK(id_ >= 0, "HDF5: " << what << " on a closed file" << (filename_.empty() ? "" : " '" + filename_ + "'"));
 }
 
@@ -223,15 +186,15 @@ void Hdf5File::require_writable(const char* what) const {
 
 void Hdf5File::flush() {
     require_open("flush");
-    if (H5Fflush(id_, H5F_SCOPE_GLOBAL) < 0) HSA_FAIL(filename_ << ": cannot flush" << detail());
+    if (H5Fflush(id_, H5F_SCOPE_GLOBAL) < 0) HSA_FAIL(filename_ << ": cannot flush" << hdf5::error_detail());
 }
 
 void Hdf5File::close() {
     if (id_ < 0) return;
-    silence();
+    hdf5::silence_errors();
     const hid_t id = id_;
     id_ = -1;
-    if (H5Fclose(id) < 0) HSA_FAIL(filename_ << ": cannot close" << detail());
+    if (H5Fclose(id) < 0) HSA_FAIL(filename_ << ": cannot close" << hdf5::error_detail());
 }
 
 // ---------------------------------------------------------------- structure
@@ -278,13 +241,13 @@ std::vector<std::string> Hdf5File::list(const std::string& group) const {
     HSA_CHECK(has(group), filename_ << ": no group '" << group << "'");
     HSA_CHECK(is_group(group), filename_ << ": '" << group << "' is a dataset, not a group");
     Handle g(H5Gopen2(id_, split_path(group).empty() ? "/" : group.c_str(), H5P_DEFAULT), H5Gclose);
-    if (!g.ok()) HSA_FAIL(filename_ << ": cannot open group '" << group << "'" << detail());
+    if (!g.ok()) HSA_FAIL(filename_ << ": cannot open group '" << group << "'" << hdf5::error_detail());
     H5G_info_t info;
-    if (H5Gget_info(g, &info) < 0) HSA_FAIL(filename_ << ": cannot list group '" << group << "'" << detail());
+    if (H5Gget_info(g, &info) < 0) HSA_FAIL(filename_ << ": cannot list group '" << group << "'" << hdf5::error_detail());
     std::vector<std::string> names;
     for (hsize_t i = 0; i < info.nlinks; ++i) {
         const ssize_t length = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-        if (length < 0) HSA_FAIL(filename_ << ": cannot list group '" << group << "'" << detail());
+        if (length < 0) HSA_FAIL(filename_ << ": cannot list group '" << group << "'" << hdf5::error_detail());
         std::vector<char> name(static_cast<size_t>(length) + 1, '\0');
         H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(), H5P_DEFAULT);
         names.emplace_back(name.data());
@@ -300,7 +263,7 @@ void Hdf5File::create_group(const std::string& path) {
     Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
     H5Pset_create_intermediate_group(lcpl, 1);
     Handle g(H5Gcreate2(id_, path.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-    if (!g.ok()) HSA_FAIL(filename_ << ": cannot create group '" << path << "'" << detail());
+    if (!g.ok()) HSA_FAIL(filename_ << ": cannot create group '" << path << "'" << hdf5::error_detail());
 }
 
 // ---------------------------------------------------------------- datasets
@@ -310,7 +273,7 @@ Handle open_dataset(hid_t file, const Hdf5File& self, const std::string& path) {
     HSA_CHECK(self.has(path), self.filename() << ": no dataset '" << path << "'");
     HSA_CHECK(self.is_dataset(path), self.filename() << ": '" << path << "' is a group, not a dataset");
     Handle ds(H5Dopen2(file, path.c_str(), H5P_DEFAULT), H5Dclose);
-    if (!ds.ok()) HSA_FAIL(self.filename() << ": cannot open dataset '" << path << "'" << detail());
+    if (!ds.ok()) HSA_FAIL(self.filename() << ": cannot open dataset '" << path << "'" << hdf5::error_detail());
     return ds;
 }
 
@@ -357,7 +320,7 @@ Tensor Hdf5File::read_tensor(const std::string& path) const {
     auto read_into = [&](hid_t memory_type, void* buffer) {
         if (n == 0) return;
         if (H5Dread(ds, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer) < 0)
-            HSA_FAIL("cannot read " << where << detail());
+            HSA_FAIL("cannot read " << where << hdf5::error_detail());
     };
 
     if (cls == H5T_FLOAT && (size == 4 || size == 8)) {
@@ -426,17 +389,17 @@ void Hdf5File::write_tensor(const std::string& path, const Tensor& tensor, Hdf5T
     std::vector<hsize_t> dims(host.shape().begin(), host.shape().end());
     Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                  H5Sclose);
-    if (!space.ok()) HSA_FAIL("cannot write " << where << ": bad shape " << shape_string(host.shape()) << detail());
+    if (!space.ok()) HSA_FAIL("cannot write " << where << ": bad shape " << shape_string(host.shape()) << hdf5::error_detail());
     if (has(path)) {
         HSA_CHECK(is_dataset(path), "cannot write " << where << ": a group has that name");
-        if (H5Ldelete(id_, path.c_str(), H5P_DEFAULT) < 0) HSA_FAIL("cannot replace " << where << detail());
+        if (H5Ldelete(id_, path.c_str(), H5P_DEFAULT) < 0) HSA_FAIL("cannot replace " << where << hdf5::error_detail());
     }
     Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
     H5Pset_create_intermediate_group(lcpl, 1);
     Handle ds(H5Dcreate2(id_, path.c_str(), st.file_type, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-    if (!ds.ok()) HSA_FAIL("cannot create " << where << detail());
+    if (!ds.ok()) HSA_FAIL("cannot create " << where << hdf5::error_detail());
     if (n > 0 && H5Dwrite(ds, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.raw_data()) < 0)
-        HSA_FAIL("cannot write " << where << detail());
+        HSA_FAIL("cannot write " << where << hdf5::error_detail());
 }
 
 // ---------------------------------------------------------------- attributes
@@ -451,7 +414,7 @@ Handle open_attribute(hid_t file, const Hdf5File& self, const std::string& objec
     HSA_CHECK(self.has_attribute(object, name), self.filename() << ": no attribute '" << name << "' on '" << object << "'");
     const std::string obj = split_path(object).empty() ? "/" : object;
     Handle attr(H5Aopen_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    if (!attr.ok()) HSA_FAIL("cannot open " << attribute_where(self, object, name) << detail());
+    if (!attr.ok()) HSA_FAIL("cannot open " << attribute_where(self, object, name) << hdf5::error_detail());
     Handle space(H5Aget_space(attr), H5Sclose);
     const hssize_t points = H5Sget_simple_extent_npoints(space);
     HSA_CHECK(points == 1, attribute_where(self, object, name) << " has " << points << " values, expected one");
@@ -463,13 +426,13 @@ int64_t read_integer_like(hid_t attr, hid_t type, const std::string& where) {
     if (H5Tget_class(type) == H5T_INTEGER) {
         if (H5Tget_sign(type) == H5T_SGN_NONE && H5Tget_size(type) == 8) {
             uint64_t value = 0;
-            if (H5Aread(attr, H5T_NATIVE_UINT64, &value) < 0) HSA_FAIL("cannot read " << where << detail());
+            if (H5Aread(attr, H5T_NATIVE_UINT64, &value) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
             HSA_CHECK(value <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
                       where << " is " << value << ", which does not fit i64");
             return static_cast<int64_t>(value);
         }
         int64_t value = 0;
-        if (H5Aread(attr, H5T_NATIVE_INT64, &value) < 0) HSA_FAIL("cannot read " << where << detail());
+        if (H5Aread(attr, H5T_NATIVE_INT64, &value) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
         return value;
     }
     // Enum: read the raw base integer and widen it.
@@ -478,7 +441,7 @@ int64_t read_integer_like(hid_t attr, hid_t type, const std::string& where) {
     const size_t size = H5Tget_size(type);
     HSA_CHECK(native.ok() && base.ok() && size >= 1 && size <= 8, where << " has an unsupported enum type");
     unsigned char raw[8] = {0};
-    if (H5Aread(attr, native, raw) < 0) HSA_FAIL("cannot read " << where << detail());
+    if (H5Aread(attr, native, raw) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
     const bool is_signed = H5Tget_sign(base) != H5T_SGN_NONE;
     switch (size) {
         case 1: { int8_t s; uint8_t u; std::memcpy(&s, raw, 1); std::memcpy(&u, raw, 1); return is_signed ? s : u; }
@@ -502,10 +465,10 @@ std::vector<std::string> Hdf5File::list_attributes(const std::string& object) co
     require_open("list_attributes");
     HSA_CHECK(has(object), filename_ << ": no object '" << object << "'");
     Handle obj(H5Oopen(id_, split_path(object).empty() ? "/" : object.c_str(), H5P_DEFAULT), H5Oclose);
-    if (!obj.ok()) HSA_FAIL(filename_ << ": cannot open '" << object << "'" << detail());
+    if (!obj.ok()) HSA_FAIL(filename_ << ": cannot open '" << object << "'" << hdf5::error_detail());
     std::vector<std::string> names;
     if (H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attribute_name, &names) < 0)
-        HSA_FAIL(filename_ << ": cannot list the attributes of '" << object << "'" << detail());
+        HSA_FAIL(filename_ << ": cannot list the attributes of '" << object << "'" << hdf5::error_detail());
     std::sort(names.begin(), names.end());
     return names;
 }
@@ -521,7 +484,7 @@ std::string Hdf5File::read_string_attribute(const std::string& object, const std
         H5Tset_size(memory, H5T_VARIABLE);
         H5Tset_cset(memory, H5Tget_cset(type));
         char* text = nullptr;
-        if (H5Aread(attr, memory, &text) < 0) HSA_FAIL("cannot read " << where << detail());
+        if (H5Aread(attr, memory, &text) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
         std::string value = text ? text : "";
         if (text) H5free_memory(text);
         return value;
@@ -529,7 +492,7 @@ std::string Hdf5File::read_string_attribute(const std::string& object, const std
     const size_t size = H5Tget_size(type);
     std::vector<char> buffer(size + 1, '\0');
     Handle memory(H5Tcopy(type), H5Tclose);
-    if (H5Aread(attr, memory, buffer.data()) < 0) HSA_FAIL("cannot read " << where << detail());
+    if (H5Aread(attr, memory, buffer.data()) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
     std::string value(buffer.data(), strnlen(buffer.data(), size));
     if (H5Tget_strpad(type) == H5T_STR_SPACEPAD)
         while (!value.empty() && value.back() == ' ') value.pop_back();
@@ -545,7 +508,7 @@ int64_t Hdf5File::read_int_attribute(const std::string& object, const std::strin
     if (cls == H5T_INTEGER || cls == H5T_ENUM) return read_integer_like(attr, type, where);
     if (cls == H5T_FLOAT) {
         double value = 0;
-        if (H5Aread(attr, H5T_NATIVE_DOUBLE, &value) < 0) HSA_FAIL("cannot read " << where << detail());
+        if (H5Aread(attr, H5T_NATIVE_DOUBLE, &value) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
         HSA_CHECK(std::isfinite(value) && value == std::floor(value) && std::fabs(value) < 9.2e18,
                   where << " is " << value << ", expected a whole number");
         return static_cast<int64_t>(value);
@@ -562,7 +525,7 @@ double Hdf5File::read_float_attribute(const std::string& object, const std::stri
     if (cls == H5T_ENUM) return static_cast<double>(read_integer_like(attr, type, where));
     HSA_CHECK(cls == H5T_FLOAT || cls == H5T_INTEGER, where << " is " << type_name(type) << ", expected a number");
     double value = 0;
-    if (H5Aread(attr, H5T_NATIVE_DOUBLE, &value) < 0) HSA_FAIL("cannot read " << where << detail());
+    if (H5Aread(attr, H5T_NATIVE_DOUBLE, &value) < 0) HSA_FAIL("cannot read " << where << hdf5::error_detail());
     return value;
 }
 
@@ -573,12 +536,12 @@ void write_attribute(hid_t file, const Hdf5File& self, const std::string& object
     HSA_CHECK(!name.empty(), self.filename() << ": empty attribute name on '" << object << "'");
     HSA_CHECK(self.has(object), "cannot write " << where << ": no object '" << object << "'");
     Handle obj(H5Oopen(file, split_path(object).empty() ? "/" : object.c_str(), H5P_DEFAULT), H5Oclose);
-    if (!obj.ok()) HSA_FAIL("cannot write " << where << detail());
-    if (H5Aexists(obj, name.c_str()) > 0 && H5Adelete(obj, name.c_str()) < 0) HSA_FAIL("cannot replace " << where << detail());
+    if (!obj.ok()) HSA_FAIL("cannot write " << where << hdf5::error_detail());
+    if (H5Aexists(obj, name.c_str()) > 0 && H5Adelete(obj, name.c_str()) < 0) HSA_FAIL("cannot replace " << where << hdf5::error_detail());
     Handle space(H5Screate(H5S_SCALAR), H5Sclose);
     Handle attr(H5Acreate2(obj, name.c_str(), file_type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    if (!attr.ok()) HSA_FAIL("cannot create " << where << detail());
-    if (H5Awrite(attr, memory_type, value) < 0) HSA_FAIL("cannot write " << where << detail());
+    if (!attr.ok()) HSA_FAIL("cannot create " << where << hdf5::error_detail());
+    if (H5Awrite(attr, memory_type, value) < 0) HSA_FAIL("cannot write " << where << hdf5::error_detail());
 }
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <unordered_map>
 
+#include "core/hdf5_handle.h"
 #include "core/hdf5_io.h"
 #include "core/model/config.h"
 
@@ -30,45 +31,7 @@ constexpr size_t kWriteTokens = 1 << 20;
 // sequential scan do not re-read the chunk they share.
 constexpr size_t kReadCacheBytes = 4 << 20;
 
-class Handle {
-public:
-    using Closer = herr_t (*)(hid_t);
-    Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-    ~Handle() {
-        if (id_ >= 0) closer_(id_);
-    }
-    Handle(const Handle&) = delete;
-    Handle& operator=(const Handle&) = delete;
-    bool ok() const { return id_ >= 0; }
-    operator hid_t() const { return id_; }
-    hid_t release() {
-        hid_t id = id_;
-        id_ = -1;
-        return id;
-    }
-
-private:
-    hid_t id_;
-    Closer closer_;
-};
-
-herr_t first_error(unsigned n, const H5E_error2_t* error, void* data) {
-    if (n == 0 && error && error->desc) *static_cast<std::string*>(data) = error->desc;
-    return 0;
-}
-
-// The innermost HDF5 error message as " (HDF5: ...)", or ""; clears the error stack.
-std::string hdf5_detail() {
-    std::string message;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_error, &message);
-    H5Eclear2(H5E_DEFAULT);
-    for (char& c : message)
-        if (c == '\n' || c == '\r') c = ' ';
-    return message.empty() ? std::string() : " (HDF5: " + message + ")";
-}
-
-// HDF5 would print its error stack to stderr; every failure here is a ConfigError instead.
-void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+using hdf5::Handle;
 
 void close_ids(int64_t& file, int64_t& tokens, int64_t& mask) noexcept {
     if (mask >= 0) H5Dclose(mask);
@@ -83,22 +46,22 @@ hid_t create_extendible(hid_t file, const char* name, hid_t file_type, int64_t s
     Handle space(H5Screate_simple(1, &zero, &unlimited), H5Sclose);
     Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     if (!space.ok() || !dcpl.ok() || H5Pset_chunk(dcpl, 1, &chunk) < 0)
-        throw ConfigError("cannot create /" + std::string(name) + " in '" + where + "'" + hdf5_detail());
+        throw ConfigError("cannot create /" + std::string(name) + " in '" + where + "'" + hdf5::error_detail());
     const hid_t set = H5Dcreate2(file, name, file_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (set < 0) throw ConfigError("cannot create /" + std::string(name) + " in '" + where + "'" + hdf5_detail());
+    if (set < 0) throw ConfigError("cannot create /" + std::string(name) + " in '" + where + "'" + hdf5::error_detail());
     return set;
 }
 
 // Appends `count` elements of memory type `memory_type` at offset `at` of a 1-D extendible dataset.
 void append_elements(hid_t set, hsize_t at, hsize_t count, hid_t memory_type, const void* data, const std::string& where) {
     const hsize_t new_size = at + count;
-    if (H5Dset_extent(set, &new_size) < 0) throw ConfigError("cannot extend a dataset of '" + where + "'" + hdf5_detail());
+    if (H5Dset_extent(set, &new_size) < 0) throw ConfigError("cannot extend a dataset of '" + where + "'" + hdf5::error_detail());
     Handle file_space(H5Dget_space(set), H5Sclose);
     Handle memory_space(H5Screate_simple(1, &count, nullptr), H5Sclose);
     if (!file_space.ok() || !memory_space.ok() ||
         H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &at, nullptr, &count, nullptr) < 0 ||
         H5Dwrite(set, memory_type, memory_space, file_space, H5P_DEFAULT, data) < 0)
-        throw ConfigError("cannot write to '" + where + "'" + hdf5_detail());
+        throw ConfigError("cannot write to '" + where + "'" + hdf5::error_detail());
 }
 
 // Reads elements [start, start + count) of a 1-D dataset converted to `memory_type`.
@@ -110,7 +73,7 @@ void read_elements(hid_t set, hsize_t start, hsize_t count, hid_t memory_type, v
         H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &count, nullptr) < 0 ||
         H5Dread(set, memory_type, memory_space, file_space, H5P_DEFAULT, out) < 0)
         throw ConfigError("token shard '" + where + "': cannot read elements [" + std::to_string(start) + ", " +
-                          std::to_string(start + count) + ")" + hdf5_detail());
+                          std::to_string(start + count) + ")" + hdf5::error_detail());
 }
 
 }  // namespace
@@ -159,7 +122,7 @@ void ShardWriter::abandon_shard() noexcept {
 }
 
 void ShardWriter::open_shard() {
-    silence_hdf5();
+    hdf5::silence_errors();
     temp_path_ = shard_path(options_.prefix, shard_index_) + ".tmp";
     const ShardFormat& f = options_.format;
     try {
@@ -177,7 +140,7 @@ void ShardWriter::open_shard() {
         throw ConfigError(std::string("shard writer: ") + e.what());
     }
     file_ = H5Fopen(temp_path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    if (file_ < 0) throw ConfigError("cannot reopen '" + temp_path_ + "' for writing" + hdf5_detail());
+    if (file_ < 0) throw ConfigError("cannot reopen '" + temp_path_ + "' for writing" + hdf5::error_detail());
     tokens_set_ = create_extendible(file_, "tokens", wide_ ? H5T_STD_U32LE : H5T_STD_U16LE, options_.shard_tokens, temp_path_);
     if (options_.loss_mask) mask_set_ = create_extendible(file_, "loss_mask", H5T_STD_U8LE, options_.shard_tokens, temp_path_);
     shard_written_ = 0;
@@ -203,7 +166,7 @@ void ShardWriter::close_shard() {
     if (mask >= 0) closed = H5Dclose(mask) >= 0 && closed;
     closed = H5Dclose(tokens) >= 0 && closed;
     closed = H5Fclose(file) >= 0 && closed;
-    if (!closed) throw ConfigError("cannot complete shard '" + temp_path_ + "'" + hdf5_detail());
+    if (!closed) throw ConfigError("cannot complete shard '" + temp_path_ + "'" + hdf5::error_detail());
     const std::string final_path = shard_path(options_.prefix, shard_index_);
     std::error_code ec;
     fs::rename(temp_path_, final_path, ec);
@@ -248,14 +211,14 @@ std::vector<std::string> ShardWriter::finish() {
 // ---------------------------------------------------------------- ShardReader
 
 ShardReader::ShardReader(const std::string& path, int64_t model_vocab_size) : path_(path) {
-    silence_hdf5();
+    hdf5::silence_errors();
     const std::string where = "token shard '" + path + "'";
     std::error_code ec;
     const auto status = fs::status(path, ec);
     if (!fs::exists(status)) throw ConfigError(where + " does not exist");
     if (fs::is_directory(status)) throw ConfigError(where + " is a folder, not an HDF5 file");
     const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
-    if (is_hdf5 < 0) throw ConfigError(where + " cannot be read" + hdf5_detail());
+    if (is_hdf5 < 0) throw ConfigError(where + " cannot be read" + hdf5::error_detail());
     if (is_hdf5 == 0) throw ConfigError(where + " is not an HDF5 file");
     try {
         // Structure and attributes through the shared HDF5 layer (it knows h5py's variants:
@@ -301,14 +264,14 @@ ShardReader::ShardReader(const std::string& path, int64_t model_vocab_size) : pa
         throw ConfigError(where + ": " + e.what());
     }
     file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file_ < 0) throw ConfigError(where + " cannot be opened" + hdf5_detail());
+    if (file_ < 0) throw ConfigError(where + " cannot be opened" + hdf5::error_detail());
     Handle dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
     if (dapl.ok()) H5Pset_chunk_cache(dapl, 521, kReadCacheBytes, 1.0);
     tokens_set_ = H5Dopen2(file_, "tokens", dapl.ok() ? hid_t(dapl) : H5P_DEFAULT);
     bool has_mask = H5Lexists(file_, "loss_mask", H5P_DEFAULT) > 0;
     if (has_mask) mask_set_ = H5Dopen2(file_, "loss_mask", dapl.ok() ? hid_t(dapl) : H5P_DEFAULT);
     if (tokens_set_ < 0 || (has_mask && mask_set_ < 0)) {
-        const std::string why = hdf5_detail();
+        const std::string why = hdf5::error_detail();
         close();
         throw ConfigError(where + ": cannot open its datasets" + why);
     }
@@ -347,7 +310,7 @@ void ShardReader::check_range(int64_t start, int64_t count, const char* what) co
 
 void ShardReader::read(int64_t start, int64_t count, int32_t* out) const {
     check_range(start, count, "tokens");
-    silence_hdf5();
+    hdf5::silence_errors();
     // u32 ids above 2^31-1 saturate in the conversion, so the range check below catches them.
     read_elements(tokens_set_, static_cast<hsize_t>(start), static_cast<hsize_t>(count), H5T_NATIVE_INT32, out, path_);
     if (dtype_ == "u16" && format_.vocab_size >= 65536) return;  // every stored value is a valid id
@@ -369,7 +332,7 @@ void ShardReader::read_loss_mask(int64_t start, int64_t count, uint8_t* out) con
         std::fill(out, out + count, uint8_t(1));
         return;
     }
-    silence_hdf5();
+    hdf5::silence_errors();
     read_elements(mask_set_, static_cast<hsize_t>(start), static_cast<hsize_t>(count), H5T_NATIVE_UINT8, out, path_);
 }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/hdf5_handle.h"
 #include "core/hdf5_io.h"
 #include "core/json.h"
 
@@ -34,67 +35,60 @@ std::vector<int64_t> read_i64(const Hdf5File& file, const std::string& name, siz
     return out;
 }
 
-// Closes an HDF5 handle when it goes out of scope.
-struct Handle {
-    hid_t id;
-    herr_t (*close)(hid_t);
-    ~Handle() {
-        if (id >= 0) close(id);
-    }
-};
+using hdf5::Handle;
 
 }  // namespace
 
 void write_string_dataset(const std::string& path, const std::string& dataset, const std::vector<std::string>& values) {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    hdf5::silence_errors();
     const std::string where = path + ": /" + dataset;
     Handle file{H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose};
-    if (file.id < 0) throw Error(path + ": cannot open for writing strings");
-    if (H5Lexists(file.id, dataset.c_str(), H5P_DEFAULT) > 0 && H5Ldelete(file.id, dataset.c_str(), H5P_DEFAULT) < 0)
+    if (file.get() < 0) throw Error(path + ": cannot open for writing strings");
+    if (H5Lexists(file.get(), dataset.c_str(), H5P_DEFAULT) > 0 && H5Ldelete(file.get(), dataset.c_str(), H5P_DEFAULT) < 0)
         throw Error(where + ": cannot replace the existing dataset");
     Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
-    if (type.id < 0 || H5Tset_size(type.id, H5T_VARIABLE) < 0 || H5Tset_cset(type.id, H5T_CSET_UTF8) < 0)
+    if (type.get() < 0 || H5Tset_size(type.get(), H5T_VARIABLE) < 0 || H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
         throw Error(where + ": cannot make a string type");
     const hsize_t count = values.size();
     Handle space{H5Screate_simple(1, &count, nullptr), H5Sclose};
-    Handle data{H5Dcreate2(file.id, dataset.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
-    if (data.id < 0) throw Error(where + ": cannot create the dataset");
+    Handle data{H5Dcreate2(file.get(), dataset.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+    if (data.get() < 0) throw Error(where + ": cannot create the dataset");
     std::vector<const char*> pointers;
     pointers.reserve(values.size());
     for (const std::string& v : values) pointers.push_back(v.c_str());
-    if (!values.empty() && H5Dwrite(data.id, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
+    if (!values.empty() && H5Dwrite(data.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
         throw Error(where + ": cannot write " + std::to_string(values.size()) + " strings");
 }
 
 std::vector<std::string> read_string_dataset(const std::string& path, const std::string& dataset) {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    hdf5::silence_errors();
     const std::string where = path + ": /" + dataset;
     Handle file{H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose};
-    if (file.id < 0) throw Error(path + ": cannot open for reading");
-    if (H5Lexists(file.id, dataset.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
-    Handle data{H5Dopen2(file.id, dataset.c_str(), H5P_DEFAULT), H5Dclose};
-    if (data.id < 0) throw Error(where + ": cannot open the dataset");
-    Handle stored{H5Dget_type(data.id), H5Tclose};
-    if (H5Tget_class(stored.id) != H5T_STRING || H5Tis_variable_str(stored.id) <= 0)
+    if (file.get() < 0) throw Error(path + ": cannot open for reading");
+    if (H5Lexists(file.get(), dataset.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
+    Handle data{H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT), H5Dclose};
+    if (data.get() < 0) throw Error(where + ": cannot open the dataset");
+    Handle stored{H5Dget_type(data.get()), H5Tclose};
+    if (H5Tget_class(stored.get()) != H5T_STRING || H5Tis_variable_str(stored.get()) <= 0)
         throw Error(where + " is not a variable-length string dataset");
-    Handle space{H5Dget_space(data.id), H5Sclose};
-    if (H5Sget_simple_extent_ndims(space.id) != 1) throw Error(where + " is not 1-D");
+    Handle space{H5Dget_space(data.get()), H5Sclose};
+    if (H5Sget_simple_extent_ndims(space.get()) != 1) throw Error(where + " is not 1-D");
     hsize_t count = 0;
-    H5Sget_simple_extent_dims(space.id, &count, nullptr);
+    H5Sget_simple_extent_dims(space.get(), &count, nullptr);
     Handle type{H5Tcopy(H5T_C_S1), H5Tclose};
-    H5Tset_size(type.id, H5T_VARIABLE);
-    H5Tset_cset(type.id, H5T_CSET_UTF8);
+    H5Tset_size(type.get(), H5T_VARIABLE);
+    H5Tset_cset(type.get(), H5T_CSET_UTF8);
     std::vector<char*> pointers(count, nullptr);
-    if (count > 0 && H5Dread(data.id, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
+    if (count > 0 && H5Dread(data.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()) < 0)
         throw Error(where + ": cannot read " + std::to_string(count) + " strings");
     std::vector<std::string> out;
     out.reserve(count);
     for (char* p : pointers) out.emplace_back(p ? p : "");
     if (count > 0) {
 #if H5_VERSION_GE(1, 12, 0)
-        H5Treclaim(type.id, space.id, H5P_DEFAULT, pointers.data());
+        H5Treclaim(type.get(), space.get(), H5P_DEFAULT, pointers.data());
 #else
-        H5Dvlen_reclaim(type.id, space.id, H5P_DEFAULT, pointers.data());
+        H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, pointers.data());
 #endif
     }
     return out;
@@ -103,7 +97,7 @@ std::vector<std::string> read_string_dataset(const std::string& path, const std:
 TaskShardWriter::TaskShardWriter(const std::string& path, const Tokenizer& tok, int64_t seed)
     : path_(path), vocab_size_(tok.vocab_size()), bos_(tok.bos_id()), eos_(tok.eos_id()), seed_(seed), tokenizer_(tok.name()),
       wide_(tok.vocab_size() > 65536) {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    hdf5::silence_errors();
     file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file_ < 0) throw Error(path + ": cannot create the task shard");
     // 1-D datasets that grow: chunks of 1M elements, no limit.
@@ -111,8 +105,8 @@ TaskShardWriter::TaskShardWriter(const std::string& path, const Tokenizer& tok, 
         const hsize_t zero = 0, unlimited = H5S_UNLIMITED, chunk = 1 << 20;
         Handle space{H5Screate_simple(1, &zero, &unlimited), H5Sclose};
         Handle props{H5Pcreate(H5P_DATASET_CREATE), H5Pclose};
-        H5Pset_chunk(props.id, 1, &chunk);
-        const hid_t set = H5Dcreate2(file_, name, type, space.id, H5P_DEFAULT, props.id, H5P_DEFAULT);
+        H5Pset_chunk(props.get(), 1, &chunk);
+        const hid_t set = H5Dcreate2(file_, name, type, space.get(), H5P_DEFAULT, props.get(), H5P_DEFAULT);
         if (set < 0) throw Error(path_ + ": cannot create /" + name);
         return set;
     };
@@ -159,8 +153,8 @@ void TaskShardWriter::append(const TaskExample& ex) {
         if (H5Dset_extent(set, &size) < 0) throw Error(path_ + ": cannot grow /" + name);
         Handle file_space{H5Dget_space(set), H5Sclose};
         Handle memory_space{H5Screate_simple(1, &count, nullptr), H5Sclose};
-        if (H5Sselect_hyperslab(file_space.id, H5S_SELECT_SET, &start, nullptr, &count, nullptr) < 0 ||
-            (n > 0 && H5Dwrite(set, memory_type, memory_space.id, file_space.id, H5P_DEFAULT, data) < 0))
+        if (H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr) < 0 ||
+            (n > 0 && H5Dwrite(set, memory_type, memory_space.get(), file_space.get(), H5P_DEFAULT, data) < 0))
             throw Error(path_ + ": cannot append " + std::to_string(n) + " values to /" + name);
     };
     if (wide_) append_to(tokens_set_, H5T_NATIVE_UINT32, wide.data(), "tokens");
