@@ -1,10 +1,8 @@
 #include "launch/corpus_command.h"
 
-#include <cstdio>
-#include <fstream>
-
 #include "core/model/config.h"
 #include "trainers/tasks/corpus.h"
+#include "trainers/train_log.h"
 
 namespace hsa {
 
@@ -20,7 +18,7 @@ a hash of their ids) is what the task generators build haystacks from.
 
 options:
   --split train|held-out   which split (default train)
-  --out FILE               the text file to write (written to FILE.tmp, then renamed)
+  --out FILE               the text file to write (written to FILE.tmp, fsync'd, then renamed)
   -h, --help               this text
 )";
 
@@ -51,21 +49,14 @@ int run_data_corpus(const std::vector<std::string>& args, std::ostream& out) {
     const std::shared_ptr<const ProseCorpus> corpus = ProseCorpus::installed();
     const std::vector<const CorpusDocument*> documents =
         corpus->split(split == "train" ? CorpusSplit::Train : CorpusSplit::HeldOut);
-    const std::string temporary = path + ".tmp";
-    size_t bytes = 0;
-    {
-        std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-        if (!file) throw ConfigError("data corpus: cannot write '" + temporary + "'");
-        for (const CorpusDocument* document : documents) {
-            file << document->text << "\n\n";
-            bytes += document->text.size() + 2;
-        }
-        file.flush();
-        if (!file) throw ConfigError("data corpus: writing '" + temporary + "' failed (disk full?)");
+    std::string text;
+    for (const CorpusDocument* document : documents) text += document->text + "\n\n";
+    try {
+        write_file_atomically(path, text);
+    } catch (const Error& e) {
+        throw ConfigError(std::string("data corpus: ") + e.what());
     }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0)
-        throw ConfigError("data corpus: cannot rename '" + temporary + "' to '" + path + "'");
-    out << "wrote " << documents.size() << " documents of the " << split << " split (" << bytes << " bytes) to " << path
+    out << "wrote " << documents.size() << " documents of the " << split << " split (" << text.size() << " bytes) to " << path
         << "\n";
     return 0;
 }
