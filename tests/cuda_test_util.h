@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -43,6 +45,26 @@ inline double relative_error(const Tensor& got_tensor, const Tensor& want_tensor
     }
     if (norm == 0) return std::sqrt(diff);
     return std::sqrt(diff / norm);
+}
+
+// The same values rounded to bf16 (round to nearest even) and back: what the tensor-core
+// kernels feed the MMAs.
+inline Tensor rounded_to_bf16(const Tensor& t) {
+    std::vector<float> values = t.to_vector();
+    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
+    return Tensor::from_vector(values, t.shape());
+}
+
+// The accuracy rule of the tensor-core kernel tests: got's relative error against the CPU
+// reference `want` is at most `tolerance`, and at most `over_floor` times the error of the
+// same CPU computation on bf16-rounded inputs (`floor`): the kernel loses no more than bf16
+// operands must lose. Both errors are printed after `label`.
+inline void expect_bf16_accurate(const std::string& label, const char* name, const Tensor& got, const Tensor& want,
+                                 const Tensor& floor, double tolerance, double over_floor) {
+    const double err = relative_error(got, want), floor_err = relative_error(floor, want);
+    std::printf("  %-40s %-12s rel err %.2e (bf16-input CPU %.2e)\n", label.c_str(), name, err, floor_err);
+    EXPECT_LE(err, tolerance) << name << " vs CPU reference";
+    EXPECT_LE(err, over_floor * floor_err) << name << ": CPU on bf16-rounded inputs is off by " << floor_err;
 }
 
 // Sizes of an HSA forward / backward case (core/backend.h, Backend::hsa_forward).

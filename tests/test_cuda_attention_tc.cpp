@@ -29,9 +29,11 @@
 namespace hsa {
 namespace {
 
+using test::expect_bf16_accurate;
 using test::on_gpu;
 using test::poisoned;
 using test::relative_error;
+using test::rounded_to_bf16;
 using test::test_rng;
 
 constexpr double kOutTol = 1e-2;
@@ -40,12 +42,6 @@ constexpr double kGradTol = 2e-2;
 constexpr double kOverBf16Inputs = 3.0;
 
 Backend& cpu() { return backend_for(Device::CPU); }
-
-Tensor rounded_to_bf16(const Tensor& t) {
-    std::vector<float> values = t.to_vector();
-    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
-    return Tensor::from_vector(values, t.shape());
-}
 
 struct AttentionCase {
     int64_t B, T, H, Hk;
@@ -96,17 +92,12 @@ TEST(CudaAttentionTensorCore, ForwardBackwardMatchCpuReference) {
         Gradients got{poisoned(q.shape()), poisoned(k.shape()), poisoned(v.shape())};
         gpu.attention_backward(qg, kg, vg, out_got, lse_got, dog, c.span, got.q, got.k, got.v);
 
-        struct Check { const char* name; const Tensor& got; const Tensor& want; const Tensor& floor; double tol; };
-        for (const Check& check : {Check{"out", out_got, out_want, out_bf16, kOutTol},
-                                   Check{"lse", lse_got, lse_want, lse_bf16, kLseTol},
-                                   Check{"grad_q", got.q, want.q, bf16.q, kGradTol},
-                                   Check{"grad_k", got.k, want.k, bf16.k, kGradTol},
-                                   Check{"grad_v", got.v, want.v, bf16.v, kGradTol}}) {
-            const double err = relative_error(check.got, check.want), floor = relative_error(check.floor, check.want);
-            std::printf("  %-40s %-6s rel err %.2e (bf16-input CPU %.2e)\n", describe(c).c_str(), check.name, err, floor);
-            EXPECT_LE(err, check.tol) << check.name << " vs CPU reference";
-            EXPECT_LE(err, kOverBf16Inputs * floor) << check.name << ": CPU on bf16-rounded inputs is off by " << floor;
-        }
+        const std::string label = describe(c);
+        expect_bf16_accurate(label, "out", out_got, out_want, out_bf16, kOutTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "lse", lse_got, lse_want, lse_bf16, kLseTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_q", got.q, want.q, bf16.q, kGradTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_k", got.k, want.k, bf16.k, kGradTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_v", got.v, want.v, bf16.v, kGradTol, kOverBf16Inputs);
     }
 }
 

@@ -35,11 +35,13 @@
 namespace hsa {
 namespace {
 
+using test::expect_bf16_accurate;
 using test::HsaCase;
 using test::on_gpu;
 using test::poisoned;
 using test::random_hsa_inputs;
 using test::relative_error;
+using test::rounded_to_bf16;
 using test::test_rng;
 
 constexpr double kOutTol = 1e-2;
@@ -47,14 +49,6 @@ constexpr double kLseTol = 1e-3;
 constexpr double kOverBf16Inputs = 3.0;
 
 Backend& cpu() { return backend_for(Device::CPU); }
-
-// The same values rounded to bf16 (round to nearest even) and back: what the kernel feeds
-// the tensor cores.
-Tensor rounded_to_bf16(const Tensor& t) {
-    std::vector<float> values = t.to_vector();
-    for (float& v : values) v = bf16_to_float(float_to_bf16(v));
-    return Tensor::from_vector(values, t.shape());
-}
 
 TEST(CudaHsaV1, ForwardMatchesCpuReference) {
 #ifndef HSA_WITH_CUDA_KERNELS
@@ -80,12 +74,9 @@ TEST(CudaHsaV1, ForwardMatchesCpuReference) {
         hsa_forward_tensor_core(on_gpu(q), on_gpu(kmem), on_gpu(vmem), on_gpu(indices), on_gpu(weights), c.S, out_got,
                                 lse_got);
 
-        const double out_err = relative_error(out_got, out_want), lse_err = relative_error(lse_got, lse_want);
-        const double out_floor = relative_error(out_bf16, out_want), lse_floor = relative_error(lse_bf16, lse_want);
-        EXPECT_LE(out_err, kOutTol) << "out vs CPU reference";
-        EXPECT_LE(lse_err, kLseTol) << "lse vs CPU reference";
-        EXPECT_LE(out_err, kOverBf16Inputs * out_floor) << "out: CPU on bf16-rounded inputs is off by " << out_floor;
-        EXPECT_LE(lse_err, kOverBf16Inputs * lse_floor) << "lse: CPU on bf16-rounded inputs is off by " << lse_floor;
+        const std::string label = "v1 forward T " + std::to_string(c.T) + " d " + std::to_string(c.d);
+        expect_bf16_accurate(label, "out", out_got, out_want, out_bf16, kOutTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "lse", lse_got, lse_want, lse_bf16, kLseTol, kOverBf16Inputs);
 
         // Exactly: lse 0 at padding, out 0 for tokens that select nothing; and the case
         // must have exercised both.
@@ -158,18 +149,14 @@ TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
         gpu.hsa_forward(qg, kg, vg, ig, wg, c.S, got.out, got.lse);
         gpu.hsa_backward(qg, kg, vg, ig, wg, c.S, got.lse, on_gpu(grad_out), got.gq, got.gk, got.gv, got.gw);
 
-        struct Check { const char* name; const Tensor& got; const Tensor& want; const Tensor& floor; double tol; };
-        for (const Check& check : {Check{"out", got.out, want.out, floor.out, kOutTol}, Check{"lse", got.lse, want.lse, floor.lse, kLseTol},
-                                   Check{"grad_q", got.gq, want.gq, floor.gq, kGradTol},
-                                   Check{"grad_kmem", got.gk, want.gk, floor.gk, kGradTol},
-                                   Check{"grad_vmem", got.gv, want.gv, floor.gv, kGradTol},
-                                   Check{"grad_weights", got.gw, want.gw, floor.gw, kGradTol}}) {
-            const double err = relative_error(check.got, check.want), floor_err = relative_error(check.floor, check.want);
-            std::printf("  T %-5lld H %-2lld Hk %lld %-12s rel err %.2e (bf16-input CPU %.2e)\n", static_cast<long long>(c.T),
-                        static_cast<long long>(c.H), static_cast<long long>(c.Hk), check.name, err, floor_err);
-            EXPECT_LE(err, check.tol) << check.name << " vs CPU reference";
-            EXPECT_LE(err, kOverBf16Inputs * floor_err) << check.name << ": CPU on bf16-rounded inputs is off by " << floor_err;
-        }
+        const std::string label = "backend bf16 T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
+                                  std::to_string(c.Hk);
+        expect_bf16_accurate(label, "out", got.out, want.out, floor.out, kOutTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "lse", got.lse, want.lse, floor.lse, kLseTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_q", got.gq, want.gq, floor.gq, kGradTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_kmem", got.gk, want.gk, floor.gk, kGradTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_vmem", got.gv, want.gv, floor.gv, kGradTol, kOverBf16Inputs);
+        expect_bf16_accurate(label, "grad_weights", got.gw, want.gw, floor.gw, kGradTol, kOverBf16Inputs);
     }
 #endif
 }
