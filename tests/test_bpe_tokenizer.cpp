@@ -17,6 +17,7 @@
 #include "core/json.h"
 #include "core/model/config.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "tests/op_test_harness.h"
 #include "trainers/bpe_tokenizer.h"
 
@@ -436,62 +437,51 @@ TEST_F(BpeFiles, NormalizerAndPrefixSpaceInSequences) {
 
 // ---------------------------------------------------------------- errors
 
-// A ConfigError of one line that mentions each of `mentions`.
-template <typename F>
-void expect_config_error(F&& f, const std::vector<std::string>& mentions) {
-    try {
-        f();
-        ADD_FAILURE() << "no ConfigError";
-    } catch (const ConfigError& e) {
-        const std::string what = e.what();
-        EXPECT_EQ(what.find('\n'), std::string::npos) << "one line: " << what;
-        for (const std::string& m : mentions) EXPECT_NE(what.find(m), std::string::npos) << "expected '" << m << "' in: " << what;
-    }
-}
+using test::expect_one_line_error;
 
 TEST_F(BpeFiles, OneLineErrors) {
     SKIP_WITHOUT_ICU();
     const std::string missing = dir_ + "/missing.json";
-    expect_config_error([&] { BpeTokenizer::load(missing); }, {missing, "does not exist"});
-    expect_config_error([&] { load_tokenizer(missing); }, {missing, "does not exist"});
-    expect_config_error([&] { BpeTokenizer::load(dir_); }, {dir_, "folder"});
+    expect_one_line_error([&] { BpeTokenizer::load(missing); }, {missing, "does not exist"});
+    expect_one_line_error([&] { load_tokenizer(missing); }, {missing, "does not exist"});
+    expect_one_line_error([&] { BpeTokenizer::load(dir_); }, {dir_, "folder"});
     const std::string not_json = write("not_json.json", "{\"model\": {\"type\": \"BPE\",\n oops");
-    expect_config_error([&] { BpeTokenizer::load(not_json); }, {not_json, "line 2", "tokenizer.json"});
-    expect_config_error([&] { BpeTokenizer::load(write("list.json", "[1, 2]")); }, {"list.json", "array", "expected a tokenizer.json"});
-    expect_config_error([&] { BpeTokenizer::load(write("config.json", "{\"hidden\": 64}")); }, {"config.json", "no \"model\""});
+    expect_one_line_error([&] { BpeTokenizer::load(not_json); }, {not_json, "line 2", "tokenizer.json"});
+    expect_one_line_error([&] { BpeTokenizer::load(write("list.json", "[1, 2]")); }, {"list.json", "array", "expected a tokenizer.json"});
+    expect_one_line_error([&] { BpeTokenizer::load(write("config.json", "{\"hidden\": 64}")); }, {"config.json", "no \"model\""});
 
     Json wordpiece = Json::object();
     wordpiece["model"]["type"] = "WordPiece";
     wordpiece["model"]["vocab"]["[UNK]"] = 0;
-    expect_config_error([&] { load(wordpiece, "wordpiece.json"); }, {"wordpiece.json", "\"WordPiece\"", "expected \"BPE\""});
+    expect_one_line_error([&] { load(wordpiece, "wordpiece.json"); }, {"wordpiece.json", "\"WordPiece\"", "expected \"BPE\""});
     Json unigram = Json::object();  // a Unigram model without "type": vocab is a list, no merges
     unigram["model"]["vocab"] = Json::array();
-    expect_config_error([&] { load(unigram, "unigram.json"); }, {"unigram.json", "no merges", "BPE"});
+    expect_one_line_error([&] { load(unigram, "unigram.json"); }, {"unigram.json", "no merges", "BPE"});
 
     Json lowercase = tiny({});
     add_token(lowercase, "<|endoftext|>", 256, true, false);
     lowercase["normalizer"]["type"] = "Lowercase";
-    expect_config_error([&] { load(lowercase, "lowercase.json"); }, {"lowercase.json", "\"Lowercase\"", "NFC"});
+    expect_one_line_error([&] { load(lowercase, "lowercase.json"); }, {"lowercase.json", "\"Lowercase\"", "NFC"});
     Json whitespace = tiny({});
     add_token(whitespace, "<|endoftext|>", 256, true, false);
     whitespace["pre_tokenizer"] = Json::object();
     whitespace["pre_tokenizer"]["type"] = "Whitespace";
-    expect_config_error([&] { load(whitespace, "whitespace.json"); }, {"whitespace.json", "\"Whitespace\"", "ByteLevel"});
+    expect_one_line_error([&] { load(whitespace, "whitespace.json"); }, {"whitespace.json", "\"Whitespace\"", "ByteLevel"});
     Json no_decoder = tiny({});
     add_token(no_decoder, "<|endoftext|>", 256, true, false);
     no_decoder["decoder"] = Json();
-    expect_config_error([&] { load(no_decoder, "no_decoder.json"); }, {"no_decoder.json", "decoder is null", "ByteLevel"});
+    expect_one_line_error([&] { load(no_decoder, "no_decoder.json"); }, {"no_decoder.json", "decoder is null", "ByteLevel"});
     Json no_eos = tiny({});
-    expect_config_error([&] { load(no_eos, "no_eos.json"); }, {"no_eos.json", "end-of-text", "<|endoftext|>"});
+    expect_one_line_error([&] { load(no_eos, "no_eos.json"); }, {"no_eos.json", "end-of-text", "<|endoftext|>"});
     Json bad_merge = tiny({{"a", "b"}});
     add_token(bad_merge, "<|endoftext|>", 257, true, false);
     bad_merge["model"]["merges"].push_back("x zz");
-    expect_config_error([&] { load(bad_merge, "bad_merge.json"); }, {"bad_merge.json", "merges[1]", "\"zz\" is not in model.vocab"});
+    expect_one_line_error([&] { load(bad_merge, "bad_merge.json"); }, {"bad_merge.json", "merges[1]", "\"zz\" is not in model.vocab"});
     Json not_byte_level = Json::object();
     not_byte_level["model"]["type"] = "BPE";
     not_byte_level["model"]["vocab"]["a"] = 0;
     not_byte_level["model"]["merges"] = Json::array();
-    expect_config_error([&] { load(not_byte_level, "chars.json"); }, {"chars.json", "no token for byte 0x00", "byte-level"});
+    expect_one_line_error([&] { load(not_byte_level, "chars.json"); }, {"chars.json", "no token for byte 0x00", "byte-level"});
 }
 
 TEST(BpeTokenizer, LoadTokenizerGivesBpeForAPath) {
@@ -499,14 +489,14 @@ TEST(BpeTokenizer, LoadTokenizerGivesBpeForAPath) {
     const std::unique_ptr<Tokenizer> tok = load_tokenizer(kFixtures + "gpt2.tokenizer.json");
     EXPECT_EQ(tok->name(), "gpt2");
     EXPECT_EQ(tok->encode("Hello world"), (std::vector<int32_t>{15496, 995}));
-    expect_config_error([] { load_tokenizer(""); }, {"empty"});
+    expect_one_line_error([] { load_tokenizer(""); }, {"empty"});
 }
 
 TEST(BpeTokenizer, WithoutIcuLoadingSaysSo) {
     if (BpeTokenizer::available()) GTEST_SKIP() << "this build has ICU";
     // A missing file is reported before the ICU check (e.g. a copy of the repository without shared/).
     if (!std::filesystem::exists(kFixtures + "gpt2.tokenizer.json")) GTEST_SKIP() << "no fixture at " << kFixtures;
-    expect_config_error([] { BpeTokenizer::load(kFixtures + "gpt2.tokenizer.json"); }, {"gpt2.tokenizer.json", kNoIcu});
+    expect_one_line_error([] { BpeTokenizer::load(kFixtures + "gpt2.tokenizer.json"); }, {"gpt2.tokenizer.json", kNoIcu});
 }
 
 // ---------------------------------------------------------------- throughput (printed)

@@ -16,6 +16,7 @@
 #include "core/hdf5_io.h"
 #include "core/model/config.h"
 #include "core/rng.h"
+#include "tests/file_test_util.h"
 #include "tests/op_test_harness.h"
 #include "trainers/data_sources.h"
 #include "trainers/recall_task.h"
@@ -27,23 +28,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempFolder {
-public:
-    TempFolder() {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        path_ = fs::temp_directory_path() /
-                ("hsa_sources_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    ~TempFolder() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+using test::expect_one_line_error;
 
-private:
-    fs::path path_;
+// A folder per test for this file's shards.
+struct TempFolder : test::TempFolder {
+    TempFolder() : test::TempFolder("hsa_sources") {}
 };
 
 // Shards whose token at stream position p is p: a row's tokens say exactly where it was read.
@@ -92,20 +81,6 @@ void expect_same_batch(const TrainBatch& a, const TrainBatch& b, const std::stri
     EXPECT_EQ(ints(a.targets), ints(b.targets)) << where;
     EXPECT_EQ(floats(a.mask), floats(b.mask)) << where;  // exact: masks are 0 or 1
     EXPECT_EQ(a.answers, b.answers) << where;
-}
-
-template <class F>
-void expect_one_line_error(F&& f, const std::vector<std::string>& mentions) {
-    try {
-        f();
-        ADD_FAILURE() << "no error";
-    } catch (const ConfigError& e) {
-        const std::string m = e.what();
-        EXPECT_EQ(m.find('\n'), std::string::npos) << m;
-        for (const auto& s : mentions) EXPECT_NE(m.find(s), std::string::npos) << "expected '" << s << "' in: " << m;
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "not a ConfigError: " << e.what();
-    }
 }
 
 // Takes `count` batches, saves the state (through its JSON text, as a checkpoint would),

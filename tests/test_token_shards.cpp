@@ -16,6 +16,7 @@
 #include "core/model/config.h"
 #include "core/rng.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "tests/op_test_harness.h"
 #include "trainers/token_shards.h"
 #include "trainers/tokenizer.h"
@@ -27,30 +28,11 @@ namespace fs = std::filesystem;
 using test::describe;
 using test::RunResult;
 
-// A fresh folder per test, removed afterwards.
-class TempFolder {
-public:
-    TempFolder() {
-        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-        path_ = fs::temp_directory_path() /
-                ("hsa_shards_" + std::to_string(getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-        fs::remove_all(path_);
-        fs::create_directories(path_);
-    }
-    ~TempFolder() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-    std::vector<std::string> files() const {
-        std::vector<std::string> names;
-        for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename().string());
-        std::sort(names.begin(), names.end());
-        return names;
-    }
+using test::expect_one_line_error;
 
-private:
-    fs::path path_;
+// A folder per test for this file's shards.
+struct TempFolder : test::TempFolder {
+    TempFolder() : test::TempFolder("hsa_shards") {}
 };
 
 void write_file(const std::string& path, const std::string& bytes) {
@@ -91,22 +73,6 @@ std::vector<int32_t> read_all(const std::vector<std::string>& files) {
         all.insert(all.end(), part.begin(), part.end());
     }
     return all;
-}
-
-// The ConfigError's message, expected to be one line naming `mentions`.
-template <class F>
-void expect_one_line_error(F&& f, const std::vector<std::string>& mentions) {
-    try {
-        f();
-        ADD_FAILURE() << "no error";
-    } catch (const ConfigError& e) {
-        const std::string m = e.what();
-        EXPECT_EQ(m.find('\n'), std::string::npos) << m;
-        EXPECT_FALSE(m.empty());
-        for (const auto& s : mentions) EXPECT_NE(m.find(s), std::string::npos) << "expected '" << s << "' in: " << m;
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << "not a ConfigError: " << e.what();
-    }
 }
 
 // ---------------------------------------------------------------- writer and reader
