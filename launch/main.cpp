@@ -320,6 +320,16 @@ std::vector<int32_t> parse_token_ids(const std::string& text, const std::string&
     return ids;
 }
 
+// A whole number >= minimum for `option`, else a one-line usage error.
+int64_t parse_count_option(const std::string& text, const std::string& option, int64_t minimum) {
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno != 0 || n < minimum)
+        throw UsageError(option + ": expected a whole number >= " + std::to_string(minimum) + ", got '" + text + "'");
+    return n;
+}
+
 int run_generate(const std::vector<std::string>& args) {
     std::string checkpoint, prompt_file, tokenizer_spec = "byte", device = "cpu";
     int64_t max_new = -1;
@@ -337,13 +347,7 @@ int run_generate(const std::vector<std::string>& args) {
         } else if (a == "--prompt-file") {
             prompt_file = value("a file name");
         } else if (a == "--max-new") {
-            const std::string text = value("a number of tokens");
-            char* end = nullptr;
-            errno = 0;
-            const long long n = std::strtoll(text.c_str(), &end, 10);
-            if (text.empty() || *end != '\0' || errno != 0 || n < 0)
-                throw UsageError("--max-new: expected a whole number >= 0, got '" + text + "'");
-            max_new = n;
+            max_new = parse_count_option(value("a number of tokens"), "--max-new", 0);
         } else if (a == "--tokenizer") {
             tokenizer_spec = value("byte, ids or the path of a tokenizer.json");
         } else if (a == "--device") {
@@ -407,14 +411,6 @@ std::vector<std::string> split_list(const std::string& text, const std::string& 
     return items;
 }
 
-int64_t parse_count_option(const std::string& text, const std::string& option, int64_t minimum) {
-    char* end = nullptr;
-    errno = 0;
-    const long long n = std::strtoll(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno != 0 || n < minimum)
-        throw UsageError(option + ": expected a whole number >= " + std::to_string(minimum) + ", got '" + text + "'");
-    return n;
-}
 
 int run_eval(const std::vector<std::string>& args) {
     std::string checkpoint, tokenizer_spec = "byte", device = "cpu", out_dir;
