@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/tensor.h"
+#include "core/utf8.h"
 
 namespace hsa {
 
@@ -90,21 +91,6 @@ private:
             if (pos_ < text_.size() && text_[pos_] == ',') { ++pos_; continue; }
             if (pos_ < text_.size() && text_[pos_] == ']') { ++pos_; return out; }
             fail("expected ',' or ']' in array");
-        }
-    }
-
-    static void append_utf8(std::string& out, uint32_t cp) {
-        if (cp < 0x80) out += static_cast<char>(cp);
-        else if (cp < 0x800) { out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-        else if (cp < 0x10000) {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        } else {
-            out += static_cast<char>(0xF0 | (cp >> 18));
-            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
         }
     }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/json.h"
+#include "core/utf8.h"
 #include "core/model/config.h"
 #include "tests/cli_runner.h"
 #include "tests/file_test_util.h"
@@ -217,21 +218,7 @@ std::string random_text(Rng& rng, const std::vector<uint32_t>& pool, int max_len
     const int64_t length = rng.next_int(0, max_length + 1);
     for (int64_t i = 0; i < length; ++i) {
         const uint32_t cp = pool[static_cast<size_t>(rng.next_int(0, static_cast<int64_t>(pool.size())))];
-        if (cp < 0x80) {
-            text += static_cast<char>(cp);
-        } else if (cp < 0x800) {
-            text += static_cast<char>(0xC0 | (cp >> 6));
-            text += static_cast<char>(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            text += static_cast<char>(0xE0 | (cp >> 12));
-            text += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            text += static_cast<char>(0x80 | (cp & 0x3F));
-        } else {
-            text += static_cast<char>(0xF0 | (cp >> 18));
-            text += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            text += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            text += static_cast<char>(0x80 | (cp & 0x3F));
-        }
+        append_utf8(text, cp);
     }
     return text;
 }
@@ -315,12 +302,7 @@ protected:
                 if (!((earlier >= '!' && earlier <= '~') || (earlier >= 0xA1 && earlier <= 0xAC) || (earlier >= 0xAE && earlier <= 0xFF))) ++cp;
         }
         std::string text;
-        if (cp < 0x80) {
-            text += static_cast<char>(cp);
-        } else {
-            text += static_cast<char>(0xC0 | (cp >> 6));
-            text += static_cast<char>(0x80 | (cp & 0x3F));
-        }
+        append_utf8(text, cp);
         return text;
     }
     // A byte-level tokenizer.json: the 256 byte tokens (ids 0..255), then one token per

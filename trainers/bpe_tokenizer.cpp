@@ -9,6 +9,7 @@
 #include "core/json.h"
 #include "core/model/config.h"
 #include "core/tensor.h"
+#include "core/utf8.h"
 
 #ifdef HSA_WITH_ICU
 #include <unicode/bytestream.h>
@@ -71,24 +72,6 @@ bool utf8_prev(const unsigned char* s, size_t end, size_t& start, uint32_t& cp) 
         return false;
     }
     return false;
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
 }
 
 // Rust's String::from_utf8_lossy, which the reference decoder ends with: each maximal
