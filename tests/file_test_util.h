@@ -1,5 +1,6 @@
-// Helpers of the data tests (test_token_shards, test_data_sources, test_bpe_tokenizer): a
-// fresh folder per test, and the check that a call fails with one ConfigError line.
+// Helpers of the data tests (test_token_shards, test_data_sources, test_bpe_tokenizer,
+// test_tasks, test_cli): a fresh folder per test, the check that a call fails with one
+// ConfigError line, and the skip for machines without the installed prose corpus.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,6 +13,15 @@
 #include <vector>
 
 #include "core/model/config.h"
+#include "trainers/tasks/corpus.h"
+
+// Skips the test, naming the Debian package to install, where the prose corpus
+// (trainers/tasks/corpus.h) is not installed: e.g. the GPU machine; CI installs it.
+#define HSA_SKIP_WITHOUT_CORPUS()                                              \
+    do {                                                                       \
+        const std::string hsa_corpus_reason = ::hsa::corpus_missing_reason();  \
+        if (!hsa_corpus_reason.empty()) GTEST_SKIP() << hsa_corpus_reason;     \
+    } while (0)
 
 namespace hsa::test {
 

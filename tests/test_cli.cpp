@@ -16,9 +16,9 @@
 
 #include "core/cuda_allocator.h"
 #include "core/json.h"
-#include "trainers/tasks/corpus.h"
 #include "trainers/trainer.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 
 namespace hsa {
 namespace {
@@ -249,7 +249,7 @@ using CliCorpus = CliTest;
 TEST_F(CliCorpus, SplitsAreDisjointParagraphsAndBadArgumentsAreOneLine) {
     expect_error(run({"data", "corpus", "--split", "validation", "--out", dir_ + "/x.txt"}), 2, {"--split", "validation"});
     expect_error(run({"data", "corpus"}), 2, {"--out"});
-    if (const std::string reason = corpus_missing_reason(); !reason.empty()) GTEST_SKIP() << reason;
+    HSA_SKIP_WITHOUT_CORPUS();
     const std::string train = dir_ + "/train.txt", held_out = dir_ + "/held_out.txt";
     ASSERT_EQ(run({"data", "corpus", "--out", train}).code, 0);
     ASSERT_EQ(run({"data", "corpus", "--split", "held-out", "--out", held_out}).code, 0);

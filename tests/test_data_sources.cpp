@@ -20,7 +20,6 @@
 #include "tests/op_test_harness.h"
 #include "trainers/data_sources.h"
 #include "trainers/recall_task.h"
-#include "trainers/tasks/corpus.h"
 #include "trainers/token_shards.h"
 
 namespace hsa {
@@ -404,14 +403,8 @@ TEST(MixtureRecallSource, RowsAreTheRecallBatchRowsAndRestoreMidBatch) {
 
 // ---------------------------------------------------------------- tasks
 
-// niah_single_1 draws its keys from the word list of the installed corpus (wamerican):
-// without it (e.g. on the GPU machine) the task tests skip with the package to install.
-#define SKIP_WITHOUT_CORPUS()                                                   \
-    do {                                                                        \
-        const std::string reason = corpus_missing_reason();                     \
-        if (!reason.empty()) GTEST_SKIP() << reason;                            \
-    } while (0)
-
+// niah_single_1 draws its keys from the word list of the installed corpus (wamerican), so
+// the task tests skip without it.
 TaskSourceOptions task_options(uint64_t seed) {
     TaskSourceOptions o;
     o.tasks = {"passkey", "niah_single_1"};
@@ -424,7 +417,7 @@ TaskSourceOptions task_options(uint64_t seed) {
 }
 
 TEST(MixtureTaskSource, RowsPackExamplesWithTheMaskShiftedOntoTargets) {
-    SKIP_WITHOUT_CORPUS();
+    HSA_SKIP_WITHOUT_CORPUS();
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     const uint64_t seed = rng.next_u64() >> 20;
@@ -474,7 +467,7 @@ TEST(MixtureTaskSource, RowsPackExamplesWithTheMaskShiftedOntoTargets) {
 }
 
 TEST(MixtureTaskSource, StateRestoreContinuesBitForBit) {
-    SKIP_WITHOUT_CORPUS();
+    HSA_SKIP_WITHOUT_CORPUS();
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     const uint64_t seed = rng.next_u64() >> 20;
@@ -523,7 +516,7 @@ TEST(MixtureSource, ProportionsFollowTheWeights) {
 }
 
 TEST(MixtureSource, RowsComeFromTheChildrenInOrder) {
-    SKIP_WITHOUT_CORPUS();
+    HSA_SKIP_WITHOUT_CORPUS();
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     TempFolder dir;
@@ -605,7 +598,7 @@ TEST(MixtureSource, StateRestoreContinuesBitForBitThroughTheFactory) {
 }
 
 TEST(MixtureSource, DataRanksGetDisjointSlicesOfEverySource) {
-    SKIP_WITHOUT_CORPUS();
+    HSA_SKIP_WITHOUT_CORPUS();
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     const uint64_t seed = rng.next_u64() >> 20;

@@ -22,6 +22,7 @@
 
 #include "core/model/config.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "trainers/tasks/corpus.h"
 #include "trainers/tasks/task.h"
 #include "trainers/tasks/task_shard.h"
@@ -38,12 +39,9 @@ bool needs_installed_files(const std::string& task) {
     return !(task == "passkey" || task == "vt" || task == "fwe" || task == "niah_multikey_3");
 }
 
-#define SKIP_WITHOUT_CORPUS(task)                                                           \
-    do {                                                                                    \
-        if (needs_installed_files(task)) {                                                  \
-            const std::string reason = corpus_missing_reason();                             \
-            if (!reason.empty()) GTEST_SKIP() << reason;                                    \
-        }                                                                                   \
+#define SKIP_WITHOUT_CORPUS(task)                                \
+    do {                                                         \
+        if (needs_installed_files(task)) HSA_SKIP_WITHOUT_CORPUS(); \
     } while (0)
 
 // A tokenizer unlike the byte one: two bytes per token (an odd last byte alone), so token
