@@ -17,8 +17,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr unsigned kMaxBlocks = 4096;
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 struct AdamWParams {
     double lr, b1, b2, eps, wd, c1, c2;
 };

@@ -404,10 +404,7 @@ dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
 }  // namespace
 
 bool attention_tensor_core_eligible(int64_t head_dim, std::initializer_list<const Tensor*> tensors) {
-    if (head_dim != kHeadDim) return false;
-    for (const Tensor* t : tensors)
-        if (t && t->defined() && reinterpret_cast<uintptr_t>(t->data<float>()) % 16 != 0) return false;
-    return true;
+    return head_dim == kHeadDim && all_16_byte_aligned(tensors);
 }
 
 void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int window,

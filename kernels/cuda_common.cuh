@@ -1,13 +1,14 @@
 // Shared CUDA helpers for the kernel files: error checks after every runtime call and
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
-// cuda_i32, blocks_for, max_shared_bytes, allow_shared_bytes, block_sum.
+// cuda_i32, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/backend_checks.h"
 #include "core/tensor.h"
@@ -37,6 +38,17 @@ inline float* cuda_f32(const Tensor& t, const char* op, const char* what) {
 
 inline int32_t* cuda_i32(const Tensor& t, const char* op, const char* what) {
     return checks::i32_data(t, op, what, Device::CUDA);
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// True when every defined, non-empty tensor of the list (null entries: not wanted) starts
+// on a 16-byte boundary: what the vectorised and tensor-core kernels need; a view at an odd
+// offset goes to the scalar kernels instead.
+inline bool all_16_byte_aligned(std::initializer_list<const Tensor*> tensors) {
+    for (const Tensor* t : tensors)
+        if (t && t->defined() && t->numel() > 0 && !aligned16(t->raw_data())) return false;
+    return true;
 }
 
 inline unsigned blocks_for(int64_t work, int threads) {

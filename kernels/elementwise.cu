@@ -24,8 +24,6 @@ unsigned grid_for(int64_t work) {
     return blocks < kMaxBlocks ? blocks : kMaxBlocks;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 constexpr Device kCuda = Device::CUDA;
 
 // Double scratch of `count` values on the device (uninitialised).

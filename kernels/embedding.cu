@@ -21,8 +21,6 @@ namespace {
 
 constexpr unsigned long long kNoError = ~0ull;
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // A device word holding the smallest bad position (kNoError when none).
 Tensor make_error_flag() {
     Tensor flag = Tensor::empty({1}, DType::I64, Device::CUDA);

@@ -463,7 +463,7 @@ size_t query_kernel_shared_bytes(const HsaParams& P, bool backward) {
 // so both must be the same version): at bf16 precision, where the v1 kernels apply.
 bool use_tensor_cores(const HsaParams& P, std::initializer_list<const Tensor*> tensors) {
     return matmul_precision() == MatmulPrecision::BF16 &&
-           hsa_tensor_core_eligible(P.d, P.S, P.heads_per_kv, /*backward=*/true, tensors);
+           hsa_tensor_core_eligible(P.d, P.S, P.heads_per_kv, tensors);
 }
 
 }  // namespace

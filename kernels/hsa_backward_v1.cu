@@ -288,13 +288,9 @@ Params make_params(const HsaTensorCoreShape& shape) {
 
 }  // namespace
 
-bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group, bool backward,
+bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group,
                               std::initializer_list<const Tensor*> tensors) {
-    if (chunk_size != kChunk || group < 1 || group > 16) return false;
-    if (backward ? head_dim != kHeadDim : (head_dim != 64 && head_dim != 128)) return false;
-    for (const Tensor* t : tensors)
-        if (t && t->defined() && t->numel() > 0 && reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
-    return true;
+    return head_dim == kHeadDim && chunk_size == kChunk && group >= 1 && group <= 16 && all_16_byte_aligned(tensors);
 }
 
 void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const float* q, const float* kmem,

@@ -12,9 +12,10 @@
 
 namespace hsa {
 
-// What the tensor-core HSA kernels support: head dim 64 or 128 for the forward, 64 for the
-// backward; chunk size 64; GQA group G = H / Hk in 1..16; 16-byte aligned data.
-bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group, bool backward,
+// Where the backend runs HSA on tensor cores (the v1 forward and this backward together:
+// the backward recomputes against the forward's lse): head dim 64 (the forward alone also
+// takes 128), chunk size 64, GQA group G = H / Hk in 1..16, 16-byte aligned data.
+bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group,
                               std::initializer_list<const Tensor*> tensors);
 
 struct HsaTensorCoreShape {

@@ -18,8 +18,6 @@ namespace hsa {
 
 namespace {
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Threads per row block: enough for one float4 (or float) per thread up to 512.
 int row_threads(int64_t units) {
     if (units >= 512) return 512;

@@ -19,8 +19,6 @@ unsigned grid_for(int64_t work) {
     return blocks < kMaxBlocks ? blocks : kMaxBlocks;
 }
 
-bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 __device__ inline float swiglu_value(float gate, float up) {
     const double g = gate;
     const double s = 1.0 / (1.0 + exp(-g));
