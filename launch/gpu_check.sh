@@ -13,6 +13,7 @@ cmake --build build -j"$jobs" > "$out/build.log" 2>&1 || { grep -E "error" "$out
 build_s=$(( $(date +%s) - start ))
 ./build/launch/hsa info | tee "$out/info.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/info.log"
+echo "profilers: $(command -v nsys || echo no nsys) $(command -v ncu || echo no ncu)" | tee -a "$out/info.log"
 start=$(date +%s)
 (cd build && ctest -j"$jobs" --timeout 900 --output-on-failure) > "$out/ctest.log" 2>&1
 ctest_rc=$?
