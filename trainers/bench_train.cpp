@@ -62,6 +62,16 @@ public:
         return totals;
     }
 
+    struct HostCost {
+        double ms = 0;
+        int64_t calls = 0;
+    };
+    std::map<std::string, HostCost> take_host_costs() {
+        std::map<std::string, HostCost> r;
+        r.swap(host_);
+        return r;
+    }
+
     int64_t take_call_count() {
         int64_t n = call_count_;
         call_count_ = 0;
@@ -180,7 +190,13 @@ private:
     template <class F> void timed(const char* name, F&& body) {
         ++call_count_;
         if (!recording_) {
+            // Host time inside the call: launch overhead for asynchronous work, plus the
+            // wait of any device read-back the call makes.
+            auto start = std::chrono::steady_clock::now();
             body();
+            HostCost& cost = host_[name];
+            cost.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+            cost.calls++;
             return;
         }
         Call c{name, event(), event()};
@@ -204,12 +220,18 @@ private:
     CudaBackend inner_;
     std::vector<Call> calls_;
     std::vector<cudaEvent_t> pool_;
+    std::map<std::string, HostCost> host_;
     bool recording_ = true;
     int64_t call_count_ = 0;
     double gemm_flops_ = 0;
 };
 
 }  // namespace
+
+struct HostCostRow {
+    std::string name;
+    double ms, calls;
+};
 
 int bench_train(std::ostream& out) {
     HSA_CHECK(cuda_available(), "bench train: no GPU visible");
@@ -246,6 +268,7 @@ int bench_train(std::ostream& out) {
     timing->collect();
     timing->take_gemm_flops();
     timing->take_call_count();
+    timing->take_host_costs();
     cuda_allocator_reset_peak();
     const int steps = 3;
 
@@ -265,6 +288,7 @@ int bench_train(std::ostream& out) {
         }
     }
     const double calls_per_step = static_cast<double>(timing->take_call_count()) / steps;
+    const auto host_costs = timing->take_host_costs();
 
     // The breakdown: the same steps again with every backend call bracketed by events.
     timing->set_recording(true);
@@ -303,6 +327,22 @@ int bench_train(std::ostream& out) {
             << "% |";
         if (name == "gemm") out << " (" << std::setprecision(0) << gemm_flops / (t * 1e-3) / 1e12 << " TFLOP/s)";
         out << "\n";
+    }
+    std::vector<std::pair<double, std::string>> host_rows;
+    double host_inside = 0;
+    for (auto& [name, cost] : host_costs) {
+        host_rows.push_back({cost.ms / steps, name});
+        host_inside += cost.ms / steps;
+    }
+    std::sort(host_rows.rbegin(), host_rows.rend());
+    out << "\nhost time per step inside backend calls (sum " << std::setprecision(1) << host_inside
+        << " ms; outside them, in autograd and tensor code: " << median(host) - host_inside << " ms)\n";
+    out << "| method | host ms | calls | us per call |\n|---|---|---|---|\n";
+    for (size_t i = 0; i < host_rows.size() && i < 12; ++i) {
+        const HostCostRow row{host_rows[i].second, host_rows[i].first,
+                              static_cast<double>(host_costs.at(host_rows[i].second).calls) / steps};
+        out << "| " << row.name << " | " << std::setprecision(2) << row.ms << " | " << std::setprecision(0) << row.calls
+            << " | " << std::setprecision(1) << 1000.0 * row.ms / std::max(1.0, row.calls) << " |\n";
     }
     // Put the plain backend back for anything that runs after the bench.
     register_cuda_backend();
