@@ -54,12 +54,30 @@ void Tensor::accumulate_grad(const Tensor& g) const {
     if (!requires_grad()) return;
     HSA_CHECK(g.shape() == shape(), "gradient of shape " << shape_string(g.shape()) << " for tensor '" << name()
                                                          << "' of shape " << shape_string(shape()));
-    if (!impl_->grad.defined()) {
-        // Adopt a private copy so later in-place accumulation cannot alias another tensor.
-        impl_->grad = g.clone();
+    Tensor& grad = impl_->grad;
+    if (!grad.defined()) {
+        // Adopt g as it is: a copy per tape edge used to be the largest device cost outside
+        // the kernels (every activation gradient copied once more). Sharing is safe because
+        // a shared buffer is never written in place (below, and writable_grad()).
+        grad = g.is_contiguous() && g.dtype() == DType::F32 ? g : g.clone();
         return;
     }
-    backend_for(g.device()).axpy(1.0f, g, impl_->grad);
+    if (grad.is_sole_reference() && grad.is_contiguous()) {
+        backend_for(g.device()).axpy(1.0f, g, grad);
+        return;
+    }
+    // The buffer is also someone else's (another input's gradient, the caller's handle):
+    // write the sum to a fresh buffer, which costs what the in-place update does.
+    Tensor sum = Tensor::empty(shape(), DType::F32, g.device());
+    backend_for(g.device()).add(grad, g, sum);
+    grad = sum;
+}
+
+Tensor Tensor::writable_grad() const {
+    Tensor& grad = impl_->grad;
+    if (!grad.defined()) grad = Tensor::zeros(shape(), DType::F32, device());
+    else if (!grad.is_sole_reference() || !grad.is_contiguous()) grad = grad.clone();
+    return grad;
 }
 
 }  // namespace hsa

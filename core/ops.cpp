@@ -127,10 +127,10 @@ Tensor slice(const Tensor& x, int dim_in, int64_t start, int64_t length) {
     backend_of(x).copy_rows(x, outer, len, start, out, length, 0, length, inner, false);
     if (Tape::current().should_record({&x})) {
         Tape::current().record({out}, [x, outer, inner, len, start, length](const std::vector<Tensor>& g) {
-            Tensor gx = Tensor::zeros(x.shape(), DType::F32, x.device());
-            backend_of(x).copy_rows(g[0], outer, length, 0, gx, len, start, length, inner, false);
-            Tensor target = x;
-            target.accumulate_grad(gx);
+            // Added straight into x's gradient: slices of one tensor (a fused projection's
+            // parts) then cost their own rows, not a zero-filled full-size buffer each.
+            Tensor gx = x.writable_grad();
+            backend_of(x).copy_rows(g[0], outer, length, 0, gx, len, start, length, inner, true);
         });
     }
     return out;

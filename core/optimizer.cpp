@@ -40,8 +40,10 @@ double AdamW::clip_grad_norm(double max_norm) {
     if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
         const float factor = static_cast<float>(max_norm / (norm + 1e-6));
         for (auto& e : params_.entries()) {
-            Tensor g = e.tensor.grad();
-            if (g.defined()) backend_for(g.device()).scale(g, factor, g);
+            if (!e.tensor.grad().defined()) continue;
+            // In place, so on a private buffer: a gradient may share one with another's.
+            Tensor g = e.tensor.writable_grad();
+            backend_for(g.device()).scale(g, factor, g);
         }
     }
     return norm;

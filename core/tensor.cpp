@@ -307,6 +307,9 @@ const Tensor& Tensor::set_requires_grad(bool value) const {
 Tensor Tensor::grad() const { return impl_->grad; }
 void Tensor::set_grad(const Tensor& grad) const { impl_->grad = grad; }
 void Tensor::zero_grad() const { impl_->grad = Tensor(); }
+bool Tensor::is_sole_reference() const {
+    return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1;
+}
 const std::string& Tensor::name() const {
     static const std::string undefined_name = "<undefined>";
     return impl_ ? impl_->name : undefined_name;

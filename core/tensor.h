@@ -99,8 +99,18 @@ public:
     Tensor grad() const;        // undefined when no gradient has reached this tensor
     void set_grad(const Tensor& grad) const;
     void zero_grad() const;     // drops the gradient buffer
-    // Accumulates g into this tensor's gradient (allocating it on first use).
+    // Accumulates g into this tensor's gradient. The first gradient is adopted without a
+    // copy, so it may share its buffer with other tensors' gradients (add's backward hands
+    // one buffer to both inputs); a gradient is therefore written in place only while
+    // nothing else references its buffer, and otherwise replaced by a fresh sum.
     void accumulate_grad(const Tensor& g) const;
+    // This tensor's gradient, safe to write in place: zeros when there is none yet, and a
+    // private copy when its buffer is shared. For in-place users (clipping, row scatter).
+    Tensor writable_grad() const;
+    // True when this handle is the only reference to its TensorImpl and the storage has no
+    // other TensorImpl (no views, no other handles): writing it in place is invisible to
+    // everything else.
+    bool is_sole_reference() const;
 
     const std::string& name() const;
     const Tensor& set_name(const std::string& name) const;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/cuda_allocator.h"
 #include "core/json.h"
 #include "core/model/config.h"
@@ -381,6 +382,49 @@ TEST_F(CoreAutograd, GradientsAccumulateAcrossBackwardCalls) {
     EXPECT_FALSE(c.grad().defined()) << "a tensor without requires_grad receives no gradient";
     x.zero_grad();
     EXPECT_FALSE(x.grad().defined());
+}
+
+// Gradients are adopted without a copy, so one buffer can be the gradient of several
+// tensors (add hands its output gradient to both inputs). Accumulating into such a buffer,
+// or writing it in place through writable_grad(), must never change the others.
+TEST_F(CoreAutograd, SharedGradientBuffersAreNeverWrittenInPlace) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Tensor a = rng.normal({6}), b = rng.normal({6}), c = rng.normal({6});
+    a.set_requires_grad(true);
+    b.set_requires_grad(true);
+    const std::vector<float> cv = c.to_vector();
+
+    // (a + b) + a: a first adopts the outer add's buffer, which the inner sum also holds,
+    // then receives a second contribution; an in-place += would leave b with 2c.
+    backward(ops::sum(ops::mul(ops::add(ops::add(a, b), a), c)));
+    std::vector<float> ga = a.grad().to_vector(), gb = b.grad().to_vector();
+    for (size_t i = 0; i < cv.size(); ++i) {
+        EXPECT_EQ(ga[i], 2.0f * cv[i]);
+        EXPECT_EQ(gb[i], cv[i]);
+    }
+
+    // a + b alone: both gradients are one buffer. Scaling a's in place (as clipping does)
+    // goes to a private copy.
+    a.zero_grad();
+    b.zero_grad();
+    backward(ops::sum(ops::mul(ops::add(a, b), c)));
+    EXPECT_EQ(a.grad().raw_data(), b.grad().raw_data()) << "expected the copy-free adoption this test is about";
+    Tensor writable = a.writable_grad();
+    EXPECT_NE(writable.raw_data(), b.grad().raw_data());
+    backend_for(Device::CPU).scale(writable, 0.5f, writable);
+    ga = a.grad().to_vector();
+    gb = b.grad().to_vector();
+    for (size_t i = 0; i < cv.size(); ++i) {
+        EXPECT_EQ(ga[i], 0.5f * cv[i]);
+        EXPECT_EQ(gb[i], cv[i]);
+    }
+    // A sole owner is written in place, with no copy.
+    Tensor again = b.writable_grad();
+    EXPECT_EQ(again.raw_data(), b.grad().raw_data());
+    Tensor leaf_without_grad = rng.normal({2});
+    leaf_without_grad.set_requires_grad(true);
+    for (float g : leaf_without_grad.writable_grad().to_vector()) EXPECT_EQ(g, 0.0f);
 }
 
 TEST_F(CoreAutograd, NoGradGuardRecordsNothing) {
