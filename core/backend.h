@@ -72,6 +72,12 @@ public:
     // and an out batch of 1 with B > 1 sums over the batch. accumulate: out += instead of =.
     virtual void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                       bool accumulate) = 0;
+    // Both gradients of out = op(a) . op(b) from the output gradient g: grad_a (shaped as a)
+    // and grad_b (as b), either undefined when not wanted; written (=). Batch rules as gemm.
+    // This default makes the two gemm calls; the CUDA backend at bf16 precision rounds g
+    // to bf16 once for both products instead of once per product.
+    virtual void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                               const Tensor& g, Tensor& grad_a, Tensor& grad_b);
 
     // ---- RMSNorm over the last dim: x [N, D], weight [D] or undefined, inv_rms [N] ----
     virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out,

@@ -280,22 +280,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
     backend_of(a).gemm(a, transpose_a, b, transpose_b, out, false);
     if (Tape::current().should_record({&a, &b})) {
         Tape::current().record({out}, [a, b, transpose_a, transpose_b](const std::vector<Tensor>& g) {
-            // out = op(a) op(b).  d op(a) = g op(b)^T,  d op(b) = op(a)^T g.
-            // A shared (batch-1) operand gets its gradient summed over the batch by gemm.
-            if (a.requires_grad()) {
-                Tensor ga = grad_buffer(a);
-                if (!transpose_a) backend_of(a).gemm(g[0], false, b, !transpose_b, ga, false);  // g op(b)^T
-                else backend_of(a).gemm(b, transpose_b, g[0], true, ga, false);                 // op(b) g^T
-                Tensor target = a;
-                target.accumulate_grad(ga);
-            }
-            if (b.requires_grad()) {
-                Tensor gb = grad_buffer(b);
-                if (!transpose_b) backend_of(b).gemm(a, !transpose_a, g[0], false, gb, false);  // op(a)^T g
-                else backend_of(b).gemm(g[0], true, a, transpose_a, gb, false);                 // g^T op(a)
-                Tensor target = b;
-                target.accumulate_grad(gb);
-            }
+            Tensor ga = a.requires_grad() ? grad_buffer(a) : Tensor();
+            Tensor gb = b.requires_grad() ? grad_buffer(b) : Tensor();
+            backend_of(a).gemm_backward(a, transpose_a, b, transpose_b, g[0], ga, gb);
+            Tensor ta = a, tb = b;
+            if (ga.defined()) ta.accumulate_grad(ga);
+            if (gb.defined()) tb.accumulate_grad(gb);
         });
     }
     return out;

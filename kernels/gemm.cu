@@ -265,8 +265,10 @@ void run_gemm(const RowMajorGemm& g, float beta) {
 
 }  // namespace
 
-void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
-                       bool accumulate) {
+// The backend's gemm. a_rounded / b_rounded: when defined, bf16 copies of a / b already
+// made by the caller, used instead of rounding again when the bf16 path is taken.
+static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
+                    bool accumulate, const Tensor& a_rounded, const Tensor& b_rounded) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, out, Device::CUDA);
     const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
     float* po = out.data<float>();
@@ -287,8 +289,8 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
     const bool bf16 = bf16_precision && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
     Tensor a16, b16;
     if (bf16) {
-        a16 = rounded_bf16_copy(a);
-        b16 = rounded_bf16_copy(b);
+        a16 = a_rounded.defined() ? a_rounded : rounded_bf16_copy(a);
+        b16 = b_rounded.defined() ? b_rounded : rounded_bf16_copy(b);
     }
     const size_t eb = bf16 ? 2 : sizeof(float);
     const char* pa = static_cast<const char*>(bf16 ? a16.raw_data() : a.raw_data());
@@ -338,6 +340,32 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
         g.a = pa + i * a_step * eb;
         g.b = pb + i * b_step * eb;
         run_gemm(g, i == 0 ? beta0 : 1.0f);
+    }
+}
+
+void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
+                       bool accumulate) {
+    gemm_on_device(a, transpose_a, b, transpose_b, out, accumulate, Tensor(), Tensor());
+}
+
+// The output gradient feeds both products; at bf16 precision it is rounded once here
+// rather than once inside each product (a linear layer's g is the size of its output:
+// this halves the rounding traffic of the backward's largest operand, the logits' g).
+// The products take the bf16 path only when every dim is a multiple of 8, the same for
+// both since they share the forward's M, N, K; otherwise g is not rounded here.
+void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                const Tensor& g, Tensor& grad_a, Tensor& grad_b) {
+    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
+    const bool share = grad_a.defined() && grad_b.defined() && matmul_precision() == MatmulPrecision::BF16 &&
+                       dims.M % 8 == 0 && dims.N % 8 == 0 && dims.K % 8 == 0 && g.numel() > 0;
+    const Tensor g16 = share ? rounded_bf16_copy(g) : Tensor();
+    if (grad_a.defined()) {
+        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, false, g16, Tensor());
+        else gemm_on_device(b, transpose_b, g, true, grad_a, false, Tensor(), g16);
+    }
+    if (grad_b.defined()) {
+        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, false, Tensor(), g16);
+        else gemm_on_device(g, true, a, transpose_a, grad_b, false, g16, Tensor());
     }
 }
 

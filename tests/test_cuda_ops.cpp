@@ -170,6 +170,47 @@ void check_gemm_modes(Rng& rng, int64_t M, int64_t K, int64_t N, int64_t B, doub
             }
 }
 
+// gemm_backward rounds the output gradient to bf16 once for both products; the products
+// must be bit-identical to the two separate gemm calls (the same rounding, made once), and
+// within bf16 accuracy of the CPU reference. Shapes with a dim not a multiple of 8 take the
+// FAST_16BF path with no shared copy; only-one-gradient calls round nothing up front.
+TEST(CudaOps, GemmBackwardSharesTheRoundedGradient) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    MatmulPrecisionScope bf16(MatmulPrecision::BF16);
+    for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{{40, 64, 24}, {37, 53, 29}})
+        for (bool ta : {false, true})
+            for (bool tb : {false, true})
+                for (bool batched : {false, true}) {
+                    SCOPED_TRACE("M " + std::to_string(M) + " ta " + std::to_string(ta) + " tb " + std::to_string(tb) +
+                                 " batched " + std::to_string(batched));
+                    Shape a_shape = ta ? Shape{K, M} : Shape{M, K};
+                    Shape b_shape = tb ? Shape{N, K} : Shape{K, N};
+                    Shape g_shape{M, N};
+                    if (batched) {  // [B, M, K] x shared [K, N]: the weight gradient sums the batch
+                        a_shape.insert(a_shape.begin(), 3);
+                        g_shape.insert(g_shape.begin(), 3);
+                    }
+                    Tensor a = rng.normal(a_shape), b = rng.normal(b_shape), g = rng.normal(g_shape);
+                    Tensor ga_want = Tensor::empty(a_shape), gb_want = Tensor::empty(b_shape);
+                    cpu().gemm_backward(a, ta, b, tb, g, ga_want, gb_want);
+                    Tensor ga = poisoned(a_shape), gb = poisoned(b_shape);
+                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga, gb);
+                    // The base class's two-call version, on the GPU.
+                    Tensor ga_two = poisoned(a_shape), gb_two = poisoned(b_shape);
+                    gpu().Backend::gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga_two, gb_two);
+                    EXPECT_EQ(ga.to_vector(), ga_two.to_vector());
+                    EXPECT_EQ(gb.to_vector(), gb_two.to_vector());
+                    EXPECT_LE(relative_error(ga, ga_want), 1e-2);
+                    EXPECT_LE(relative_error(gb, gb_want), 1e-2);
+                    // One gradient only: the other stays untouched.
+                    Tensor only_a = poisoned(a_shape), none;
+                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), only_a, none);
+                    EXPECT_EQ(only_a.to_vector(), ga.to_vector());
+                }
+}
+
 // BF16 matmul precision rounds operands to bf16 (8 significant bits: 2^-9 = 2e-3 relative
 // per operand), so the product carries ~3e-3 relative error: bounded by 1e-2, and above
 // 1e-5, which proves the tensor-core path is the one taken.
@@ -265,7 +306,8 @@ TEST(CudaOps, CrossEntropyAndAdamW) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {257, 50304}}) {
+    // V 11: the scalar path; 1028 and 50304: float4 rows.
+    for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {33, 1028}, {257, 50304}}) {
         if (small_only() && V > 1000) continue;
         Tensor logits = rng.normal({N, V}, 3.0f);
         std::vector<int32_t> t(static_cast<size_t>(N));

@@ -38,6 +38,7 @@ public:
     struct Call {
         const char* name;
         cudaEvent_t start, stop;
+        std::string detail;
     };
 
     Device device() const override { return Device::CUDA; }
@@ -55,6 +56,10 @@ public:
             float ms = 0;
             cudaEventElapsedTime(&ms, c.start, c.stop);
             totals[c.name] += ms;
+            if (!c.detail.empty()) {
+                details_[c.detail].ms += ms;
+                details_[c.detail].calls++;
+            }
             pool_.push_back(c.start);
             pool_.push_back(c.stop);
         }
@@ -72,6 +77,12 @@ public:
         return r;
     }
 
+    std::map<std::string, HostCost> take_details() {
+        std::map<std::string, HostCost> r;
+        r.swap(details_);
+        return r;
+    }
+
     int64_t take_call_count() {
         int64_t n = call_count_;
         call_count_ = 0;
@@ -82,10 +93,14 @@ public:
         for (cudaEvent_t e : pool_) cudaEventDestroy(e);
     }
 
-    void add(const Tensor& a, const Tensor& b, Tensor& out) override { timed("add", [&] { inner_.add(a, b, out); }); }
+    void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+        timed("add", [&] { inner_.add(a, b, out); }, "add " + shape_string(a.shape()));
+    }
     void mul(const Tensor& a, const Tensor& b, Tensor& out) override { timed("mul", [&] { inner_.mul(a, b, out); }); }
     void scale(const Tensor& a, float alpha, Tensor& out) override { timed("scale", [&] { inner_.scale(a, alpha, out); }); }
-    void axpy(float alpha, const Tensor& x, Tensor& target) override { timed("axpy", [&] { inner_.axpy(alpha, x, target); }); }
+    void axpy(float alpha, const Tensor& x, Tensor& target) override {
+        timed("axpy", [&] { inner_.axpy(alpha, x, target); }, "axpy " + shape_string(x.shape()));
+    }
     void copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst, int64_t dst_len,
                    int64_t dst_start, int64_t length, int64_t inner, bool accumulate) override {
         timed("copy_rows", [&] { inner_.copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, accumulate); });
@@ -118,16 +133,27 @@ public:
         timed("embedding_backward", [&] { inner_.embedding_backward(ids, grad_out, grad_table); });
     }
     void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& out, bool accumulate) override {
-        timed("gemm", [&] { inner_.gemm(a, ta, b, tb, out, accumulate); });
+        timed("gemm", [&] { inner_.gemm(a, ta, b, tb, out, accumulate); },
+              "gemm " + shape_string(a.shape()) + (ta ? "T" : "") + " x " + shape_string(b.shape()) + (tb ? "T" : ""));
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
+    void gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, Tensor& ga,
+                       Tensor& gb) override {
+        timed("gemm", [&] { inner_.gemm_backward(a, ta, b, tb, g, ga, gb); },
+              "gemm_backward " + shape_string(a.shape()) + (ta ? "T" : "") + " x " + shape_string(b.shape()) + (tb ? "T" : ""));
+        // Each wanted gradient is one product of the forward's size.
+        const double forward = 2.0 * static_cast<double>(g.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1));
+        gemm_flops_ += forward * ((ga.defined() ? 1 : 0) + (gb.defined() ? 1 : 0));
+    }
     void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& out, Tensor& inv_rms) override {
-        timed("rmsnorm", [&] { inner_.rmsnorm_forward(x, w, eps, out, inv_rms); });
+        timed("rmsnorm", [&] { inner_.rmsnorm_forward(x, w, eps, out, inv_rms); },
+              "rmsnorm " + shape_string(x.shape()) + (w.defined() ? " weighted" : ""));
     }
     void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& inv_rms, const Tensor& g, Tensor& gx,
                           Tensor& gw) override {
-        timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw); });
+        timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw); },
+              "rmsnorm_backward " + shape_string(x.shape()) + (gw.defined() ? " weighted" : ""));
     }
     void rope_forward(const Tensor& x, int64_t offset, float base, Tensor& out) override {
         timed("rope", [&] { inner_.rope_forward(x, offset, base, out); });
@@ -187,7 +213,8 @@ public:
     }
 
 private:
-    template <class F> void timed(const char* name, F&& body) {
+    // detail: the call's shape, for the per-shape table (empty: counted by method only).
+    template <class F> void timed(const char* name, F&& body, std::string detail = std::string()) {
         ++call_count_;
         if (!recording_) {
             // Host time inside the call: launch overhead for asynchronous work, plus the
@@ -199,11 +226,11 @@ private:
             cost.calls++;
             return;
         }
-        Call c{name, event(), event()};
+        Call c{name, event(), event(), std::move(detail)};
         cudaEventRecord(c.start);
         body();
         cudaEventRecord(c.stop);
-        calls_.push_back(c);
+        calls_.push_back(std::move(c));
     }
 
     cudaEvent_t event() {
@@ -221,6 +248,7 @@ private:
     std::vector<Call> calls_;
     std::vector<cudaEvent_t> pool_;
     std::map<std::string, HostCost> host_;
+    std::map<std::string, HostCost> details_;  // device ms and calls by method and shape
     bool recording_ = true;
     int64_t call_count_ = 0;
     double gemm_flops_ = 0;
@@ -266,6 +294,7 @@ int bench_train(std::ostream& out) {
         << "M parameters), batch 8 x 4096, bf16 GEMMs (f32 accumulation), other kernels f32\n" << std::flush;
     step();  // warm-up: allocator, cuBLASLt handles and plans
     timing->collect();
+    timing->take_details();
     timing->take_gemm_flops();
     timing->take_call_count();
     timing->take_host_costs();
@@ -302,6 +331,7 @@ int bench_train(std::ostream& out) {
         }
     }
     const double gemm_flops = timing->take_gemm_flops() / (2 * steps);  // both loops counted
+    const auto details = timing->take_details();
     const double ms = median(wall);
     const double tokens_per_s = static_cast<double>(tokens) / (ms * 1e-3);
     const double mfu = 6.0 * static_cast<double>(params - embedding) * tokens_per_s / 989e12;
@@ -327,6 +357,15 @@ int bench_train(std::ostream& out) {
             << "% |";
         if (name == "gemm") out << " (" << std::setprecision(0) << gemm_flops / (t * 1e-3) / 1e12 << " TFLOP/s)";
         out << "\n";
+    }
+    {
+        std::vector<std::pair<double, std::string>> detail_rows;
+        for (auto& [name, cost] : details) detail_rows.push_back({cost.ms / steps, name});
+        std::sort(detail_rows.rbegin(), detail_rows.rend());
+        out << "\nlargest calls by shape (device ms per step, calls per step)\n| call | ms | calls |\n|---|---|---|\n";
+        for (size_t i = 0; i < detail_rows.size() && i < 16; ++i)
+            out << "| " << detail_rows[i].second << " | " << std::setprecision(2) << detail_rows[i].first << " | "
+                << std::setprecision(0) << static_cast<double>(details.at(detail_rows[i].second).calls) / steps << " |\n";
     }
     std::vector<std::pair<double, std::string>> host_rows;
     double host_inside = 0;
