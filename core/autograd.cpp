@@ -73,6 +73,13 @@ void Tensor::accumulate_grad(const Tensor& g) const {
     grad = sum;
 }
 
+Tensor Tensor::grad_to_accumulate_into() const {
+    if (!requires_grad()) return Tensor();
+    const Tensor& grad = impl_->grad;
+    if (!grad.defined() || !grad.is_sole_reference() || !grad.is_contiguous() || grad.dtype() != DType::F32) return Tensor();
+    return grad;
+}
+
 Tensor Tensor::writable_grad() const {
     Tensor& grad = impl_->grad;
     if (!grad.defined()) grad = Tensor::zeros(shape(), DType::F32, device());

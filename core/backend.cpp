@@ -20,14 +20,14 @@ std::array<std::unique_ptr<Backend>, 2>& registry() {
 // out = op(a) op(b):  d op(a) = g op(b)^T,  d op(b) = op(a)^T g. A shared (batch-1)
 // operand gets its gradient summed over the batch by gemm.
 void Backend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
-                            Tensor& grad_a, Tensor& grad_b) {
+                            Tensor& grad_a, Tensor& grad_b, bool accumulate_a, bool accumulate_b) {
     if (grad_a.defined()) {
-        if (!transpose_a) gemm(g, false, b, !transpose_b, grad_a, false);  // g op(b)^T
-        else gemm(b, transpose_b, g, true, grad_a, false);                 // op(b) g^T
+        if (!transpose_a) gemm(g, false, b, !transpose_b, grad_a, accumulate_a);  // g op(b)^T
+        else gemm(b, transpose_b, g, true, grad_a, accumulate_a);                 // op(b) g^T
     }
     if (grad_b.defined()) {
-        if (!transpose_b) gemm(a, !transpose_a, g, false, grad_b, false);  // op(a)^T g
-        else gemm(g, true, a, transpose_a, grad_b, false);                 // g^T op(a)
+        if (!transpose_b) gemm(a, !transpose_a, g, false, grad_b, accumulate_b);  // op(a)^T g
+        else gemm(g, true, a, transpose_a, grad_b, accumulate_b);                 // g^T op(a)
     }
 }
 

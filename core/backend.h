@@ -73,17 +73,21 @@ public:
     virtual void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                       bool accumulate) = 0;
     // Both gradients of out = op(a) . op(b) from the output gradient g: grad_a (shaped as a)
-    // and grad_b (as b), either undefined when not wanted; written (=). Batch rules as gemm.
+    // and grad_b (as b), either undefined when not wanted; written (=), or added (+=) when
+    // accumulate_a / accumulate_b. Batch rules as gemm.
     // This default makes the two gemm calls; the CUDA backend at bf16 precision rounds g
     // to bf16 once for both products instead of once per product.
     virtual void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                               const Tensor& g, Tensor& grad_a, Tensor& grad_b);
+                               const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
+                               bool accumulate_b);
 
     // ---- RMSNorm over the last dim: x [N, D], weight [D] or undefined, inv_rms [N] ----
     virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out,
                                  Tensor& inv_rms) = 0;
+    // accumulate_x: grad_x += instead of = (the tape passes a gradient buffer the input
+    // already owns, which saves a separate add of the whole activation).
     virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
-                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) = 0;
+                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) = 0;
 
     // ---- RoPE, rotate-half convention: x [B, T, H, d] (d even), position of token t is
     // position_offset + t; pair (i, i + d/2) rotates by angle pos * base^(-2i/d) ----
@@ -167,7 +171,7 @@ public:
               bool accumulate) override;                                                                           \
     void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) override; \
     void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, const Tensor& grad_out,    \
-                          Tensor& grad_x, Tensor& grad_weight) override;                                           \
+                          Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) override;                        \
     void rope_forward(const Tensor& x, int64_t position_offset, float base, Tensor& out) override;                 \
     void rope_backward(const Tensor& grad_out, int64_t position_offset, float base, Tensor& grad_x) override;      \
     void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) override;                               \

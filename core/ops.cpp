@@ -280,12 +280,16 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
     backend_of(a).gemm(a, transpose_a, b, transpose_b, out, false);
     if (Tape::current().should_record({&a, &b})) {
         Tape::current().record({out}, [a, b, transpose_a, transpose_b](const std::vector<Tensor>& g) {
-            Tensor ga = a.requires_grad() ? grad_buffer(a) : Tensor();
-            Tensor gb = b.requires_grad() ? grad_buffer(b) : Tensor();
-            backend_of(a).gemm_backward(a, transpose_a, b, transpose_b, g[0], ga, gb);
+            // A gradient the operand already owns (an input shared by several products,
+            // such as the q/k/v projections' normalised input) is added into by the product.
+            Tensor ga = a.grad_to_accumulate_into(), gb = b.grad_to_accumulate_into();
+            const bool accumulate_a = ga.defined(), accumulate_b = gb.defined();
+            if (!accumulate_a && a.requires_grad()) ga = grad_buffer(a);
+            if (!accumulate_b && b.requires_grad()) gb = grad_buffer(b);
+            backend_of(a).gemm_backward(a, transpose_a, b, transpose_b, g[0], ga, gb, accumulate_a, accumulate_b);
             Tensor ta = a, tb = b;
-            if (ga.defined()) ta.accumulate_grad(ga);
-            if (gb.defined()) tb.accumulate_grad(gb);
+            if (ga.defined() && !accumulate_a) ta.accumulate_grad(ga);
+            if (gb.defined() && !accumulate_b) tb.accumulate_grad(gb);
         });
     }
     return out;
@@ -318,11 +322,14 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
     if (Tape::current().should_record({&x, &weight})) {
         Tape::current().record({out}, [x, weight, inv_rms, d](const std::vector<Tensor>& g) {
             Tensor flat_x = x.view({-1, d});
-            Tensor gx = x.requires_grad() ? grad_buffer(flat_x) : Tensor();
+            // x usually has a gradient already (the residual add's): add into it in place.
+            const Tensor existing = x.grad_to_accumulate_into();
+            const bool accumulate = existing.defined();
+            Tensor gx = accumulate ? existing.view({-1, d}) : x.requires_grad() ? grad_buffer(flat_x) : Tensor();
             Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
-            backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw);
+            backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw, accumulate);
             Tensor tx = x, tw = weight;
-            if (gx.defined()) tx.accumulate_grad(gx.view(x.shape()));
+            if (gx.defined() && !accumulate) tx.accumulate_grad(gx.view(x.shape()));
             if (gw.defined()) tw.accumulate_grad(gw);
         });
     }

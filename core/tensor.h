@@ -107,6 +107,9 @@ public:
     // This tensor's gradient, safe to write in place: zeros when there is none yet, and a
     // private copy when its buffer is shared. For in-place users (clipping, row scatter).
     Tensor writable_grad() const;
+    // The gradient when an op may add into it in place (defined, contiguous f32, referenced
+    // by nothing else); otherwise undefined, and the op writes a fresh buffer instead.
+    Tensor grad_to_accumulate_into() const;
     // True when this handle is the only reference to its TensorImpl and the storage has no
     // other TensorImpl (no views, no other handles): writing it in place is invisible to
     // everything else.

@@ -19,7 +19,7 @@ public:
     HSA_BACKEND_OVERRIDES
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
-                       Tensor& grad_a, Tensor& grad_b) override;
+                       Tensor& grad_a, Tensor& grad_b, bool accumulate_a, bool accumulate_b) override;
 };
 
 // Installs the CUDA backend for Device::CUDA (core/backend.h). Called once at start-up by

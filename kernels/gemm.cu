@@ -354,18 +354,19 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
 // The products take the bf16 path only when every dim is a multiple of 8, the same for
 // both since they share the forward's M, N, K; otherwise g is not rounded here.
 void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                                const Tensor& g, Tensor& grad_a, Tensor& grad_b) {
+                                const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
+                                bool accumulate_b) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
     const bool share = grad_a.defined() && grad_b.defined() && matmul_precision() == MatmulPrecision::BF16 &&
                        dims.M % 8 == 0 && dims.N % 8 == 0 && dims.K % 8 == 0 && g.numel() > 0;
     const Tensor g16 = share ? rounded_bf16_copy(g) : Tensor();
     if (grad_a.defined()) {
-        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, false, g16, Tensor());
-        else gemm_on_device(b, transpose_b, g, true, grad_a, false, Tensor(), g16);
+        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor());
+        else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), g16);
     }
     if (grad_b.defined()) {
-        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, false, Tensor(), g16);
-        else gemm_on_device(g, true, a, transpose_a, grad_b, false, g16, Tensor());
+        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), g16);
+        else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, g16, Tensor());
     }
 }
 

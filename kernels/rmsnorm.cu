@@ -56,7 +56,7 @@ __global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, floa
 }
 
 __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, const float* inv_rms, const float* g,
-                                               float* dx, int64_t N, int64_t D) {
+                                               float* dx, int64_t N, int64_t D, bool accumulate) {
     const int lane = static_cast<int>(threadIdx.x) % 32;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
     if (n >= N) return;
@@ -70,7 +70,8 @@ __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, c
     const double c = dot * r * r * r / static_cast<double>(D);
     for (int64_t j = lane; j < D; j += 32) {
         const double gw = static_cast<double>(gr[j]) * wval(w, j);
-        dr[j] = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+        const float value = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+        dr[j] = accumulate ? dr[j] + value : value;
     }
 }
 
@@ -81,7 +82,7 @@ __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, c
 template <int M>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_backward_fused_kernel(const float* x, const float* w, const float* inv_rms, const float* g, float* dx,
-                                  int64_t N, int64_t D, int64_t rows_per_block, double* partial) {
+                                  int64_t N, int64_t D, int64_t rows_per_block, double* partial, bool accumulate) {
     extern __shared__ double warp_columns[];  // [kRowsPerBlock][D]
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
@@ -112,7 +113,8 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
             const int64_t j = lane + 32 * m;
             if (j >= D) continue;
             const double gw = static_cast<double>(gv[m]) * wval(w, j);
-            dr[j] = static_cast<float>(r * gw - static_cast<double>(xv[m]) * c);
+            const float value = static_cast<float>(r * gw - static_cast<double>(xv[m]) * c);
+            dr[j] = accumulate ? dr[j] + value : value;
             acc[m] += static_cast<double>(gv[m]) * static_cast<double>(xv[m]) * r;
         }
     }
@@ -174,7 +176,7 @@ __global__ void rmsnorm_forward_kernel(const float* x, const float* w, float eps
 
 // dx_j = r w_j g_j - x_j r^3 / D * sum_k g_k w_k x_k   (all in double, as the CPU reference).
 __global__ void rmsnorm_backward_x_kernel(const float* x, const float* w, const float* inv_rms, const float* g,
-                                          float* dx, int64_t N, int64_t D) {
+                                          float* dx, int64_t N, int64_t D, bool accumulate) {
     __shared__ double shared[32];
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         const float* xr = x + n * D;
@@ -188,7 +190,8 @@ __global__ void rmsnorm_backward_x_kernel(const float* x, const float* w, const 
         const double c = dot * r * r * r / static_cast<double>(D);
         for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
             const double gw = static_cast<double>(gr[j]) * wval(w, j);
-            dr[j] = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+            const float value = static_cast<float>(r * gw - static_cast<double>(xr[j]) * c);
+            dr[j] = accumulate ? dr[j] + value : value;
         }
     }
 }
@@ -207,22 +210,52 @@ __global__ void rmsnorm_grad_weight_partial_kernel(const float* x, const float* 
     partial[s * D + j] = acc;
 }
 
-__global__ void rmsnorm_grad_weight_combine_kernel(const double* partial, int64_t splits, int64_t D, float* dw) {
-    const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (j >= D) return;
+// dw[j] = sum over s of partial[s, j]. A block owns 32 columns (lane = column, so each
+// warp's loads are coalesced); its 32 warps take the splits w, w + 32, ..., and warp 0 then
+// adds the 32 warp sums in warp order: a fixed order, so bit-identical run to run. One
+// thread per column summing all splits in a chain was latency-bound: ~0.25 ms for 1024
+// splits, more than the fused pass itself.
+constexpr int kCombineWarps = 32;
+
+__global__ void __launch_bounds__(kCombineWarps * 32)
+    rmsnorm_grad_weight_combine_kernel(const double* partial, int64_t splits, int64_t D, float* dw) {
+    __shared__ double warp_sums[kCombineWarps][33];
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + lane;
     double acc = 0.0;
-    for (int64_t s = 0; s < splits; ++s) acc += partial[s * D + j];
-    dw[j] = static_cast<float>(acc);
+    if (j < D) {
+        // Four independent chains keep four loads in flight; added in a fixed order.
+        double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
+        constexpr int64_t W = kCombineWarps;
+        int64_t s = warp;
+        for (; s + 3 * W < splits; s += 4 * W) {
+            c0 += partial[s * D + j];
+            c1 += partial[(s + W) * D + j];
+            c2 += partial[(s + 2 * W) * D + j];
+            c3 += partial[(s + 3 * W) * D + j];
+        }
+        for (; s < splits; s += W) c0 += partial[s * D + j];
+        acc = (c0 + c1) + (c2 + c3);
+    }
+    warp_sums[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && j < D) {
+        double total = 0.0;
+        for (int w = 0; w < kCombineWarps; ++w) total += warp_sums[w][lane];
+        dw[j] = static_cast<float>(total);
+    }
 }
+
+unsigned combine_grid(int64_t D) { return static_cast<unsigned>((D + 31) / 32); }
 
 constexpr int64_t kFusedMax = 1024;  // widest row of the fused backward (32 columns a lane)
 
 template <int M>
 void launch_fused(const float* px, const float* pw, const float* pr, const float* pg, float* pgx, int64_t N, int64_t D,
-                  int64_t blocks, int64_t rows_per_block, double* partial, size_t shared_bytes) {
+                  int64_t blocks, int64_t rows_per_block, double* partial, size_t shared_bytes, bool accumulate) {
     allow_shared_bytes("rmsnorm_backward", rmsnorm_backward_fused_kernel<M>, shared_bytes);
     rmsnorm_backward_fused_kernel<M><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, shared_bytes>>>(
-        px, pw, pr, pg, pgx, N, D, rows_per_block, partial);
+        px, pw, pr, pg, pgx, N, D, rows_per_block, partial, accumulate);
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
 }
 
@@ -247,7 +280,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
-                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) {
+                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
     const checks::RmsNormDims dims =
         checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
     const int64_t D = dims.D, N = dims.N;
@@ -265,21 +298,22 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         double* partial = static_cast<double*>(scratch.raw_data());
         const size_t shared_bytes = sizeof(double) * kRowsPerBlock * static_cast<size_t>(D);
         const int m = static_cast<int>((D + 31) / 32);
-        if (m <= 1) launch_fused<1>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        else if (m <= 2) launch_fused<2>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        else if (m <= 4) launch_fused<4>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        else if (m <= 8) launch_fused<8>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        else if (m <= 16) launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        else launch_fused<32>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes);
-        rmsnorm_grad_weight_combine_kernel<<<blocks_for(D, 256), 256>>>(partial, blocks, D, pgw);
+        if (m <= 1) launch_fused<1>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else if (m <= 2) launch_fused<2>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else if (m <= 4) launch_fused<4>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else if (m <= 8) launch_fused<8>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else if (m <= 16) launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else launch_fused<32>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
         return;
     }
     if (pgx && N > 0) {
         if (D <= kWarpRowMax && N < (int64_t{1} << 34))
-            rmsnorm_backward_x_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, pr, pg, pgx, N, D);
+            rmsnorm_backward_x_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, pr, pg, pgx, N, D,
+                                                                                     accumulate_x);
         else
-            rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D);
+            rmsnorm_backward_x_kernel<<<row_grid(N), row_threads(D)>>>(px, pw, pr, pg, pgx, N, D, accumulate_x);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_x_kernel");
     }
     if (pgw) {
@@ -300,7 +334,7 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         const dim3 grid(blocks_for(D, threads), static_cast<unsigned>(splits));
         rmsnorm_grad_weight_partial_kernel<<<grid, threads>>>(px, pr, pg, N, D, chunk, partial);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_partial_kernel");
-        rmsnorm_grad_weight_combine_kernel<<<blocks_for(D, threads), threads>>>(partial, splits, D, pgw);
+        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, splits, D, pgw);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
     }
 }

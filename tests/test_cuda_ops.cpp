@@ -194,20 +194,29 @@ TEST(CudaOps, GemmBackwardSharesTheRoundedGradient) {
                     }
                     Tensor a = rng.normal(a_shape), b = rng.normal(b_shape), g = rng.normal(g_shape);
                     Tensor ga_want = Tensor::empty(a_shape), gb_want = Tensor::empty(b_shape);
-                    cpu().gemm_backward(a, ta, b, tb, g, ga_want, gb_want);
+                    cpu().gemm_backward(a, ta, b, tb, g, ga_want, gb_want, false, false);
                     Tensor ga = poisoned(a_shape), gb = poisoned(b_shape);
-                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga, gb);
+                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga, gb, false, false);
                     // The base class's two-call version, on the GPU.
                     Tensor ga_two = poisoned(a_shape), gb_two = poisoned(b_shape);
-                    gpu().Backend::gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga_two, gb_two);
+                    gpu().Backend::gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), ga_two, gb_two, false, false);
                     EXPECT_EQ(ga.to_vector(), ga_two.to_vector());
                     EXPECT_EQ(gb.to_vector(), gb_two.to_vector());
                     EXPECT_LE(relative_error(ga, ga_want), 1e-2);
                     EXPECT_LE(relative_error(gb, gb_want), 1e-2);
                     // One gradient only: the other stays untouched.
                     Tensor only_a = poisoned(a_shape), none;
-                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), only_a, none);
+                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), only_a, none, false, false);
                     EXPECT_EQ(only_a.to_vector(), ga.to_vector());
+                    // Accumulating into existing gradients: base + product.
+                    Tensor base_a = rng.normal(a_shape), base_b = rng.normal(b_shape);
+                    Tensor acc_a = on_gpu(base_a), acc_b = on_gpu(base_b);
+                    gpu().gemm_backward(on_gpu(a), ta, on_gpu(b), tb, on_gpu(g), acc_a, acc_b, true, true);
+                    Tensor want_a = base_a.clone(), want_b = base_b.clone();
+                    cpu().add(base_a, ga.to(Device::CPU), want_a);
+                    cpu().add(base_b, gb.to(Device::CPU), want_b);
+                    EXPECT_LE(relative_error(acc_a, want_a), 1e-5);
+                    EXPECT_LE(relative_error(acc_b, want_b), 1e-5);
                 }
 }
 
@@ -259,7 +268,9 @@ TEST(CudaOps, RmsnormRopeSwiglu) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}, {3, 3000}}) {
+    // 20000 x 64: 1024 blocks of partial weight sums, the combine kernel's widest case.
+    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}, {3, 3000}, {20000, 64}}) {
+        if (small_only() && N > 1000) continue;
         Tensor x = rng.normal({N, D}), w = rng.normal({D}), grad_out = rng.normal({N, D});
         for (bool with_weight : {true, false}) {
             Tensor weight = with_weight ? w : Tensor();
@@ -271,11 +282,21 @@ TEST(CudaOps, RmsnormRopeSwiglu) {
             EXPECT_CLOSE(inv_got, inv_want, kReductionTol);
             Tensor gx_want = Tensor::empty({N, D}), gw_want = with_weight ? Tensor::empty({D}) : Tensor();
             Tensor gx_got = poisoned({N, D}), gw_got = with_weight ? poisoned({D}) : Tensor();
-            cpu().rmsnorm_backward(x, weight, inv_want, grad_out, gx_want, gw_want);
-            gpu().rmsnorm_backward(on_gpu(x), on_gpu(weight), on_gpu(inv_want), on_gpu(grad_out), gx_got, gw_got);
+            cpu().rmsnorm_backward(x, weight, inv_want, grad_out, gx_want, gw_want, false);
+            gpu().rmsnorm_backward(on_gpu(x), on_gpu(weight), on_gpu(inv_want), on_gpu(grad_out), gx_got, gw_got, false);
             EXPECT_CLOSE(gx_got, gx_want, kReductionTol);
             if (with_weight) {
                 EXPECT_CLOSE(gw_got, gw_want, kReductionTol);
+            }
+            // Accumulating into an existing gradient (fused and x-only paths).
+            Tensor base = rng.normal({N, D});
+            Tensor acc_want = base.clone(), acc_got = on_gpu(base), gw_acc = with_weight ? poisoned({D}) : Tensor();
+            Tensor none;
+            cpu().rmsnorm_backward(x, weight, inv_want, grad_out, acc_want, none, true);
+            gpu().rmsnorm_backward(on_gpu(x), on_gpu(weight), on_gpu(inv_want), on_gpu(grad_out), acc_got, gw_acc, true);
+            EXPECT_CLOSE(acc_got, acc_want, kReductionTol);
+            if (with_weight) {
+                EXPECT_EQ(gw_acc.to_vector(), gw_got.to_vector()) << "the weight gradient is written, never accumulated";
             }
         }
     }

@@ -547,9 +547,15 @@ TEST(OpsBasicRmsnorm, BackwardOverwritesAndSkipsUndefined) {
     }
     Tensor gx1 = Tensor::full({5, 7}, 42.0f), gw1 = Tensor::full({7}, 42.0f);
     Tensor gx2 = Tensor::full({5, 7}, -3.0f), none;
-    cpu().rmsnorm_backward(x, w, inv, g, gx1, gw1);
-    cpu().rmsnorm_backward(x, w, inv, g, gx2, none);  // grad_weight not wanted
+    cpu().rmsnorm_backward(x, w, inv, g, gx1, gw1, false);
+    cpu().rmsnorm_backward(x, w, inv, g, gx2, none, false);  // grad_weight not wanted
     EXPECT_EQ(gx1.to_vector(), gx2.to_vector());
+    // accumulate_x adds into grad_x: base + value, with the value rounded to f32 first
+    // (what writing it and adding it with axpy gives).
+    Tensor base = Tensor::full({5, 7}, 0.25f), added = base.clone();
+    cpu().rmsnorm_backward(x, w, inv, g, added, none, true);
+    std::vector<float> av = added.to_vector(), g1 = gx1.to_vector();
+    for (size_t i = 0; i < av.size(); ++i) EXPECT_EQ(av[i], 0.25f + g1[i]);
     // grad_weight[j] = sum_n g[n, j] x[n, j] inv_rms[n].
     std::vector<float> gv = g.to_vector();
     std::vector<double> want_gw(7, 0.0);

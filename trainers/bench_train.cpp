@@ -138,9 +138,9 @@ public:
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
-    void gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, Tensor& ga,
-                       Tensor& gb) override {
-        timed("gemm", [&] { inner_.gemm_backward(a, ta, b, tb, g, ga, gb); },
+    void gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, Tensor& ga, Tensor& gb,
+                       bool accumulate_a, bool accumulate_b) override {
+        timed("gemm", [&] { inner_.gemm_backward(a, ta, b, tb, g, ga, gb, accumulate_a, accumulate_b); },
               "gemm_backward " + shape_string(a.shape()) + (ta ? "T" : "") + " x " + shape_string(b.shape()) + (tb ? "T" : ""));
         // Each wanted gradient is one product of the forward's size.
         const double forward = 2.0 * static_cast<double>(g.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1));
@@ -151,8 +151,8 @@ public:
               "rmsnorm " + shape_string(x.shape()) + (w.defined() ? " weighted" : ""));
     }
     void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& inv_rms, const Tensor& g, Tensor& gx,
-                          Tensor& gw) override {
-        timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw); },
+                          Tensor& gw, bool accumulate_x) override {
+        timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw, accumulate_x); },
               "rmsnorm_backward " + shape_string(x.shape()) + (gw.defined() ? " weighted" : ""));
     }
     void rope_forward(const Tensor& x, int64_t offset, float base, Tensor& out) override {

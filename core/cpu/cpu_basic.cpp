@@ -330,7 +330,7 @@ void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float ep
 // y_j = x_j r w_j with r = (mean(x^2) + eps)^(-1/2), dr/dx_i = -r^3 x_i / D:
 // dx_i = r w_i g_i - x_i r^3 / D * sum_j g_j w_j x_j;  dw_j = sum_n g_nj x_nj r_n.
 void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
-                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight) {
+                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
     const checks::RmsNormDims dims =
         checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, kCpu);
     const int64_t D = dims.D, N = dims.N;
@@ -351,7 +351,8 @@ void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const T
             const double c = dot * r * r * r / static_cast<double>(D);
             for (int64_t j = 0; j < D; ++j) {
                 const double gw = static_cast<double>(gr[j]) * (pw ? pw[j] : 1.0f);
-                dx[j] = static_cast<float>(r * gw - xr[j] * c);
+                const float value = static_cast<float>(r * gw - xr[j] * c);
+                dx[j] = accumulate_x ? dx[j] + value : value;
             }
         }
     }
