@@ -77,8 +77,11 @@ __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, c
 
 // dx of rows up to 32 M wide and the weight gradient's partial sums in one pass (x and g
 // read once). Block b owns rows [b * rows_per_block, ...); warp w of it takes rows w, w + 8,
-// ... and lane l keeps columns l + 32 m in registers; the warps' column sums are added in
-// warp order into partial[b, :]. Every order is fixed: bit-identical run to run.
+// ... and lane l handles columns l + 32 m. Each warp keeps its column sums in its own row of
+// shared memory (in registers, 32 doubles a lane at width 1024 pushed the kernel to 255
+// registers and one block per SM), and the warps' rows are added in warp order into
+// partial[b, :]. With accumulate, the old dx is loaded together with x and g, so a row
+// still waits for memory once. Every order is fixed: bit-identical run to run.
 template <int M>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_backward_fused_kernel(const float* x, const float* w, const float* inv_rms, const float* g, float* dx,
@@ -87,18 +90,21 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
     const int64_t end = begin + rows_per_block < N ? begin + rows_per_block : N;
-    double acc[M];
+    double* column_sums = warp_columns + static_cast<int64_t>(warp) * D;
 #pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0.0;
+    for (int m = 0; m < M; ++m)
+        if (lane + 32 * m < D) column_sums[lane + 32 * m] = 0.0;
     for (int64_t n = begin + warp; n < end; n += kRowsPerBlock) {
         const float* xr = x + n * D;
         const float* gr = g + n * D;
-        float xv[M], gv[M];
+        float* dr = dx + n * D;
+        float xv[M], gv[M], old[M];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const int64_t j = lane + 32 * m;
             xv[m] = j < D ? xr[j] : 0.0f;
             gv[m] = j < D ? gr[j] : 0.0f;
+            old[m] = accumulate && j < D ? dr[j] : 0.0f;
         }
         const double r = static_cast<double>(inv_rms[n]);
         double dot = 0.0;
@@ -107,20 +113,16 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
             if (lane + 32 * m < D) dot += static_cast<double>(gv[m]) * wval(w, lane + 32 * m) * static_cast<double>(xv[m]);
         dot = warp_sum_double(dot);  // every lane holds its elements in registers: dx may alias g or x
         const double c = dot * r * r * r / static_cast<double>(D);
-        float* dr = dx + n * D;
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const int64_t j = lane + 32 * m;
             if (j >= D) continue;
             const double gw = static_cast<double>(gv[m]) * wval(w, j);
             const float value = static_cast<float>(r * gw - static_cast<double>(xv[m]) * c);
-            dr[j] = accumulate ? dr[j] + value : value;
-            acc[m] += static_cast<double>(gv[m]) * static_cast<double>(xv[m]) * r;
+            dr[j] = accumulate ? old[m] + value : value;
+            column_sums[j] += static_cast<double>(gv[m]) * static_cast<double>(xv[m]) * r;
         }
     }
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-        if (lane + 32 * m < D) warp_columns[warp * D + lane + 32 * m] = acc[m];
     __syncthreads();
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
         double sum = 0.0;
@@ -248,7 +250,12 @@ __global__ void __launch_bounds__(kCombineWarps * 32)
 
 unsigned combine_grid(int64_t D) { return static_cast<unsigned>((D + 31) / 32); }
 
-constexpr int64_t kFusedMax = 1024;  // widest row of the fused backward (32 columns a lane)
+// Widest row of the fused backward (16 columns a lane). Wider rows (the hidden 1024) held
+// x, g and the old dx in 96 registers a lane, which left one block per SM (255 registers,
+// spills): 0.36-0.55 ms a call at 32768 x 1024 on an H200. They take the x kernel (one
+// warp per row, high occupancy) and the split column-sum kernel instead, which read x and
+// g twice but at full bandwidth.
+constexpr int64_t kFusedMax = 512;
 
 template <int M>
 void launch_fused(const float* px, const float* pw, const float* pr, const float* pg, float* pgx, int64_t N, int64_t D,
@@ -302,8 +309,7 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         else if (m <= 2) launch_fused<2>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         else if (m <= 4) launch_fused<4>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         else if (m <= 8) launch_fused<8>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
-        else if (m <= 16) launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
-        else launch_fused<32>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
+        else launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
         return;
