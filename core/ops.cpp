@@ -299,10 +299,6 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     HSA_CHECK(weight.ndim() == 2, "linear: weight must be [Din, Dout], got " << shape_string(weight.shape()));
     HSA_CHECK(x.size(-1) == weight.size(0), "linear: input feature size " << x.size(-1) << " does not match weight "
                                                                          << shape_string(weight.shape()));
-    // 2-D and 3-D inputs go to matmul as they are ([B, T, Din] . [Din, Dout] is one GEMM
-    // over B*T rows): the input's gradient then lands in x itself, so the projections that
-    // share an input (q/k/v, gate/up) add into one buffer instead of one copy each.
-    if (x.ndim() == 2 || x.ndim() == 3) return matmul(x, weight);
     Shape out_shape = x.shape();
     out_shape.back() = weight.size(1);
     Tensor flat = reshape(x, {-1, x.size(-1)});

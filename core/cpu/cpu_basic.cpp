@@ -293,10 +293,7 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
         for (int64_t i = 0; i < mr; ++i) {
             float* orow = po + bo * M * N + (m0 + i) * N + n0;
             if (accumulate) {
-                // The product rounded to f32, then added in f32: what cuBLAS's epilogue does
-                // (beta = 1), and what writing the product and adding it with axpy gives, so
-                // the tape's in-place accumulation changes no bits.
-                for (int64_t j = 0; j < nb; ++j) orow[j] = orow[j] + static_cast<float>(acc[i][j]);
+                for (int64_t j = 0; j < nb; ++j) orow[j] = static_cast<float>(static_cast<double>(orow[j]) + acc[i][j]);
             } else {
                 for (int64_t j = 0; j < nb; ++j) orow[j] = static_cast<float>(acc[i][j]);
             }
