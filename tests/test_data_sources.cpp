@@ -349,6 +349,68 @@ RecallTaskConfig recall_task() {
     return t;
 }
 
+// Every answer is the value of its key's pair. With answers_in_queries false, value tokens
+// appear as inputs only inside the pairs, so nothing but retrieval of the pair's chunk can
+// bring a value to a query; by default each answer is also fed back after its query.
+TEST(RecallTask, AnswersAreTheirKeysValuesAndFeedBackOnlyWhenAsked) {
+    HSA_SEED_TRACE();
+    Rng rng = test::test_rng();
+    const uint64_t seed = rng.next_u64() >> 20;
+    for (bool fed_back : {true, false})
+        for (int64_t pairs : {1, 3}) {
+            SCOPED_TRACE("answers_in_queries " + std::to_string(fed_back) + ", pairs " + std::to_string(pairs));
+            RecallTaskConfig task;
+            task.pairs = pairs;
+            task.rounds = 4;
+            task.answers_in_queries = fed_back;
+            const int64_t B = 4, T = 256, W = 8;
+            const int32_t key_base = 3, value_base = key_base + static_cast<int32_t>(task.keys);
+            const int32_t filler_base = value_base + static_cast<int32_t>(task.values);
+            const RecallBatch batch = make_recall_batch(task, B, T, W, seed, 7);
+            const std::vector<int32_t> tokens = ints(batch.tokens), targets = ints(batch.targets);
+            const std::vector<float> mask = floats(batch.mask);
+            int64_t answers = 0;
+            for (int64_t b = 0; b < B; ++b) {
+                const int32_t* row = tokens.data() + b * T;
+                std::vector<int32_t> value_of(static_cast<size_t>(task.keys), -1);
+                int64_t values_in_pairs = 0, values_elsewhere = 0;
+                for (int64_t t = 2; t < T; ++t) {
+                    if (row[t] < value_base || row[t] >= filler_base) continue;
+                    if (row[t - 2] == 1) {
+                        ++values_in_pairs;
+                        value_of[static_cast<size_t>(row[t - 1] - key_base)] = row[t];
+                    } else {
+                        ++values_elsewhere;
+                        EXPECT_EQ(row[t - 2], 2) << "a value token neither in a pair nor after a query, at " << t;
+                    }
+                }
+                EXPECT_EQ(values_in_pairs, pairs) << "row " << b;
+                EXPECT_EQ(values_elsewhere, fed_back ? pairs * task.rounds : 0) << "row " << b;
+                for (int64_t t = 0; t < T; ++t) {
+                    if (mask[static_cast<size_t>(b * T + t)] == 0.0f) {
+                        if (t + 1 < T) EXPECT_EQ(targets[static_cast<size_t>(b * T + t)], row[t + 1]);
+                        continue;
+                    }
+                    ++answers;
+                    EXPECT_EQ(row[t - 1], 2) << "an answer position not after QUERY";
+                    const int32_t key = row[t] - key_base;
+                    ASSERT_TRUE(key >= 0 && key < task.keys);
+                    EXPECT_EQ(targets[static_cast<size_t>(b * T + t)], value_of[static_cast<size_t>(key)]);
+                    if (fed_back) EXPECT_EQ(row[t + 1], value_of[static_cast<size_t>(key)]);
+                    else EXPECT_GE(row[t + 1], filler_base) << "the answer is fed back as an input";
+                }
+            }
+            EXPECT_EQ(answers, batch.answers);
+            EXPECT_EQ(answers, B * pairs * task.rounds);
+        }
+    // The setting is written only when not the default (older configs compare equal).
+    RecallTaskConfig task;
+    EXPECT_FALSE(task.to_json().contains("answers_in_queries"));
+    task.answers_in_queries = false;
+    EXPECT_FALSE(RecallTaskConfig::from_json(task.to_json()).answers_in_queries);
+    EXPECT_TRUE(RecallTaskConfig::from_json(RecallTaskConfig().to_json()).answers_in_queries);
+}
+
 TEST(MixtureRecallSource, DefaultConfigReproducesTheRecallBatches) {
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
@@ -387,7 +449,7 @@ TEST(MixtureRecallSource, RowsAreTheRecallBatchRowsAndRestoreMidBatch) {
         EXPECT_TRUE(std::equal(targets.begin(), targets.end(), all_targets.begin() + at));
         EXPECT_TRUE(std::equal(mask.begin(), mask.end(), all_mask.begin() + at));
         EXPECT_EQ(answers, 2 * 2);  // pairs x rounds
-        for (int64_t t = 0; t + 1 < T; ++t) EXPECT_EQ(targets[t], tokens[t + 1]);
+        for (int64_t t = 0; t + 1 < T; ++t) EXPECT_EQ(targets[t], tokens[t + 1]);  // answers fed back
     }
     // A state in the middle of a batch, then whole batches.
     auto make = [&] { return std::make_unique<RecallBatchSource>(recall_task(), B, T, 8, seed); };

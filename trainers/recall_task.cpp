@@ -1,6 +1,7 @@
 #include "trainers/recall_task.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "core/model/config.h"
@@ -35,6 +36,7 @@ RecallTaskConfig RecallTaskConfig::from_json(const Json& section) {
     r.read("values", t.values);
     r.read("filler", t.filler);
     r.read("rounds", t.rounds);
+    r.read("answers_in_queries", t.answers_in_queries);
     r.finish();
     return t;
 }
@@ -50,6 +52,9 @@ Json RecallTaskConfig::to_json() const {
     j["values"] = values;
     j["filler"] = filler;
     j["rounds"] = rounds;
+    // Only when not the default: configs and checkpoints written before the field existed
+    // compare equal (resume checks the whole configuration).
+    if (!answers_in_queries) j["answers_in_queries"] = false;
     return j;
 }
 
@@ -68,6 +73,7 @@ RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64
     int32_t* targets = out.targets.data<int32_t>();
     float* mask = out.mask.data<float>();
 
+    std::vector<std::pair<int64_t, int32_t>> answers;  // (position, value) of a row's queries
     for (int64_t b = 0; b < batch; ++b) {
         // One generator per (seed, batch, row): rows are independent of batch size splits.
         Rng rng(seed * 0x9E3779B97F4A7C15ull + batch_index * 1000003ull + static_cast<uint64_t>(b));
@@ -103,11 +109,15 @@ RecallBatch make_recall_batch(const RecallTaskConfig& task, int64_t batch, int64
                 const int64_t at = start + 3 * j;
                 row[at] = 2;
                 row[at + 1] = key_base + keys[order[j]];
-                row[at + 2] = value_base + values[order[j]];
+                // Without fed-back answers the token after the key keeps its filler.
+                if (task.answers_in_queries) row[at + 2] = value_base + values[order[j]];
+                answers.push_back({at + 1, value_base + values[order[j]]});
                 mask[b * T + at + 1] = 1.0f;
             }
         }
         for (int64_t t = 0; t < T; ++t) targets[b * T + t] = t + 1 < T ? row[t + 1] : -1;
+        for (const auto& [position, value] : answers) targets[b * T + position] = value;
+        answers.clear();
     }
     out.answers = batch * P * task.rounds;
     return out;
