@@ -293,7 +293,10 @@ void CpuBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool t
         for (int64_t i = 0; i < mr; ++i) {
             float* orow = po + bo * M * N + (m0 + i) * N + n0;
             if (accumulate) {
-                for (int64_t j = 0; j < nb; ++j) orow[j] = static_cast<float>(static_cast<double>(orow[j]) + acc[i][j]);
+                // The product rounded to f32, then added in f32: what cuBLAS's epilogue does
+                // (beta = 1), and what writing the product and adding it with axpy gives, so
+                // the tape's accumulation into an owned gradient changes no bits.
+                for (int64_t j = 0; j < nb; ++j) orow[j] = orow[j] + static_cast<float>(acc[i][j]);
             } else {
                 for (int64_t j = 0; j < nb; ++j) orow[j] = static_cast<float>(acc[i][j]);
             }
