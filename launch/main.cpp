@@ -180,7 +180,9 @@ options:
                     decoding stops early at end-of-text)
   --seed S          example seed (default 1): the same seed gives the same examples
   --haystack FILE   prose haystack text instead of the installed corpus
-  --option K=V      a task setting, e.g. num_hops=6 for vt (repeatable)
+  --option K=V      a task setting, e.g. num_hops=6 for vt (repeatable); for recall, a field
+                    of the checkpoint's task section, e.g. answers_in_queries=false (no
+                    answer fed back: every answer needs the far pair's chunk)
   --out DIR         where the JSON and PNG go (default: the run folder's eval/, i.e. next to
                     the checkpoints/ folder holding --ckpt)
   --device D        cpu (default) or cuda

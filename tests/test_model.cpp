@@ -287,6 +287,18 @@ TEST(Training, TinyModelLearnsRecallThroughHsa) {
         EXPECT_EQ(cell.scores.size(), 8u);
         EXPECT_GE(cell.accuracy(), 0.6) << "at length " << cell.length << " (chance " << chance << ")";
     }
+
+    // Far retrieval only: with no answer fed back after the queries, every answer needs the
+    // pair's chunk (the fed-back rounds of training were only a curriculum).
+    TaskEvalOptions far_only = lengths;
+    far_only.lengths = {config.train.seq_len, 4 * config.train.seq_len, 16 * config.train.seq_len};
+    far_only.extra["answers_in_queries"] = false;
+    const TaskEvalResult far = evaluate_recall_lengths(model, config.task, far_only, nullptr);
+    ASSERT_EQ(far.cells.size(), 3u);
+    for (const TaskEvalCell& cell : far.cells)
+        EXPECT_GE(cell.accuracy(), 0.6) << "far retrieval only, at length " << cell.length << " (chance " << chance << ")";
+    far_only.extra["rounds"] = 0;
+    EXPECT_THROW(evaluate_recall_lengths(model, config.task, far_only, nullptr), ConfigError);
 }
 
 }  // namespace

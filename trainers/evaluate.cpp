@@ -145,9 +145,14 @@ TaskEvalResult evaluate_task(Model& model, const Tokenizer& tokenizer, const Tas
     return result;
 }
 
-TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& task, const TaskEvalOptions& options,
-                                       std::ostream* progress) {
+TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& trained_task,
+                                       const TaskEvalOptions& options, std::ostream* progress) {
     options.validate();
+    // options.extra (--option K=V) overrides fields of the trained task's settings, e.g.
+    // answers_in_queries=false; unknown fields are the config reader's one-line error.
+    Json merged = trained_task.to_json();
+    for (const auto& [key, value] : options.extra.fields()) merged[key] = value;
+    const RecallTaskConfig task = RecallTaskConfig::from_json(merged);
     const ModelConfig& config = model.config();
     NoGradGuard no_grad;
     ForwardOptions forward;

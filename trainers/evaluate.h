@@ -59,9 +59,11 @@ TaskEvalResult evaluate_task(Model& model, const Tokenizer& tokenizer, const Tas
 // rounds at the end, every query beyond the sliding window; trainers/recall_task.h), and a
 // score per answer position: 1 when the arg-max logit (teacher forcing, one forward pass)
 // is the value. Longer lengths put the pairs further from the queries: the extrapolation
-// test of HSA retrieval. Throws ConfigError when a length cannot hold the task.
-TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& task, const TaskEvalOptions& options,
-                                       std::ostream* progress);
+// test of HSA retrieval. options.extra overrides fields of trained_task (e.g.
+// answers_in_queries=false, so that every answer needs the far pair's chunk). Throws
+// ConfigError when a length cannot hold the task or an override is not a task field.
+TaskEvalResult evaluate_recall_lengths(Model& model, const RecallTaskConfig& trained_task,
+                                       const TaskEvalOptions& options, std::ostream* progress);
 
 // "4K" for multiples of 1024, else the number.
 std::string length_label(int64_t length);
