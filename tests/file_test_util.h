@@ -1,6 +1,7 @@
 // Helpers of the data tests (test_token_shards, test_data_sources, test_bpe_tokenizer,
-// test_tasks, test_cli): a fresh folder per test, the check that a call fails with one
-// ConfigError line, and the skip for machines without the installed prose corpus.
+// test_tokenizer, test_tasks, test_cli, test_hdf5_op, test_trainer): a fresh folder per
+// test, the check that a call fails with one ConfigError line, and the skip for machines
+// without the installed prose corpus.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -43,6 +44,8 @@ public:
     TempFolder(const TempFolder&) = delete;
     TempFolder& operator=(const TempFolder&) = delete;
     std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+    // The folder itself.
+    std::string path() const { return path_.string(); }
     // The names of the files in the folder, sorted.
     std::vector<std::string> files() const {
         std::vector<std::string> names;

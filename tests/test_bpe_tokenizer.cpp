@@ -3,7 +3,6 @@
 // and GPT-2 (shared/data/tokenizers/), round trips on fresh random text, the options of a
 // tiny tokenizer written here, one-line errors, and `hsa data encode|decode` with a file.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <chrono>
 #include <filesystem>
@@ -278,17 +277,8 @@ TEST(BpeRoundTrip, NeoxRandomNfcText) {
 
 class BpeFiles : public ::testing::Test {
 protected:
-    void SetUp() override {
-        char pattern[] = "/tmp/hsa_bpe_test_XXXXXX";
-        ASSERT_NE(mkdtemp(pattern), nullptr);
-        dir_ = pattern;
-    }
-    void TearDown() override {
-        std::error_code ignored;
-        if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-    }
     std::string write(const std::string& name, const std::string& content) {
-        const std::string path = dir_ + "/" + name;
+        const std::string path = dir_ / name;
         std::ofstream(path, std::ios::binary) << content;
         return path;
     }
@@ -350,7 +340,7 @@ protected:
         return BpeTokenizer::load(write(name, root.dump()));
     }
 
-    std::string dir_;
+    test::TempFolder dir_{"hsa_bpe_test"};
 };
 
 TEST_F(BpeFiles, MergesApplyByRankThenLeftmost) {
@@ -408,7 +398,7 @@ TEST_F(BpeFiles, NormalizerAndPrefixSpaceInSequences) {
     root["pre_tokenizer"]["pretokenizers"] = Json::array();
     root["pre_tokenizer"]["pretokenizers"].push_back(byte_level);
     const auto tok = load(root, "tokenizer.json");
-    EXPECT_EQ(tok->name(), std::filesystem::path(dir_).filename().string()) << "named after its folder";
+    EXPECT_EQ(tok->name(), std::filesystem::path(dir_.path()).filename().string()) << "named after its folder";
     EXPECT_EQ(tok->eos_id(), 258);
     // add_prefix_space: "hi" is read as " hi".
     EXPECT_EQ(tok->encode("hi"), (std::vector<int32_t>{tok->token_id("Ġhi")}));
@@ -423,10 +413,10 @@ using test::expect_one_line_error;
 
 TEST_F(BpeFiles, OneLineErrors) {
     SKIP_WITHOUT_ICU();
-    const std::string missing = dir_ + "/missing.json";
+    const std::string missing = dir_ / "missing.json";
     expect_one_line_error([&] { BpeTokenizer::load(missing); }, {missing, "does not exist"});
     expect_one_line_error([&] { load_tokenizer(missing); }, {missing, "does not exist"});
-    expect_one_line_error([&] { BpeTokenizer::load(dir_); }, {dir_, "folder"});
+    expect_one_line_error([&] { BpeTokenizer::load(dir_.path()); }, {dir_.path(), "folder"});
     const std::string not_json = write("not_json.json", "{\"model\": {\"type\": \"BPE\",\n oops");
     expect_one_line_error([&] { BpeTokenizer::load(not_json); }, {not_json, "line 2", "tokenizer.json"});
     expect_one_line_error([&] { BpeTokenizer::load(write("list.json", "[1, 2]")); }, {"list.json", "array", "expected a tokenizer.json"});
@@ -521,7 +511,7 @@ protected:
     RunResult run(const std::vector<std::string>& args, const std::string& input) {
         const std::string n = std::to_string(calls_++);
         const std::string in = write("stdin" + n, input);
-        return test::run_hsa(args, dir_ + "/stdout" + n, dir_ + "/stderr" + n, "", in);
+        return test::run_hsa(args, dir_ / ("stdout" + n), dir_ / ("stderr" + n), "", in);
     }
     int calls_ = 0;
 };
@@ -551,7 +541,7 @@ TEST_F(CliBpe, EncodeAndDecodeGoldenTextsWithNeox) {
 
 TEST_F(CliBpe, BadTokenizerFilesAreOneLineExitTwo) {
     SKIP_WITHOUT_ICU();
-    const std::string missing = dir_ + "/nope/tokenizer.json";
+    const std::string missing = dir_ / "nope/tokenizer.json";
     test::expect_error_line(run({"data", "encode", "--tokenizer", missing}, "hi"), 2, {missing, "does not exist"});
     const std::string broken = write("broken.json", "{\"model\": ");
     test::expect_error_line(run({"data", "decode", "--tokenizer", broken}, "[1]"), 2, {broken, "tokenizer.json"});

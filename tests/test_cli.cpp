@@ -2,7 +2,6 @@
 // stdout and stderr captured to files; exit codes are 0 (success), 1 (failure while
 // running) and 2 (bad arguments or configuration), and every error is one line on stderr.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -28,29 +27,19 @@ using test::RunResult;
 
 class CliTest : public ::testing::Test {
 protected:
-    void SetUp() override {
-        char pattern[] = "/tmp/hsa_cli_test_XXXXXX";
-        ASSERT_NE(mkdtemp(pattern), nullptr);
-        dir_ = pattern;
-    }
-    void TearDown() override {
-        std::error_code ignored;
-        if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-    }
-
     RunResult run(const std::vector<std::string>& args) {
-        const std::string out = dir_ + "/stdout" + std::to_string(calls_), err = dir_ + "/stderr" + std::to_string(calls_);
+        const std::string out = dir_ / ("stdout" + std::to_string(calls_)), err = dir_ / ("stderr" + std::to_string(calls_));
         ++calls_;
         return test::run_hsa(args, out, err);
     }
 
     std::string write_file(const std::string& name, const std::string& text) {
-        const std::string path = dir_ + "/" + name;
+        const std::string path = dir_ / name;
         std::ofstream(path, std::ios::binary) << text;
         return path;
     }
 
-    std::string dir_;
+    test::TempFolder dir_{"hsa_cli_test"};
     int calls_ = 0;
 };
 
@@ -216,14 +205,14 @@ TEST_F(CliConfig, PrintConfigIsValidJson) {
 
 TEST_F(CliTrain, ShortRun) {
     RunResult r = run({"train", "--set", "train.steps=3", "--set", "train.eval_batches=1", "--set", "train.batch_size=2",
-                       "--set", "train.out_dir=" + dir_ + "/run"});
+                       "--set", "train.out_dir=" + (dir_ / "run")});
     ASSERT_EQ(r.code, 0) << describe(r);
     EXPECT_EQ(r.err, "") << describe(r);
     EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(step +3/3 +loss [0-9]+\.[0-9]+)"))) << r.out;
     EXPECT_NE(r.out.find("recall accuracy"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("final: loss"), std::string::npos) << r.out;
     for (const char* file : {"/run/log.jsonl", "/run/config.json", "/run/checkpoints/step-00000003.h5"})
-        EXPECT_TRUE(std::filesystem::exists(dir_ + file)) << file << "\n" << r.out;
+        EXPECT_TRUE(std::filesystem::exists(dir_.path() + file)) << file << "\n" << r.out;
 }
 
 TEST_F(CliTrain, DivergenceIsARuntimeFailure) {
@@ -231,7 +220,7 @@ TEST_F(CliTrain, DivergenceIsARuntimeFailure) {
     // later step is skipped (non-finite loss) until max_bad_steps in a row stop the run.
     RunResult r = run({"train", "--set", "train.steps=10", "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--set",
                        "train.eval_batches=1", "--set", "train.batch_size=2", "--set", "train.max_bad_steps=3", "--set",
-                       "train.out_dir=" + dir_ + "/run"});
+                       "train.out_dir=" + (dir_ / "run")});
     expect_error(r, 1, {"diverged", "3 consecutive steps"});
     EXPECT_NE(r.out.find("step skipped, no update"), std::string::npos) << r.out;
 }
@@ -247,10 +236,10 @@ namespace {
 using CliCorpus = CliTest;
 
 TEST_F(CliCorpus, SplitsAreDisjointParagraphsAndBadArgumentsAreOneLine) {
-    expect_error(run({"data", "corpus", "--split", "validation", "--out", dir_ + "/x.txt"}), 2, {"--split", "validation"});
+    expect_error(run({"data", "corpus", "--split", "validation", "--out", dir_ / "x.txt"}), 2, {"--split", "validation"});
     expect_error(run({"data", "corpus"}), 2, {"--out"});
     HSA_SKIP_WITHOUT_CORPUS();
-    const std::string train = dir_ + "/train.txt", held_out = dir_ + "/held_out.txt";
+    const std::string train = dir_ / "train.txt", held_out = dir_ / "held_out.txt";
     ASSERT_EQ(run({"data", "corpus", "--out", train}).code, 0);
     ASSERT_EQ(run({"data", "corpus", "--split", "held-out", "--out", held_out}).code, 0);
     auto paragraphs = [](const std::string& text) {

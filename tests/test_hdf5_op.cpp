@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <omp.h>
-#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +23,7 @@
 #include "core/hdf5_io.h"
 #include "core/ops.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "tests/op_test_harness.h"
 
 namespace hsa {
@@ -76,18 +76,9 @@ double relative_l2(const Tensor& got, const Tensor& want) {
 
 class TempDirTest : public ::testing::Test {
 protected:
-    void SetUp() override {
-        char pattern[] = "/tmp/hsa_hdf5_test_XXXXXX";
-        ASSERT_NE(mkdtemp(pattern), nullptr);
-        dir_ = pattern;
-    }
-    void TearDown() override {
-        Tape::current().clear();
-        std::error_code ignored;
-        if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-    }
-    std::string path(const std::string& name) const { return dir_ + "/" + name; }
-    std::string dir_;
+    void TearDown() override { Tape::current().clear(); }
+    std::string path(const std::string& name) const { return dir_ / name; }
+    test::TempFolder dir_{"hsa_hdf5_test"};
 };
 
 // ================================================================ Hdf5File
@@ -361,7 +352,7 @@ TEST_F(Hdf5Errors, MissingFileTextFileAndFolder) {
     const std::string empty = path("empty.h5");
     std::ofstream(empty).close();
     expect_one_line_mentioning(error_of([&] { Hdf5File f(empty); }), {empty, "is not an HDF5 file"});
-    expect_one_line_mentioning(error_of([&] { Hdf5File f(dir_); }), {dir_, "folder"});
+    expect_one_line_mentioning(error_of([&] { Hdf5File f(dir_.path()); }), {dir_.path(), "folder"});
     const std::string nowhere = path("no/such/folder/out.h5");
     expect_one_line_mentioning(error_of([&] { Hdf5File f(nowhere, Hdf5Mode::Create); }),
                                {"cannot create HDF5 file", nowhere, "does not exist"});

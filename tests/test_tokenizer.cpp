@@ -1,7 +1,6 @@
 // Tests of the byte tokenizer (trainers/tokenizer.h) and of `hsa data encode|decode`
 // through the real binary (tests/cli_runner.h).
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,6 +10,7 @@
 
 #include "core/tensor.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "trainers/tokenizer.h"
 
 namespace hsa {
@@ -103,25 +103,15 @@ TEST(ByteTokenizer, OutOfVocabularyIdsNameIdAndPosition) {
 
 class CliData : public ::testing::Test {
 protected:
-    void SetUp() override {
-        char pattern[] = "/tmp/hsa_data_test_XXXXXX";
-        ASSERT_NE(mkdtemp(pattern), nullptr);
-        dir_ = pattern;
-    }
-    void TearDown() override {
-        std::error_code ignored;
-        if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-    }
-
     // Runs `hsa <args>` with `input` on stdin (through a temp file).
     RunResult run(const std::vector<std::string>& args, const std::string& input = "") {
         const std::string n = std::to_string(calls_++);
-        const std::string in = dir_ + "/stdin" + n;
+        const std::string in = dir_ / ("stdin" + n);
         std::ofstream(in, std::ios::binary) << input;
-        return test::run_hsa(args, dir_ + "/stdout" + n, dir_ + "/stderr" + n, "", in);
+        return test::run_hsa(args, dir_ / ("stdout" + n), dir_ / ("stderr" + n), "", in);
     }
 
-    std::string dir_;
+    test::TempFolder dir_{"hsa_data_test"};
     int calls_ = 0;
 };
 
@@ -181,7 +171,7 @@ TEST_F(CliData, BadInputIsOneLineExitTwo) {
     expect_error_line(run({"data", "decode"}, "[-1]"), 2, {"element 0", "-1"});
     expect_error_line(run({"data", "decode"}, "[1e300]"), 2, {"element 0"});
     // A path is a tokenizer.json (tests/test_bpe_tokenizer.cpp); a missing one is one line.
-    const std::string missing = dir_ + "/missing/tokenizer.json";
+    const std::string missing = dir_ / "missing/tokenizer.json";
     expect_error_line(run({"data", "encode", "--tokenizer", missing}, "hi"), 2, {"tokenizer: " + missing + " does not exist"});
     expect_error_line(run({"data", "decode", "--tokenizer", "gpt2.json"}, "[1]"), 2, {"gpt2.json does not exist"});
     expect_error_line(run({"data", "encode", "--tokenizer"}), 2, {"--tokenizer"});

@@ -27,6 +27,7 @@
 #include "core/optimizer.h"
 #include "core/rng.h"
 #include "tests/cli_runner.h"
+#include "tests/file_test_util.h"
 #include "trainers/checkpoint.h"
 #include "trainers/evaluate.h"
 #include "trainers/generate.h"
@@ -45,23 +46,6 @@ namespace {
 namespace fs = std::filesystem;
 using test::describe;
 using test::RunResult;
-
-class TempDir {
-public:
-    TempDir() {
-        char pattern[] = "/tmp/hsa_trainer_test_XXXXXX";
-        if (mkdtemp(pattern)) path_ = pattern;
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        if (!path_.empty()) fs::remove_all(path_, ignored);
-    }
-    const std::string& path() const { return path_; }
-    std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
-private:
-    std::string path_;
-};
 
 // The default model on two 128-token sequences per step: a step takes a few milliseconds.
 FullConfig tiny_run(const std::string& out_dir, int64_t steps) {
@@ -172,7 +156,7 @@ CheckpointState sample_state() {
 }
 
 TEST(Checkpoint, RoundTripKeepsEveryTensorAndAttribute) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     TrainedState saved(3);
     const std::string path = dir / checkpoint_file_name(9);
     save_checkpoint(path, sample_state(), saved.model.parameters(), saved.optimizer);
@@ -226,7 +210,7 @@ TEST(Checkpoint, RoundTripKeepsEveryTensorAndAttribute) {
 }
 
 TEST(Checkpoint, DamageIsDetected) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     TrainedState saved(5);
     const std::string path = dir / checkpoint_file_name(1);
     save_checkpoint(path, sample_state(), saved.model.parameters(), saved.optimizer);
@@ -257,7 +241,7 @@ TEST(Checkpoint, DamageIsDetected) {
 }
 
 TEST(Checkpoint, ListingPruningAndTemporaries) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     for (const char* name : {"step-00000010.h5", "step-00000002.h5", "step-00000005.h5", "step-00000001.h5",
                              "step-00000003.h5.tmp", "other.h5", "step-abc.h5", "config.json"})
         write_bytes(dir / name, "x");
@@ -301,7 +285,7 @@ TEST(Checkpoint, ConfigDifferenceNamesTheFieldThatChangesTheMath) {
 // ============================================================================ exact resume
 
 TEST(TrainerResume, ResumedLossesEqualTheUninterruptedRunBitForBit) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 8);
     config.train.save_every = 4;
     config.train.eval_every = 4;
@@ -339,7 +323,7 @@ TEST(TrainerResume, ResumedLossesEqualTheUninterruptedRunBitForBit) {
 }
 
 TEST(TrainerResume, InterruptWritesACheckpointAndResumeContinuesExactly) {
-    TempDir reference_dir, dir;
+    test::TempFolder reference_dir("hsa_trainer_test_reference"), dir("hsa_trainer_test");
     const TrainResult reference = run_training(tiny_run(reference_dir.path(), 6), with_outputs());
 
     FullConfig config = tiny_run(dir.path(), 6);  // save_every 0: only the stop writes one
@@ -363,7 +347,7 @@ TEST(TrainerResume, InterruptWritesACheckpointAndResumeContinuesExactly) {
 }
 
 TEST(TrainerResume, DamagedNewestCheckpointFallsBackToThePreviousOne) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 6);
     config.train.save_every = 2;
     const TrainResult full = run_training(config, with_outputs());
@@ -392,7 +376,7 @@ TEST(TrainerResume, DamagedNewestCheckpointFallsBackToThePreviousOne) {
 }
 
 TEST(TrainerResume, NoReadableCheckpointIsAnErrorNotAFreshStart) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 4);
     config.train.save_every = 2;
     run_training(config, with_outputs());
@@ -408,7 +392,7 @@ TEST(TrainerResume, NoReadableCheckpointIsAnErrorNotAFreshStart) {
 }
 
 TEST(TrainerResume, MismatchedConfigurationIsRefusedNamingTheField) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 3);
     run_training(config, with_outputs());
     RunOptions resume = with_outputs();
@@ -438,7 +422,7 @@ TEST(TrainerResume, MismatchedConfigurationIsRefusedNamingTheField) {
 }
 
 TEST(TrainerResume, EarlierCheckpointsNeedResumeOrOverwrite) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     const FullConfig config = tiny_run(dir.path(), 2);
     const TrainResult first = run_training(config, with_outputs());
     try {
@@ -457,7 +441,7 @@ TEST(TrainerResume, EarlierCheckpointsNeedResumeOrOverwrite) {
 }
 
 TEST(TrainerResume, ResumeWithoutACheckpointStartsAtStepZeroAndSaysSo) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     const FullConfig config = tiny_run(dir.path(), 2);
     std::ostringstream progress;
     RunOptions resume = with_outputs(&progress);
@@ -501,7 +485,7 @@ TEST(TrainerGradAccum, TwoMicroBatchesOfBEqualOneBatchOfTwoB) {
 // ============================================================================ NaN / Inf handling
 
 TEST(TrainerNan, InjectedNanStepIsSkippedWithoutAnUpdate) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 4);
     config.train.save_every = 1;
     config.train.keep_checkpoints = 0;
@@ -540,7 +524,7 @@ TEST(TrainerNan, InjectedNanStepIsSkippedWithoutAnUpdate) {
 }
 
 TEST(TrainerNan, StopsAfterMaxBadStepsInARowKeepingItsCheckpoints) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 10);
     config.train.save_every = 1;
     config.train.keep_checkpoints = 0;
@@ -562,7 +546,7 @@ TEST(TrainerNan, StopsAfterMaxBadStepsInARowKeepingItsCheckpoints) {
     EXPECT_EQ(read_train_log(dir / "log.jsonl").size(), 4u) << "the stopping step is logged";
 
     // Two in a row, then a good step, resets the count: the run completes.
-    TempDir other;
+    test::TempFolder other("hsa_trainer_test_other");
     FullConfig recovers = tiny_run(other.path(), 5);
     recovers.train.max_bad_steps = 3;
     recovers.train.inject_nan_steps = {2, 3};
@@ -574,7 +558,7 @@ TEST(TrainerNan, StopsAfterMaxBadStepsInARowKeepingItsCheckpoints) {
 // ============================================================================ the run folder
 
 TEST(TrainerOutputs, LogConfigAndProgressHaveTheDocumentedFields) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 4);
     config.train.eval_every = 2;
     config.train.log_every = 2;
@@ -604,7 +588,7 @@ TEST(TrainerOutputs, LogConfigAndProgressHaveTheDocumentedFields) {
 
 TEST(TrainerOutputs, LossAndAccuracyPlotsArePngs) {
     if (!gnuplot_available()) GTEST_SKIP() << "gnuplot is not installed (launch/setup.sh installs gnuplot-nox)";
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 4);
     config.train.eval_every = 2;
     run_training(config, with_outputs());
@@ -626,7 +610,7 @@ TEST(TrainerOutputs, WithoutGnuplotOneWarningAndNoPlot) {
     const char* saved = std::getenv("PATH");
     const std::string old_path = saved ? saved : "";
     setenv("PATH", "/nonexistent-folder", 1);
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     FullConfig config = tiny_run(dir.path(), 3);
     config.train.save_every = 1;  // several chances to draw
     std::ostringstream progress;
@@ -640,7 +624,7 @@ TEST(TrainerOutputs, WithoutGnuplotOneWarningAndNoPlot) {
 }
 
 TEST(TrainerOutputs, TornLastLogLineIsIgnored) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     write_bytes(dir / "log.jsonl", "{\"step\":1,\"loss\":2}\n{\"step\":2,\"lo");
     ASSERT_EQ(read_train_log(dir / "log.jsonl").size(), 1u);
     write_bytes(dir / "log.jsonl", "{\"step\":1,\"loss\":2}\n{\"step\":2,\"lo\n{\"step\":3}\n");
@@ -711,7 +695,7 @@ protected:
             numbers.emplace_back(r.at("loss").as_number(), r.at("grad_norm").as_number());
         return numbers;
     }
-    TempDir dir_;
+    test::TempFolder dir_{"hsa_trainer_test"};
     int calls_ = 0;
 };
 
@@ -940,7 +924,7 @@ TEST(TrainerData, TinyConfigFileIsTheDefaults) {
 }
 
 TEST(TrainerData, TextAndRecallMixtureResumesExactly) {
-    TempDir dir;
+    test::TempFolder dir("hsa_trainer_test");
     write_text_shard(dir / "text", 8000);
     FullConfig config = tiny_run(dir / "run", 6);
     Json root = config.to_json();
