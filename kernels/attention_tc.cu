@@ -1,6 +1,9 @@
 // Local attention on tensor cores (FlashAttention-2 style): bf16 operands on mma.sync
-// m16n8k16 with f32 accumulation, f32 online softmax, f32 tensors in and out (q, K, V, dO
-// and the probabilities are rounded to bf16 inside the kernels). Semantics and layouts:
+// m16n8k16 with f32 accumulation, f32 online softmax, f32 tensors in and out. The streamed
+// tiles come from bf16 copies (K and V rounded by one pass each; q and dO by the dQ kernel,
+// which reads them anyway) through cp.async into double-buffered shared memory, so the copy
+// of the next tile overlaps the products of the current one; the register-held rows (q, dO
+// in forward and dQ) are rounded as they are loaded. Semantics and layouts:
 // core/backend.h (Backend::attention_forward / attention_backward); the f32 CUDA-core
 // version, used at f32 precision and for other head dims: kernels/attention.cu. Fragment
 // layouts and ldmatrix addressing: kernels/mma_bf16.cuh.
@@ -10,7 +13,7 @@
 //
 // Blocks of 4 warps own 64 rows, 16 a warp (the M of every MMA), and stream 64-row tiles
 // of the other operand through shared memory (bf16, row stride D + 8: the 16-byte pad puts
-// the 8 rows of every ldmatrix phase in distinct banks):
+// the 8 rows of every ldmatrix phase in distinct banks; two buffers, 37 KB a block):
 //   forward   rows = queries of (b, h); tiles = keys. S = Q K^T, online softmax (one
 //             rescale per tile), O += P V with P re-packed from the S registers.
 //   dQ        rows = queries of (b, h); tiles = keys. P = exp(S - lse), dP = dO V^T,
@@ -38,13 +41,18 @@ namespace {
 using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
 using mma::b_from_nk_lane_offset;
+using mma::cp_async_16;
+using mma::cp_async_commit;
+using mma::cp_async_wait;
 using mma::load_a_rows;
+using mma::load_a_rows_bf16;
 using mma::pack_bf16;
 using mma::pack_c_as_a;
 using mma::product_with_tile_transpose;
 using mma::quad_max;
 using mma::quad_sum;
 using mma::shared_address;
+using mma::store_a_rows_bf16;
 using mma::store_rows;
 
 constexpr int kWarpSize = 32;
@@ -55,18 +63,24 @@ constexpr int kTile = 64;           // rows of a streamed shared tile
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct TcParams {
-    const float* q;         // [B, T, H, D]
-    const float* k;         // [B, T, Hk, D]
-    const float* v;         // [B, T, Hk, D]
-    const float* grad_out;  // [B, T, H, D] (backward)
-    const float* lse;       // [B, T, H] (backward input)
-    const float* delta;     // [B, T, H] (backward)
-    float* out;             // [B, T, H, D] (forward)
-    float* lse_out;         // [B, T, H] (forward)
-    float* grad_q;          // [B, T, H, D] or null
-    float* grad_k;          // [B, T, Hk, D] or null
-    float* grad_v;          // [B, T, Hk, D] or null
-    int T, H, Hk, G;
+    const float* q;                 // [B, T, H, D] f32: the A rows of forward and dQ
+    const float* grad_out;          // [B, T, H, D] f32 (dQ)
+    const __nv_bfloat16* k16;       // [B, T, Hk, D] bf16 copies: the streamed tiles and the
+    const __nv_bfloat16* v16;       //   A rows of dK/dV
+    const __nv_bfloat16* q16;       // [B, T, H, D] bf16 (dK/dV tiles)
+    const __nv_bfloat16* grad_out16;
+    __nv_bfloat16* q16_out;         // written by the dQ kernel when not null (for dK/dV)
+    __nv_bfloat16* grad_out16_out;
+    const float* lse;               // [B, T, H] (dQ)
+    const float* delta;             // [B, T, H] (dQ)
+    const float* lse_by_head;       // [B, H, Tp] lse * log2(e), +inf past T (dK/dV)
+    const float* delta_by_head;     // [B, H, Tp], 0 past T (dK/dV)
+    float* out;                     // [B, T, H, D] (forward)
+    float* lse_out;                 // [B, T, H] (forward)
+    float* grad_q;                  // [B, T, H, D] or null
+    float* grad_k;                  // [B, T, Hk, D] or null
+    float* grad_v;                  // [B, T, Hk, D] or null
+    int T, Tp, H, Hk, G;
     bool causal;
     int window;  // causal only; 0 = unlimited
     float scale;       // 1 / sqrt(D)
@@ -109,29 +123,35 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
     hi = P.window > 0 ? min(P.T - 1, s0 + kRows - 1 + P.window - 1) : P.T - 1;
 }
 
-// Rows first .. first + 63 of a [rows][D] f32 matrix (row r at base + r * stride) into a
-// bf16 shared tile; rows at or past T are zeros. All threads of the block take part.
+// Starts the copy of rows first .. first + 63 of a [rows][D] bf16 matrix (row r at base +
+// r * stride) into a shared tile (row stride D + 8) by cp.async, rows at or past T
+// zero-filled. All threads of the block take part; the caller commits and waits.
 template <int D>
-__device__ __forceinline__ void load_tile_bf16(const float* __restrict__ base, int64_t stride, int first, int T,
-                                               __nv_bfloat16* tile) {
+__device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict__ base, int64_t stride, int first,
+                                                int T, __nv_bfloat16* tile) {
     constexpr int kLd = D + 8;
-    constexpr int kVecPerRow = D / 4;
-#pragma unroll 4
-    for (int e = static_cast<int>(threadIdx.x); e < kTile * kVecPerRow; e += kThreads) {
-        const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (first + row < T) x = __ldg(reinterpret_cast<const float4*>(base + static_cast<int64_t>(first + row) * stride + col));
-        *reinterpret_cast<uint2*>(tile + row * kLd + col) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+    constexpr int kChunksPerThread = kTile * kChunksPerRow / kThreads;
+    static_assert(kTile * kChunksPerRow % kThreads == 0, "whole chunks a thread");
+#pragma unroll
+    for (int i = 0; i < kChunksPerThread; ++i) {
+        const int e = i * kThreads + static_cast<int>(threadIdx.x);
+        const int row = e / kChunksPerRow, col = (e % kChunksPerRow) * 8;
+        const bool valid = first + row < T;
+        const __nv_bfloat16* src = base + (valid ? static_cast<int64_t>(first + row) * stride + col : 0);
+        cp_async_16(shared_address(tile + row * kLd + col), src, valid);
     }
 }
 
 // ---------------------------------------------------------------- forward
 
+// Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
 template <int D>
 __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
-    __shared__ __align__(16) __nv_bfloat16 Ks[kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 Vs[kTile * kLd];
+    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
+    __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
 
     const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
@@ -140,8 +160,14 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
     const int ta = t0 + 16 * warp + gid, tb = ta + 8;
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const float* q_base = P.q + (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const float* k_base = P.k + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const float* v_base = P.v + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    int lo, hi;
+    keys_of_queries(P, t0, lo, hi);
+    start_tile_copy<D>(k_base, kv_stride, lo, P.T, Ks[0]);
+    start_tile_copy<D>(v_base, kv_stride, lo, P.T, Vs[0]);
+    cp_async_commit();
 
     uint32_t qf[D / 16][4];
     load_a_rows<D>(q_base, q_stride, ta, P.T, tig, qf);
@@ -151,18 +177,20 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
     float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
     float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
 
-    const uint32_t k_lane = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t v_lane = shared_address(Vs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    int lo, hi;
-    keys_of_queries(P, t0, lo, hi);
-    for (int s0 = lo; s0 <= hi; s0 += kTile) {
-        __syncthreads();  // the previous tile's reads are done
-        load_tile_bf16<D>(k_base, kv_stride, s0, P.T, Ks);
-        load_tile_bf16<D>(v_base, kv_stride, s0, P.T, Vs);
-        __syncthreads();
+    const uint32_t k_lane = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t v_lane = shared_address(Vs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    int stage = 0;
+    for (int s0 = lo; s0 <= hi; s0 += kTile, stage ^= 1) {
+        cp_async_wait<0>();  // this thread's part of tile s0 has landed ...
+        __syncthreads();     // ... everyone's has, and everyone is done with the other buffer
+        if (s0 + kTile <= hi) {
+            start_tile_copy<D>(k_base, kv_stride, s0 + kTile, P.T, Ks[stage ^ 1]);
+            start_tile_copy<D>(v_base, kv_stride, s0 + kTile, P.T, Vs[stage ^ 1]);
+        }
+        cp_async_commit();
 
         float s[kTile / 8][4];
-        product_with_tile_transpose<D, kTile>(qf, k_lane, s);
+        product_with_tile_transpose<D, kTile>(qf, k_lane + stage * kStageBytes, s);
         if (!tile_wholly_visible(P, t0, s0)) {
 #pragma unroll
             for (int j = 0; j < kTile / 8; ++j)
@@ -209,7 +237,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
         uint32_t pf[kTile / 16][4];
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
-        accumulate_product_with_tile<D, kTile>(pf, v_lane, acc);
+        accumulate_product_with_tile<D, kTile>(pf, v_lane + stage * kStageBytes, acc);
     }
 
     sum_a = quad_sum(sum_a);
@@ -226,11 +254,14 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
 
 // ---------------------------------------------------------------- backward: dQ
 
+// Double-buffered key / value tiles as in the forward. When q16_out is set, the block also
+// leaves bf16 copies of its q and dO rows for the dK/dV kernel (no extra read pass).
 template <int D>
 __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
-    __shared__ __align__(16) __nv_bfloat16 Ks[kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 Vs[kTile * kLd];
+    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
+    __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
 
     const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
@@ -239,12 +270,22 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
     const int ta = t0 + 16 * warp + gid, tb = ta + 8;
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const float* k_base = P.k + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const float* v_base = P.v + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    int lo, hi;
+    keys_of_queries(P, t0, lo, hi);
+    start_tile_copy<D>(k_base, kv_stride, lo, P.T, Ks[0]);
+    start_tile_copy<D>(v_base, kv_stride, lo, P.T, Vs[0]);
+    cp_async_commit();
 
     uint32_t qf[D / 16][4], dof[D / 16][4];
     load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
     load_a_rows<D>(P.grad_out + q_offset, q_stride, ta, P.T, tig, dof);
+    if (P.q16_out) {
+        store_a_rows_bf16<D>(P.q16_out + q_offset, q_stride, ta, P.T, tig, qf);
+        store_a_rows_bf16<D>(P.grad_out16_out + q_offset, q_stride, ta, P.T, tig, dof);
+    }
     const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + h;
     const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + h;
     const float lse_a = ta < P.T ? lse[static_cast<int64_t>(ta) * P.H] * kLog2e : 0.0f;
@@ -256,20 +297,23 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
-    const uint32_t k_nk = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t k_kn = shared_address(Ks) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    const uint32_t v_nk = shared_address(Vs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    int lo, hi;
-    keys_of_queries(P, t0, lo, hi);
-    for (int s0 = lo; s0 <= hi; s0 += kTile) {
+    const uint32_t k_nk = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t k_kn = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    const uint32_t v_nk = shared_address(Vs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    int stage = 0;
+    for (int s0 = lo; s0 <= hi; s0 += kTile, stage ^= 1) {
+        cp_async_wait<0>();
         __syncthreads();
-        load_tile_bf16<D>(k_base, kv_stride, s0, P.T, Ks);
-        load_tile_bf16<D>(v_base, kv_stride, s0, P.T, Vs);
-        __syncthreads();
+        if (s0 + kTile <= hi) {
+            start_tile_copy<D>(k_base, kv_stride, s0 + kTile, P.T, Ks[stage ^ 1]);
+            start_tile_copy<D>(v_base, kv_stride, s0 + kTile, P.T, Vs[stage ^ 1]);
+        }
+        cp_async_commit();
+        const uint32_t offset = stage * kStageBytes;
 
         float p[kTile / 8][4], dp[kTile / 8][4];
-        product_with_tile_transpose<D, kTile>(qf, k_nk, p);   // scores
-        product_with_tile_transpose<D, kTile>(dof, v_nk, dp);  // dO V^T
+        product_with_tile_transpose<D, kTile>(qf, k_nk + offset, p);   // scores
+        product_with_tile_transpose<D, kTile>(dof, v_nk + offset, dp);  // dO V^T
         const bool whole = tile_wholly_visible(P, t0, s0);
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j)
@@ -284,20 +328,24 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
         uint32_t dsf[kTile / 16][4];
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
-        accumulate_product_with_tile<D, kTile>(dsf, k_kn, dq);
+        accumulate_product_with_tile<D, kTile>(dsf, k_kn + offset, dq);
     }
     store_rows<D>(P.grad_q + q_offset, q_stride, ta, P.T, tig, dq, P.scale, P.scale);
 }
 
 // ---------------------------------------------------------------- backward: dK, dV
 
+// The (head, query tile) pairs of a block's keys form one sequence, heads ascending; the q
+// and dO tiles (bf16) and the lse / delta tiles (by head, contiguous) of pair i + 1 are
+// copied while pair i is used.
 template <int D>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
-    __shared__ __align__(16) __nv_bfloat16 Qs[kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 dOs[kTile * kLd];
-    __shared__ float lse_tile[kTile];    // lse * log2(e); +inf past T (probability 0)
-    __shared__ float delta_tile[kTile];
+    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
+    __shared__ __align__(16) __nv_bfloat16 Qs[2][kTile * kLd];
+    __shared__ __align__(16) __nv_bfloat16 dOs[2][kTile * kLd];
+    __shared__ __align__(16) float lse_tile[2][kTile];    // lse * log2(e); +inf past T (probability 0)
+    __shared__ __align__(16) float delta_tile[2][kTile];
 
     const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
@@ -307,9 +355,34 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t kv_offset = (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
 
+    int lo, hi;
+    queries_of_keys(P, s0, lo, hi);  // lo is a multiple of 64 (s0, or 0)
+    const int tiles_per_head = (hi - lo) / kTile + 1;
+    const int pairs = P.G * tiles_per_head;
+    // Starts the copies of pair i into buffer `stage`.
+    auto start_pair = [&](int i, int stage) {
+        const int head = g * P.G + i / tiles_per_head, t0 = lo + (i % tiles_per_head) * kTile;
+        const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
+        start_tile_copy<D>(P.q16 + q_offset, q_stride, t0, P.T, Qs[stage]);
+        start_tile_copy<D>(P.grad_out16 + q_offset, q_stride, t0, P.T, dOs[stage]);
+        // lse and delta rows of the tile: 16 chunks of 4 floats each, always inside the
+        // padded [B, H, Tp] arrays (t0 + 64 <= Tp).
+        const int x = static_cast<int>(threadIdx.x);
+        if (x < 2 * kTile / 4) {
+            const int64_t row = (static_cast<int64_t>(b) * P.H + head) * P.Tp + t0;
+            const bool is_lse = x < kTile / 4;
+            const int c = (is_lse ? x : x - kTile / 4) * 4;
+            const float* src = (is_lse ? P.lse_by_head : P.delta_by_head) + row + c;
+            float* dst = (is_lse ? lse_tile[stage] : delta_tile[stage]) + c;
+            cp_async_16(shared_address(dst), src, true);
+        }
+    };
+    start_pair(0, 0);
+    cp_async_commit();
+
     uint32_t kf[D / 16][4], vf[D / 16][4];
-    load_a_rows<D>(P.k + kv_offset, kv_stride, sa, P.T, tig, kf);
-    load_a_rows<D>(P.v + kv_offset, kv_stride, sa, P.T, tig, vf);
+    load_a_rows_bf16<D>(P.k16 + kv_offset, kv_stride, sa, P.T, tig, kf);
+    load_a_rows_bf16<D>(P.v16 + kv_offset, kv_stride, sa, P.T, tig, vf);
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
@@ -317,64 +390,78 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(Tc
         dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
 
-    const uint32_t q_nk = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t q_kn = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    const uint32_t do_nk = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t do_kn = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    int lo, hi;
-    queries_of_keys(P, s0, lo, hi);
-    for (int head = g * P.G; head < (g + 1) * P.G; ++head) {
-        const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
-        const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + head;
-        const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + head;
-        for (int t0 = lo; t0 <= hi; t0 += kTile) {
-            __syncthreads();
-            load_tile_bf16<D>(P.q + q_offset, q_stride, t0, P.T, Qs);
-            load_tile_bf16<D>(P.grad_out + q_offset, q_stride, t0, P.T, dOs);
-            for (int i = static_cast<int>(threadIdx.x); i < kTile; i += kThreads) {
-                const int t = t0 + i;
-                lse_tile[i] = t < P.T ? lse[static_cast<int64_t>(t) * P.H] * kLog2e : INFINITY;
-                delta_tile[i] = t < P.T ? delta[static_cast<int64_t>(t) * P.H] : 0.0f;
-            }
-            __syncthreads();
+    const uint32_t q_nk = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t q_kn = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    const uint32_t do_nk = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t do_kn = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    int stage = 0;
+    for (int i = 0; i < pairs; ++i, stage ^= 1) {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (i + 1 < pairs) start_pair(i + 1, stage ^ 1);
+        cp_async_commit();
+        const int t0 = lo + (i % tiles_per_head) * kTile;
+        const uint32_t offset = stage * kStageBytes;
+        const float* lse_s = lse_tile[stage];
+        const float* delta_s = delta_tile[stage];
 
-            float pt[kTile / 8][4], dpt[kTile / 8][4];  // [key][query]
-            product_with_tile_transpose<D, kTile>(kf, q_nk, pt);   // K Q^T
-            const bool whole = tile_wholly_visible(P, t0, s0);
+        float pt[kTile / 8][4], dpt[kTile / 8][4];  // [key][query]
+        product_with_tile_transpose<D, kTile>(kf, q_nk + offset, pt);   // K Q^T
+        const bool whole = tile_wholly_visible(P, t0, s0);
 #pragma unroll
-            for (int j = 0; j < kTile / 8; ++j)
+        for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int col = 8 * j + 2 * tig + e, t = t0 + col;
-                    const float l = lse_tile[col];
-                    const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
-                    const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
-                    pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
-                    pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
-                }
-            {
-                uint32_t pf[kTile / 16][4];
-#pragma unroll
-                for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], pt[2 * ks], pt[2 * ks + 1]);
-                accumulate_product_with_tile<D, kTile>(pf, do_kn, dv);  // dV += P^T dO
+            for (int e = 0; e < 2; ++e) {
+                const int col = 8 * j + 2 * tig + e, t = t0 + col;
+                const float l = lse_s[col];
+                const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
+                const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
+                pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
+                pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
             }
-            product_with_tile_transpose<D, kTile>(vf, do_nk, dpt);  // V dO^T
+        {
+            uint32_t pf[kTile / 16][4];
 #pragma unroll
-            for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float dl = delta_tile[8 * j + 2 * tig + e];
-                    pt[j][e] *= dpt[j][e] - dl;  // dS^T
-                    pt[j][2 + e] *= dpt[j][2 + e] - dl;
-                }
-            uint32_t dsf[kTile / 16][4];
-#pragma unroll
-            for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], pt[2 * ks], pt[2 * ks + 1]);
-            accumulate_product_with_tile<D, kTile>(dsf, q_kn, dk);  // dK += dS^T Q
+            for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], pt[2 * ks], pt[2 * ks + 1]);
+            accumulate_product_with_tile<D, kTile>(pf, do_kn + offset, dv);  // dV += P^T dO
         }
+        product_with_tile_transpose<D, kTile>(vf, do_nk + offset, dpt);  // V dO^T
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float dl = delta_s[8 * j + 2 * tig + e];
+                pt[j][e] *= dpt[j][e] - dl;  // dS^T
+                pt[j][2 + e] *= dpt[j][2 + e] - dl;
+            }
+        uint32_t dsf[kTile / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], pt[2 * ks], pt[2 * ks + 1]);
+        accumulate_product_with_tile<D, kTile>(dsf, q_kn + offset, dk);  // dK += dS^T Q
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
+}
+
+// lse and delta [B, T, H] -> by head [B, H, Tp] (Tp = T rounded up to 64), lse times
+// log2(e); the padding holds +inf (probability 0) and 0, so dK/dV tiles never read past.
+__global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const float* __restrict__ delta,
+                                         float* __restrict__ lse_by_head, float* __restrict__ delta_by_head, int T,
+                                         int Tp, int H, int64_t total) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int t = static_cast<int>(i % Tp);
+    const int64_t bh = i / Tp;
+    const int h = static_cast<int>(bh % H);
+    const int64_t b = bh / H;
+    if (t < T) {
+        const int64_t src = (b * T + t) * H + h;
+        lse_by_head[i] = lse[src] * kLog2e;
+        delta_by_head[i] = delta[src];
+    } else {
+        lse_by_head[i] = INFINITY;
+        delta_by_head[i] = 0.0f;
+    }
 }
 
 // ---------------------------------------------------------------- host side
@@ -384,6 +471,7 @@ constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill
 TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
     TcParams P{};
     P.T = static_cast<int>(q.size(1));
+    P.Tp = (P.T + kTile - 1) / kTile * kTile;
     P.H = static_cast<int>(q.size(2));
     P.Hk = static_cast<int>(k.size(2));
     P.G = P.H / P.Hk;
@@ -401,44 +489,77 @@ dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
     return dim3(static_cast<unsigned>(heads_times_batch), static_cast<unsigned>(tiles));
 }
 
+const __nv_bfloat16* bf16_data(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.raw_data()); }
+__nv_bfloat16* bf16_data(Tensor& t) { return static_cast<__nv_bfloat16*>(t.raw_data()); }
+
 }  // namespace
 
 bool attention_tensor_core_eligible(int64_t head_dim, std::initializer_list<const Tensor*> tensors) {
     return head_dim == kHeadDim && all_16_byte_aligned(tensors);
 }
 
+// K and V are small next to q (Hk of H heads), so one rounding pass each gives the tiles
+// a bf16 source that cp.async can stream without converting on the load path.
 void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int window,
                                    Tensor& out, Tensor& lse) {
     TcParams P = make_params(q, k, causal, window);
+    const Tensor k16 = rounded_bf16_copy(k), v16 = rounded_bf16_copy(v);
     P.q = q.data<float>();
-    P.k = k.data<float>();
-    P.v = v.data<float>();
+    P.k16 = bf16_data(k16);
+    P.v16 = bf16_data(v16);
     P.out = out.data<float>();
     P.lse_out = lse.data<float>();
     const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
     attention_forward_tc_kernel<kHeadDim><<<grid, kThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
+    // k16 / v16 return to the caching allocator here; later work on the stream is ordered
+    // after the kernel, so reuse of their memory is safe.
 }
 
 void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_out,
                                     const Tensor& lse, const Tensor& delta, bool causal, int window, Tensor* grad_q,
                                     Tensor* grad_k, Tensor* grad_v) {
     TcParams P = make_params(q, k, causal, window);
+    const Tensor k16 = rounded_bf16_copy(k), v16 = rounded_bf16_copy(v);
     P.q = q.data<float>();
-    P.k = k.data<float>();
-    P.v = v.data<float>();
     P.grad_out = grad_out.data<float>();
+    P.k16 = bf16_data(k16);
+    P.v16 = bf16_data(v16);
     P.lse = lse.data<float>();
     P.delta = delta.data<float>();
     P.grad_q = grad_q ? grad_q->data<float>() : nullptr;
     P.grad_k = grad_k ? grad_k->data<float>() : nullptr;
     P.grad_v = grad_v ? grad_v->data<float>() : nullptr;
+    const bool want_kv = P.grad_k || P.grad_v;
+    // bf16 q and dO for the dK/dV tiles: written by the dQ kernel as it reads them, or by
+    // a rounding pass when dQ is not wanted.
+    Tensor q16, grad_out16;
+    if (want_kv && P.grad_q) {
+        q16 = Tensor::empty(q.shape(), DType::BF16, Device::CUDA);
+        grad_out16 = Tensor::empty(grad_out.shape(), DType::BF16, Device::CUDA);
+        P.q16_out = bf16_data(q16);
+        P.grad_out16_out = bf16_data(grad_out16);
+    } else if (want_kv) {
+        q16 = rounded_bf16_copy(q);
+        grad_out16 = rounded_bf16_copy(grad_out);
+    }
     if (P.grad_q) {
         attention_backward_dq_tc_kernel<kHeadDim>
             <<<grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
     }
-    if (P.grad_k || P.grad_v) {
+    if (want_kv) {
+        P.q16 = bf16_data(q16);
+        P.grad_out16 = bf16_data(grad_out16);
+        const int64_t by_head = q.size(0) * q.size(2) * P.Tp;
+        Tensor lse_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
+        Tensor delta_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
+        lse_delta_by_head_kernel<<<blocks_for(by_head, 256), 256>>>(P.lse, P.delta, lse_by_head.data<float>(),
+                                                                    delta_by_head.data<float>(), P.T, P.Tp, P.H,
+                                                                    by_head);
+        HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
+        P.lse_by_head = lse_by_head.data<float>();
+        P.delta_by_head = delta_by_head.data<float>();
         attention_backward_dkdv_tc_kernel<kHeadDim>
             <<<grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");

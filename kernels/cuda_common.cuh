@@ -1,7 +1,7 @@
 // Shared CUDA helpers for the kernel files: error checks after every runtime call and
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
-// cuda_i32, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum.
+// cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -39,6 +39,10 @@ inline float* cuda_f32(const Tensor& t, const char* op, const char* what) {
 inline int32_t* cuda_i32(const Tensor& t, const char* op, const char* what) {
     return checks::i32_data(t, op, what, Device::CUDA);
 }
+
+// A bf16 copy (round to nearest even) of a contiguous f32 CUDA tensor, same shape, from the
+// caching allocator; one vectorised pass (kernels/gemm.cu).
+Tensor rounded_bf16_copy(const Tensor& t);
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

@@ -202,35 +202,6 @@ struct RowMajorGemm {
     OperandMode mode = kF32Exact;
 };
 
-// f32 -> bf16 (round to nearest even), 4 elements a thread when both are 16/8-byte aligned.
-__global__ void round_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, int64_t n,
-                                     bool vectorised) {
-    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t vector_end = vectorised ? n / 4 * 4 : 0;
-    for (int64_t k = first; k < vector_end / 4; k += stride) {
-        const float4 v = reinterpret_cast<const float4*>(in)[k];
-        reinterpret_cast<__nv_bfloat162*>(out)[2 * k] = __floats2bfloat162_rn(v.x, v.y);
-        reinterpret_cast<__nv_bfloat162*>(out)[2 * k + 1] = __floats2bfloat162_rn(v.z, v.w);
-    }
-    for (int64_t k = vector_end + first; k < n; k += stride) out[k] = __float2bfloat16_rn(in[k]);
-}
-
-// A bf16 copy of a contiguous f32 tensor's data.
-Tensor rounded_bf16_copy(const Tensor& t) {
-    Tensor copy = Tensor::empty(t.shape(), DType::BF16, Device::CUDA);
-    const int64_t n = t.numel();
-    if (n == 0) return copy;
-    const float* in = t.data<float>();
-    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(copy.raw_data());
-    const bool vectorised = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
-    const int64_t work = vectorised ? (n + 3) / 4 : n;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((work + 255) / 256, 4096));
-    round_to_bf16_kernel<<<blocks, 256>>>(in, out, n, vectorised);
-    HSA_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
-    return copy;
-}
-
 void check_int_range(int64_t value, const char* what) {
     HSA_CHECK(value <= INT_MAX, "gemm: " << what << " " << value << " exceeds cuBLASLt's int32 limit " << INT_MAX);
 }
@@ -263,7 +234,36 @@ void run_gemm(const RowMajorGemm& g, float beta) {
                                     kWorkspaceBytes, /*stream=*/0));
 }
 
+// f32 -> bf16 (round to nearest even), 4 elements a thread when both are 16/8-byte aligned.
+__global__ void round_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, int64_t n,
+                                     bool vectorised) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const int64_t vector_end = vectorised ? n / 4 * 4 : 0;
+    for (int64_t k = first; k < vector_end / 4; k += stride) {
+        const float4 v = reinterpret_cast<const float4*>(in)[k];
+        reinterpret_cast<__nv_bfloat162*>(out)[2 * k] = __floats2bfloat162_rn(v.x, v.y);
+        reinterpret_cast<__nv_bfloat162*>(out)[2 * k + 1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+    for (int64_t k = vector_end + first; k < n; k += stride) out[k] = __float2bfloat16_rn(in[k]);
+}
+
 }  // namespace
+
+// A bf16 copy of a contiguous f32 tensor's data (declared in kernels/cuda_common.cuh).
+Tensor rounded_bf16_copy(const Tensor& t) {
+    Tensor copy = Tensor::empty(t.shape(), DType::BF16, Device::CUDA);
+    const int64_t n = t.numel();
+    if (n == 0) return copy;
+    const float* in = t.data<float>();
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(copy.raw_data());
+    const bool vectorised = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+    const int64_t work = vectorised ? (n + 3) / 4 : n;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((work + 255) / 256, 4096));
+    round_to_bf16_kernel<<<blocks, 256>>>(in, out, n, vectorised);
+    HSA_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
+    return copy;
+}
 
 // The backend's gemm. a_rounded / b_rounded: when defined, bf16 copies of a / b already
 // made by the caller, used instead of rounding again when the bf16 path is taken.

@@ -511,10 +511,23 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
     // Pass 1: od = dO . o per (t, h, k), and grad_q.
     Tensor od = Tensor::empty({P.B, P.T, P.H, P.K}, DType::F32, Device::CUDA);
     const int64_t blocks = query_blocks(P);
+    // Tensor cores: bf16 copies of kmem / vmem (one rounding pass each) for both passes, and
+    // of q / dO, which pass 1 writes as it reads them, for pass 3.
+    Tensor kmem16, vmem16, q16, grad_out16;
+    HsaTensorCoreOperands tc{};
     if (tensor_cores) {
-        hsa_backward_queries_tensor_core(shape, q.data<float>(), kmem.data<float>(), vmem.data<float>(),
-                                         indices.data<int32_t>(), weights.data<float>(), lse_p, grad_out_p,
-                                         od.data<float>(), want_q ? grad_q.data<float>() : nullptr);
+        kmem16 = rounded_bf16_copy(kmem);
+        vmem16 = rounded_bf16_copy(vmem);
+        tc = {q.data<float>(), grad_out_p, static_cast<const __nv_bfloat16*>(kmem16.raw_data()),
+              static_cast<const __nv_bfloat16*>(vmem16.raw_data()), weights.data<float>(), lse_p};
+        if (want_k || want_v) {
+            q16 = Tensor::empty(q.shape(), DType::BF16, Device::CUDA);
+            grad_out16 = Tensor::empty(grad_out.shape(), DType::BF16, Device::CUDA);
+        }
+        hsa_backward_queries_tensor_core(shape, tc, indices.data<int32_t>(), od.data<float>(),
+                                         want_q ? grad_q.data<float>() : nullptr,
+                                         q16.defined() ? static_cast<__nv_bfloat16*>(q16.raw_data()) : nullptr,
+                                         grad_out16.defined() ? static_cast<__nv_bfloat16*>(grad_out16.raw_data()) : nullptr);
     } else if (blocks > 0) {
         HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " query blocks, expected fewer than " << INT_MAX);
         const size_t shared_bytes = query_kernel_shared_bytes(P, true);
@@ -539,9 +552,10 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
             Tensor pair_ids, segment_start;
             cuda_detail::build_chunk_pair_lists(op, indices, P.C, pair_ids, segment_start);
             if (tensor_cores) {
-                hsa_backward_memory_tensor_core(shape, q.data<float>(), kmem.data<float>(), vmem.data<float>(),
-                                                weights.data<float>(), lse_p, grad_out_p, od.data<float>(),
-                                                pair_ids.data<int32_t>(), segment_start.data<int32_t>(), gk, gv);
+                hsa_backward_memory_tensor_core(shape, tc, static_cast<const __nv_bfloat16*>(q16.raw_data()),
+                                                static_cast<const __nv_bfloat16*>(grad_out16.raw_data()),
+                                                od.data<float>(), pair_ids.data<int32_t>(),
+                                                segment_start.data<int32_t>(), gk, gv);
             } else {
                 // Threads own one column and M rows of the chunk: NT / d rows per pass.
                 const int NT = P.d > 64 ? 512 : 256;

@@ -14,10 +14,13 @@
 //
 // Pass 1 (queries): one warp per (b, t, KV head g), the G <= 16 query heads as the MMA's 16
 //   rows (rows >= G are zero: q = dO = 0 gives dS = 0 there), as in the forward v1: per chunk,
-//   S = Q K^T, dP = dO V^T, od by a quad reduction, dQ += dS K.
+//   dP = dO V^T, S = Q K^T, od by a quad reduction, dQ += dS K. The chunk tiles come from
+//   bf16 copies of kmem / vmem by cp.async one chunk ahead; the warp also leaves bf16
+//   copies of its q and dO rows for pass 3.
 // Pass 3 (memory): one block of 4 warps per (b, chunk c, g); the chunk's 64 keys are the rows
 //   (16 a warp; K and V as A fragments in registers), and its selections times the G heads
-//   ("entries", in (t, k, h) order) stream through shared memory 64 at a time:
+//   ("entries", in (t, k, h) order) stream through shared memory 64 at a time (bf16 q / dO
+//   rows and their lse, od, w by cp.async, the next tile while the current one is used):
 //   P^T = exp(K Q^T - lse), PW^T = w P^T, dV += PW^T dO, dP^T = V dO^T,
 //   dS^T = PW^T (dP^T - od), dK += dS^T Q. Rows of never-selected chunks get 0.
 #include "kernels/hsa_backward_v1.cuh"
@@ -44,6 +47,7 @@ using mma::pack_c_as_a;
 using mma::product_with_tile_transpose;
 using mma::quad_sum;
 using mma::shared_address;
+using mma::store_a_rows_bf16;
 using mma::store_rows;
 
 constexpr int kChunk = 64;      // S
@@ -56,13 +60,17 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
     HsaTensorCoreShape shape;
-    const float* q;
-    const float* kmem;
-    const float* vmem;
+    const float* q;                    // f32: the A rows of pass 1
+    const float* grad_out;
+    const __nv_bfloat16* kmem16;       // bf16 copies of kmem / vmem (tiles of pass 1, rows of pass 3)
+    const __nv_bfloat16* vmem16;
+    const __nv_bfloat16* q16;          // bf16 q / dO (tiles of pass 3), left by pass 1
+    const __nv_bfloat16* grad_out16;
+    __nv_bfloat16* q16_out;            // pass 1 writes them here when not null
+    __nv_bfloat16* grad_out16_out;
     const int32_t* indices;
     const float* weights;
     const float* lse;
-    const float* grad_out;
     const float* od_in;
     const int32_t* pair_ids;
     const int32_t* segment_start;
@@ -101,6 +109,10 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
     uint32_t qf[D / 16][4], dof[D / 16][4];
     load_a_rows<D>(P.q + row0 * D, D, gid, P.G, tig, qf);
     load_a_rows<D>(P.grad_out + row0 * D, D, gid, P.G, tig, dof);
+    if (P.q16_out) {  // pass 3's bf16 rows, from the values already in registers
+        store_a_rows_bf16<D>(P.q16_out + row0 * D, D, gid, P.G, tig, qf);
+        store_a_rows_bf16<D>(P.grad_out16_out + row0 * D, D, gid, P.G, tig, dof);
+    }
     float dq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -111,27 +123,49 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
     const int64_t kv_stride = Sh.Hk * D;
     const int64_t row_a = row0 + gid, row_b = row0 + gid + 8;
 
-#pragma unroll 1
-    for (int64_t k = 0; k < Sh.K; ++k) {
-        const int32_t c = __ldg(P.indices + sel + k);  // the same for the whole warp
-        if (c < 0) {
-            if (tig == 0) {
-                if (has_a) P.od_out[row_a * Sh.K + k] = 0.0f;
-                if (has_b) P.od_out[row_b * Sh.K + k] = 0.0f;
-            }
-            continue;
+    // Padding entries (index -1): od 0, no work.
+    for (int64_t k = 0; k < Sh.K; ++k)
+        if (__ldg(P.indices + sel + k) < 0 && tig == 0) {
+            if (has_a) P.od_out[row_a * Sh.K + k] = 0.0f;
+            if (has_b) P.od_out[row_b * Sh.K + k] = 0.0f;
         }
+    // The next real entry at or after `from` (K when none), the same for the whole warp.
+    auto next_chunk = [&](int64_t from) {
+        while (from < Sh.K && __ldg(P.indices + sel + from) < 0) ++from;
+        return from;
+    };
+    auto chunk_rows = [&](int64_t k) {
+        return ((b * Sh.Tm + static_cast<int64_t>(__ldg(P.indices + sel + k)) * kChunk) * Sh.Hk + g) * D;
+    };
+    // Copies run one step ahead, V first (dP = dO V^T is the first product and frees Vs),
+    // then K (needed until dQ += dS K): commit groups complete in order V, K, V, K, ...
+    int64_t k = next_chunk(0);
+    if (k < Sh.K) {
+        const int64_t first = chunk_rows(k);
+        mma::start_tile_copy_warp<D, kChunk>(P.vmem16 + first, kv_stride, Vs, lane);
+        mma::cp_async_commit();
+        mma::start_tile_copy_warp<D, kChunk>(P.kmem16 + first, kv_stride, Ks, lane);
+        mma::cp_async_commit();
+    }
+#pragma unroll 1
+    while (k < Sh.K) {
+        const int64_t next = next_chunk(k + 1);
+        const int64_t next_first = next < Sh.K ? chunk_rows(next) : 0;
         const float w = __ldg(P.weights + sel + k);
         const float lse_a = has_a ? __ldg(P.lse + row_a * Sh.K + k) * kLog2e : 0.0f;
         const float lse_b = has_b ? __ldg(P.lse + row_b * Sh.K + k) * kLog2e : 0.0f;
-        const int64_t first = ((b * Sh.Tm + static_cast<int64_t>(c) * kChunk) * Sh.Hk + g) * D;
-        __syncwarp();  // the previous chunk's ldmatrix reads are done
-        mma::load_two_tiles_bf16_warp<D, kChunk>(P.kmem + first, P.vmem + first, kv_stride, Ks, Vs, lane);
-        __syncwarp();
 
+        mma::cp_async_wait<1>();  // V of chunk k has landed
+        __syncwarp();
         float p[kChunk / 8][4], dp[kChunk / 8][4];
-        product_with_tile_transpose<D, kChunk>(qf, k_nk, p);   // scores
         product_with_tile_transpose<D, kChunk>(dof, v_nk, dp);  // dO V^T
+        __syncwarp();  // every lane's reads of Vs are done
+        if (next < Sh.K) mma::start_tile_copy_warp<D, kChunk>(P.vmem16 + next_first, kv_stride, Vs, lane);
+        mma::cp_async_commit();
+
+        mma::cp_async_wait<1>();  // K of chunk k has landed
+        __syncwarp();
+        product_with_tile_transpose<D, kChunk>(qf, k_nk, p);  // scores
         float od_a = 0.0f, od_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < kChunk / 8; ++j) {
@@ -148,36 +182,47 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
             if (has_a) P.od_out[row_a * Sh.K + k] = od_a;
             if (has_b) P.od_out[row_b * Sh.K + k] = od_b;
         }
-        if (P.grad_q == nullptr) continue;
+        if (P.grad_q != nullptr) {
 #pragma unroll
-        for (int j = 0; j < kChunk / 8; ++j) {  // dS = w p (dov - od)
-            p[j][0] *= w * (dp[j][0] - od_a);
-            p[j][1] *= w * (dp[j][1] - od_a);
-            p[j][2] *= w * (dp[j][2] - od_b);
-            p[j][3] *= w * (dp[j][3] - od_b);
+            for (int j = 0; j < kChunk / 8; ++j) {  // dS = w p (dov - od)
+                p[j][0] *= w * (dp[j][0] - od_a);
+                p[j][1] *= w * (dp[j][1] - od_a);
+                p[j][2] *= w * (dp[j][2] - od_b);
+                p[j][3] *= w * (dp[j][3] - od_b);
+            }
+            uint32_t dsf[kChunk / 16][4];
+#pragma unroll
+            for (int ks = 0; ks < kChunk / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
+            accumulate_product_with_tile<D, kChunk>(dsf, k_kn, dq);
         }
-        uint32_t dsf[kChunk / 16][4];
-#pragma unroll
-        for (int ks = 0; ks < kChunk / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
-        accumulate_product_with_tile<D, kChunk>(dsf, k_kn, dq);
+        __syncwarp();  // every lane's reads of Ks are done
+        if (next < Sh.K) mma::start_tile_copy_warp<D, kChunk>(P.kmem16 + next_first, kv_stride, Ks, lane);
+        mma::cp_async_commit();
+        k = next;
     }
     if (P.grad_q) store_rows<D>(P.grad_q + row0 * D, D, gid, P.G, tig, dq, P.scale, P.scale);
 }
 
 // ---------------------------------------------------------------- pass 3: grad_kmem, grad_vmem
 
+// 3 blocks an SM: ptxas fits 168 registers (an 8-byte spill outside the loop).
 template <int D>
-__global__ void __launch_bounds__(kThreads) hsa_backward_memory_tc_kernel(Params P) {
+__global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Params P) {
     constexpr int kLd = D + 8;
-    __shared__ __align__(16) __nv_bfloat16 Qs[kEntries * kLd];
-    __shared__ __align__(16) __nv_bfloat16 dOs[kEntries * kLd];
-    __shared__ long long entry_row[kEntries];  // q / dO row, -1 past the last entry
-    __shared__ float entry_lse[kEntries];      // lse * log2(e)
-    __shared__ float entry_od[kEntries];
-    __shared__ float entry_w[kEntries];        // 0 past the last entry: no contribution
-    const HsaTensorCoreShape& Sh = P.shape;
+    constexpr uint32_t kStageBytes = 2u * kEntries * kLd;
+    constexpr int kChunksPerRow = D / 8;  // 16-byte chunks of a bf16 row
+    constexpr int kCopiesPerThread = kEntries * kChunksPerRow / kThreads;
+    static_assert(kEntries * kChunksPerRow % kThreads == 0 && kEntries <= kThreads, "whole copies a thread");
+    // Two stages: the entries of tile i + 1 are copied while tile i is used.
+    __shared__ __align__(16) __nv_bfloat16 Qs[2][kEntries * kLd];
+    __shared__ __align__(16) __nv_bfloat16 dOs[2][kEntries * kLd];
+    __shared__ __align__(16) float entry_lse[2][kEntries];  // 0 past the last entry
+    __shared__ __align__(16) float entry_od[2][kEntries];
+    __shared__ __align__(16) float entry_w[2][kEntries];    // 0 past the last entry: no contribution
 
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
+    const HsaTensorCoreShape& Sh = P.shape;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int lane = tid % kWarpSize, warp = tid / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
     int64_t unit = blockIdx.x;
     const int64_t g = unit % Sh.Hk;
@@ -189,66 +234,82 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_memory_tc_kernel(Params
     const int64_t entries = (P.segment_start[segment + 1] - begin) * P.G;
     const int64_t kv_stride = Sh.Hk * D;
     const int64_t kv_offset = ((b * Sh.Tm + c * kChunk) * Sh.Hk + g) * D;  // the chunk's row 0
-    const int ja = 16 * warp + gid;  // this lane's key rows ja, ja + 8 within the chunk
 
+    // Entry e (< entries): selection pair_ids[begin + e / G] = ((b * T + t) * Hr + r) * K + k
+    // times head e % G of the group; its q / dO row and the pair id. 32-bit index math (a
+    // segment holds at most T selections x G heads, and pair ids are int32): ptxas keeps the
+    // kernel within 255 registers without spilling.
+    const int K32 = static_cast<int>(Sh.K), Hr32 = static_cast<int>(Sh.Hr), T32 = static_cast<int>(Sh.T);
+    const int64_t first_row = b * Sh.T * Sh.H + g * P.G;  // row of (t 0, the group's head 0)
+    auto entry_source = [&](int entry, int64_t& row, int& pair_id) {
+        const int pair = entry / P.G, head = entry - pair * P.G;
+        pair_id = __ldg(P.pair_ids + begin + pair);
+        const int t = (pair_id / K32 / Hr32) % T32;
+        row = first_row + static_cast<int64_t>(t) * Sh.H + head;
+    };
+    // Starts the copies of the tile of entries [first, first + 64) into buffer `stage`;
+    // entries past the end are zero-filled.
+    auto start_tile = [&](int64_t first, int stage) {
+        const int left = static_cast<int>(entries - first < kEntries ? entries - first : kEntries);
+#pragma unroll 1
+        for (int i = 0; i < kCopiesPerThread; ++i) {
+            const int e = i * kThreads + tid;
+            const int n = e / kChunksPerRow, col = (e % kChunksPerRow) * 8;
+            const bool valid = n < left;
+            int64_t row = 0;
+            int pair_id = 0;
+            if (valid) entry_source(static_cast<int>(first) + n, row, pair_id);
+            mma::cp_async_16(shared_address(&Qs[stage][n * kLd + col]), P.q16 + row * D + col, valid);
+            mma::cp_async_16(shared_address(&dOs[stage][n * kLd + col]), P.grad_out16 + row * D + col, valid);
+        }
+        if (tid < kEntries) {
+            const bool valid = tid < left;
+            int64_t row = 0;
+            int pair_id = 0;
+            if (valid) entry_source(static_cast<int>(first) + tid, row, pair_id);
+            const int k = pair_id % K32;
+            mma::cp_async_4(shared_address(&entry_lse[stage][tid]), P.lse + row * Sh.K + k, valid);
+            mma::cp_async_4(shared_address(&entry_od[stage][tid]), P.od_in + row * Sh.K + k, valid);
+            mma::cp_async_4(shared_address(&entry_w[stage][tid]), P.weights + pair_id, valid);
+        }
+    };
+    if (entries > 0) start_tile(0, 0);
+    mma::cp_async_commit();
+
+    const int ja = 16 * warp + gid;  // this lane's key rows ja, ja + 8 within the chunk
     uint32_t kf[D / 16][4], vf[D / 16][4];
-    load_a_rows<D>(P.kmem + kv_offset, kv_stride, ja, kChunk, tig, kf);
-    load_a_rows<D>(P.vmem + kv_offset, kv_stride, ja, kChunk, tig, vf);
+    mma::load_a_rows_bf16<D>(P.kmem16 + kv_offset, kv_stride, ja, kChunk, tig, kf);
+    mma::load_a_rows_bf16<D>(P.vmem16 + kv_offset, kv_stride, ja, kChunk, tig, vf);
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
         dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
         dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
-    const uint32_t q_nk = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t q_kn = shared_address(Qs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    const uint32_t do_nk = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t do_kn = shared_address(dOs) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
 
-    for (int64_t base = 0; base < entries; base += kEntries) {
-        __syncthreads();  // the previous tile is no longer read
-        for (int n = static_cast<int>(threadIdx.x); n < kEntries; n += kThreads) {
-            const int64_t entry = base + n;
-            if (entry < entries) {
-                const int64_t pair = entry / P.G, head = entry - pair * P.G;
-                const int64_t p = P.pair_ids[begin + pair];  // ((b * T + t) * Hr + r) * K + k
-                const int64_t s = p / Sh.K, k = p - s * Sh.K;
-                const int64_t t = (s / Sh.Hr) % Sh.T;
-                const int64_t row = (b * Sh.T + t) * Sh.H + g * P.G + head;
-                entry_row[n] = row;
-                entry_lse[n] = __ldg(P.lse + row * Sh.K + k) * kLog2e;
-                entry_od[n] = __ldg(P.od_in + row * Sh.K + k);
-                entry_w[n] = __ldg(P.weights + p);
-            } else {
-                entry_row[n] = -1;
-                entry_lse[n] = 0.0f;
-                entry_od[n] = 0.0f;
-                entry_w[n] = 0.0f;
-            }
-        }
-        __syncthreads();
-        constexpr int kVecPerRow = D / 4;
-        for (int e = static_cast<int>(threadIdx.x); e < kEntries * kVecPerRow; e += kThreads) {
-            const int n = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-            const long long row = entry_row[n];
-            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), y = x;
-            if (row >= 0) {
-                x = __ldg(reinterpret_cast<const float4*>(P.q + row * D + col));
-                y = __ldg(reinterpret_cast<const float4*>(P.grad_out + row * D + col));
-            }
-            *reinterpret_cast<uint2*>(Qs + n * kLd + col) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
-            *reinterpret_cast<uint2*>(dOs + n * kLd + col) = make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
-        }
-        __syncthreads();
+    const uint32_t q_nk = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t q_kn = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    const uint32_t do_nk = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
+    const uint32_t do_kn = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
+    int stage = 0;
+    for (int64_t base = 0; base < entries; base += kEntries, stage ^= 1) {
+        mma::cp_async_wait<0>();  // this thread's copies of the tile have landed ...
+        __syncthreads();          // ... everyone's, and the other buffer is no longer read
+        if (base + kEntries < entries) start_tile(base + kEntries, stage ^ 1);
+        mma::cp_async_commit();
+        const uint32_t offset = stage * kStageBytes;
+        const float* lse_s = entry_lse[stage];
+        const float* od_s = entry_od[stage];
+        const float* w_s = entry_w[stage];
 
         float pw[kEntries / 8][4], dpt[kEntries / 8][4];  // [key][entry]
-        product_with_tile_transpose<D, kEntries>(kf, q_nk, pw);  // K Q^T
+        product_with_tile_transpose<D, kEntries>(kf, q_nk + offset, pw);  // K Q^T
 #pragma unroll
         for (int j = 0; j < kEntries / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int n = 8 * j + 2 * tig + e;
-                const float l = entry_lse[n], w = entry_w[n];
+                const float l = lse_s[n] * kLog2e, w = w_s[n];
                 pw[j][e] = w * exp2f(fmaf(pw[j][e], P.scale_log2, -l));
                 pw[j][2 + e] = w * exp2f(fmaf(pw[j][2 + e], P.scale_log2, -l));
             }
@@ -256,22 +317,23 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_memory_tc_kernel(Params
             uint32_t pf[kEntries / 16][4];
 #pragma unroll
             for (int ks = 0; ks < kEntries / 16; ++ks) pack_c_as_a(pf[ks], pw[2 * ks], pw[2 * ks + 1]);
-            accumulate_product_with_tile<D, kEntries>(pf, do_kn, dv);  // dV += PW^T dO
+            accumulate_product_with_tile<D, kEntries>(pf, do_kn + offset, dv);  // dV += PW^T dO
         }
-        product_with_tile_transpose<D, kEntries>(vf, do_nk, dpt);  // V dO^T
+        product_with_tile_transpose<D, kEntries>(vf, do_nk + offset, dpt);  // V dO^T
 #pragma unroll
         for (int j = 0; j < kEntries / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float od = entry_od[8 * j + 2 * tig + e];
+                const float od = od_s[8 * j + 2 * tig + e];
                 pw[j][e] *= dpt[j][e] - od;  // dS^T
                 pw[j][2 + e] *= dpt[j][2 + e] - od;
             }
         uint32_t dsf[kEntries / 16][4];
 #pragma unroll
         for (int ks = 0; ks < kEntries / 16; ++ks) pack_c_as_a(dsf[ks], pw[2 * ks], pw[2 * ks + 1]);
-        accumulate_product_with_tile<D, kEntries>(dsf, q_kn, dk);  // dK += dS^T Q
+        accumulate_product_with_tile<D, kEntries>(dsf, q_kn + offset, dk);  // dK += dS^T Q
     }
+    mma::cp_async_wait<0>();  // no copy outlives the block (an empty chunk's first tile)
     if (P.grad_kmem) store_rows<D>(P.grad_kmem + kv_offset, kv_stride, ja, kChunk, tig, dk, P.scale, P.scale);
     if (P.grad_vmem) store_rows<D>(P.grad_vmem + kv_offset, kv_stride, ja, kChunk, tig, dv, 1.0f, 1.0f);
 }
@@ -293,19 +355,21 @@ bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t grou
     return head_dim == kHeadDim && chunk_size == kChunk && group >= 1 && group <= 16 && all_16_byte_aligned(tensors);
 }
 
-void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const float* q, const float* kmem,
-                                      const float* vmem, const int32_t* indices, const float* weights,
-                                      const float* lse, const float* grad_out, float* od, float* grad_q) {
+void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
+                                      const int32_t* indices, float* od, float* grad_q, __nv_bfloat16* q16_out,
+                                      __nv_bfloat16* grad_out16_out) {
     Params P = make_params(shape);
-    P.q = q;
-    P.kmem = kmem;
-    P.vmem = vmem;
+    P.q = in.q;
+    P.grad_out = in.grad_out;
+    P.kmem16 = in.kmem16;
+    P.vmem16 = in.vmem16;
     P.indices = indices;
-    P.weights = weights;
-    P.lse = lse;
-    P.grad_out = grad_out;
+    P.weights = in.weights;
+    P.lse = in.lse;
     P.od_out = od;
     P.grad_q = grad_q;
+    P.q16_out = q16_out;
+    P.grad_out16_out = grad_out16_out;
     const int64_t units = shape.B * shape.T * shape.Hk;
     if (units == 0) return;
     const int64_t blocks = (units + kWarps - 1) / kWarps;
@@ -316,17 +380,17 @@ void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const flo
     HSA_CUDA_CHECK_LAUNCH("hsa_backward_query_tc_kernel");
 }
 
-void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const float* q, const float* kmem,
-                                     const float* vmem, const float* weights, const float* lse,
-                                     const float* grad_out, const float* od, const int32_t* pair_ids,
-                                     const int32_t* segment_start, float* grad_kmem, float* grad_vmem) {
+void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
+                                     const __nv_bfloat16* q16, const __nv_bfloat16* grad_out16, const float* od,
+                                     const int32_t* pair_ids, const int32_t* segment_start, float* grad_kmem,
+                                     float* grad_vmem) {
     Params P = make_params(shape);
-    P.q = q;
-    P.kmem = kmem;
-    P.vmem = vmem;
-    P.weights = weights;
-    P.lse = lse;
-    P.grad_out = grad_out;
+    P.q16 = q16;
+    P.grad_out16 = grad_out16;
+    P.kmem16 = in.kmem16;
+    P.vmem16 = in.vmem16;
+    P.weights = in.weights;
+    P.lse = in.lse;
     P.od_in = od;
     P.pair_ids = pair_ids;
     P.segment_start = segment_start;

@@ -6,6 +6,8 @@
 // pair lists. Deterministic: no atomics.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -22,18 +24,31 @@ struct HsaTensorCoreShape {
     int64_t B, T, H, Hk, Hr, Tm, K, C;  // C = Tm / S whole chunks
 };
 
+// The operands both passes read: f32 q / dO rows (pass 1's A operands, read once), bf16
+// copies of kmem / vmem (the chunk tiles; rounded by the caller, one pass each), the
+// weights and the forward's per-chunk lse.
+struct HsaTensorCoreOperands {
+    const float* q;
+    const float* grad_out;
+    const __nv_bfloat16* kmem16;
+    const __nv_bfloat16* vmem16;
+    const float* weights;
+    const float* lse;
+};
+
 // Pass 1, one warp per (b, t, KV head): od[b,t,h,k] = dO[t,h] . o[t,h,k] (0 at padding) and,
-// when grad_q is not null, grad_q.
-void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const float* q, const float* kmem,
-                                      const float* vmem, const int32_t* indices, const float* weights,
-                                      const float* lse, const float* grad_out, float* od, float* grad_q);
+// when grad_q is not null, grad_q. When q16_out is not null, also bf16 copies of q and dO
+// (for pass 3) into q16_out / grad_out16_out, [B, T, H, d] each.
+void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
+                                      const int32_t* indices, float* od, float* grad_q, __nv_bfloat16* q16_out,
+                                      __nv_bfloat16* grad_out16_out);
 
 // Pass 3, one block per (b, chunk, KV head) over the chunk's selections (pair lists of
 // cuda_detail::build_chunk_pair_lists): grad_kmem / grad_vmem rows of every whole chunk
-// (either may be null).
-void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const float* q, const float* kmem,
-                                     const float* vmem, const float* weights, const float* lse,
-                                     const float* grad_out, const float* od, const int32_t* pair_ids,
-                                     const int32_t* segment_start, float* grad_kmem, float* grad_vmem);
+// (either may be null). q16 / grad_out16: pass 1's bf16 copies.
+void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
+                                     const __nv_bfloat16* q16, const __nv_bfloat16* grad_out16, const float* od,
+                                     const int32_t* pair_ids, const int32_t* segment_start, float* grad_kmem,
+                                     float* grad_vmem);
 
 }  // namespace hsa

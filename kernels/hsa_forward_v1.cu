@@ -4,9 +4,10 @@
 //
 // Work unit: one warp per (b, t, KV head g). Its G = H / Hk query heads form the 16-row
 // M tile of every MMA (rows >= G are zero and never stored). For each selected chunk k:
-//   1. the chunk's S = 64 keys and values (f32 in global memory) are converted to bf16 and
-//      written to the warp's own shared tiles Ks, Vs [64][d + 8] (row-major; the 16-byte
-//      pad makes every 8-row ldmatrix phase and every store phase hit 32 distinct banks);
+//   1. the chunk's S = 64 keys and values (bf16 copies of kmem / vmem, rounded once per
+//      call) are copied by cp.async to the warp's own shared tiles Ks, Vs [64][d + 8]
+//      (row-major; the 16-byte pad makes every 8-row ldmatrix phase hit 32 distinct banks),
+//      one step ahead: the next chunk's K as soon as step 2 is done, its V after step 4;
 //   2. scores S = Q K^T (16 x 64): 8 n-tiles of 8 keys, d / 16 k-steps; B fragments by
 //      ldmatrix.x4 from Ks (K row-major [key][dim] is B = K^T in "col" layout);
 //   3. softmax per row over the chunk's 64 keys in f32 (each chunk its own softmax; lse
@@ -58,8 +59,8 @@ struct V1Config {
 
 struct V1Params {
     const float* q;          // [B, T, H, d]
-    const float* kmem;       // [B, Tm, Hk, d]
-    const float* vmem;       // [B, Tm, Hk, d]
+    const __nv_bfloat16* kmem16;  // [B, Tm, Hk, d], bf16 copies of kmem / vmem
+    const __nv_bfloat16* vmem16;
     const int32_t* indices;  // [B, T, Hr, K]
     const float* weights;    // [B, T, Hr, K]
     float* out;              // [B, T, H, d]
@@ -144,22 +145,37 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
     float* lse_a = P.lse + (row0 + gid) * P.K;
     float* lse_b = P.lse + (row0 + gid + 8) * P.K;
 
-#pragma unroll 1
-    for (int64_t k = 0; k < P.K; ++k) {
-        const int32_t c = __ldg(P.indices + sel + k);  // the same for the whole warp
-        if (c < 0) {
-            if (tig == 0) {
-                if (has_a) lse_a[k] = 0.0f;
-                if (has_b) lse_b[k] = 0.0f;
-            }
-            continue;
+    // Padding entries (index -1) get lse 0 and no work.
+    for (int64_t k = 0; k < P.K; ++k)
+        if (__ldg(P.indices + sel + k) < 0 && tig == 0) {
+            if (has_a) lse_a[k] = 0.0f;
+            if (has_b) lse_b[k] = 0.0f;
         }
+    // The next real entry at or after `from` (K when none), the same for the whole warp.
+    auto next_chunk = [&](int64_t from) {
+        while (from < P.K && __ldg(P.indices + sel + from) < 0) ++from;
+        return from;
+    };
+    auto chunk_rows = [&](int64_t k) {
+        return ((b * P.Tm + static_cast<int64_t>(__ldg(P.indices + sel + k)) * kChunk) * P.Hk + g) * D;
+    };
+    // Copies run one step ahead: K of the next chunk as soon as S = Q K^T is done, V of the
+    // next chunk as soon as O += P V is done (commit groups complete in order: K, V, K, ...).
+    int64_t k = next_chunk(0);
+    if (k < P.K) {
+        const int64_t first = chunk_rows(k);
+        mma::start_tile_copy_warp<D, kChunk>(P.kmem16 + first, kv_row_stride, Ks, lane);
+        mma::cp_async_commit();
+        mma::start_tile_copy_warp<D, kChunk>(P.vmem16 + first, kv_row_stride, Vs, lane);
+        mma::cp_async_commit();
+    }
+#pragma unroll 1
+    while (k < P.K) {
+        const int64_t next = next_chunk(k + 1);
+        const int64_t next_first = next < P.K ? chunk_rows(next) : 0;
         const float w = __ldg(P.weights + sel + k);
-        const int64_t first = ((b * P.Tm + static_cast<int64_t>(c) * kChunk) * P.Hk + g) * D;
-        __syncwarp();  // every lane's ldmatrix reads of the previous chunk are done
-        mma::load_two_tiles_bf16_warp<D, kChunk>(P.kmem + first, P.vmem + first, kv_row_stride, Ks, Vs, lane);
-        __syncwarp();  // the tiles are visible to the whole warp
-
+        mma::cp_async_wait<1>();  // K of chunk k has landed (its V may still be in flight)
+        __syncwarp();
         // S = Q K^T, 16 x 64.
         float s[kKeyTiles][4];
 #pragma unroll
@@ -173,6 +189,10 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
                 mma_bf16_16816(s[j], qf[kk + 1], kb[2], kb[3]);
             }
         }
+
+        __syncwarp();  // every lane's reads of Ks are done
+        if (next < P.K) mma::start_tile_copy_warp<D, kChunk>(P.kmem16 + next_first, kv_row_stride, Ks, lane);
+        mma::cp_async_commit();
 
         // Softmax over the chunk: row gid from s[.][0..1], row gid + 8 from s[.][2..3].
         float max_a = -INFINITY, max_b = -INFINITY;
@@ -212,6 +232,8 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
             pf[ks][3] = pack_bf16(s[2 * ks + 1][2] * f_b, s[2 * ks + 1][3] * f_b);
         }
 
+        mma::cp_async_wait<1>();  // V of chunk k has landed (K of the next may be in flight)
+        __syncwarp();
         // out += (P w / sum) V, 16 x d.
 #pragma unroll
         for (int n = 0; n < kOutTiles; n += 2) {
@@ -223,6 +245,10 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
                 mma_bf16_16816(acc[n + 1], pf[ks], vb[2], vb[3]);
             }
         }
+        __syncwarp();  // every lane's reads of Vs are done
+        if (next < P.K) mma::start_tile_copy_warp<D, kChunk>(P.vmem16 + next_first, kv_row_stride, Vs, lane);
+        mma::cp_async_commit();
+        k = next;
     }
 
     // Rows gid and gid + 8, columns 8 n + 2 tig, + 1.
@@ -300,8 +326,11 @@ void hsa_forward_tensor_core(const Tensor& q, const Tensor& kmem, const Tensor& 
 
     V1Params P{};
     P.q = q.data<float>();
-    P.kmem = kmem.data<float>();
-    P.vmem = vmem.data<float>();
+    // bf16 copies of the memory (one rounding pass each, small next to the T x K gathers):
+    // the chunk tiles then stream by cp.async at half the bytes, without converting.
+    const Tensor kmem16 = rounded_bf16_copy(kmem), vmem16 = rounded_bf16_copy(vmem);
+    P.kmem16 = static_cast<const __nv_bfloat16*>(kmem16.raw_data());
+    P.vmem16 = static_cast<const __nv_bfloat16*>(vmem16.raw_data());
     P.indices = indices.data<int32_t>();
     P.weights = weights.data<float>();
     P.out = out.data<float>();

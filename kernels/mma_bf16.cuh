@@ -1,6 +1,7 @@
 // Tensor-core building blocks shared by the bf16 kernels (kernels/hsa_forward_v1.cu,
-// kernels/attention_tc.cu): packing f32 pairs to bf16, ldmatrix loads of B fragments from
-// shared tiles, the m16n8k16 MMA, and reductions over the 4 lanes of a quad.
+// kernels/attention_tc.cu): packing f32 pairs to bf16, cp.async copies into shared memory,
+// ldmatrix loads of B fragments from shared tiles, the m16n8k16 MMA, and reductions over
+// the 4 lanes of a quad.
 //
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point
 // type"), lane = 4 * groupID + tig (threadID_in_group):
@@ -41,6 +42,29 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
+}
+
+// cp.async of 16 bytes global -> shared, bypassing L1 (.cg); valid = false writes 16 zero
+// bytes and reads nothing (src-size 0), which is how tiles are padded past the last row.
+__device__ __forceinline__ void cp_async_16(uint32_t shared_dst, const void* global_src, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_dst), "l"(global_src),
+                 "r"(src_bytes));
+}
+
+// cp.async of 4 bytes (.ca: the 4-byte form); valid = false writes zero.
+__device__ __forceinline__ void cp_async_4(uint32_t shared_dst, const void* global_src, bool valid) {
+    const int src_bytes = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_dst), "l"(global_src),
+                 "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most `pending` committed groups of this thread are still in flight.
+template <int pending>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
 }
 
 // c += a b for one 16x8x16 tile.
@@ -103,6 +127,45 @@ __device__ __forceinline__ void load_a_rows(const float* __restrict__ base, int6
     }
 }
 
+// The same fragments from a [rows][D] bf16 matrix (no rounding: the values are bf16).
+template <int D>
+__device__ __forceinline__ void load_a_rows_bf16(const __nv_bfloat16* __restrict__ base, int64_t stride, int ra,
+                                                 int T, int tig, uint32_t (&f)[D / 16][4]) {
+    const int rb = ra + 8;
+    const bool va = ra < T, vb = rb < T;
+    const uint32_t* pa = reinterpret_cast<const uint32_t*>(base + static_cast<int64_t>(va ? ra : 0) * stride + 2 * tig);
+    const uint32_t* pb = reinterpret_cast<const uint32_t*>(base + static_cast<int64_t>(vb ? rb : 0) * stride + 2 * tig);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        f[kk][0] = va ? __ldg(pa + 8 * kk) : 0u;
+        f[kk][1] = vb ? __ldg(pb + 8 * kk) : 0u;
+        f[kk][2] = va ? __ldg(pa + 8 * kk + 4) : 0u;
+        f[kk][3] = vb ? __ldg(pb + 8 * kk + 4) : 0u;
+    }
+}
+
+// The A fragments of rows ra and ra + 8 (already bf16, from load_a_rows) back to a [rows][D]
+// bf16 matrix (rows at or past T skipped): a kernel that reads f32 rows anyway leaves the
+// bf16 copies that a later kernel streams by cp.async.
+template <int D>
+__device__ __forceinline__ void store_a_rows_bf16(__nv_bfloat16* __restrict__ base, int64_t stride, int ra, int T,
+                                                  int tig, const uint32_t (&f)[D / 16][4]) {
+    const int rb = ra + 8;
+    uint32_t* pa = reinterpret_cast<uint32_t*>(base + static_cast<int64_t>(ra) * stride + 2 * tig);
+    uint32_t* pb = reinterpret_cast<uint32_t*>(base + static_cast<int64_t>(rb) * stride + 2 * tig);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        if (ra < T) {
+            pa[8 * kk] = f[kk][0];      // cols 16 kk + 2 tig, +1
+            pa[8 * kk + 4] = f[kk][2];  // cols 16 kk + 8 + 2 tig, +1
+        }
+        if (rb < T) {
+            pb[8 * kk] = f[kk][1];
+            pb[8 * kk + 4] = f[kk][3];
+        }
+    }
+}
+
 // c[j] (16 x N, j = n-tile of 8 columns) = A (registers, 16 x D) times the transpose of an
 // [N][D] shared tile (row stride D + 8) read from the lane's ldmatrix address nk_lane.
 template <int D, int N>
@@ -152,6 +215,28 @@ __device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t str
     for (int n = 0; n < D / 8; ++n) {
         if (ra < T) *reinterpret_cast<float2*>(pa + 8 * n) = make_float2(acc[n][0] * factor_a, acc[n][1] * factor_a);
         if (rb < T) *reinterpret_cast<float2*>(pb + 8 * n) = make_float2(acc[n][2] * factor_b, acc[n][3] * factor_b);
+    }
+}
+
+// Starts the cp.async copy of N rows of a [rows][D] bf16 matrix (row j at base + j *
+// row_stride) into one warp's shared tile (row stride D + 8); every lane takes part, the
+// caller commits, waits and __syncwarp()s before reading.
+template <int D, int N>
+__device__ __forceinline__ void start_tile_copy_warp(const __nv_bfloat16* __restrict__ base, int64_t row_stride,
+                                                     __nv_bfloat16* tile, int lane) {
+    constexpr int kLd = D + 8;
+    constexpr int kChunksPerRow = D / 8;            // 16-byte chunks
+    constexpr int kRowsPerStep = 32 / kChunksPerRow;  // rows one warp-wide step covers
+    static_assert(32 % kChunksPerRow == 0 && N % kRowsPerStep == 0, "whole rows a step");
+    // Consecutive lanes copy consecutive chunks of a row; each step moves kRowsPerStep rows.
+    const int row = lane / kChunksPerRow, col = (lane % kChunksPerRow) * 8;
+    const __nv_bfloat16* src = base + row * row_stride + col;
+    uint32_t dst = shared_address(tile + row * kLd + col);
+#pragma unroll 4  // fully unrolled, the compiler keeps every step's address live and spills
+    for (int step = 0; step < N / kRowsPerStep; ++step) {
+        cp_async_16(dst, src, true);
+        src += kRowsPerStep * row_stride;
+        dst += 2u * kRowsPerStep * kLd;
     }
 }
 
