@@ -31,6 +31,16 @@ void Backend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, 
     }
 }
 
+void Backend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                             const Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                             const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
+                                             bool accumulate_a, bool accumulate_b) {
+    if (!grad_a.defined() && !grad_b.defined()) return;
+    Tensor grad_logits = Tensor::empty(logits.shape(), DType::F32, logits.device());
+    cross_entropy_backward(logits, targets, mask, lse, grad_loss, grad_logits);
+    gemm_backward(a, transpose_a, b, transpose_b, grad_logits, grad_a, grad_b, accumulate_a, accumulate_b);
+}
+
 Backend& backend_for(Device device) {
     auto& slot = registry()[device == Device::CPU ? 0 : 1];
     HSA_CHECK(slot != nullptr, "no " << device_name(device) << " backend in this build: CUDA kernels are not built or not registered");

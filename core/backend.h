@@ -141,6 +141,17 @@ public:
                                        Tensor& lse) = 0;
     virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                         const Tensor& lse, float grad_loss, Tensor& grad_logits) = 0;
+    // The head's backward: for loss = cross_entropy(logits = op(a) . op(b), ...) with the
+    // forward's logits and lse, grad_a (shaped as a) and grad_b (as b), either undefined;
+    // written (=), or added (+=) when accumulate_a / accumulate_b. Batch-1 products only.
+    // This default writes the f32 logits gradient (cross_entropy_backward) and calls
+    // gemm_backward; the CUDA backend at bf16 precision writes that gradient once, directly
+    // in bf16 (the products' operand), with the same values: the largest tensor of the
+    // step (tokens x vocabulary) is then never written in f32 or re-read for rounding.
+    virtual void cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                                const Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                                const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
+                                                bool accumulate_a, bool accumulate_b);
 
     // ---- optimiser: AdamW with decoupled weight decay, bias-corrected, step counts from 1 ----
     // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat) + eps) + wd p)

@@ -487,19 +487,33 @@ Tensor hsa_attention(const Tensor& q, const Tensor& kmem, const Tensor& vmem, co
 
 // ---------------------------------------------------------------- loss
 
+namespace {
+
+struct LossTargets {
+    Tensor targets;  // [N] i32
+    Tensor mask;     // [N] f32 or undefined
+};
+
+LossTargets flat_loss_targets(const char* op, int64_t N, const Tensor& targets, const Tensor& mask) {
+    HSA_CHECK(targets.dtype() == DType::I32 && targets.numel() == N,
+              op << ": targets must be i32 with " << N << " entries, got " << dtype_name(targets.dtype()) << " "
+                 << shape_string(targets.shape()));
+    LossTargets t{targets.view({targets.numel()}), Tensor()};
+    if (mask.defined()) {
+        check_float(mask, op, "mask");
+        HSA_CHECK(mask.numel() == N, op << ": mask has " << mask.numel() << " entries, expected " << N);
+        t.mask = mask.view({mask.numel()});
+    }
+    return t;
+}
+
+}  // namespace
+
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask) {
     check_float(logits, "cross_entropy", "logits");
     HSA_CHECK(logits.ndim() == 2, "cross_entropy: logits must be [N, V], got " << shape_string(logits.shape()));
-    HSA_CHECK(targets.dtype() == DType::I32 && targets.numel() == logits.size(0),
-              "cross_entropy: targets must be i32 with " << logits.size(0) << " entries, got " << dtype_name(targets.dtype())
-                                                         << " " << shape_string(targets.shape()));
-    Tensor flat_targets = targets.view({targets.numel()});
-    Tensor flat_mask;
-    if (mask.defined()) {
-        check_float(mask, "cross_entropy", "mask");
-        HSA_CHECK(mask.numel() == logits.size(0), "cross_entropy: mask has " << mask.numel() << " entries, expected " << logits.size(0));
-        flat_mask = mask.view({mask.numel()});
-    }
+    const LossTargets t = flat_loss_targets("cross_entropy", logits.size(0), targets, mask);
+    Tensor flat_targets = t.targets, flat_mask = t.mask;
     Tensor loss = Tensor::empty({}, DType::F32, logits.device());
     Tensor lse = Tensor::empty({logits.size(0)}, DType::F32, logits.device());
     backend_of(logits).cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);
@@ -509,6 +523,46 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& 
             backend_of(logits).cross_entropy_backward(logits, flat_targets, flat_mask, lse, g[0].item(), gl);
             Tensor target = logits;
             target.accumulate_grad(gl);
+        });
+    }
+    return loss;
+}
+
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpose_weight, const Tensor& targets,
+                            const Tensor& mask) {
+    const char* op = "linear_cross_entropy";
+    check_float(x, op, "x");
+    check_float(weight, op, "weight");
+    check_same_device(x, weight, op);
+    HSA_CHECK(x.ndim() == 2, op << ": x must be [N, D], got " << shape_string(x.shape()));
+    HSA_CHECK(weight.ndim() == 2, op << ": weight must be 2-D, got " << shape_string(weight.shape()));
+    const int64_t D = x.size(1), N = x.size(0);
+    const int64_t weight_in = transpose_weight ? weight.size(1) : weight.size(0);
+    const int64_t V = transpose_weight ? weight.size(0) : weight.size(1);
+    HSA_CHECK(weight_in == D, op << ": x " << shape_string(x.shape()) << " does not match weight "
+                                 << shape_string(weight.shape()) << (transpose_weight ? " (transposed)" : ""));
+    const LossTargets t = flat_loss_targets(op, N, targets, mask);
+    Tensor flat_targets = t.targets, flat_mask = t.mask;
+    Backend& backend = backend_of(x);
+    Tensor logits = Tensor::empty({N, V}, DType::F32, x.device());
+    backend.gemm(x, false, weight, transpose_weight, logits, false);
+    Tensor loss = Tensor::empty({}, DType::F32, x.device());
+    Tensor lse = Tensor::empty({N}, DType::F32, x.device());
+    backend.cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);
+    if (Tape::current().should_record({&x, &weight})) {
+        Tape::current().record({loss}, [x, weight, transpose_weight, logits, flat_targets, flat_mask,
+                                         lse](const std::vector<Tensor>& g) {
+            // As matmul's backward: a gradient the operand already owns is added into.
+            Tensor gx = x.grad_to_accumulate_into(), gw = weight.grad_to_accumulate_into();
+            const bool accumulate_x = gx.defined(), accumulate_w = gw.defined();
+            if (!accumulate_x && x.requires_grad()) gx = grad_buffer(x);
+            if (!accumulate_w && weight.requires_grad()) gw = grad_buffer(weight);
+            backend_of(x).cross_entropy_product_backward(x, false, weight, transpose_weight, logits, flat_targets,
+                                                         flat_mask, lse, g[0].item(), gx, gw, accumulate_x,
+                                                         accumulate_w);
+            Tensor tx = x, tw = weight;
+            if (gx.defined() && !accumulate_x) tx.accumulate_grad(gx);
+            if (gw.defined() && !accumulate_w) tw.accumulate_grad(gw);
         });
     }
     return loss;

@@ -42,5 +42,11 @@ Tensor hsa_attention(const Tensor& q, const Tensor& kmem, const Tensor& vmem, co
 // ---- loss ----
 // logits [N, V], targets i32 [N] (negative = ignored), mask [N] f32 or undefined.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask = Tensor());
+// The LM head and its loss as one op: cross_entropy(x . op(weight), targets, mask), x [N, D],
+// weight [D, V] (or [V, D] with transpose_weight: a tied embedding). The same values as
+// matmul then cross_entropy; its backward is Backend::cross_entropy_product_backward, so
+// the CUDA backend at bf16 precision never writes the [N, V] logits gradient in f32.
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpose_weight, const Tensor& targets,
+                            const Tensor& mask = Tensor());
 
 }  // namespace hsa::ops

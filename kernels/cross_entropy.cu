@@ -10,6 +10,8 @@
 // Row losses and mask weights go to a double scratch; one block then sums them in a fixed
 // order (deterministic). Targets >= V: the kernels record the smallest bad row in a device
 // flag, the launcher reads it back and throws naming the target and row.
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "kernels/cuda_backend.h"
@@ -158,15 +160,27 @@ __global__ void ce_denominator_kernel(const int32_t* targets, const float* mask,
     if (threadIdx.x == 0) denom[0] = acc;
 }
 
+// Stores of the logits gradient: f32, or bf16 rounded to nearest even (the operand of the
+// head's products, kernels/gemm.cu; the same rounding as its rounding pass).
+__device__ __forceinline__ void store4(float* g, int64_t k, float4 v) { reinterpret_cast<float4*>(g)[k] = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* g, int64_t k, float4 v) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    reinterpret_cast<uint2*>(g)[k] =
+        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+__device__ __forceinline__ void store1(float* g, int64_t v, float x) { g[v] = x; }
+__device__ __forceinline__ void store1(__nv_bfloat16* g, int64_t v, float x) { g[v] = __float2bfloat16_rn(x); }
+
 // d logits = w (softmax - onehot), w = grad_loss mask_i / denom; p = exp(x - lse) in f32
-// (float4 loads and stores when the rows are 16-byte aligned).
+// (float4 loads and 4-element stores when the rows are 16-byte aligned).
+template <class T>
 __global__ void ce_backward_kernel(const float* logits, const int32_t* targets, const float* mask, const float* lse,
                                    const double* denom_ptr, float grad_loss, int64_t N, int64_t V, bool vectorised,
-                                   float* grad) {
+                                   T* grad) {
     const double denom = denom_ptr[0];
     const int64_t vec_end = vectorised ? V / 4 * 4 : 0;
     for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
-        float* g = grad + i * V;
+        T* g = grad + i * V;
         const int32_t t = targets[i];
         // t >= V was flagged by ce_denominator_kernel; write zeros rather than read out of bounds.
         const float w = (t < 0 || t >= V || denom == 0.0)
@@ -175,21 +189,35 @@ __global__ void ce_backward_kernel(const float* logits, const int32_t* targets, 
         const float* row = logits + i * V;
         const float l = lse[i];
         const float4* row4 = reinterpret_cast<const float4*>(row);
-        float4* g4 = reinterpret_cast<float4*>(g);
         if (w == 0.0f) {
-            for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) g4[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) g[v] = 0.0f;
+            for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) store4(g, k, make_float4(0.f, 0.f, 0.f, 0.f));
+            for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, 0.0f);
             continue;
         }
         for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) {
             const float4 x = row4[k];
-            float4 out = make_float4(w * expf(x.x - l), w * expf(x.y - l), w * expf(x.z - l), w * expf(x.w - l));
-            g4[k] = out;
+            store4(g, k, make_float4(w * expf(x.x - l), w * expf(x.y - l), w * expf(x.z - l), w * expf(x.w - l)));
         }
-        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) g[v] = w * expf(row[v] - l);
+        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, w * expf(row[v] - l));
         __syncthreads();  // the target's element is rewritten below by thread 0
-        if (threadIdx.x == 0) g[t] = w * (expf(row[t] - l) - 1.0f);
+        if (threadIdx.x == 0) store1(g, t, w * (expf(row[t] - l) - 1.0f));
     }
+}
+
+// The denominator, then the gradient rows into grad (f32 or bf16).
+template <class T>
+void launch_ce_backward(const Inputs& in, const float* plse, float grad_loss, T* pgrad, bool vectorised) {
+    Tensor flag = make_error_flag();
+    Tensor scratch = Tensor::empty({1}, DType::I64, Device::CUDA);
+    double* denom = static_cast<double*>(scratch.raw_data());
+    ce_denominator_kernel<<<1, kReduceThreads>>>(in.targets, in.mask, in.N, in.V, denom, flag_ptr(flag));
+    HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_denominator_kernel");
+    if (in.V > 0) {
+        ce_backward_kernel<T><<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, plse, denom, grad_loss,
+                                                              in.N, in.V, vectorised, pgrad);
+        HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_backward_kernel");
+    }
+    throw_if_bad_target(flag, in, "cross_entropy_backward");
 }
 
 }  // namespace
@@ -221,21 +249,22 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     const Inputs in =
         checks::check_cross_entropy_inputs("cross_entropy_backward", logits, targets, mask, Device::CUDA);
     checks::check_cross_entropy_grad(in, logits, lse, grad_logits, Device::CUDA);
-    const float* plse = lse.data<float>();
     float* pgrad = grad_logits.data<float>();
     if (in.N == 0) return;
-    Tensor flag = make_error_flag();
-    Tensor scratch = Tensor::empty({1}, DType::I64, Device::CUDA);
-    double* denom = static_cast<double*>(scratch.raw_data());
-    ce_denominator_kernel<<<1, kReduceThreads>>>(in.targets, in.mask, in.N, in.V, denom, flag_ptr(flag));
-    HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_denominator_kernel");
-    if (in.V > 0) {
-        const bool vectorised = in.V % 4 == 0 && aligned16(in.logits) && aligned16(pgrad);
-        ce_backward_kernel<<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, plse, denom, grad_loss,
-                                                           in.N, in.V, vectorised, pgrad);
-        HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_backward_kernel");
-    }
-    throw_if_bad_target(flag, in, "cross_entropy_backward");
+    const bool vectorised = in.V % 4 == 0 && aligned16(in.logits) && aligned16(pgrad);
+    launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
+}
+
+void cross_entropy_backward_bf16(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor& lse,
+                                 float grad_loss, Tensor& grad16) {
+    const char* op = "cross_entropy_backward";
+    const Inputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, Device::CUDA);
+    checks::check_tensor(op, "lse", lse, {in.N}, DType::F32, Device::CUDA);
+    checks::check_tensor(op, "grad_logits (bf16)", grad16, {in.N, in.V}, DType::BF16, Device::CUDA);
+    auto* pgrad = static_cast<__nv_bfloat16*>(grad16.raw_data());
+    if (in.N == 0) return;
+    const bool vectorised = in.V % 4 == 0 && aligned16(in.logits) && reinterpret_cast<uintptr_t>(pgrad) % 8 == 0;
+    launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
 }
 
 }  // namespace hsa

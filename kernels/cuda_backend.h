@@ -20,7 +20,16 @@ public:
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
                        Tensor& grad_a, Tensor& grad_b, bool accumulate_a, bool accumulate_b) override;
+    void cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                        const Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                        const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
+                                        bool accumulate_a, bool accumulate_b) override;
 };
+
+// cross_entropy_backward's logits gradient written as bf16 (round to nearest even of the
+// f32 value cross_entropy_backward writes) into grad16 [N, V] (kernels/cross_entropy.cu).
+void cross_entropy_backward_bf16(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor& lse,
+                                 float grad_loss, Tensor& grad16);
 
 // Installs the CUDA backend for Device::CUDA (core/backend.h). Called once at start-up by
 // the hsa binary and the test binary; harmless without a GPU (calls then fail clearly).

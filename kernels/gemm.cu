@@ -370,4 +370,30 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
     }
 }
 
+// The head at bf16 precision: the logits gradient is written once, in bf16, by the
+// cross-entropy kernel (the value gemm_backward would round), and both products read it;
+// logits stands in for g's shape (the bf16 path never reads it). Otherwise, and for
+// shapes off the bf16 path, the base class's f32 gradient + gemm_backward.
+void CudaBackend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                                 const Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                                 const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
+                                                 bool accumulate_a, bool accumulate_b) {
+    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, logits, Device::CUDA);
+    const bool direct = grad_a.defined() && grad_b.defined() && matmul_precision() == MatmulPrecision::BF16 &&
+                        dims.batch == 1 && dims.M % 8 == 0 && dims.N % 8 == 0 && dims.K % 8 == 0 &&
+                        logits.numel() > 0;
+    if (!direct) {
+        Backend::cross_entropy_product_backward(a, transpose_a, b, transpose_b, logits, targets, mask, lse, grad_loss,
+                                                grad_a, grad_b, accumulate_a, accumulate_b);
+        return;
+    }
+    Tensor g16 = Tensor::empty(logits.shape(), DType::BF16, Device::CUDA);
+    cross_entropy_backward_bf16(logits, targets, mask, lse, grad_loss, g16);
+    const Tensor& g = logits;
+    if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor());
+    else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), g16);
+    if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), g16);
+    else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, g16, Tensor());
+}
+
 }  // namespace hsa

@@ -55,6 +55,43 @@ __global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, floa
     for (int64_t j = lane; j < D; j += 32) orow[j] = static_cast<float>(static_cast<double>(xr[j]) * r * wval(w, j));
 }
 
+// Rows of 513..1024 columns, D % 4 == 0, 16-byte aligned: one warp a row with float4
+// loads held in registers (8 a lane), the sum of squares added across lanes in double, the
+// output in f32 (relative error ~1e-7 against the double reference). The scalar warp kernel
+// above kept too few loads in flight for rows this wide.
+constexpr int kWideM = 8;  // float4 a lane: up to 1024 columns
+
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    rmsnorm_forward_wide_kernel(const float* x, const float* __restrict__ w, float eps, float* out,
+                                float* __restrict__ inv_rms, int64_t N, int64_t D) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+    if (n >= N) return;
+    const int64_t D4 = D / 4;
+    const float4* xr = reinterpret_cast<const float4*>(x + n * D);
+    float4* orow = reinterpret_cast<float4*>(out + n * D);
+    float4 xv[kWideM];
+    float lane_ss = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kWideM; ++m) {
+        const int64_t v = lane + 32 * m;
+        xv[m] = v < D4 ? xr[v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        lane_ss += xv[m].x * xv[m].x + xv[m].y * xv[m].y + xv[m].z * xv[m].z + xv[m].w * xv[m].w;
+    }
+    const double ss = warp_sum_double(static_cast<double>(lane_ss));  // all reads before any write: out may alias x
+    const double rd = 1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps));
+    const float r = static_cast<float>(rd);
+    if (lane == 0) inv_rms[n] = r;
+#pragma unroll
+    for (int m = 0; m < kWideM; ++m) {
+        const int64_t v = lane + 32 * m;
+        if (v >= D4) continue;
+        float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + v);
+        orow[v] = make_float4(xv[m].x * r * wv.x, xv[m].y * r * wv.y, xv[m].z * r * wv.z, xv[m].w * r * wv.w);
+    }
+}
+
 __global__ void rmsnorm_backward_x_warp_kernel(const float* x, const float* w, const float* inv_rms, const float* g,
                                                float* dx, int64_t N, int64_t D, bool accumulate) {
     const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -127,6 +164,90 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
         double sum = 0.0;
         for (int v = 0; v < kRowsPerBlock; ++v) sum += warp_columns[v * D + j];
+        partial[static_cast<int64_t>(blockIdx.x) * D + j] = sum;
+    }
+}
+
+// Rows of 513..1024 columns (the hidden size), D % 4 == 0, 16-byte aligned data: dx and the
+// weight gradient's partial sums in one pass, x and g read once as float4 and held in
+// registers (M = 8 float4 a lane covers 1024 columns). Blocks of 4 warps own rows [b *
+// rows_per_block, ...), a warp every 4th row; each lane keeps its columns' sums of g x r in
+// f32 registers over the warp's few rows (<= rows_per_block / 4, 8 at 32768 rows), the
+// warps' sums go through shared memory and are added in warp order into partial[b, :]
+// (double). The row dot product is summed in double across lanes, the per-element formula
+// in f32 (relative error ~1e-7 against the double reference). Fixed orders throughout:
+// bit-identical run to run. The former x kernel + split column-sum kernel read x and g twice
+// at low memory parallelism (scalar loads): 0.29 ms a call at 32768 x 1024 on an H200.
+constexpr int kWideWarps = 4;
+
+__global__ void __launch_bounds__(kWideWarps * 32)
+    rmsnorm_backward_wide_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                 const float* __restrict__ inv_rms, const float* __restrict__ g, float* dx, int64_t N,
+                                 int64_t D, int64_t rows_per_block, double* partial, bool accumulate) {
+    constexpr int M = kWideM;
+    extern __shared__ float wide_columns[];  // [kWideWarps][D]
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+    const int64_t end = begin + rows_per_block < N ? begin + rows_per_block : N;
+    const int64_t D4 = D / 4;
+    float4 wv[M], cs[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+        const int64_t v = lane + 32 * m;
+        wv[m] = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        if (w && v < D4) wv[m] = __ldg(reinterpret_cast<const float4*>(w) + v);
+        cs[m] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    for (int64_t n = begin + warp; n < end; n += kWideWarps) {
+        const float4* xr = reinterpret_cast<const float4*>(x + n * D);
+        const float4* gr = reinterpret_cast<const float4*>(g + n * D);
+        float4* dr = reinterpret_cast<float4*>(dx + n * D);
+        float4 xv[M], gv[M];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const int64_t v = lane + 32 * m;
+            xv[m] = v < D4 ? xr[v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            gv[m] = v < D4 ? gr[v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        const float r = inv_rms[n];
+        float lane_dot = 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+            lane_dot += gv[m].x * wv[m].x * xv[m].x + gv[m].y * wv[m].y * xv[m].y + gv[m].z * wv[m].z * xv[m].z +
+                        gv[m].w * wv[m].w * xv[m].w;
+        // Every lane holds its elements in registers before any write: dx may alias g or x.
+        const double dot = warp_sum_double(static_cast<double>(lane_dot));
+        const double rd = static_cast<double>(r);
+        const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            const int64_t v = lane + 32 * m;
+            if (v >= D4) continue;
+            float4 value = make_float4(r * gv[m].x * wv[m].x - xv[m].x * c, r * gv[m].y * wv[m].y - xv[m].y * c,
+                                       r * gv[m].z * wv[m].z - xv[m].z * c, r * gv[m].w * wv[m].w - xv[m].w * c);
+            if (accumulate) {
+                const float4 old = dr[v];
+                value.x += old.x;
+                value.y += old.y;
+                value.z += old.z;
+                value.w += old.w;
+            }
+            dr[v] = value;
+            cs[m].x += gv[m].x * xv[m].x * r;
+            cs[m].y += gv[m].y * xv[m].y * r;
+            cs[m].z += gv[m].z * xv[m].z * r;
+            cs[m].w += gv[m].w * xv[m].w * r;
+        }
+    }
+    if (partial == nullptr) return;  // dx only (no barrier follows)
+    float4* mine = reinterpret_cast<float4*>(wide_columns + static_cast<int64_t>(warp) * D);
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+        if (lane + 32 * m < D4) mine[lane + 32 * m] = cs[m];
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+        double sum = 0.0;
+        for (int v = 0; v < kWideWarps; ++v) sum += static_cast<double>(wide_columns[v * D + j]);
         partial[static_cast<int64_t>(blockIdx.x) * D + j] = sum;
     }
 }
@@ -252,9 +373,9 @@ unsigned combine_grid(int64_t D) { return static_cast<unsigned>((D + 31) / 32); 
 
 // Widest row of the fused backward (16 columns a lane). Wider rows (the hidden 1024) held
 // x, g and the old dx in 96 registers a lane, which left one block per SM (255 registers,
-// spills): 0.36-0.55 ms a call at 32768 x 1024 on an H200. They take the x kernel (one
-// warp per row, high occupancy) and the split column-sum kernel instead, which read x and
-// g twice but at full bandwidth.
+// spills): 0.36-0.55 ms a call at 32768 x 1024 on an H200. Rows up to 1024 wide take the
+// float4 wide kernel; wider or unaligned ones the x kernel (one warp per row) and the split
+// column-sum kernel, which read x and g twice.
 constexpr int64_t kFusedMax = 512;
 
 template <int M>
@@ -276,7 +397,10 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     float* pr = inv_rms.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     if (N == 0) return;
-    if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
+    if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
+        (pw == nullptr || aligned16(pw)) && N < (int64_t{1} << 34)) {
+        rmsnorm_forward_wide_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
+    } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
         rmsnorm_forward_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
     } else if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
         rmsnorm_forward_kernel<true><<<row_grid(N), row_threads(D / 4)>>>(px, pw, eps, po, pr, N, D);
@@ -312,6 +436,27 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         else launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        return;
+    }
+    if (pgx && N > 0 && D > kFusedMax && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(pg) &&
+        aligned16(pgx) && (pw == nullptr || aligned16(pw))) {
+        // Blocks and rows per block depend on N only: reproducible.
+        const int64_t blocks = std::min<int64_t>(1024, (N + kWideWarps - 1) / kWideWarps);
+        const int64_t rows_per_block = (N + blocks - 1) / blocks;
+        Tensor scratch;
+        double* partial = nullptr;
+        if (pgw) {
+            scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
+            partial = static_cast<double*>(scratch.raw_data());
+        }
+        const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
+        rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(blocks), kWideWarps * 32, shared_bytes>>>(
+            px, pw, pr, pg, pgx, N, D, rows_per_block, partial, accumulate_x);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
+        if (pgw) {
+            rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
+            HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        }
         return;
     }
     if (pgx && N > 0) {

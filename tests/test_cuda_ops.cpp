@@ -269,7 +269,10 @@ TEST(CudaOps, RmsnormRopeSwiglu) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     // 20000 x 64: 1024 blocks of partial weight sums, the combine kernel's widest case.
-    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}, {3, 3000}, {20000, 64}}) {
+    // 4099 x 768 and 9000 x 1024: the float4 wide kernels with several rows a warp, a ragged
+    // last block, and (768) lanes whose last float4 slots are past the row.
+    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{
+             {5, 7}, {300, 64}, {17, 1024}, {3, 3000}, {20000, 64}, {4099, 768}, {9000, 1024}}) {
         if (small_only() && N > 1000) continue;
         Tensor x = rng.normal({N, D}), w = rng.normal({D}), grad_out = rng.normal({N, D});
         for (bool with_weight : {true, false}) {
@@ -497,6 +500,50 @@ TEST(CudaOps, HsaForwardBackward) {
         EXPECT_CLOSE(gk_g, gk_w, kReductionTol);
         EXPECT_CLOSE(gv_g, gv_w, kReductionTol);
         EXPECT_CLOSE(gw_g, gw_w, kReductionTol);
+    }
+}
+
+// ------------------------------------------------------------------ head + loss fused
+
+// ops::linear_cross_entropy on the GPU against matmul then cross_entropy on the GPU, at both
+// precisions, tied and untied heads: the fused backward writes the logits gradient in bf16
+// directly (dims multiples of 8) with the value the unfused path rounds, or falls back to
+// the composition (V = 203): loss and both gradients must be bit-identical either way.
+TEST(CudaOps, LinearCrossEntropyEqualsMatmulThenCrossEntropy) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t V : {200, 203}) {
+        for (bool tied : {false, true}) {
+            for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+                SCOPED_TRACE("V " + std::to_string(V) + (tied ? " tied" : " untied") + " precision " +
+                             matmul_precision_name(precision));
+                MatmulPrecisionScope scope(precision);
+                const int64_t N = 64, D = 32;
+                Tensor x0 = rng.normal({N, D}), w0 = tied ? rng.normal({V, D}) : rng.normal({D, V});
+                std::vector<int32_t> ids(static_cast<size_t>(N));
+                for (auto& id : ids) id = static_cast<int32_t>(rng.next_int(0, V));
+                ids[5] = -1;  // ignored
+                Tensor targets = Tensor::from_vector_i32(ids, {N});
+                Tensor mask = on_gpu(rng.uniform({N}, 0.1f, 2.0f)), gpu_targets = on_gpu(targets);
+                auto run = [&](bool fused, Tensor& gx, Tensor& gw) {
+                    Tensor x = on_gpu(x0), w = on_gpu(w0);
+                    x.set_requires_grad(true);
+                    w.set_requires_grad(true);
+                    Tensor loss = fused ? ops::linear_cross_entropy(x, w, tied, gpu_targets, mask)
+                                        : ops::cross_entropy(ops::matmul(x, w, false, tied), gpu_targets, mask);
+                    backward(loss);
+                    gx = x.grad();
+                    gw = w.grad();
+                    return loss.item();
+                };
+                Tensor gx_fused, gw_fused, gx_plain, gw_plain;
+                const float fused = run(true, gx_fused, gw_fused), plain = run(false, gx_plain, gw_plain);
+                EXPECT_EQ(fused, plain);
+                EXPECT_EQ(gx_fused.to_vector(), gx_plain.to_vector());
+                EXPECT_EQ(gw_fused.to_vector(), gw_plain.to_vector());
+            }
+        }
     }
 }
 

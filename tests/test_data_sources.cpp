@@ -388,7 +388,9 @@ TEST(RecallTask, AnswersAreTheirKeysValuesAndFeedBackOnlyWhenAsked) {
                 EXPECT_EQ(values_elsewhere, fed_back ? pairs * task.rounds : 0) << "row " << b;
                 for (int64_t t = 0; t < T; ++t) {
                     if (mask[static_cast<size_t>(b * T + t)] == 0.0f) {
-                        if (t + 1 < T) EXPECT_EQ(targets[static_cast<size_t>(b * T + t)], row[t + 1]);
+                        if (t + 1 < T) {
+                            EXPECT_EQ(targets[static_cast<size_t>(b * T + t)], row[t + 1]);
+                        }
                         continue;
                     }
                     ++answers;

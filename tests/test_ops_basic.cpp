@@ -733,6 +733,66 @@ TEST(OpsBasicCrossEntropy, OutOfRangeTargetThrows) {
     EXPECT_THROW(ops::cross_entropy(logits, Tensor::from_vector_i32({0, 3}, {2})), Error);
 }
 
+// ================================================================ head + loss fused
+
+// loss and gradients of linear_cross_entropy against matmul then cross_entropy, for an
+// untied head [D, V] and a tied one (the embedding [V, D], transposed): bit-identical on the
+// CPU (same kernels in the same order). x is also used by a second product, so its
+// gradient is accumulated into (the path where the op adds into an owned buffer).
+TEST(OpsBasicLinearCrossEntropy, EqualsMatmulThenCrossEntropy) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const int64_t N = 9, D = 6, V = 11;
+    for (bool tied : {false, true}) {
+        SCOPED_TRACE(tied ? "tied (weight [V, D] transposed)" : "untied (weight [D, V])");
+        Tensor x0 = rng.normal({N, D}), w0 = tied ? rng.normal({V, D}) : rng.normal({D, V}), side = rng.normal({D, 3});
+        Tensor targets = random_ids(rng, {N}, V);
+        targets.data<int32_t>()[3] = -1;
+        Tensor mask = rng.uniform({N}, 0.1f, 2.0f);
+        auto run = [&](bool fused, Tensor& gx, Tensor& gw) {
+            Tensor x = x0.clone(), w = w0.clone();
+            x.set_requires_grad(true);
+            w.set_requires_grad(true);
+            Tensor other = ops::sum(ops::matmul(x, side));  // x feeds a second product
+            Tensor loss = fused ? ops::linear_cross_entropy(x, w, tied, targets, mask)
+                                : ops::cross_entropy(ops::matmul(x, w, false, tied), targets, mask);
+            const float value = loss.item();
+            backward(ops::add(loss, ops::scale(other, 0.25f)));
+            gx = x.grad();
+            gw = w.grad();
+            return value;
+        };
+        Tensor gx_fused, gw_fused, gx_plain, gw_plain;
+        const float fused = run(true, gx_fused, gw_fused), plain = run(false, gx_plain, gw_plain);
+        EXPECT_EQ(fused, plain);
+        EXPECT_EQ(gx_fused.to_vector(), gx_plain.to_vector());
+        EXPECT_EQ(gw_fused.to_vector(), gw_plain.to_vector());
+    }
+}
+
+TEST(OpsBasicLinearCrossEntropy, GradientsByFiniteDifferences) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const int64_t N = 5, D = 4, V = 7;
+    Tensor x = rng.normal({N, D}), w = rng.normal({D, V}), wt = rng.normal({V, D});
+    Tensor targets = random_ids(rng, {N}, V);
+    targets.data<int32_t>()[1] = -1;
+    Tensor mask = rng.uniform({N}, 0.1f, 2.0f);
+    check_gradients([](const std::vector<Tensor>& in) { return ops::linear_cross_entropy(in[0], in[1], false, in[2], in[3]); },
+                    {x, w, targets, mask}, {true, true, false, false}, rng);
+    check_gradients([](const std::vector<Tensor>& in) { return ops::linear_cross_entropy(in[0], in[1], true, in[2]); },
+                    {x, wt, targets}, {true, true, false}, rng);
+}
+
+TEST(OpsBasicLinearCrossEntropy, BadShapesThrow) {
+    Tensor x = Tensor::zeros({2, 3}), w = Tensor::zeros({3, 4}), targets = Tensor::from_vector_i32({0, 1}, {2});
+    EXPECT_THROW(ops::linear_cross_entropy(x, Tensor::zeros({5, 4}), false, targets), Error);  // D mismatch
+    EXPECT_THROW(ops::linear_cross_entropy(x, w, true, targets), Error);                       // [V, D] expected
+    EXPECT_THROW(ops::linear_cross_entropy(Tensor::zeros({2, 1, 3}), w, false, targets), Error);
+    EXPECT_THROW(ops::linear_cross_entropy(x, w, false, Tensor::from_vector_i32({0}, {1})), Error);
+    EXPECT_THROW(ops::linear_cross_entropy(x, w, false, Tensor::from_vector_i32({0, 4}, {2})), Error);  // target >= V
+}
+
 // ======================================================================= AdamW
 
 TEST(OpsBasicAdamW, TwoStepsMatchFormula) {

@@ -195,7 +195,9 @@ std::vector<std::string> derive_cwe(const std::string& prompt, size_t common) {
     for (const auto& [w, c] : counts) by_count.push_back({c, w});
     std::sort(by_count.rbegin(), by_count.rend());
     EXPECT_GT(by_count.size(), common);
-    if (by_count.size() > common) EXPECT_GT(by_count[common - 1].first, by_count[common].first) << "top words must be strictly more frequent";
+    if (by_count.size() > common) {
+        EXPECT_GT(by_count[common - 1].first, by_count[common].first) << "top words must be strictly more frequent";
+    }
     std::vector<std::string> top;
     for (size_t i = 0; i < common && i < by_count.size(); ++i) top.push_back(by_count[i].second);
     return top;
@@ -214,7 +216,9 @@ std::vector<std::string> derive_fwe(const std::string& prompt) {
     for (const auto& [word, c] : counts) by_count.push_back({c, word});
     std::sort(by_count.rbegin(), by_count.rend());
     EXPECT_GE(by_count.size(), 4u);
-    if (by_count.size() >= 4) EXPECT_GT(by_count[2].first, by_count[3].first);
+    if (by_count.size() >= 4) {
+        EXPECT_GT(by_count[2].first, by_count[3].first);
+    }
     std::vector<std::string> top;
     for (size_t i = 0; i < 3 && i < by_count.size(); ++i) top.push_back(by_count[i].second);
     return top;

@@ -138,6 +138,19 @@ public:
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
+    // The head's backward (logits gradient and both products) is one entry of its own: its
+    // products are not in the gemm row's TFLOP/s.
+    void cross_entropy_product_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& logits,
+                                        const Tensor& targets, const Tensor& mask, const Tensor& lse, float grad_loss,
+                                        Tensor& ga, Tensor& gb, bool accumulate_a, bool accumulate_b) override {
+        timed("cross_entropy_product_backward",
+              [&] {
+                  inner_.cross_entropy_product_backward(a, ta, b, tb, logits, targets, mask, lse, grad_loss, ga, gb,
+                                                        accumulate_a, accumulate_b);
+              },
+              "cross_entropy_product_backward " + shape_string(a.shape()) + " x " + shape_string(b.shape()) +
+                  (tb ? "T" : ""));
+    }
     void gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, Tensor& ga, Tensor& gb,
                        bool accumulate_a, bool accumulate_b) override {
         timed("gemm", [&] { inner_.gemm_backward(a, ta, b, tb, g, ga, gb, accumulate_a, accumulate_b); },

@@ -219,26 +219,33 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
     return y;
 }
 
-Tensor Model::forward(const Tensor& tokens, const ForwardOptions& options) {
+Tensor Model::final_hidden(const Tensor& tokens, const ForwardOptions& options) {
     Tensor h = lower_decoder(tokens);
     ChunkMemory memory = chunk_encoder(h);  // built once, shared by every upper group
     Tensor x = h;
     for (size_t g = 0; g < upper_.size(); ++g) x = upper_group(g, x, memory, options);
     x = ops::rmsnorm(x, final_norm_, config_.norm_eps);
     const int64_t B = x.size(0), T = x.size(1), D = config_.hidden;
-    Tensor flat = ops::reshape(x, {B * T, D});
-    Tensor logits = config_.tie_embeddings ? ops::matmul(flat, embed_, false, true) : ops::matmul(flat, lm_head_);
-    return ops::reshape(logits, {B, T, config_.vocab_size});
+    return ops::reshape(x, {B * T, D});
 }
 
+Tensor Model::forward(const Tensor& tokens, const ForwardOptions& options) {
+    Tensor flat = final_hidden(tokens, options);
+    Tensor logits = config_.tie_embeddings ? ops::matmul(flat, embed_, false, true) : ops::matmul(flat, lm_head_);
+    return ops::reshape(logits, {tokens.size(0), tokens.size(1), config_.vocab_size});
+}
+
+// The head and the loss as one op (ops::linear_cross_entropy): the same values as forward()
+// then cross_entropy, without an f32 logits gradient on the GPU.
 Tensor Model::loss(const Tensor& tokens, const Tensor& targets, const Tensor& mask, const ForwardOptions& options) {
     HSA_CHECK(targets.shape() == tokens.shape(), "targets " << shape_string(targets.shape()) << " must match tokens "
                                                             << shape_string(tokens.shape()));
-    Tensor logits = forward(tokens, options);
+    Tensor flat = final_hidden(tokens, options);
     const int64_t n = tokens.numel();
     Tensor t = targets.device() == device_ ? targets : targets.to(device_);
     Tensor m = !mask.defined() || mask.device() == device_ ? mask : mask.to(device_);
-    return ops::cross_entropy(ops::reshape(logits, {n, config_.vocab_size}), t.view({n}), m.defined() ? m.view({n}) : m);
+    const Tensor& head = config_.tie_embeddings ? embed_ : lm_head_;
+    return ops::linear_cross_entropy(flat, head, config_.tie_embeddings, t.view({n}), m.defined() ? m.view({n}) : m);
 }
 
 }  // namespace hsa

@@ -68,6 +68,7 @@ public:
     Tensor loss(const Tensor& tokens, const Tensor& targets, const Tensor& mask, const ForwardOptions& options = {});
 
     // The pieces, exposed for tests and for the long-context evaluation.
+    Tensor final_hidden(const Tensor& tokens, const ForwardOptions& options = {});  // [B*T, D], after the final norm
     Tensor lower_decoder(const Tensor& tokens);  // [B, T, D]
     ChunkMemory chunk_encoder(const Tensor& h);
 
