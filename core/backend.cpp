@@ -41,6 +41,34 @@ void Backend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, 
     gemm_backward(a, transpose_a, b, transpose_b, grad_logits, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 
+void Backend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
+                                 MlpSaved& saved) {
+    const int64_t N = x.size(0), F = w1.size(1);
+    saved.gate = Tensor::empty({N, F}, DType::F32, x.device());
+    saved.up = Tensor::empty({N, F}, DType::F32, x.device());
+    saved.hidden_operand = Tensor::empty({N, F}, DType::F32, x.device());
+    saved.x_operand = x;
+    gemm(x, false, w1, false, saved.gate, false);
+    gemm(x, false, w3, false, saved.up, false);
+    swiglu_forward(saved.gate, saved.up, saved.hidden_operand);
+    gemm(saved.hidden_operand, false, w2, false, out, false);
+}
+
+// The separate ops' backward, last op first: h w2, then the SwiGLU, then x w1 and x w3.
+void Backend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
+                                  const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3,
+                                  Tensor& grad_w2, bool accumulate_x, bool accumulate_w1, bool accumulate_w3,
+                                  bool accumulate_w2) {
+    const Tensor& x = saved.x_operand;
+    Tensor grad_hidden = Tensor::empty(saved.gate.shape(), DType::F32, x.device());
+    gemm_backward(saved.hidden_operand, false, w2, false, grad_out, grad_hidden, grad_w2, false, accumulate_w2);
+    Tensor grad_gate = Tensor::empty(saved.gate.shape(), DType::F32, x.device());
+    Tensor grad_up = Tensor::empty(saved.gate.shape(), DType::F32, x.device());
+    swiglu_backward(saved.gate, saved.up, grad_hidden, grad_gate, grad_up);
+    gemm_backward(x, false, w1, false, grad_gate, grad_x, grad_w1, accumulate_x, accumulate_w1);
+    gemm_backward(x, false, w3, false, grad_up, grad_x, grad_w3, true, accumulate_w3);
+}
+
 Backend& backend_for(Device device) {
     auto& slot = registry()[device == Device::CPU ? 0 : 1];
     HSA_CHECK(slot != nullptr, "no " << device_name(device) << " backend in this build: CUDA kernels are not built or not registered");

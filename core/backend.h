@@ -31,6 +31,15 @@ struct AttentionSpan {
 
 enum class WeightKind { Softmax, StickBreak };
 
+// What Backend::swiglu_mlp_backward needs from its forward: gate = x w1 and up = x w3 (f32,
+// the SwiGLU's inputs), and the two products' left operands in the form the backend
+// multiplies them: x and h = silu(gate) * up in f32 by default; bf16 copies (DType::BF16)
+// on the CUDA backend at bf16 precision, where h is never stored in f32.
+struct MlpSaved {
+    Tensor gate, up;
+    Tensor x_operand, hidden_operand;
+};
+
 class Backend {
 public:
     virtual ~Backend() = default;
@@ -80,6 +89,22 @@ public:
     virtual void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
                                const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
                                bool accumulate_b);
+
+    // ---- SwiGLU MLP: out = (silu(x w1) * (x w3)) w2; x [N, D], w1 and w3 [D, F], w2 [F, D],
+    // out [N, D] ----
+    // The defaults compose gemm, swiglu_forward / swiglu_backward and gemm_backward in the
+    // order of the separate ops (bit-identical to them). The CUDA backend at bf16 precision
+    // writes h and the gate / up gradients directly in bf16, the form the products read, and
+    // rounds x once for all four products that use it: the same values, without the f32
+    // copies and rounding passes of the [N, F] tensors.
+    virtual void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
+                                    MlpSaved& saved);
+    // Gradients, each undefined when not wanted, written (=) or added (+=) when its
+    // accumulate flag is set; grad_x is written by the w1 product and added to by the w3 one.
+    virtual void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
+                                     const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3,
+                                     Tensor& grad_w2, bool accumulate_x, bool accumulate_w1, bool accumulate_w3,
+                                     bool accumulate_w2);
 
     // ---- RMSNorm over the last dim: x [N, D], weight [D] or undefined, inv_rms [N] ----
     virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out,

@@ -1,6 +1,8 @@
 #include "core/ops.h"
 
 #include <cmath>
+#include <memory>
+#include <utility>
 
 #include "core/autograd.h"
 
@@ -303,6 +305,48 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     out_shape.back() = weight.size(1);
     Tensor flat = reshape(x, {-1, x.size(-1)});
     return reshape(matmul(flat, weight), out_shape);
+}
+
+Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
+    const char* op = "swiglu_mlp";
+    for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&w1, "w1"}, {&w3, "w3"}, {&w2, "w2"}}) {
+        check_float(*t, op, name);
+        check_same_device(x, *t, op);
+    }
+    HSA_CHECK(x.ndim() >= 1, op << ": x must be [..., D], got " << shape_string(x.shape()));
+    const int64_t D = x.size(-1);
+    HSA_CHECK(w1.ndim() == 2 && w1.size(0) == D, op << ": w1 " << shape_string(w1.shape()) << " should be [" << D << ", F]");
+    const int64_t F = w1.size(1);
+    HSA_CHECK(w3.ndim() == 2 && w3.size(0) == D && w3.size(1) == F,
+              op << ": w3 " << shape_string(w3.shape()) << " should be [" << D << ", " << F << "] like w1");
+    HSA_CHECK(w2.ndim() == 2 && w2.size(0) == F && w2.size(1) == D,
+              op << ": w2 " << shape_string(w2.shape()) << " should be [" << F << ", " << D << "]");
+    Tensor flat = reshape(x, {-1, D});
+    const int64_t N = flat.size(0);
+    Tensor out = Tensor::empty({N, D}, DType::F32, x.device());
+    auto saved = std::make_shared<MlpSaved>();
+    Tensor xc = flat.is_contiguous() ? flat : flat.contiguous();
+    backend_of(x).swiglu_mlp_forward(xc, w1, w3, w2, out, *saved);
+    if (Tape::current().should_record({&flat, &w1, &w3, &w2})) {
+        Tape::current().record({out}, [flat, w1, w3, w2, saved](const std::vector<Tensor>& g) {
+            // As matmul's backward: a gradient an operand already owns is added into.
+            const Tensor* operands[4] = {&flat, &w1, &w3, &w2};
+            Tensor grads[4];
+            bool accumulate[4];
+            for (int i = 0; i < 4; ++i) {
+                grads[i] = operands[i]->grad_to_accumulate_into();
+                accumulate[i] = grads[i].defined();
+                if (!accumulate[i] && operands[i]->requires_grad()) grads[i] = grad_buffer(*operands[i]);
+            }
+            backend_of(flat).swiglu_mlp_backward(w1, w3, w2, *saved, g[0], grads[0], grads[1], grads[2], grads[3],
+                                                 accumulate[0], accumulate[1], accumulate[2], accumulate[3]);
+            for (int i = 0; i < 4; ++i) {
+                Tensor target = *operands[i];
+                if (grads[i].defined() && !accumulate[i]) target.accumulate_grad(grads[i]);
+            }
+        });
+    }
+    return reshape(out, x.shape());
 }
 
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {

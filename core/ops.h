@@ -30,6 +30,11 @@ Tensor linear(const Tensor& x, const Tensor& weight);       // x [..., Din] . W 
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);  // over the last dim
 Tensor rope(const Tensor& x, int64_t position_offset = 0, float base = 10000.0f);  // x [B, T, H, d]
 Tensor swiglu(const Tensor& gate, const Tensor& up);
+// The SwiGLU MLP as one op: linear(swiglu(linear(x, w1), linear(x, w3)), w2), x [..., D],
+// w1 and w3 [D, F], w2 [F, D]. The same values as the separate ops; through
+// Backend::swiglu_mlp_forward / swiglu_mlp_backward, so a backend keeps its products'
+// operands in the form it multiplies them (bf16 on CUDA at bf16 precision, no f32 h).
+Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2);
 Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span);
 
 // ---- retrieval and HSA ----

@@ -343,6 +343,28 @@ static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, b
     }
 }
 
+// out (f32) = op(a16) . op(b16), both operands already bf16 (2-D, contiguous, every dim a
+// multiple of 8): the products of the fused ops, whose operands exist only in bf16. The
+// same cuBLASLt call as gemm's bf16 path for the same (a, transpose) arrangement.
+void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
+                  bool accumulate) {
+    for (const auto* t : {&a16, &b16})
+        HSA_CHECK(t->dtype() == DType::BF16 && t->device() == Device::CUDA && t->ndim() == 2 && t->is_contiguous(),
+                  "gemm_of_bf16: operands must be contiguous 2-D bf16 CUDA tensors, got "
+                      << dtype_name(t->dtype()) << " " << shape_string(t->shape()));
+    const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
+    const int64_t Kb = transpose_b ? b16.size(1) : b16.size(0), N = transpose_b ? b16.size(0) : b16.size(1);
+    HSA_CHECK(K == Kb && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
+              "gemm_of_bf16: op(a) " << M << " x " << K << " and op(b) " << Kb << " x " << N
+                                     << " must agree and be multiples of 8");
+    checks::check_tensor("gemm_of_bf16", "out", out, {M, N}, DType::F32, Device::CUDA);
+    if (M == 0 || N == 0) return;
+    RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.data<float>(), M, N, K};
+    g.element_bytes = 2;
+    g.mode = kBf16Copies;
+    run_gemm(g, accumulate ? 1.0f : 0.0f);
+}
+
 void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                        bool accumulate) {
     gemm_on_device(a, transpose_a, b, transpose_b, out, accumulate, Tensor(), Tensor());

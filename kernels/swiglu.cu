@@ -2,8 +2,11 @@
 // d silu / dg = s (1 + g (1 - s)), s = sigmoid(g).
 // Elementwise, float4 accesses when every pointer is 16-byte aligned (scalar tail); the
 // formulas are evaluated in double exactly as the CPU reference writes them.
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
+#include "core/precision.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -34,7 +37,19 @@ __device__ inline void swiglu_grad(float gate, float up, float grad, float* gg, 
     if (gu) *gu = static_cast<float>(go * g * s);
 }
 
-__global__ void swiglu_forward_kernel(const float* gate, const float* up, float* out, int64_t n, bool vec) {
+// Stores: f32, or bf16 rounded to nearest even (the fused MLP's product operands; the same
+// rounding as the GEMM's rounding pass of an f32 result).
+__device__ __forceinline__ void store4(float* p, int64_t k, float4 v) { reinterpret_cast<float4*>(p)[k] = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t k, float4 v) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    reinterpret_cast<uint2*>(p)[k] =
+        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+__device__ __forceinline__ void store1(float* p, int64_t k, float v) { p[k] = v; }
+__device__ __forceinline__ void store1(__nv_bfloat16* p, int64_t k, float v) { p[k] = __float2bfloat16_rn(v); }
+
+template <class T>
+__global__ void swiglu_forward_kernel(const float* gate, const float* up, T* out, int64_t n, bool vec) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t tail_start = 0;
@@ -42,20 +57,20 @@ __global__ void swiglu_forward_kernel(const float* gate, const float* up, float*
         const int64_t n4 = n >> 2;
         const float4* g4 = reinterpret_cast<const float4*>(gate);
         const float4* u4 = reinterpret_cast<const float4*>(up);
-        float4* o4 = reinterpret_cast<float4*>(out);
         for (int64_t k = tid; k < n4; k += stride) {
             const float4 g = g4[k];
             const float4 u = u4[k];
-            o4[k] = make_float4(swiglu_value(g.x, u.x), swiglu_value(g.y, u.y), swiglu_value(g.z, u.z),
-                                swiglu_value(g.w, u.w));
+            store4(out, k, make_float4(swiglu_value(g.x, u.x), swiglu_value(g.y, u.y), swiglu_value(g.z, u.z),
+                                       swiglu_value(g.w, u.w)));
         }
         tail_start = n4 << 2;
     }
-    for (int64_t k = tail_start + tid; k < n; k += stride) out[k] = swiglu_value(gate[k], up[k]);
+    for (int64_t k = tail_start + tid; k < n; k += stride) store1(out, k, swiglu_value(gate[k], up[k]));
 }
 
-__global__ void swiglu_backward_kernel(const float* gate, const float* up, const float* grad, float* grad_gate,
-                                       float* grad_up, int64_t n, bool vec) {
+template <class T>
+__global__ void swiglu_backward_kernel(const float* gate, const float* up, const float* grad, T* grad_gate,
+                                       T* grad_up, int64_t n, bool vec) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t tail_start = 0;
@@ -64,8 +79,6 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
         const float4* g4 = reinterpret_cast<const float4*>(gate);
         const float4* u4 = reinterpret_cast<const float4*>(up);
         const float4* d4 = reinterpret_cast<const float4*>(grad);
-        float4* gg4 = reinterpret_cast<float4*>(grad_gate);
-        float4* gu4 = reinterpret_cast<float4*>(grad_up);
         for (int64_t k = tid; k < n4; k += stride) {
             const float4 g = g4[k];
             const float4 u = u4[k];
@@ -75,13 +88,17 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
             swiglu_grad(g.y, u.y, d.y, &rg.y, &ru.y);
             swiglu_grad(g.z, u.z, d.z, &rg.z, &ru.z);
             swiglu_grad(g.w, u.w, d.w, &rg.w, &ru.w);
-            if (gg4) gg4[k] = rg;
-            if (gu4) gu4[k] = ru;
+            if (grad_gate) store4(grad_gate, k, rg);
+            if (grad_up) store4(grad_up, k, ru);
         }
         tail_start = n4 << 2;
     }
-    for (int64_t k = tail_start + tid; k < n; k += stride)
-        swiglu_grad(gate[k], up[k], grad[k], grad_gate ? grad_gate + k : nullptr, grad_up ? grad_up + k : nullptr);
+    for (int64_t k = tail_start + tid; k < n; k += stride) {
+        float rg, ru;
+        swiglu_grad(gate[k], up[k], grad[k], &rg, &ru);
+        if (grad_gate) store1(grad_gate, k, rg);
+        if (grad_up) store1(grad_up, k, ru);
+    }
 }
 
 }  // namespace
@@ -93,7 +110,7 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& o
     float* po = out.data<float>();
     if (n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(po);
-    swiglu_forward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, po, n, vec);
+    swiglu_forward_kernel<float><<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, po, n, vec);
     HSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
 
@@ -107,8 +124,83 @@ void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Te
     float* pgu = grad_up.defined() ? grad_up.data<float>() : nullptr;
     if ((!pgg && !pgu) || n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(pgo) && aligned16(pgg) && aligned16(pgu);
-    swiglu_backward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, pgo, pgg, pgu, n, vec);
+    swiglu_backward_kernel<float><<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, pgo, pgg, pgu, n, vec);
     HSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+
+// ---------------------------------------------------------------- the SwiGLU MLP
+
+namespace {
+
+__nv_bfloat16* bf16_ptr(Tensor& t) { return static_cast<__nv_bfloat16*>(t.raw_data()); }
+
+// The fused path: bf16 precision, contiguous 2-D operands, every dim a multiple of 8 (the
+// GEMMs' bf16 path), 16-byte aligned f32 data (the float4 SwiGLU kernels).
+bool mlp_in_bf16(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
+    if (matmul_precision() != MatmulPrecision::BF16) return false;
+    for (const Tensor* t : {&x, &w1, &w3, &w2})
+        if (t->ndim() != 2 || !t->is_contiguous() || t->device() != Device::CUDA || t->dtype() != DType::F32)
+            return false;
+    const int64_t N = x.size(0), D = x.size(1), F = w1.size(1);
+    return N % 8 == 0 && D % 8 == 0 && F % 8 == 0 && N > 0 && all_16_byte_aligned({&x, &w1, &w3, &w2});
+}
+
+}  // namespace
+
+void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                                     Tensor& out, MlpSaved& saved) {
+    if (!mlp_in_bf16(x, w1, w3, w2)) {
+        Backend::swiglu_mlp_forward(x, w1, w3, w2, out, saved);
+        return;
+    }
+    const int64_t N = x.size(0), F = w1.size(1);
+    const Tensor x16 = rounded_bf16_copy(x);  // once, for the two products here and the two weight gradients
+    saved.gate = Tensor::empty({N, F}, DType::F32, Device::CUDA);
+    saved.up = Tensor::empty({N, F}, DType::F32, Device::CUDA);
+    gemm_of_bf16(x16, false, rounded_bf16_copy(w1), false, saved.gate, false);
+    gemm_of_bf16(x16, false, rounded_bf16_copy(w3), false, saved.up, false);
+    Tensor h16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
+    const int64_t n = N * F;
+    swiglu_forward_kernel<__nv_bfloat16><<<grid_for((n + 3) / 4), kThreads>>>(
+        saved.gate.data<float>(), saved.up.data<float>(), bf16_ptr(h16), n, /*vec=*/true);
+    HSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel (bf16 out)");
+    gemm_of_bf16(h16, false, rounded_bf16_copy(w2), false, out, false);
+    saved.x_operand = x16;
+    saved.hidden_operand = h16;
+}
+
+// The separate ops' products in the same arrangement (a, transposes) as gemm_backward's,
+// on the same bf16 values: bit-identical to them.
+void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
+                                      const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3,
+                                      Tensor& grad_w2, bool accumulate_x, bool accumulate_w1, bool accumulate_w3,
+                                      bool accumulate_w2) {
+    if (saved.x_operand.dtype() != DType::BF16) {  // the forward took the composed path
+        Backend::swiglu_mlp_backward(w1, w3, w2, saved, grad_out, grad_x, grad_w1, grad_w3, grad_w2, accumulate_x,
+                                     accumulate_w1, accumulate_w3, accumulate_w2);
+        return;
+    }
+    const Tensor& x16 = saved.x_operand;
+    const Tensor& h16 = saved.hidden_operand;
+    const int64_t N = x16.size(0), F = w1.size(1);
+    checks::check_tensor("swiglu_mlp_backward", "grad_out", grad_out, {N, w2.size(1)}, DType::F32, Device::CUDA);
+    const Tensor g16 = rounded_bf16_copy(grad_out);
+    if (grad_w2.defined()) gemm_of_bf16(h16, true, g16, false, grad_w2, accumulate_w2);  // h^T g
+    Tensor grad_hidden = Tensor::empty({N, F}, DType::F32, Device::CUDA);
+    gemm_of_bf16(g16, false, rounded_bf16_copy(w2), true, grad_hidden, false);  // g w2^T
+    Tensor grad_gate16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
+    Tensor grad_up16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
+    const int64_t n = N * F;
+    swiglu_backward_kernel<__nv_bfloat16><<<grid_for((n + 3) / 4), kThreads>>>(
+        saved.gate.data<float>(), saved.up.data<float>(), grad_hidden.data<float>(), bf16_ptr(grad_gate16),
+        bf16_ptr(grad_up16), n, /*vec=*/true);
+    HSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel (bf16 out)");
+    if (grad_w1.defined()) gemm_of_bf16(x16, true, grad_gate16, false, grad_w1, accumulate_w1);  // x^T d gate
+    if (grad_w3.defined()) gemm_of_bf16(x16, true, grad_up16, false, grad_w3, accumulate_w3);    // x^T d up
+    if (grad_x.defined()) {
+        gemm_of_bf16(grad_gate16, false, rounded_bf16_copy(w1), true, grad_x, accumulate_x);  // d gate w1^T
+        gemm_of_bf16(grad_up16, false, rounded_bf16_copy(w3), true, grad_x, true);            // + d up w3^T
+    }
 }
 
 }  // namespace hsa

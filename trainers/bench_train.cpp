@@ -138,6 +138,23 @@ public:
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
+    // The fused MLP (three products and the SwiGLU) is one entry of its own each way: its
+    // products are not in the gemm row's TFLOP/s.
+    void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
+                            MlpSaved& saved) override {
+        timed("swiglu_mlp", [&] { inner_.swiglu_mlp_forward(x, w1, w3, w2, out, saved); },
+              "swiglu_mlp " + shape_string(x.shape()) + " x " + shape_string(w1.shape()));
+    }
+    void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
+                             const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3, Tensor& grad_w2,
+                             bool accumulate_x, bool accumulate_w1, bool accumulate_w3, bool accumulate_w2) override {
+        timed("swiglu_mlp_backward",
+              [&] {
+                  inner_.swiglu_mlp_backward(w1, w3, w2, saved, grad_out, grad_x, grad_w1, grad_w3, grad_w2,
+                                             accumulate_x, accumulate_w1, accumulate_w3, accumulate_w2);
+              },
+              "swiglu_mlp_backward " + shape_string(grad_out.shape()) + " x " + shape_string(w1.shape()));
+    }
     // The head's backward (logits gradient and both products) is one entry of its own: its
     // products are not in the gemm row's TFLOP/s.
     void cross_entropy_product_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& logits,

@@ -119,7 +119,7 @@ Tensor Model::head_norm(const Tensor& x, const Tensor& weight) {
 }
 
 Tensor Model::mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
-    return ops::linear(ops::swiglu(ops::linear(x, w1), ops::linear(x, w3)), w2);
+    return ops::swiglu_mlp(x, w1, w3, w2);
 }
 
 // x [N, L, D] -> attention output [N, L, D] (before the residual add).
