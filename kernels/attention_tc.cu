@@ -146,8 +146,8 @@ __device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict_
 // ---------------------------------------------------------------- forward
 
 // Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
-template <int D>
-__global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams P) {
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
@@ -256,8 +256,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(TcParams
 
 // Double-buffered key / value tiles as in the forward. When q16_out is set, the block also
 // leaves bf16 copies of its q and dO rows for the dK/dV kernel (no extra read pass).
-template <int D>
-__global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcParams P) {
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
@@ -338,8 +338,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_tc_kernel(TcPa
 // The (head, query tile) pairs of a block's keys form one sequence, heads ascending; the q
 // and dO tiles (bf16) and the lse / delta tiles (by head, contiguous) of pair i + 1 are
 // copied while pair i is used.
-template <int D>
-__global__ void __launch_bounds__(kThreads) attention_backward_dkdv_tc_kernel(TcParams P) {
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Qs[2][kTile * kLd];
@@ -467,6 +467,11 @@ __global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const fl
 // ---------------------------------------------------------------- host side
 
 constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill the dK/dV kernel)
+// Occupancy (the kernels' MinBlocks): measured on an H200 (docs/PERF.md version 17), 4 forward
+// and 3 dQ blocks an SM (ptxas caps registers at 128 / 168, spilling 44-152 bytes) beat 2-3
+// at every shape: window 512, 16 KV heads, 8 x 4096: fwd+bwd 2.36 -> 2.10 ms. The dK/dV
+// kernel gains with 3 only when its grid (B x Hk x T / 64) is large: from kManyKvHeads.
+constexpr int kManyKvHeads = 4;
 
 TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
     TcParams P{};
@@ -510,7 +515,7 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     P.out = out.data<float>();
     P.lse_out = lse.data<float>();
     const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
-    attention_forward_tc_kernel<kHeadDim><<<grid, kThreads>>>(P);
+    attention_forward_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
     // after the kernel, so reuse of their memory is safe.
@@ -544,8 +549,8 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         grad_out16 = rounded_bf16_copy(grad_out);
     }
     if (P.grad_q) {
-        attention_backward_dq_tc_kernel<kHeadDim>
-            <<<grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
+        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
+        attention_backward_dq_tc_kernel<kHeadDim, 3><<<grid, kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
     }
     if (want_kv) {
@@ -560,8 +565,13 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
-        attention_backward_dkdv_tc_kernel<kHeadDim>
-            <<<grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward"), kThreads>>>(P);
+        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward");
+        // 3 blocks an SM when the grid has blocks to fill them; with few KV heads (the
+        // model's Hk = 1: B x T / 64 blocks, 512 at 8 x 4096) 2 fuller waves do better.
+        if (P.Hk >= kManyKvHeads)
+            attention_backward_dkdv_tc_kernel<kHeadDim, 3><<<grid, kThreads>>>(P);
+        else
+            attention_backward_dkdv_tc_kernel<kHeadDim, 2><<<grid, kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
     }
 }
