@@ -270,9 +270,10 @@ TEST(CudaOps, RmsnormRopeSwiglu) {
     Rng rng = test_rng();
     // 20000 x 64: 1024 blocks of partial weight sums, the combine kernel's widest case.
     // 4099 x 768 and 9000 x 1024: the float4 wide kernels with several rows a warp, a ragged
-    // last block, and (768) lanes whose last float4 slots are past the row.
-    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{
-             {5, 7}, {300, 64}, {17, 1024}, {3, 3000}, {20000, 64}, {4099, 768}, {9000, 1024}}) {
+    // last block, and (768) lanes whose last float4 slots are past the row. D 16 / 32 / 64 /
+    // 128: the narrow kernels (several rows a warp; 300, 257 and 65 rows end mid-warp).
+    for (auto [N, D] : std::vector<std::array<int64_t, 2>>{{5, 7}, {300, 64}, {17, 1024}, {3, 3000}, {20000, 64},
+                                                           {4099, 768}, {9000, 1024}, {1000, 128}, {257, 32}, {65, 16}}) {
         if (small_only() && N > 1000) continue;
         Tensor x = rng.normal({N, D}), w = rng.normal({D}), grad_out = rng.normal({N, D});
         for (bool with_weight : {true, false}) {
