@@ -128,8 +128,13 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     const int64_t n = x.size(0), len = x.size(1), d = c.head_dim();
     Tensor xn = ops::rmsnorm(x, l.attn_norm, c.norm_eps);
     Tensor q = ops::reshape(ops::linear(xn, l.wq), {n, len, c.heads, d});
-    Tensor k = ops::reshape(ops::linear(xn, l.wk), {n, len, c.kv_heads, d});
-    Tensor v = ops::reshape(ops::linear(xn, l.wv), {n, len, c.kv_heads, d});
+    // K and V in one product ([D, 2 Hk d]: with the model's single KV head two N = 64
+    // products, each rounding xn again and badly shaped for the tensor cores, become one of
+    // N = 128), then split.
+    const int64_t kv_width = c.kv_heads * d;
+    Tensor kv = ops::linear(xn, ops::concat({l.wk, l.wv}, 1));
+    Tensor k = ops::reshape(ops::slice(kv, 2, 0, kv_width), {n, len, c.kv_heads, d});
+    Tensor v = ops::reshape(ops::slice(kv, 2, kv_width, kv_width), {n, len, c.kv_heads, d});
     q = ops::rope(head_norm(q, l.q_norm), 0, c.rope_base);
     k = ops::rope(head_norm(k, l.k_norm), 0, c.rope_base);
     Tensor o = ops::local_attention(q, k, v, span);
