@@ -69,6 +69,19 @@ void Backend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tens
     gemm_backward(x, false, w3, false, grad_up, grad_x, grad_w3, true, accumulate_w3);
 }
 
+void Backend::adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
+                              int64_t step, float grad_scale) {
+    for (const AdamWSlot& slot : slots) {
+        Tensor param = slot.param, m = slot.m, v = slot.v;
+        Tensor grad = slot.grad;
+        if (grad_scale != 1.0f) {
+            grad = Tensor::empty(slot.grad.shape(), DType::F32, slot.grad.device());
+            scale(slot.grad, grad_scale, grad);
+        }
+        adamw_step(param, grad, m, v, lr, beta1, beta2, eps, slot.weight_decay, step);
+    }
+}
+
 Backend& backend_for(Device device) {
     auto& slot = registry()[device == Device::CPU ? 0 : 1];
     HSA_CHECK(slot != nullptr, "no " << device_name(device) << " backend in this build: CUDA kernels are not built or not registered");

@@ -182,6 +182,17 @@ public:
     // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat) + eps) + wd p)
     virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
                             float beta2, float eps, float weight_decay, int64_t step) = 0;
+    // Many parameters at once, each with its own weight decay, the update taking the
+    // gradient as float(grad_scale * g) (gradient clipping folded in: the gradients
+    // themselves are not changed). The same values as scale(g, grad_scale) then adamw_step
+    // per parameter, which is this default (with a scaled copy when grad_scale != 1); the
+    // CUDA backend runs all parameters in one launch.
+    struct AdamWSlot {
+        Tensor param, grad, m, v;  // handles: the update writes param, m and v in place
+        float weight_decay;
+    };
+    virtual void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
+                                 int64_t step, float grad_scale);
 };
 
 // Every Backend method above as an override declaration, for the class body of a concrete

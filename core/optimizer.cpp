@@ -49,16 +49,32 @@ double AdamW::clip_grad_norm(double max_norm) {
     return norm;
 }
 
-void AdamW::step(float lr) {
+void AdamW::step(float lr) { step_with_scale(lr, 1.0f); }
+
+void AdamW::clipped_step(float lr, double max_norm, double norm) {
+    float factor = 1.0f;  // as clip_grad_norm computes it
+    if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) factor = static_cast<float>(max_norm / (norm + 1e-6));
+    step_with_scale(lr, factor);
+}
+
+// One batched call per device (the CUDA backend: one launch for all parameters).
+void AdamW::step_with_scale(float lr, float grad_scale) {
     ++step_;
     auto& entries = params_.entries();
+    std::vector<Backend::AdamWSlot> cpu_slots, cuda_slots;
     for (size_t i = 0; i < entries.size(); ++i) {
         Tensor grad = entries[i].tensor.grad();
         if (!grad.defined()) continue;
         const float decay = entries[i].weight_decay ? config_.weight_decay : 0.0f;
-        backend_for(grad.device())
-            .adamw_step(entries[i].tensor, grad, m_[i], v_[i], lr, config_.beta1, config_.beta2, config_.eps, decay, step_);
+        (grad.device() == Device::CUDA ? cuda_slots : cpu_slots)
+            .push_back({entries[i].tensor, grad, m_[i], v_[i], decay});
     }
+    if (!cpu_slots.empty())
+        backend_for(Device::CPU)
+            .adamw_step_many(cpu_slots, lr, config_.beta1, config_.beta2, config_.eps, step_, grad_scale);
+    if (!cuda_slots.empty())
+        backend_for(Device::CUDA)
+            .adamw_step_many(cuda_slots, lr, config_.beta1, config_.beta2, config_.eps, step_, grad_scale);
 }
 
 }  // namespace hsa

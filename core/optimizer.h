@@ -26,6 +26,11 @@ public:
     double clip_grad_norm(double max_norm);
     // One update at learning rate lr; parameters without a gradient are left untouched.
     void step(float lr);
+    // One update with the gradients clipped to global norm max_norm (0 = no clipping) given
+    // their norm (grad_norm()'s value), the factor applied inside the update instead of to
+    // the gradients (left unscaled): the same parameters and moments as clip_grad_norm then
+    // step, without a pass over every gradient.
+    void clipped_step(float lr, double max_norm, double norm);
 
     int64_t steps_taken() const { return step_; }
     std::vector<Tensor>& first_moments() { return m_; }
@@ -33,6 +38,8 @@ public:
     void set_steps_taken(int64_t step) { step_ = step; }
 
 private:
+    void step_with_scale(float lr, float grad_scale);
+
     ParameterStore& params_;
     AdamWConfig config_;
     std::vector<Tensor> m_, v_;

@@ -22,7 +22,7 @@ struct AdamWParams {
 };
 
 __device__ inline void adamw_update(float& p, float g_in, float& m, float& v, const AdamWParams& a) {
-    const double g = g_in;
+    const double g = g_in;  // the caller applies any gradient scale in f32 first
     const double mi = a.b1 * static_cast<double>(m) + (1.0 - a.b1) * g;
     const double vi = a.b2 * static_cast<double>(v) + (1.0 - a.b2) * g * g;
     m = static_cast<float>(mi);
@@ -67,6 +67,64 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
     }
 }
 
+// All parameters in one launch: block b updates chunk b - block_start[t] (kChunk elements)
+// of parameter t. The per-element arithmetic is adamw_kernel's, on float(grad_scale * g)
+// (__fmul_rn, as the scale kernel): bit-identical to scale then adamw_step per tensor.
+struct AdamWTask {
+    float* p;
+    const float* g;
+    float* m;
+    float* v;
+    int64_t n;
+    double wd;
+};
+
+constexpr int64_t kChunk = int64_t{kThreads} * 16;  // elements a block: 4 float4 a thread
+
+__global__ void adamw_many_kernel(const AdamWTask* tasks, const int64_t* block_start, int count, AdamWParams a,
+                                  float grad_scale) {
+    const int64_t b = blockIdx.x;
+    int lo = 0, hi = count - 1;  // the task t with block_start[t] <= b < block_start[t + 1]
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (block_start[mid] <= b) lo = mid;
+        else hi = mid - 1;
+    }
+    const AdamWTask task = tasks[lo];
+    a.wd = task.wd;
+    const int64_t first = (b - block_start[lo]) * kChunk;
+    const int64_t last = first + kChunk < task.n ? first + kChunk : task.n;
+    const uintptr_t any = reinterpret_cast<uintptr_t>(task.p) | reinterpret_cast<uintptr_t>(task.g) |
+                          reinterpret_cast<uintptr_t>(task.m) | reinterpret_cast<uintptr_t>(task.v);
+    if ((any & 15u) == 0 && last - first == kChunk) {
+        float4* p4 = reinterpret_cast<float4*>(task.p + first);
+        const float4* g4 = reinterpret_cast<const float4*>(task.g + first);
+        float4* m4 = reinterpret_cast<float4*>(task.m + first);
+        float4* v4 = reinterpret_cast<float4*>(task.v + first);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int k = i * kThreads + static_cast<int>(threadIdx.x);
+            float4 p = p4[k], mk = m4[k], vk = v4[k];
+            const float4 g = g4[k];
+            adamw_update(p.x, __fmul_rn(grad_scale, g.x), mk.x, vk.x, a);
+            adamw_update(p.y, __fmul_rn(grad_scale, g.y), mk.y, vk.y, a);
+            adamw_update(p.z, __fmul_rn(grad_scale, g.z), mk.z, vk.z, a);
+            adamw_update(p.w, __fmul_rn(grad_scale, g.w), mk.w, vk.w, a);
+            p4[k] = p;
+            m4[k] = mk;
+            v4[k] = vk;
+        }
+        return;
+    }
+    for (int64_t k = first + threadIdx.x; k < last; k += kThreads) {
+        float p = task.p[k], mk = task.m[k], vk = task.v[k];
+        adamw_update(p, __fmul_rn(grad_scale, task.g[k]), mk, vk, a);
+        task.p[k] = p;
+        task.m[k] = mk;
+        task.v[k] = vk;
+    }
+}
+
 }  // namespace
 
 void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
@@ -90,6 +148,40 @@ void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& m, Tenso
     if (grid > kMaxBlocks) grid = kMaxBlocks;
     adamw_kernel<<<grid, kThreads>>>(pp, pg, pm, pv, n, vec, a);
     HSA_CUDA_CHECK_LAUNCH("adamw_kernel");
+}
+
+void CudaBackend::adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
+                                  int64_t step, float grad_scale) {
+    std::vector<AdamWTask> tasks;
+    std::vector<int64_t> block_start{0};
+    for (const AdamWSlot& slot : slots) {
+        const int64_t n = checks::check_adamw(slot.param, slot.grad, slot.m, slot.v, step, Device::CUDA);
+        if (n == 0) continue;
+        tasks.push_back({slot.param.data<float>(), slot.grad.data<float>(), slot.m.data<float>(), slot.v.data<float>(),
+                         n, static_cast<double>(slot.weight_decay)});
+        block_start.push_back(block_start.back() + (n + kChunk - 1) / kChunk);
+    }
+    if (tasks.empty()) return;
+    const int count = static_cast<int>(tasks.size());
+    const int64_t blocks = block_start.back();
+    HSA_CHECK(blocks < (int64_t{1} << 31), "adamw_step: " << blocks << " blocks, over the grid limit");
+    AdamWParams a{};
+    a.b1 = beta1;
+    a.b2 = beta2;
+    a.c1 = 1.0 - std::pow(a.b1, static_cast<double>(step));
+    a.c2 = 1.0 - std::pow(a.b2, static_cast<double>(step));
+    a.lr = lr;
+    a.eps = eps;
+    const int64_t table_words = (static_cast<int64_t>(sizeof(AdamWTask)) * count + 7) / 8;
+    Tensor scratch = Tensor::empty({table_words + count + 1}, DType::I64, Device::CUDA);
+    char* base = static_cast<char*>(scratch.raw_data());
+    auto* d_tasks = reinterpret_cast<AdamWTask*>(base);
+    auto* d_start = reinterpret_cast<int64_t*>(base + 8 * table_words);
+    // Pageable host memory: the copies are staged before the calls return.
+    HSA_CUDA_CHECK(cudaMemcpyAsync(d_tasks, tasks.data(), sizeof(AdamWTask) * count, cudaMemcpyHostToDevice));
+    HSA_CUDA_CHECK(cudaMemcpyAsync(d_start, block_start.data(), sizeof(int64_t) * (count + 1), cudaMemcpyHostToDevice));
+    adamw_many_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(d_tasks, d_start, count, a, grad_scale);
+    HSA_CUDA_CHECK_LAUNCH("adamw_many_kernel");
 }
 
 }  // namespace hsa

@@ -24,6 +24,8 @@ public:
                                         const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                         const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
                                         bool accumulate_a, bool accumulate_b) override;
+    void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
+                         int64_t step, float grad_scale) override;
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
                             MlpSaved& saved) override;
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,

@@ -365,6 +365,47 @@ TEST(CudaOps, CrossEntropyAndAdamW) {
     EXPECT_CLOSE(v_gpu, v, kElementwiseTol);
 }
 
+// adamw_step_many (one launch, the gradient scale folded in) against scale then adamw_step
+// per tensor on the GPU: bit-identical parameters and moments, gradients untouched. Sizes
+// below, at and above one block's chunk (4096), with ragged tails (the scalar path of a
+// block), different decays, and an empty tensor.
+TEST(CudaOps, AdamWManyEqualsScaleThenStepPerTensor) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const std::vector<int64_t> sizes{1, 7, 4096, 4097, 70001, 0, 1024};
+    for (float grad_scale : {0.37f, 1.0f}) {
+        std::vector<Tensor> p1, g, m1, v1, p2, m2, v2;
+        for (int64_t n : sizes) {
+            p1.push_back(on_gpu(rng.normal({n})));
+            g.push_back(on_gpu(rng.normal({n})));
+            m1.push_back(on_gpu(rng.normal({n}, 0.1f)));
+            v1.push_back(on_gpu(rng.uniform({n}, 0.0f, 0.1f)));
+            p2.push_back(p1.back().clone());
+            m2.push_back(m1.back().clone());
+            v2.push_back(v1.back().clone());
+        }
+        std::vector<Backend::AdamWSlot> slots;
+        for (size_t i = 0; i < sizes.size(); ++i) slots.push_back({p1[i], g[i], m1[i], v1[i], i % 2 ? 0.1f : 0.0f});
+        const std::vector<float> g_before = g[3].to_vector();
+        for (int64_t step = 1; step <= 2; ++step) {
+            gpu().adamw_step_many(slots, 1e-3f, 0.9f, 0.95f, 1e-8f, step, grad_scale);
+            for (size_t i = 0; i < sizes.size(); ++i) {
+                Tensor scaled = Tensor::empty(g[i].shape(), DType::F32, Device::CUDA);
+                gpu().scale(g[i], grad_scale, scaled);
+                gpu().adamw_step(p2[i], scaled, m2[i], v2[i], 1e-3f, 0.9f, 0.95f, 1e-8f, i % 2 ? 0.1f : 0.0f, step);
+            }
+        }
+        for (size_t i = 0; i < sizes.size(); ++i) {
+            SCOPED_TRACE("size " + std::to_string(sizes[i]) + " scale " + std::to_string(grad_scale));
+            EXPECT_EQ(p1[i].to_vector(), p2[i].to_vector());
+            EXPECT_EQ(m1[i].to_vector(), m2[i].to_vector());
+            EXPECT_EQ(v1[i].to_vector(), v2[i].to_vector());
+        }
+        EXPECT_EQ(g[3].to_vector(), g_before) << "the gradients are not scaled in place";
+    }
+}
+
 // ------------------------------------------------------------------ attention, retrieval, HSA
 
 TEST(CudaOps, LocalAttentionForwardBackward) {

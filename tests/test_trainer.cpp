@@ -128,6 +128,46 @@ TEST(TrainerConfig, NewFieldsHaveDefaultsAreValidatedAndRoundTrip) {
     EXPECT_EQ(FullConfig::from_json(injected.to_json()).train.inject_nan_steps, injected.train.inject_nan_steps);
 }
 
+// ============================================================================ optimizer
+
+// clipped_step (the clipping factor inside the update) leaves the gradients unscaled and
+// gives the parameters and moments of clip_grad_norm then step, bit for bit: with clipping
+// active (max norm below the norm), inactive, and off (0).
+TEST(Optimizer, ClippedStepEqualsClipThenStep) {
+    for (double max_norm : {0.05, 1e9, 0.0}) {
+        SCOPED_TRACE("max_norm " + std::to_string(max_norm));
+        Model a(ModelConfig{}, 5), b(ModelConfig{}, 5);
+        AdamW opt_a(a.parameters(), AdamWConfig{}), opt_b(b.parameters(), AdamWConfig{});
+        Rng rng(17);
+        for (int step = 0; step < 2; ++step) {
+            for (size_t i = 0; i < a.parameters().entries().size(); ++i) {  // fresh gradients, as in training
+                if (i % 7 == 3) continue;  // some parameters without a gradient
+                Tensor g = rng.normal(a.parameters().entries()[i].tensor.shape(), 0.01f);
+                a.parameters().entries()[i].tensor.set_grad(g.clone());
+                b.parameters().entries()[i].tensor.set_grad(g.clone());
+            }
+            const double norm_a = opt_a.clip_grad_norm(max_norm);
+            opt_a.step(1e-3f);
+            const double norm_b = opt_b.grad_norm();
+            std::vector<std::vector<float>> grads_before;
+            for (const auto& e : b.parameters().entries())
+                grads_before.push_back(e.tensor.grad().defined() ? e.tensor.grad().to_vector() : std::vector<float>{});
+            opt_b.clipped_step(1e-3f, max_norm, norm_b);
+            EXPECT_EQ(norm_a, norm_b);
+            for (size_t i = 0; i < a.parameters().entries().size(); ++i) {
+                const auto& ea = a.parameters().entries()[i];
+                const auto& eb = b.parameters().entries()[i];
+                ASSERT_EQ(ea.tensor.to_vector(), eb.tensor.to_vector()) << ea.name;
+                ASSERT_EQ(opt_a.first_moments()[i].to_vector(), opt_b.first_moments()[i].to_vector()) << ea.name;
+                ASSERT_EQ(opt_a.second_moments()[i].to_vector(), opt_b.second_moments()[i].to_vector()) << ea.name;
+                if (eb.tensor.grad().defined()) {
+                    EXPECT_EQ(eb.tensor.grad().to_vector(), grads_before[i]) << eb.name << ": the gradient is not scaled";
+                }
+            }
+        }
+    }
+}
+
 // ============================================================================ checkpoint files
 
 // A model and an optimizer whose moments hold distinct random values.

@@ -231,6 +231,10 @@ public:
                                 Tensor& gl) override {
         timed("cross_entropy_backward", [&] { inner_.cross_entropy_backward(logits, t, m, lse, g, gl); });
     }
+    void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float b1, float b2, float eps, int64_t step,
+                         float grad_scale) override {
+        timed("adamw", [&] { inner_.adamw_step_many(slots, lr, b1, b2, eps, step, grad_scale); });
+    }
     void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
                     int64_t step) override {
         timed("adamw", [&] { inner_.adamw_step(p, g, m, v, lr, b1, b2, eps, wd, step); });
@@ -317,8 +321,7 @@ int bench_train(std::ostream& out) {
         model.parameters().zero_grad();
         Tensor loss = model.loss(input, target, Tensor());
         backward(loss);
-        optimizer.clip_grad_norm(1.0);
-        optimizer.step(1e-4f);
+        optimizer.clipped_step(1e-4f, 1.0, optimizer.grad_norm());
     };
     out << "training step, paper-scale config (" << std::fixed << std::setprecision(1) << params / 1e6
         << "M parameters), batch 8 x 4096, bf16 GEMMs (f32 accumulation), other kernels f32\n" << std::flush;

@@ -296,13 +296,13 @@ StepOutcome train_step(Model& model, AdamW& optimizer, const TrainBatch& batch, 
         backward(tc.grad_accum == 1 ? loss : ops::scale(loss, static_cast<float>(share)));
     }
     out.loss = static_cast<float>(loss_sum);
-    out.grad_norm = optimizer.clip_grad_norm(tc.grad_clip);
+    out.grad_norm = optimizer.grad_norm();
     if (!std::isfinite(out.grad_norm)) {
         model.parameters().zero_grad();
         out.bad = std::string("gradient norm is ") + (std::isnan(out.grad_norm) ? "nan" : "inf");
         return out;
     }
-    optimizer.step(static_cast<float>(lr));
+    optimizer.clipped_step(static_cast<float>(lr), tc.grad_clip, out.grad_norm);
     return out;
 }
 
