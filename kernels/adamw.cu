@@ -84,12 +84,7 @@ constexpr int64_t kChunk = int64_t{kThreads} * 16;  // elements a block: 4 float
 __global__ void adamw_many_kernel(const AdamWTask* tasks, const int64_t* block_start, int count, AdamWParams a,
                                   float grad_scale) {
     const int64_t b = blockIdx.x;
-    int lo = 0, hi = count - 1;  // the task t with block_start[t] <= b < block_start[t + 1]
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (block_start[mid] <= b) lo = mid;
-        else hi = mid - 1;
-    }
+    const int lo = task_of_block(block_start, count, b);
     const AdamWTask task = tasks[lo];
     a.wd = task.wd;
     const int64_t first = (b - block_start[lo]) * kChunk;

@@ -160,17 +160,6 @@ __global__ void ce_denominator_kernel(const int32_t* targets, const float* mask,
     if (threadIdx.x == 0) denom[0] = acc;
 }
 
-// Stores of the logits gradient: f32, or bf16 rounded to nearest even (the operand of the
-// head's products, kernels/gemm.cu; the same rounding as its rounding pass).
-__device__ __forceinline__ void store4(float* g, int64_t k, float4 v) { reinterpret_cast<float4*>(g)[k] = v; }
-__device__ __forceinline__ void store4(__nv_bfloat16* g, int64_t k, float4 v) {
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    reinterpret_cast<uint2*>(g)[k] =
-        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
-}
-__device__ __forceinline__ void store1(float* g, int64_t v, float x) { g[v] = x; }
-__device__ __forceinline__ void store1(__nv_bfloat16* g, int64_t v, float x) { g[v] = __float2bfloat16_rn(x); }
-
 // d logits = w (softmax - onehot), w = grad_loss mask_i / denom; p = exp(x - lse) in f32
 // (float4 loads and 4-element stores when the rows are 16-byte aligned).
 template <class T>

@@ -1,9 +1,11 @@
 // Shared CUDA helpers for the kernel files: error checks after every runtime call and
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
-// cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum.
+// cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum,
+// store4 / store1 (f32 or bf16 element stores), task_of_block (multi-tensor launches).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -103,6 +105,29 @@ __device__ inline double block_sum(double v, double* shared) {
     const double result = shared[0];
     __syncthreads();
     return result;
+}
+
+// Element stores of an f32 result as f32, or as bf16 rounded to nearest even (the same
+// rounding as rounded_bf16_copy): kernels that write a GEMM operand directly in bf16.
+__device__ __forceinline__ void store4(float* p, int64_t k, float4 v) { reinterpret_cast<float4*>(p)[k] = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t k, float4 v) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    reinterpret_cast<uint2*>(p)[k] =
+        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+__device__ __forceinline__ void store1(float* p, int64_t k, float v) { p[k] = v; }
+__device__ __forceinline__ void store1(__nv_bfloat16* p, int64_t k, float v) { p[k] = __float2bfloat16_rn(v); }
+
+// Multi-tensor launches: block b belongs to task t with block_start[t] <= b <
+// block_start[t + 1] (block_start: prefix sums of the tasks' block counts, count + 1 entries).
+__device__ __forceinline__ int task_of_block(const int64_t* block_start, int count, int64_t b) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (block_start[mid] <= b) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
 }
 
 }  // namespace hsa

@@ -239,12 +239,7 @@ __global__ void partial_sum_of_squares_many_kernel(const SumTask* tasks, const i
                                                    double* partial) {
     __shared__ double shared[32];
     const int64_t b = blockIdx.x;
-    int lo = 0, hi = tasks_count - 1;  // the task t with block_start[t] <= b < block_start[t + 1]
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (block_start[mid] <= b) lo = mid;
-        else hi = mid - 1;
-    }
+    const int lo = task_of_block(block_start, tasks_count, b);
     const SumTask task = tasks[lo];
     const int64_t blocks = block_start[lo + 1] - block_start[lo];
     const int64_t stride = blocks * blockDim.x;

@@ -37,17 +37,6 @@ __device__ inline void swiglu_grad(float gate, float up, float grad, float* gg, 
     if (gu) *gu = static_cast<float>(go * g * s);
 }
 
-// Stores: f32, or bf16 rounded to nearest even (the fused MLP's product operands; the same
-// rounding as the GEMM's rounding pass of an f32 result).
-__device__ __forceinline__ void store4(float* p, int64_t k, float4 v) { reinterpret_cast<float4*>(p)[k] = v; }
-__device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t k, float4 v) {
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    reinterpret_cast<uint2*>(p)[k] =
-        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
-}
-__device__ __forceinline__ void store1(float* p, int64_t k, float v) { p[k] = v; }
-__device__ __forceinline__ void store1(__nv_bfloat16* p, int64_t k, float v) { p[k] = __float2bfloat16_rn(v); }
-
 template <class T>
 __global__ void swiglu_forward_kernel(const float* gate, const float* up, T* out, int64_t n, bool vec) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
