@@ -128,6 +128,18 @@ const std::vector<OpDef>& op_table() {
                        GradOut::Required,
                        nullptr,
                        [](const Inputs& in, const Attrs&) { return ops::swiglu(in.at("gate"), in.at("up")); }});
+        ops.push_back({"swiglu_mlp", "the SwiGLU MLP as one op: (silu(x w1) * (x w3)) w2",
+                       {{"x", Kind::Grad, false, "[..., D]"},
+                        {"w1", Kind::Grad, false, "[D, F]"},
+                        {"w3", Kind::Grad, false, "[D, F]"},
+                        {"w2", Kind::Grad, false, "[F, D]"}},
+                       {},
+                       "[..., D]",
+                       GradOut::Required,
+                       nullptr,
+                       [](const Inputs& in, const Attrs&) {
+                           return ops::swiglu_mlp(in.at("x"), in.at("w1"), in.at("w3"), in.at("w2"));
+                       }});
         ops.push_back({"attention", "local (sliding-window causal or bidirectional) attention, GQA, scale 1/sqrt(d)",
                        {{"q", Kind::Grad, false, "[B, T, H, d]"},
                         {"k", Kind::Grad, false, "[B, T, Hk, d], H % Hk == 0"},
@@ -208,6 +220,24 @@ const std::vector<OpDef>& op_table() {
                        },
                        [](const Inputs& in, const Attrs&) {
                            return ops::cross_entropy(in.at("logits"), in.at("targets"), optional_input(in, "mask"));
+                       }});
+        ops.push_back({"linear_cross_entropy", "the LM head and its loss as one op: cross_entropy(x . op(weight))",
+                       {{"x", Kind::Grad, false, "[N, D]"},
+                        {"weight", Kind::Grad, false, "[D, V] ([V, D] when transpose_weight)"},
+                        {"targets", Kind::Int, false, "[N], negative = ignored"},
+                        {"mask", Kind::Float, true, "[N] (absent: all ones)"}},
+                       {{"transpose_weight", AttrType::Bool, "0", "0 or 1 (1: a tied embedding [V, D])"}},
+                       "[] (scalar)",
+                       GradOut::Optional,
+                       [](const Inputs& in, const Attrs& a) {
+                           const Tensor& w = in.at("weight");
+                           if (w.ndim() == 2)
+                               check_range(in.at("targets"), "targets", 0, w.size(a.i("transpose_weight") ? 0 : 1), false,
+                                           true);
+                       },
+                       [](const Inputs& in, const Attrs& a) {
+                           return ops::linear_cross_entropy(in.at("x"), in.at("weight"), a.i("transpose_weight") != 0,
+                                                            in.at("targets"), optional_input(in, "mask"));
                        }});
         return ops;
     }();

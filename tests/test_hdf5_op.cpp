@@ -628,9 +628,35 @@ TEST_F(OpRunner, EmbeddingRopeSwiglu) {
     run_and_compare("swiglu", write_inputs("swiglu.h5", sw, gs), swiglu);
 }
 
+// The fused ops: the same outputs and gradients as the ops they fuse, from files.
+TEST_F(OpRunner, SwigluMlpAndLinearCrossEntropy) {
+    HSA_SEED_TRACE();
+    Rng rng = test::test_rng();
+    Named mlp{{"x", rng.normal({2, 3, 6})}, {"w1", rng.normal({6, 10})}, {"w3", rng.normal({6, 10})}, {"w2", rng.normal({10, 6})}};
+    Tensor gm = rng.normal({2, 3, 6});
+    Reference want_mlp = reference(mlp, {"x", "w1", "w3", "w2"}, [&](const Named& t) {
+        return ops::linear(ops::swiglu(ops::linear(t.at("x"), t.at("w1")), ops::linear(t.at("x"), t.at("w3"))), t.at("w2"));
+    }, gm);
+    run_and_compare("swiglu_mlp", write_inputs("mlp.h5", mlp, gm), want_mlp);
+
+    const int64_t N = 9, D = 5, V = 7;
+    std::vector<int32_t> targets(N);
+    for (auto& t : targets) t = static_cast<int32_t>(rng.next_int(0, V));
+    targets[2] = -1;  // ignored
+    Named head{{"x", rng.normal({N, D})}, {"weight", rng.normal({V, D})}, {"targets", Tensor::from_vector_i32(targets, {N})},
+               {"mask", rng.uniform({N}, 0.0f, 1.0f)}};
+    Tensor g = Tensor::scalar(static_cast<float>(0.5 + rng.next_double()));
+    Reference want_head = reference(head, {"x", "weight"}, [&](const Named& t) {
+        return ops::cross_entropy(ops::matmul(t.at("x"), t.at("weight"), false, true), t.at("targets"), t.at("mask"));
+    }, g);
+    run_and_compare("linear_cross_entropy", write_inputs("head.h5", head, g, [](Hdf5File& f) {
+                        f.write_int_attribute("/", "transpose_weight", 1);
+                    }), want_head);
+}
+
 // ---- CUDA: the same files through --device cuda agree with the CPU ----
 
-TEST_F(OpRunnerCuda, HsaAndAttentionMatchCpu) {
+TEST_F(OpRunnerCuda, HsaAttentionAndFusedOpsMatchCpu) {
     if (!cuda_available()) GTEST_SKIP() << "no GPU visible: --device cuda is checked on the GPU machine";
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
@@ -650,6 +676,13 @@ TEST_F(OpRunnerCuda, HsaAndAttentionMatchCpu) {
     cases.emplace_back("attention", write_inputs("att.h5", att, rng.normal({2, 48, 4, 16}), [](Hdf5File& f) {
                            f.write_int_attribute("/", "window", 16);
                        }));
+    Named mlp{{"x", rng.normal({2, 8, 16})}, {"w1", rng.normal({16, 40})}, {"w3", rng.normal({16, 40})},
+              {"w2", rng.normal({40, 16})}};
+    cases.emplace_back("swiglu_mlp", write_inputs("mlp.h5", mlp, rng.normal({2, 8, 16})));
+    std::vector<int32_t> targets(24);
+    for (auto& t : targets) t = static_cast<int32_t>(rng.next_int(0, 40));
+    Named head{{"x", rng.normal({24, 16})}, {"weight", rng.normal({16, 40})}, {"targets", Tensor::from_vector_i32(targets, {24})}};
+    cases.emplace_back("linear_cross_entropy", write_inputs("head.h5", head, Tensor()));
     for (const auto& [op, file] : cases) {
         SCOPED_TRACE(op);
         const std::string cpu = path(op + "_cpu.h5"), gpu = path(op + "_gpu.h5");
@@ -683,7 +716,8 @@ TEST_F(OpRunnerCli, HelpListsEveryOp) {
     EXPECT_EQ(help.code, 0) << describe(help);
     EXPECT_EQ(help.err, "");
     for (const char* word : {"usage: hsa op", "--inputs", "--out", "--device", "grad_out", "embedding", "matmul", "rmsnorm",
-                             "rope", "swiglu", "attention", "select_chunks", "chunk_weights", "hsa", "cross_entropy",
+                             "rope", "swiglu", "swiglu_mlp", "attention", "select_chunks", "chunk_weights", "hsa",
+                             "cross_entropy", "linear_cross_entropy",
                              "exit codes"})
         EXPECT_NE(help.out.find(word), std::string::npos) << word << "\n" << help.out;
     RunResult bare = run({"op"});
