@@ -237,8 +237,8 @@ __global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Par
 
     // Entry e (< entries): selection pair_ids[begin + e / G] = ((b * T + t) * Hr + r) * K + k
     // times head e % G of the group; its q / dO row and the pair id. 32-bit index math (a
-    // segment holds at most T selections x G heads, and pair ids are int32): ptxas keeps the
-    // kernel within 255 registers without spilling.
+    // segment holds at most T selections x G heads, and pair ids are int32): with 64-bit
+    // divisions the kernel spilled at 255 registers; now it fits 168 (3 blocks an SM).
     const int K32 = static_cast<int>(Sh.K), Hr32 = static_cast<int>(Sh.Hr), T32 = static_cast<int>(Sh.T);
     const int64_t first_row = b * Sh.T * Sh.H + g * P.G;  // row of (t 0, the group's head 0)
     auto entry_source = [&](int entry, int64_t& row, int& pair_id) {

@@ -21,8 +21,8 @@
 //
 // Fragment layouts and ldmatrix addressing: kernels/mma_bf16.cuh.
 //
-// Resources (ptxas, sm_90, no spills): d 64: 4 warps a block, 72 KB shared, 165 registers;
-// d 128: 2 warps a block, 68 KB shared, 220 registers; 3 blocks per SM either way.
+// Resources (ptxas, sm_90, no spills): d 64: 4 warps a block, 72 KB shared, 166 registers;
+// d 128: 2 warps a block, 68 KB shared, 218 registers; 3 blocks per SM either way.
 // Limits (checked): d in {64, 128}, S = 64, G in 1..16.
 #include "kernels/hsa_forward_v1.cuh"
 

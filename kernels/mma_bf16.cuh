@@ -1,5 +1,5 @@
 // Tensor-core building blocks shared by the bf16 kernels (kernels/hsa_forward_v1.cu,
-// kernels/attention_tc.cu): packing f32 pairs to bf16, cp.async copies into shared memory,
+// hsa_backward_v1.cu, attention_tc.cu): packing f32 pairs to bf16, cp.async copies into shared memory,
 // ldmatrix loads of B fragments from shared tiles, the m16n8k16 MMA, and reductions over
 // the 4 lanes of a quad.
 //
@@ -237,40 +237,6 @@ __device__ __forceinline__ void start_tile_copy_warp(const __nv_bfloat16* __rest
         cp_async_16(dst, src, true);
         src += kRowsPerStep * row_stride;
         dst += 2u * kRowsPerStep * kLd;
-    }
-}
-
-// N rows of two [rows][D] f32 matrices (row j at base + j * row_stride; the K and V of one
-// chunk and KV head) into one warp's bf16 tiles (row stride D + 8). Each lane moves 16-byte
-// vectors; a batch keeps 2 x kBatch loads in flight per lane before converting and storing.
-template <int D, int N>
-__device__ __forceinline__ void load_two_tiles_bf16_warp(const float* __restrict__ kbase,
-                                                         const float* __restrict__ vbase, int64_t row_stride,
-                                                         __nv_bfloat16* Ks, __nv_bfloat16* Vs, int lane) {
-    constexpr int kLd = D + 8;
-    constexpr int kVecPerRow = D / 4;
-    constexpr int kVecPerLane = N * kVecPerRow / 32;  // 32 (D 64, N 64) or 64 (D 128)
-    constexpr int kBatch = 8;
-    static_assert(kVecPerLane % kBatch == 0, "whole batches");
-#pragma unroll 1  // unrolled, the compiler hoists every batch's loads and spills
-    for (int first = 0; first < kVecPerLane; first += kBatch) {
-        float4 kr[kBatch], vr[kBatch];
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-            const int e = (first + i) * 32 + lane;  // consecutive lanes: consecutive vectors of a row
-            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-            kr[i] = __ldg(reinterpret_cast<const float4*>(kbase + row * row_stride + col));
-            vr[i] = __ldg(reinterpret_cast<const float4*>(vbase + row * row_stride + col));
-        }
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-            const int e = (first + i) * 32 + lane;
-            const int row = e / kVecPerRow, col = (e % kVecPerRow) * 4;
-            *reinterpret_cast<uint2*>(Ks + row * kLd + col) =
-                make_uint2(pack_bf16(kr[i].x, kr[i].y), pack_bf16(kr[i].z, kr[i].w));
-            *reinterpret_cast<uint2*>(Vs + row * kLd + col) =
-                make_uint2(pack_bf16(vr[i].x, vr[i].y), pack_bf16(vr[i].z, vr[i].w));
-        }
     }
 }
 
