@@ -82,6 +82,25 @@ void Backend::adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, flo
     }
 }
 
+void Backend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset,
+                                   float base, Tensor& out, Tensor& inv_rms) {
+    const int64_t d = x.size(-1);
+    Tensor normed = Tensor::empty(x.shape(), DType::F32, x.device());
+    Tensor flat = normed.view({-1, d});
+    rmsnorm_forward(x.view({-1, d}), weight, eps, flat, inv_rms);
+    rope_forward(normed, position_offset, base, out);
+}
+
+void Backend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                    int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
+                                    Tensor& grad_weight, bool accumulate_x) {
+    const int64_t d = x.size(-1);
+    Tensor grad_normed = Tensor::empty(x.shape(), DType::F32, x.device());
+    rope_backward(grad_out, position_offset, base, grad_normed);
+    Tensor gx = grad_x.defined() ? grad_x.view({-1, d}) : Tensor();
+    rmsnorm_backward(x.view({-1, d}), weight, inv_rms, grad_normed.view({-1, d}), gx, grad_weight, accumulate_x);
+}
+
 Backend& backend_for(Device device) {
     auto& slot = registry()[device == Device::CPU ? 0 : 1];
     HSA_CHECK(slot != nullptr, "no " << device_name(device) << " backend in this build: CUDA kernels are not built or not registered");

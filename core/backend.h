@@ -118,6 +118,16 @@ public:
     // position_offset + t; pair (i, i + d/2) rotates by angle pos * base^(-2i/d) ----
     virtual void rope_forward(const Tensor& x, int64_t position_offset, float base, Tensor& out) = 0;
     virtual void rope_backward(const Tensor& grad_out, int64_t position_offset, float base, Tensor& grad_x) = 0;
+    // ---- the q / k path: out = rope(rmsnorm(x, weight, eps)) over the head dim, x [B, T, H, d],
+    // weight [d], inv_rms [B*T*H] ----
+    // The defaults compose rmsnorm_forward / rope_forward and rope_backward / rmsnorm_backward
+    // (bit-identical to the separate ops); the CUDA backend runs each direction as one pass
+    // for head dims 16..128 (the normalised tensor is never stored).
+    virtual void rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset,
+                                      float base, Tensor& out, Tensor& inv_rms);
+    virtual void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                       int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
+                                       Tensor& grad_weight, bool accumulate_x);
 
     // ---- SwiGLU: out = silu(gate) * up, same shapes ----
     virtual void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) = 0;

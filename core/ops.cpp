@@ -380,6 +380,38 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
     return out;
 }
 
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base) {
+    const char* op = "rmsnorm_rope";
+    check_float(x, op, "x");
+    HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0 && x.size(3) > 0,
+              op << ": x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));
+    const int64_t d = x.size(3);
+    if (weight.defined()) {
+        check_float(weight, op, "weight");
+        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
+                  op << ": weight " << shape_string(weight.shape()) << " does not match head dim " << d);
+        check_same_device(x, weight, op);
+    }
+    Tensor xc = x.is_contiguous() ? x : x.contiguous();
+    Tensor out = empty_like(xc);
+    Tensor inv_rms = Tensor::empty({xc.numel() / d}, DType::F32, x.device());
+    backend_of(x).rmsnorm_rope_forward(xc, weight, eps, position_offset, base, out, inv_rms);
+    if (Tape::current().should_record({&x, &weight})) {
+        Tape::current().record({out}, [x, xc, weight, inv_rms, position_offset, base](const std::vector<Tensor>& g) {
+            // As rmsnorm's backward: a gradient x already owns is added into in place.
+            const Tensor existing = x.grad_to_accumulate_into();
+            const bool accumulate = existing.defined() && xc.id() == x.id();
+            Tensor gx = accumulate ? existing : x.requires_grad() ? grad_buffer(xc) : Tensor();
+            Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
+            backend_of(x).rmsnorm_rope_backward(xc, weight, inv_rms, position_offset, base, g[0], gx, gw, accumulate);
+            Tensor tx = x, tw = weight;
+            if (gx.defined() && !accumulate) tx.accumulate_grad(gx);
+            if (gw.defined()) tw.accumulate_grad(gw);
+        });
+    }
+    return out;
+}
+
 Tensor rope(const Tensor& x, int64_t position_offset, float base) {
     check_float(x, "rope", "x");
     HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0, "rope: x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));

@@ -30,6 +30,11 @@ Tensor linear(const Tensor& x, const Tensor& weight);       // x [..., Din] . W 
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);  // over the last dim
 Tensor rope(const Tensor& x, int64_t position_offset = 0, float base = 10000.0f);  // x [B, T, H, d]
 Tensor swiglu(const Tensor& gate, const Tensor& up);
+// rope(rmsnorm(x, weight, eps), position_offset, base) as one op (the q / k path), x
+// [B, T, H, d]: the same values as the two ops, through Backend::rmsnorm_rope_forward /
+// backward (one pass each way on CUDA).
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset = 0,
+                    float base = 10000.0f);
 // The SwiGLU MLP as one op: linear(swiglu(linear(x, w1), linear(x, w3)), w2), x [..., D],
 // w1 and w3 [D, F], w2 [F, D]. The same values as the separate ops; through
 // Backend::swiglu_mlp_forward / swiglu_mlp_backward, so a backend keeps its products'

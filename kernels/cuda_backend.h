@@ -26,6 +26,11 @@ public:
                                         bool accumulate_a, bool accumulate_b) override;
     void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) override;
+    void rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base,
+                              Tensor& out, Tensor& inv_rms) override;
+    void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, int64_t position_offset,
+                               float base, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                               bool accumulate_x) override;
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
                             MlpSaved& saved) override;
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,

@@ -500,6 +500,160 @@ void launch_fused(const float* px, const float* pw, const float* pr, const float
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
 }
 
+// ---------------------------------------------------------------- RMSNorm then RoPE
+
+// The q / k path in one pass each way: the narrow-row layout above (L = d / 4 lanes a row,
+// lane p holds columns 4p .. 4p + 3), with the rotate-half partner of a lane's columns in
+// lane p ^ (L / 2) (a shuffle). cos / sin come from a [T, d / 2] float2 table built per call
+// (angle and functions in double, as the RoPE kernel computes them); the rotation is f32
+// (~1e-7 relative against the double reference). Rows are (b, t, h), t = (n / H) % T.
+constexpr int64_t kRopeTableMax = int64_t{1} << 22;  // entries (32 MB); longer tables: composed ops
+
+__global__ void rope_table_kernel(float2* table, int64_t T, int64_t half, int64_t position_offset, double base) {
+    const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (k >= T * half) return;
+    const int64_t t = k / half, i = k % half;
+    const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
+    double sn, cs;
+    sincos(static_cast<double>(position_offset + t) * freq, &sn, &cs);
+    table[k] = make_float2(static_cast<float>(cs), static_cast<float>(sn));
+}
+
+// cos and sin of the lane's four columns' pair indices.
+template <int L>
+__device__ __forceinline__ void rope_factors(const float2* table, int64_t t, int part, float4& c, float4& s) {
+    constexpr int kHalf = 2 * L;  // d / 2
+    const int i0 = 4 * (part < L / 2 ? part : part - L / 2);
+    const float4* row = reinterpret_cast<const float4*>(table + t * kHalf + i0);
+    const float4 a = __ldg(row), b = __ldg(row + 1);
+    c = make_float4(a.x, a.z, b.x, b.z);
+    s = make_float4(a.y, a.w, b.y, b.w);
+}
+
+__device__ __forceinline__ float4 shfl_xor4(float4 v, int mask) {
+    return make_float4(__shfl_xor_sync(0xffffffffu, v.x, mask), __shfl_xor_sync(0xffffffffu, v.y, mask),
+                       __shfl_xor_sync(0xffffffffu, v.z, mask), __shfl_xor_sync(0xffffffffu, v.w, mask));
+}
+
+template <int L>
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    rmsnorm_rope_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, float eps,
+                                const float2* __restrict__ table, int64_t T, int64_t H, float* __restrict__ out,
+                                float* __restrict__ inv_rms, int64_t N) {
+    constexpr int D = 4 * L, kRowsPerWarp = 32 / L;
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int part = lane % L;
+    const int64_t n = (static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp) * kRowsPerWarp + lane / L;
+    const bool valid = n < N;  // every lane takes part in the shuffles
+    float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (valid) xv = reinterpret_cast<const float4*>(x + n * D)[part];
+    const double ss = row_sum_double<L>(static_cast<double>(xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w));
+    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
+    const float4 y = make_float4(xv.x * r * wv.x, xv.y * r * wv.y, xv.z * r * wv.z, xv.w * r * wv.w);
+    const float4 partner = shfl_xor4(y, L / 2);  // the other half of each rotate-half pair
+    if (!valid) return;
+    if (part == 0) inv_rms[n] = r;
+    float4 c, s;
+    rope_factors<L>(table, (n / H) % T, part, c, s);
+    const float sign = part < L / 2 ? -1.0f : 1.0f;  // y_i c - y_{i+half} s | y_{i+half} c + y_i s
+    reinterpret_cast<float4*>(out + n * D)[part] =
+        make_float4(y.x * c.x + sign * partner.x * s.x, y.y * c.y + sign * partner.y * s.y,
+                    y.z * c.z + sign * partner.z * s.z, y.w * c.w + sign * partner.w * s.w);
+}
+
+// Backward: the inverse rotation of the output gradient (in registers), then the narrow
+// RMSNorm backward on it, with the per-block column sums of the weight gradient.
+template <int L>
+__global__ void __launch_bounds__(kRowsPerBlock * 32)
+    rmsnorm_rope_backward_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ inv_rms,
+                                 const float* g, const float2* __restrict__ table, int64_t T, int64_t H, float* dx,
+                                 int64_t N, int64_t rows_per_block, double* partial, bool accumulate) {
+    constexpr int D = 4 * L, kRowsPerWarp = 32 / L, kSlots = kRowsPerBlock * kRowsPerWarp;
+    __shared__ float4 slot_sums[kSlots][L];
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int part = lane % L, slot = warp * kRowsPerWarp + lane / L;
+    const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+    const int64_t end = begin + rows_per_block < N ? begin + rows_per_block : N;
+    const float sign = part < L / 2 ? 1.0f : -1.0f;  // g_i c + g_{i+half} s | g_{i+half} c - g_i s
+    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
+    float4 cs = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int64_t first = begin; first < end; first += kSlots) {  // the same trip count on every lane
+        const int64_t n = first + slot;
+        const bool valid = n < end;
+        float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), go = xv;
+        float r = 0.0f;
+        if (valid) {
+            xv = reinterpret_cast<const float4*>(x + n * D)[part];
+            go = reinterpret_cast<const float4*>(g + n * D)[part];
+            r = inv_rms[n];
+        }
+        const float4 partner = shfl_xor4(go, L / 2);
+        float4 gv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (valid) {
+            float4 c, s;
+            rope_factors<L>(table, (n / H) % T, part, c, s);
+            gv = make_float4(go.x * c.x + sign * partner.x * s.x, go.y * c.y + sign * partner.y * s.y,
+                             go.z * c.z + sign * partner.z * s.z, go.w * c.w + sign * partner.w * s.w);
+        }
+        const double dot = row_sum_double<L>(static_cast<double>(gv.x * wv.x * xv.x + gv.y * wv.y * xv.y +
+                                                                 gv.z * wv.z * xv.z + gv.w * wv.w * xv.w));
+        if (!valid) continue;  // every read of the row is done: dx may alias x or g
+        const double rd = static_cast<double>(r);
+        const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
+        float4 value = make_float4(r * gv.x * wv.x - xv.x * c, r * gv.y * wv.y - xv.y * c,
+                                   r * gv.z * wv.z - xv.z * c, r * gv.w * wv.w - xv.w * c);
+        float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
+        if (accumulate) {
+            const float4 old = *dr;
+            value.x += old.x;
+            value.y += old.y;
+            value.z += old.z;
+            value.w += old.w;
+        }
+        *dr = value;
+        cs.x += gv.x * xv.x * r;
+        cs.y += gv.y * xv.y * r;
+        cs.z += gv.z * xv.z * r;
+        cs.w += gv.w * xv.w * r;
+    }
+    if (partial == nullptr) return;  // dx only (no barrier follows)
+    slot_sums[slot][part] = cs;
+    __syncthreads();
+    for (int j = static_cast<int>(threadIdx.x); j < D; j += blockDim.x) {
+        double sum = 0.0;
+        for (int k = 0; k < kSlots; ++k) {
+            const float4 v = slot_sums[k][j / 4];
+            sum += static_cast<double>(j % 4 == 0 ? v.x : j % 4 == 1 ? v.y : j % 4 == 2 ? v.z : v.w);
+        }
+        partial[static_cast<int64_t>(blockIdx.x) * D + j] = sum;
+    }
+}
+
+// The fused path: head dim 16..128 (narrow rows), contiguous 16-byte aligned data, a table
+// of at most kRopeTableMax entries.
+bool rmsnorm_rope_fused(const Tensor& x, const Tensor& weight, std::initializer_list<const Tensor*> others) {
+    if (x.ndim() != 4 || !x.is_contiguous() || x.dtype() != DType::F32 || x.device() != Device::CUDA) return false;
+    const int64_t d = x.size(3);
+    if (!narrow_row(d) || x.size(1) * (d / 2) > kRopeTableMax) return false;
+    if (weight.defined() && (weight.numel() != d || !aligned16(weight.raw_data()))) return false;
+    for (const Tensor* t : others)
+        if (t && t->defined() && (!t->is_contiguous() || t->shape() != x.shape() || !aligned16(t->raw_data())))
+            return false;
+    return aligned16(x.raw_data());
+}
+
+Tensor rope_table(int64_t T, int64_t half, int64_t position_offset, float base) {
+    Tensor table = Tensor::empty({T * half * 2}, DType::F32, Device::CUDA);
+    const int64_t n = T * half;
+    rope_table_kernel<<<blocks_for(n, 256), 256>>>(reinterpret_cast<float2*>(table.raw_data()), T, half,
+                                                   position_offset, static_cast<double>(base));
+    HSA_CUDA_CHECK_LAUNCH("rope_table_kernel");
+    return table;
+}
+
 }  // namespace
 
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
@@ -627,6 +781,86 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         rmsnorm_grad_weight_partial_kernel<<<grid, threads>>>(px, pr, pg, N, D, chunk, partial);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_partial_kernel");
         rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, splits, D, pgw);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+    }
+}
+
+void CudaBackend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset,
+                                       float base, Tensor& out, Tensor& inv_rms) {
+    const checks::RopeDims dims = checks::check_rope("rmsnorm_rope", x, base, out, Device::CUDA);
+    if (!rmsnorm_rope_fused(x, weight, {&out}) || !inv_rms.is_contiguous()) {
+        Backend::rmsnorm_rope_forward(x, weight, eps, position_offset, base, out, inv_rms);
+        return;
+    }
+    const int64_t d = dims.d, N = dims.B * dims.T * dims.H;
+    checks::check_tensor("rmsnorm_rope", "inv_rms", inv_rms, {N}, DType::F32, Device::CUDA);
+    if (N == 0) return;
+    const Tensor table = rope_table(dims.T, d / 2, position_offset, base);
+    const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
+    const int L = static_cast<int>(d / 4);
+    const int64_t rows_per_block = kRowsPerBlock * (32 / L);
+    const unsigned grid = static_cast<unsigned>((N + rows_per_block - 1) / rows_per_block);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
+    float* pr = inv_rms.data<float>();
+    if (L == 4) rmsnorm_rope_forward_kernel<4><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
+    else if (L == 8) rmsnorm_rope_forward_kernel<8><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
+    else if (L == 16) rmsnorm_rope_forward_kernel<16><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
+    else rmsnorm_rope_forward_kernel<32><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_rope_forward_kernel");
+}
+
+void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                        int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
+                                        Tensor& grad_weight, bool accumulate_x) {
+    const checks::RopeDims dims = checks::check_rope("rmsnorm_rope_backward", grad_out, base, grad_out, Device::CUDA);
+    if (!grad_x.defined() || !rmsnorm_rope_fused(x, weight, {&grad_out, &grad_x}) || !inv_rms.is_contiguous()) {
+        Backend::rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight,
+                                       accumulate_x);
+        return;
+    }
+    const int64_t d = dims.d, N = dims.B * dims.T * dims.H;
+    checks::check_tensor("rmsnorm_rope_backward", "inv_rms", inv_rms, {N}, DType::F32, Device::CUDA);
+    float* pgw = grad_weight.defined() ? cuda_f32(grad_weight, "rmsnorm_rope_backward", "grad_weight") : nullptr;
+    if (pgw) checks::check_tensor("rmsnorm_rope_backward", "grad_weight", grad_weight, {d}, DType::F32, Device::CUDA);
+    if (N == 0) {
+        if (pgw) HSA_CUDA_CHECK(cudaMemsetAsync(pgw, 0, sizeof(float) * d));
+        return;
+    }
+    const Tensor table = rope_table(dims.T, d / 2, position_offset, base);
+    const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
+    // Blocks and rows per block depend on N only: reproducible.
+    const int64_t blocks = std::min<int64_t>(1024, (N + 255) / 256);
+    const int64_t rows_per_block = (N + blocks - 1) / blocks;
+    Tensor scratch;
+    double* partial = nullptr;
+    if (pgw) {
+        scratch = Tensor::empty({blocks * d}, DType::I64, Device::CUDA);
+        partial = static_cast<double*>(scratch.raw_data());
+    }
+    const float* px = x.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
+    const float* pr = inv_rms.data<float>();
+    const float* pg = grad_out.data<float>();
+    float* pgx = grad_x.data<float>();
+    const unsigned grid = static_cast<unsigned>(blocks);
+    const int L = static_cast<int>(d / 4);
+    if (L == 4)
+        rmsnorm_rope_backward_kernel<4><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
+                                                                      rows_per_block, partial, accumulate_x);
+    else if (L == 8)
+        rmsnorm_rope_backward_kernel<8><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
+                                                                      rows_per_block, partial, accumulate_x);
+    else if (L == 16)
+        rmsnorm_rope_backward_kernel<16><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
+                                                                       rows_per_block, partial, accumulate_x);
+    else
+        rmsnorm_rope_backward_kernel<32><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
+                                                                       rows_per_block, partial, accumulate_x);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_rope_backward_kernel");
+    if (pgw) {
+        rmsnorm_grad_weight_combine_kernel<<<combine_grid(d), kCombineWarps * 32>>>(partial, blocks, d, pgw);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
     }
 }

@@ -545,6 +545,50 @@ TEST(CudaOps, HsaForwardBackward) {
     }
 }
 
+// ------------------------------------------------------------------ RMSNorm then RoPE fused
+
+// The fused GPU kernels against the CPU composition rope(rmsnorm(x)) at every head dim the
+// fused path takes (16, 32, 64, 128) plus one it does not (d 12: the composed GPU ops),
+// with and without a weight, a position offset of a long evaluation, ragged row counts,
+// and grad_x accumulated into an existing buffer. f32 rotation and norm against the double
+// reference: <= kReductionTol (relative L2).
+TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t d : {16, 32, 64, 128, 12}) {
+        for (bool with_weight : {true, false}) {
+            SCOPED_TRACE("d " + std::to_string(d) + (with_weight ? " weighted" : " no weight"));
+            const Shape shape{2, 37, 3, d};
+            const int64_t offset = 1000003;
+            Tensor x = rng.normal(shape), w = with_weight ? rng.normal({d}) : Tensor(), g = rng.normal(shape);
+            Tensor base = rng.normal(shape);
+            const int64_t N = 2 * 37 * 3;
+            // CPU: the composition.
+            Tensor normed = Tensor::empty(shape), inv_want = Tensor::empty({N}), out_want = Tensor::empty(shape);
+            Tensor normed_flat = normed.view({N, d});
+            cpu().rmsnorm_forward(x.view({N, d}), w, 1e-6f, normed_flat, inv_want);
+            cpu().rope_forward(normed, offset, 10000.0f, out_want);
+            Tensor g_normed = Tensor::empty(shape);
+            cpu().rope_backward(g, offset, 10000.0f, g_normed);
+            Tensor gx_want = base.clone().view({N, d}), gw_want = with_weight ? Tensor::empty({d}) : Tensor();
+            cpu().rmsnorm_backward(x.view({N, d}), w, inv_want, g_normed.view({N, d}), gx_want, gw_want, true);
+            // GPU: the fused op's backend methods.
+            Tensor out_got = poisoned(shape), inv_got = poisoned({N});
+            gpu().rmsnorm_rope_forward(on_gpu(x), on_gpu(w), 1e-6f, offset, 10000.0f, out_got, inv_got);
+            EXPECT_CLOSE(out_got, out_want, kReductionTol);
+            EXPECT_CLOSE(inv_got, inv_want, kReductionTol);
+            Tensor gx_got = on_gpu(base), gw_got = with_weight ? poisoned({d}) : Tensor();
+            gpu().rmsnorm_rope_backward(on_gpu(x), on_gpu(w), on_gpu(inv_want), offset, 10000.0f, on_gpu(g), gx_got,
+                                        gw_got, true);
+            EXPECT_CLOSE(gx_got, gx_want.view(shape), kReductionTol);
+            if (with_weight) {
+                EXPECT_CLOSE(gw_got, gw_want, kReductionTol);
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ SwiGLU MLP fused
 
 // ops::swiglu_mlp on the GPU against the separate ops on the GPU: at bf16 precision with

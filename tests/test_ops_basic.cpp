@@ -733,6 +733,53 @@ TEST(OpsBasicCrossEntropy, OutOfRangeTargetThrows) {
     EXPECT_THROW(ops::cross_entropy(logits, Tensor::from_vector_i32({0, 3}, {2})), Error);
 }
 
+// ================================================================ RMSNorm then RoPE fused
+
+// rmsnorm_rope against rope(rmsnorm(x)): output and gradients bit-identical on the CPU (the
+// default backend methods compose the same kernels), with and without a weight, and with
+// x's gradient accumulated into (x also feeds a second op).
+TEST(OpsBasicRmsnormRope, EqualsRopeOfRmsnorm) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const Shape shape{2, 5, 3, 8};
+    Tensor x0 = rng.normal(shape), w0 = rng.normal({8}), projection = rng.normal(shape);
+    for (bool with_weight : {true, false}) {
+        SCOPED_TRACE(with_weight ? "weighted" : "no weight");
+        auto run = [&](bool fused, Tensor& gx, Tensor& gw) {
+            Tensor x = x0.clone(), w = with_weight ? w0.clone() : Tensor();
+            x.set_requires_grad(true);
+            if (w.defined()) w.set_requires_grad(true);
+            Tensor out = fused ? ops::rmsnorm_rope(x, w, 1e-6f, 7, 500.0f)
+                               : ops::rope(ops::rmsnorm(x, w, 1e-6f), 7, 500.0f);
+            backward(ops::add(ops::sum(ops::mul(out, projection)), ops::sum(ops::mul(x, x))));
+            gx = x.grad();
+            gw = w.defined() ? w.grad() : Tensor();
+            return out;
+        };
+        Tensor gx_f, gw_f, gx_p, gw_p;
+        Tensor fused = run(true, gx_f, gw_f), plain = run(false, gx_p, gw_p);
+        EXPECT_EQ(fused.to_vector(), plain.to_vector());
+        EXPECT_EQ(gx_f.to_vector(), gx_p.to_vector());
+        if (with_weight) {
+            EXPECT_EQ(gw_f.to_vector(), gw_p.to_vector());
+        }
+    }
+}
+
+TEST(OpsBasicRmsnormRope, GradientsByFiniteDifferences) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Tensor x = rng.normal({1, 3, 2, 6}), w = rng.normal({6});
+    check_gradients([](const std::vector<Tensor>& in) { return ops::rmsnorm_rope(in[0], in[1], 1e-6f, 3, 100.0f); },
+                    {x, w}, {true, true}, rng);
+}
+
+TEST(OpsBasicRmsnormRope, BadShapesThrow) {
+    EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({1, 2, 3, 5}), Tensor(), 1e-6f), Error);           // odd d
+    EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({2, 3, 4}), Tensor(), 1e-6f), Error);              // not 4-D
+    EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({1, 2, 3, 4}), Tensor::zeros({6}), 1e-6f), Error);  // weight != [d]
+}
+
 // ================================================================ SwiGLU MLP fused
 
 // swiglu_mlp against linear(swiglu(linear(x, w1), linear(x, w3)), w2): output and every

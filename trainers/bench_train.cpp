@@ -138,6 +138,17 @@ public:
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
+    void rmsnorm_rope_forward(const Tensor& x, const Tensor& w, float eps, int64_t offset, float base, Tensor& out,
+                              Tensor& inv_rms) override {
+        timed("rmsnorm_rope", [&] { inner_.rmsnorm_rope_forward(x, w, eps, offset, base, out, inv_rms); },
+              "rmsnorm_rope " + shape_string(x.shape()));
+    }
+    void rmsnorm_rope_backward(const Tensor& x, const Tensor& w, const Tensor& inv_rms, int64_t offset, float base,
+                               const Tensor& g, Tensor& gx, Tensor& gw, bool accumulate_x) override {
+        timed("rmsnorm_rope_backward",
+              [&] { inner_.rmsnorm_rope_backward(x, w, inv_rms, offset, base, g, gx, gw, accumulate_x); },
+              "rmsnorm_rope_backward " + shape_string(x.shape()));
+    }
     // The fused MLP (three products and the SwiGLU) is one entry of its own each way: its
     // products are not in the gemm row's TFLOP/s.
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,

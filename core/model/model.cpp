@@ -135,8 +135,9 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     Tensor kv = ops::linear(xn, ops::concat({l.wk, l.wv}, 1));
     Tensor k = ops::reshape(ops::slice(kv, 2, 0, kv_width), {n, len, c.kv_heads, d});
     Tensor v = ops::reshape(ops::slice(kv, 2, kv_width, kv_width), {n, len, c.kv_heads, d});
-    q = ops::rope(head_norm(q, l.q_norm), 0, c.rope_base);
-    k = ops::rope(head_norm(k, l.k_norm), 0, c.rope_base);
+    // RMSNorm over the head dim then RoPE, as one op when the norm is on.
+    q = c.qk_norm ? ops::rmsnorm_rope(q, l.q_norm, c.norm_eps, 0, c.rope_base) : ops::rope(q, 0, c.rope_base);
+    k = c.qk_norm ? ops::rmsnorm_rope(k, l.k_norm, c.norm_eps, 0, c.rope_base) : ops::rope(k, 0, c.rope_base);
     Tensor o = ops::local_attention(q, k, v, span);
     return ops::linear(ops::reshape(o, {n, len, c.heads * d}), l.wo);
 }
