@@ -121,6 +121,18 @@ const std::vector<OpDef>& op_table() {
                        [](const Inputs& in, const Attrs& a) {
                            return ops::rope(in.at("x"), a.i("position_offset"), static_cast<float>(a.f("base")));
                        }});
+        ops.push_back({"rmsnorm_rope", "RMSNorm over the head dim then RoPE, as one op (the q / k path)",
+                       {{"x", Kind::Grad, false, "[B, T, H, d], d even"}, {"weight", Kind::Grad, true, "[d] (absent: no weight)"}},
+                       {{"eps", AttrType::Float, "1e-6", "added to the mean square"},
+                        {"position_offset", AttrType::Int, "0", "position of token 0"},
+                        {"base", AttrType::Float, "10000", "frequency base"}},
+                       "[B, T, H, d]",
+                       GradOut::Required,
+                       nullptr,
+                       [](const Inputs& in, const Attrs& a) {
+                           return ops::rmsnorm_rope(in.at("x"), optional_input(in, "weight"), static_cast<float>(a.f("eps")),
+                                                    a.i("position_offset"), static_cast<float>(a.f("base")));
+                       }});
         ops.push_back({"swiglu", "silu(gate) * up",
                        {{"gate", Kind::Grad, false, "[...]"}, {"up", Kind::Grad, false, "same as gate"}},
                        {},

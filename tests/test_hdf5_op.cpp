@@ -628,8 +628,9 @@ TEST_F(OpRunner, EmbeddingRopeSwiglu) {
     run_and_compare("swiglu", write_inputs("swiglu.h5", sw, gs), swiglu);
 }
 
-// The fused ops: the same outputs and gradients as the ops they fuse, from files.
-TEST_F(OpRunner, SwigluMlpAndLinearCrossEntropy) {
+// The fused ops (swiglu_mlp, rmsnorm_rope, linear_cross_entropy): the same outputs and
+// gradients as the ops they fuse, from files.
+TEST_F(OpRunner, FusedOpsEqualTheOpsTheyFuse) {
     HSA_SEED_TRACE();
     Rng rng = test::test_rng();
     Named mlp{{"x", rng.normal({2, 3, 6})}, {"w1", rng.normal({6, 10})}, {"w3", rng.normal({6, 10})}, {"w2", rng.normal({10, 6})}};
@@ -638,6 +639,17 @@ TEST_F(OpRunner, SwigluMlpAndLinearCrossEntropy) {
         return ops::linear(ops::swiglu(ops::linear(t.at("x"), t.at("w1")), ops::linear(t.at("x"), t.at("w3"))), t.at("w2"));
     }, gm);
     run_and_compare("swiglu_mlp", write_inputs("mlp.h5", mlp, gm), want_mlp);
+
+    Named qk{{"x", rng.normal({2, 5, 3, 8})}, {"weight", rng.normal({8})}};
+    Tensor gq = rng.normal({2, 5, 3, 8});
+    Reference want_qk = reference(qk, {"x", "weight"}, [&](const Named& t) {
+        return ops::rope(ops::rmsnorm(t.at("x"), t.at("weight"), 1e-5f), 11, 1000.0f);
+    }, gq);
+    run_and_compare("rmsnorm_rope", write_inputs("qk.h5", qk, gq, [](Hdf5File& f) {
+                        f.write_float_attribute("/", "eps", 1e-5);
+                        f.write_int_attribute("/", "position_offset", 11);
+                        f.write_float_attribute("/", "base", 1000.0);
+                    }), want_qk);
 
     const int64_t N = 9, D = 5, V = 7;
     std::vector<int32_t> targets(N);
@@ -716,7 +728,7 @@ TEST_F(OpRunnerCli, HelpListsEveryOp) {
     EXPECT_EQ(help.code, 0) << describe(help);
     EXPECT_EQ(help.err, "");
     for (const char* word : {"usage: hsa op", "--inputs", "--out", "--device", "grad_out", "embedding", "matmul", "rmsnorm",
-                             "rope", "swiglu", "swiglu_mlp", "attention", "select_chunks", "chunk_weights", "hsa",
+                             "rope", "rmsnorm_rope", "swiglu", "swiglu_mlp", "attention", "select_chunks", "chunk_weights", "hsa",
                              "cross_entropy", "linear_cross_entropy",
                              "exit codes"})
         EXPECT_NE(help.out.find(word), std::string::npos) << word << "\n" << help.out;
