@@ -41,6 +41,24 @@ void split_at(const Shape& shape, int dim, int64_t& outer, int64_t& inner) {
 
 Tensor grad_buffer(const Tensor& like) { return Tensor::empty(like.shape(), DType::F32, like.device()); }
 
+// Where a backward writes one operand's gradient. A gradient the operand already owns (an
+// input shared by several products, such as the q/k/v projections' normalised input) is
+// added into in place (accumulate); otherwise a fresh buffer, handed over by deliver().
+// Undefined when the operand wants no gradient.
+struct GradTarget {
+    Tensor grad;
+    bool accumulate = false;
+
+    explicit GradTarget(const Tensor& operand) : grad(operand.grad_to_accumulate_into()), accumulate(grad.defined()) {
+        if (!accumulate && operand.requires_grad()) grad = grad_buffer(operand);
+    }
+    void deliver(const Tensor& operand) const {
+        if (!grad.defined() || accumulate) return;
+        Tensor target = operand;
+        target.accumulate_grad(grad);
+    }
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------- elementwise and shape
@@ -282,16 +300,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
     backend_of(a).gemm(a, transpose_a, b, transpose_b, out, false);
     if (Tape::current().should_record({&a, &b})) {
         Tape::current().record({out}, [a, b, transpose_a, transpose_b](const std::vector<Tensor>& g) {
-            // A gradient the operand already owns (an input shared by several products,
-            // such as the q/k/v projections' normalised input) is added into by the product.
-            Tensor ga = a.grad_to_accumulate_into(), gb = b.grad_to_accumulate_into();
-            const bool accumulate_a = ga.defined(), accumulate_b = gb.defined();
-            if (!accumulate_a && a.requires_grad()) ga = grad_buffer(a);
-            if (!accumulate_b && b.requires_grad()) gb = grad_buffer(b);
-            backend_of(a).gemm_backward(a, transpose_a, b, transpose_b, g[0], ga, gb, accumulate_a, accumulate_b);
-            Tensor ta = a, tb = b;
-            if (ga.defined() && !accumulate_a) ta.accumulate_grad(ga);
-            if (gb.defined() && !accumulate_b) tb.accumulate_grad(gb);
+            GradTarget ga(a), gb(b);
+            backend_of(a).gemm_backward(a, transpose_a, b, transpose_b, g[0], ga.grad, gb.grad, ga.accumulate,
+                                        gb.accumulate);
+            ga.deliver(a);
+            gb.deliver(b);
         });
     }
     return out;
@@ -329,21 +342,13 @@ Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Ten
     backend_of(x).swiglu_mlp_forward(xc, w1, w3, w2, out, *saved);
     if (Tape::current().should_record({&flat, &w1, &w3, &w2})) {
         Tape::current().record({out}, [flat, w1, w3, w2, saved](const std::vector<Tensor>& g) {
-            // As matmul's backward: a gradient an operand already owns is added into.
-            const Tensor* operands[4] = {&flat, &w1, &w3, &w2};
-            Tensor grads[4];
-            bool accumulate[4];
-            for (int i = 0; i < 4; ++i) {
-                grads[i] = operands[i]->grad_to_accumulate_into();
-                accumulate[i] = grads[i].defined();
-                if (!accumulate[i] && operands[i]->requires_grad()) grads[i] = grad_buffer(*operands[i]);
-            }
-            backend_of(flat).swiglu_mlp_backward(w1, w3, w2, *saved, g[0], grads[0], grads[1], grads[2], grads[3],
-                                                 accumulate[0], accumulate[1], accumulate[2], accumulate[3]);
-            for (int i = 0; i < 4; ++i) {
-                Tensor target = *operands[i];
-                if (grads[i].defined() && !accumulate[i]) target.accumulate_grad(grads[i]);
-            }
+            GradTarget gx(flat), g1(w1), g3(w3), g2(w2);
+            backend_of(flat).swiglu_mlp_backward(w1, w3, w2, *saved, g[0], gx.grad, g1.grad, g3.grad, g2.grad,
+                                                 gx.accumulate, g1.accumulate, g3.accumulate, g2.accumulate);
+            gx.deliver(flat);
+            g1.deliver(w1);
+            g3.deliver(w3);
+            g2.deliver(w2);
         });
     }
     return reshape(out, x.shape());
@@ -628,17 +633,12 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpos
     if (Tape::current().should_record({&x, &weight})) {
         Tape::current().record({loss}, [x, weight, transpose_weight, logits, flat_targets, flat_mask,
                                          lse](const std::vector<Tensor>& g) {
-            // As matmul's backward: a gradient the operand already owns is added into.
-            Tensor gx = x.grad_to_accumulate_into(), gw = weight.grad_to_accumulate_into();
-            const bool accumulate_x = gx.defined(), accumulate_w = gw.defined();
-            if (!accumulate_x && x.requires_grad()) gx = grad_buffer(x);
-            if (!accumulate_w && weight.requires_grad()) gw = grad_buffer(weight);
+            GradTarget gx(x), gw(weight);
             backend_of(x).cross_entropy_product_backward(x, false, weight, transpose_weight, logits, flat_targets,
-                                                         flat_mask, lse, g[0].item(), gx, gw, accumulate_x,
-                                                         accumulate_w);
-            Tensor tx = x, tw = weight;
-            if (gx.defined() && !accumulate_x) tx.accumulate_grad(gx);
-            if (gw.defined() && !accumulate_w) tw.accumulate_grad(gw);
+                                                         flat_mask, lse, g[0].item(), gx.grad, gw.grad,
+                                                         gx.accumulate, gw.accumulate);
+            gx.deliver(x);
+            gw.deliver(weight);
         });
     }
     return loss;
