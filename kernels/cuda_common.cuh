@@ -2,7 +2,7 @@
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
 // cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum,
-// store4 / store1 (f32 or bf16 element stores), task_of_block (multi-tensor launches).
+// store4 / store1 and load4 / load1 (f32 or bf16 elements), task_of_block (multi-tensor launches).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -117,6 +117,16 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, int64_t k, float4 v) {
 }
 __device__ __forceinline__ void store1(float* p, int64_t k, float v) { p[k] = v; }
 __device__ __forceinline__ void store1(__nv_bfloat16* p, int64_t k, float v) { p[k] = __float2bfloat16_rn(v); }
+// The matching loads: element 4k..4k+3 (16 bytes of f32, 8 of bf16) or element k, as f32.
+__device__ __forceinline__ float4 load4(const float* p, int64_t k) { return reinterpret_cast<const float4*>(p)[k]; }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p, int64_t k) {
+    const uint2 raw = reinterpret_cast<const uint2*>(p)[k];
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ float load1(const float* p, int64_t k) { return p[k]; }
+__device__ __forceinline__ float load1(const __nv_bfloat16* p, int64_t k) { return __bfloat162float(p[k]); }
 
 // Multi-tensor launches: block b belongs to task t with block_start[t] <= b <
 // block_start[t + 1] (block_start: prefix sums of the tasks' block counts, count + 1 entries).

@@ -67,8 +67,8 @@ struct DeviceState {
 
 // Column-major problem as cuBLASLt sees it: D (m x n) = op(A) (m x k) . op(B) (k x n).
 // Key fields: device, transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB,
-// strideC, alignA, alignB, alignC, operand mode (OperandMode).
-using PlanKey = std::array<int64_t, 17>;
+// strideC, alignA, alignB, alignC, operand mode (OperandMode), output type (0 f32, 1 bf16).
+using PlanKey = std::array<int64_t, 18>;
 
 struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -134,7 +134,9 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
 
     Plan plan;
     try {
-        // Accumulation and output are f32 in every mode.
+        // Accumulation is f32 in every mode; the output is f32 or (gemm_of_bf16's bf16 out)
+        // bf16, rounded to nearest even from the f32 accumulator.
+        const cudaDataType_t output_type = key[17] != 0 ? CUDA_R_16BF : CUDA_R_32F;
         const cudaDataType_t operand_type = key[16] == kBf16Copies ? CUDA_R_16BF : CUDA_R_32F;
         const cublasComputeType_t compute = key[16] == kF32Fast16bf ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
         HSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
@@ -147,7 +149,7 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
                                 : make_layout(operand_type, m, k, lda, batch, stride_a);
         plan.layout_b = trans_b ? make_layout(operand_type, n, k, ldb, batch, stride_b)
                                 : make_layout(operand_type, k, n, ldb, batch, stride_b);
-        plan.layout_c = make_layout(CUDA_R_32F, m, n, ldc, batch, stride_c);
+        plan.layout_c = make_layout(output_type, m, n, ldc, batch, stride_c);
 
         cublasLtMatmulPreference_t pref = nullptr;
         HSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -193,13 +195,14 @@ struct RowMajorGemm {
     bool ta;
     const void* b;
     bool tb;
-    float* c;
+    void* c;  // f32, or bf16 when c_bf16
     int64_t M, N, K;
     int batch = 1;
     int64_t stride_a = 0, stride_b = 0, stride_c = 0;
     int64_t loop_stride_a = 0, loop_stride_b = 0, loop_stride_c = 0;
     size_t element_bytes = sizeof(float);  // of a and b
     OperandMode mode = kF32Exact;
+    bool c_bf16 = false;
 };
 
 void check_int_range(int64_t value, const char* what) {
@@ -224,9 +227,10 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     const size_t eb = g.element_bytes;
     const uint32_t align_a = std::min(alignment_of(g.b, sa, eb), alignment_of(g.b, g.loop_stride_b, eb));
     const uint32_t align_b = std::min(alignment_of(g.a, sb, eb), alignment_of(g.a, g.loop_stride_a, eb));
-    const uint32_t align_c = std::min(alignment_of(g.c, sc), alignment_of(g.c, g.loop_stride_c));
+    const size_t cb = g.c_bf16 ? 2 : sizeof(float);
+    const uint32_t align_c = std::min(alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb));
     const PlanKey key{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                      align_a, align_b, align_c, g.mode};
+                      align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0};
     const Plan& plan = find_plan(state, key);
     const float alpha = 1.0f;
     HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,
@@ -323,7 +327,7 @@ static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, b
         for (int64_t i = 0; i < B; ++i) {
             g.a = pa + i * a_step * eb;
             g.b = pb + i * b_step * eb;
-            g.c = po + i * o_step;
+            g.c = po + i * o_step;  // f32 out here
             run_gemm(g, beta0);
         }
         return;
@@ -343,9 +347,11 @@ static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, b
     }
 }
 
-// out (f32) = op(a16) . op(b16), both operands already bf16 (2-D, contiguous, every dim a
+// out = op(a16) . op(b16), both operands already bf16 (2-D, contiguous, every dim a
 // multiple of 8): the products of the fused ops, whose operands exist only in bf16. The
-// same cuBLASLt call as gemm's bf16 path for the same (a, transpose) arrangement.
+// same cuBLASLt call as gemm's bf16 path for the same (a, transpose) arrangement. out is
+// f32, or bf16 (the f32 accumulator rounded to nearest even by cuBLASLt's epilogue; not
+// with accumulate, which would add in bf16) for products whose consumer wants bf16.
 void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
                   bool accumulate) {
     for (const auto* t : {&a16, &b16})
@@ -357,11 +363,14 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
     HSA_CHECK(K == Kb && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
               "gemm_of_bf16: op(a) " << M << " x " << K << " and op(b) " << Kb << " x " << N
                                      << " must agree and be multiples of 8");
-    checks::check_tensor("gemm_of_bf16", "out", out, {M, N}, DType::F32, Device::CUDA);
+    const bool out_bf16 = out.dtype() == DType::BF16;
+    checks::check_tensor("gemm_of_bf16", "out", out, {M, N}, out_bf16 ? DType::BF16 : DType::F32, Device::CUDA);
+    HSA_CHECK(!(out_bf16 && accumulate), "gemm_of_bf16: a bf16 output cannot be accumulated into");
     if (M == 0 || N == 0) return;
-    RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.data<float>(), M, N, K};
+    RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
     g.element_bytes = 2;
     g.mode = kBf16Copies;
+    g.c_bf16 = out_bf16;
     run_gemm(g, accumulate ? 1.0f : 0.0f);
 }
 

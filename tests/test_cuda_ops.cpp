@@ -591,11 +591,14 @@ TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
 
 // ------------------------------------------------------------------ SwiGLU MLP fused
 
-// ops::swiglu_mlp on the GPU against the separate ops on the GPU: at bf16 precision with
-// every dim a multiple of 8 the fused backend path (h and the gate / up gradients written
-// in bf16, x rounded once) must give the bits of the separate ops (which round the same
-// f32 values before each product); F = 36 (not a multiple of 8) and f32 precision take the
-// composed path. Output and all four gradients bit-identical.
+// ops::swiglu_mlp on the GPU against the separate ops on the GPU. At f32 precision, and for
+// F = 36 (not a multiple of 8, off the bf16 product path) at bf16 precision, the fused op
+// composes the same backend calls: output and all four gradients bit-identical. At bf16
+// precision with every dim a multiple of 8 the fused path keeps gate, up and the hidden
+// gradient in bf16 (the separate ops keep them in f32 and round only the products'
+// operands), so it is held to the bf16 rule instead: against the exact CPU composition its
+// relative error is at most 2x that of the separate GPU ops (two to three more roundings
+// of 2^-9 on top of the five the products already make) and at most 1e-2.
 TEST(CudaOps, SwigluMlpEqualsSeparateOps) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
@@ -606,22 +609,33 @@ TEST(CudaOps, SwigluMlpEqualsSeparateOps) {
             MatmulPrecisionScope scope(precision);
             const int64_t B = 2, T = 40, D = 32;
             Tensor x0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F}), w3_0 = rng.normal({D, F});
-            Tensor w2_0 = rng.normal({F, D}), projection = on_gpu(rng.normal({B, T, D}));
-            auto run = [&](bool fused, std::vector<Tensor>& grads) {
-                std::vector<Tensor> in{on_gpu(x0), on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0)};
+            Tensor w2_0 = rng.normal({F, D}), projection0 = rng.normal({B, T, D});
+            auto run = [&](bool fused, Device device, std::vector<Tensor>& grads) {
+                auto place = [&](const Tensor& t) { return device == Device::CUDA ? on_gpu(t) : t.clone(); };
+                std::vector<Tensor> in{place(x0), place(w1_0), place(w3_0), place(w2_0)};
                 for (auto& t : in) t.set_requires_grad(true);
                 Tensor out = fused ? ops::swiglu_mlp(in[0], in[1], in[2], in[3])
                                    : ops::linear(ops::swiglu(ops::linear(in[0], in[1]), ops::linear(in[0], in[2])), in[3]);
-                backward(ops::sum(ops::mul(out, projection)));
+                backward(ops::sum(ops::mul(out, place(projection0))));
                 grads.clear();
                 for (auto& t : in) grads.push_back(t.grad());
                 return out;
             };
-            std::vector<Tensor> fused_grads, plain_grads;
-            Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
-            EXPECT_EQ(fused.to_vector(), plain.to_vector());
+            std::vector<Tensor> fused_grads, plain_grads, cpu_grads;
+            Tensor fused = run(true, Device::CUDA, fused_grads), plain = run(false, Device::CUDA, plain_grads);
             const char* names[] = {"x", "w1", "w3", "w2"};
-            for (size_t i = 0; i < 4; ++i) EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i];
+            const bool bf16_path = precision == MatmulPrecision::BF16 && F % 8 == 0;
+            if (!bf16_path) {
+                EXPECT_EQ(fused.to_vector(), plain.to_vector());
+                for (size_t i = 0; i < 4; ++i)
+                    EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i];
+                continue;
+            }
+            Tensor exact = run(false, Device::CPU, cpu_grads);
+            const std::string label = "swiglu_mlp F " + std::to_string(F);
+            test::expect_bf16_accurate(label, "out", fused, exact, plain, 1e-2, 2.0);
+            for (size_t i = 0; i < 4; ++i)
+                test::expect_bf16_accurate(label, names[i], fused_grads[i], cpu_grads[i], plain_grads[i], 1e-2, 2.0);
         }
     }
 }
