@@ -32,6 +32,31 @@ __device__ inline void adamw_update(float& p, float g_in, float& m, float& v, co
     p = static_cast<float>(pd - a.lr * (mhat / (sqrt(vhat) + a.eps) + a.wd * pd));
 }
 
+// Elements 4k .. 4k + 3 (16-byte aligned pointers) and element k of one tensor, on the
+// gradient float(grad_scale * g) (__fmul_rn, as the scale kernel; exact for a scale of 1).
+__device__ __forceinline__ void adamw_update4(float* param, const float* grad, float* m, float* v, int64_t k,
+                                              float grad_scale, const AdamWParams& a) {
+    float4 p = reinterpret_cast<float4*>(param)[k], mk = reinterpret_cast<float4*>(m)[k],
+           vk = reinterpret_cast<float4*>(v)[k];
+    const float4 g = reinterpret_cast<const float4*>(grad)[k];
+    adamw_update(p.x, __fmul_rn(grad_scale, g.x), mk.x, vk.x, a);
+    adamw_update(p.y, __fmul_rn(grad_scale, g.y), mk.y, vk.y, a);
+    adamw_update(p.z, __fmul_rn(grad_scale, g.z), mk.z, vk.z, a);
+    adamw_update(p.w, __fmul_rn(grad_scale, g.w), mk.w, vk.w, a);
+    reinterpret_cast<float4*>(param)[k] = p;
+    reinterpret_cast<float4*>(m)[k] = mk;
+    reinterpret_cast<float4*>(v)[k] = vk;
+}
+
+__device__ __forceinline__ void adamw_update1(float* param, const float* grad, float* m, float* v, int64_t k,
+                                              float grad_scale, const AdamWParams& a) {
+    float p = param[k], mk = m[k], vk = v[k];
+    adamw_update(p, __fmul_rn(grad_scale, grad[k]), mk, vk, a);
+    param[k] = p;
+    m[k] = mk;
+    v[k] = vk;
+}
+
 __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n, bool vec,
                              AdamWParams a) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -39,32 +64,10 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
     int64_t tail_start = 0;
     if (vec) {
         const int64_t n4 = n >> 2;
-        float4* p4 = reinterpret_cast<float4*>(param);
-        const float4* g4 = reinterpret_cast<const float4*>(grad);
-        float4* m4 = reinterpret_cast<float4*>(m);
-        float4* v4 = reinterpret_cast<float4*>(v);
-        for (int64_t k = tid; k < n4; k += stride) {
-            float4 p = p4[k];
-            const float4 g = g4[k];
-            float4 mk = m4[k];
-            float4 vk = v4[k];
-            adamw_update(p.x, g.x, mk.x, vk.x, a);
-            adamw_update(p.y, g.y, mk.y, vk.y, a);
-            adamw_update(p.z, g.z, mk.z, vk.z, a);
-            adamw_update(p.w, g.w, mk.w, vk.w, a);
-            p4[k] = p;
-            m4[k] = mk;
-            v4[k] = vk;
-        }
+        for (int64_t k = tid; k < n4; k += stride) adamw_update4(param, grad, m, v, k, 1.0f, a);
         tail_start = n4 << 2;
     }
-    for (int64_t k = tail_start + tid; k < n; k += stride) {
-        float p = param[k], mk = m[k], vk = v[k];
-        adamw_update(p, grad[k], mk, vk, a);
-        param[k] = p;
-        m[k] = mk;
-        v[k] = vk;
-    }
+    for (int64_t k = tail_start + tid; k < n; k += stride) adamw_update1(param, grad, m, v, k, 1.0f, a);
 }
 
 // All parameters in one launch: block b updates chunk b - block_start[t] (kChunk elements)
@@ -92,32 +95,14 @@ __global__ void adamw_many_kernel(const AdamWTask* tasks, const int64_t* block_s
     const uintptr_t any = reinterpret_cast<uintptr_t>(task.p) | reinterpret_cast<uintptr_t>(task.g) |
                           reinterpret_cast<uintptr_t>(task.m) | reinterpret_cast<uintptr_t>(task.v);
     if ((any & 15u) == 0 && last - first == kChunk) {
-        float4* p4 = reinterpret_cast<float4*>(task.p + first);
-        const float4* g4 = reinterpret_cast<const float4*>(task.g + first);
-        float4* m4 = reinterpret_cast<float4*>(task.m + first);
-        float4* v4 = reinterpret_cast<float4*>(task.v + first);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int k = i * kThreads + static_cast<int>(threadIdx.x);
-            float4 p = p4[k], mk = m4[k], vk = v4[k];
-            const float4 g = g4[k];
-            adamw_update(p.x, __fmul_rn(grad_scale, g.x), mk.x, vk.x, a);
-            adamw_update(p.y, __fmul_rn(grad_scale, g.y), mk.y, vk.y, a);
-            adamw_update(p.z, __fmul_rn(grad_scale, g.z), mk.z, vk.z, a);
-            adamw_update(p.w, __fmul_rn(grad_scale, g.w), mk.w, vk.w, a);
-            p4[k] = p;
-            m4[k] = mk;
-            v4[k] = vk;
-        }
+        for (int i = 0; i < 4; ++i)
+            adamw_update4(task.p, task.g, task.m, task.v, first / 4 + i * kThreads + static_cast<int>(threadIdx.x),
+                          grad_scale, a);
         return;
     }
-    for (int64_t k = first + threadIdx.x; k < last; k += kThreads) {
-        float p = task.p[k], mk = task.m[k], vk = task.v[k];
-        adamw_update(p, __fmul_rn(grad_scale, task.g[k]), mk, vk, a);
-        task.p[k] = p;
-        task.m[k] = mk;
-        task.v[k] = vk;
-    }
+    for (int64_t k = first + threadIdx.x; k < last; k += kThreads)
+        adamw_update1(task.p, task.g, task.m, task.v, k, grad_scale, a);
 }
 
 }  // namespace

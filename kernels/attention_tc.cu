@@ -41,6 +41,7 @@ namespace {
 using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
 using mma::b_from_nk_lane_offset;
+using mma::key_side_backward_step;
 using mma::cp_async_16;
 using mma::cp_async_commit;
 using mma::cp_async_wait;
@@ -143,6 +144,44 @@ __device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict_
     }
 }
 
+// Where a forward / dQ block (4 warps, the kRows queries from t0 of head h of batch b)
+// stands, and its key range [lo, hi]; the constructor starts the copy of the first K / V
+// tiles into Ks / Vs (one commit group).
+template <int D>
+struct QueryTileBlock {
+    int lane, gid, tig, b, h, g, t0, ta, tb, lo, hi;
+    int64_t q_stride, kv_stride, q_offset;  // q / out rows of (b, h) start at q_offset
+    const __nv_bfloat16* k_base;
+    const __nv_bfloat16* v_base;
+
+    __device__ __forceinline__ QueryTileBlock(const TcParams& P, __nv_bfloat16* Ks, __nv_bfloat16* Vs) {
+        lane = static_cast<int>(threadIdx.x) % kWarpSize;
+        const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+        gid = lane >> 2;
+        tig = lane & 3;
+        b = static_cast<int>(blockIdx.x) / P.H;
+        h = static_cast<int>(blockIdx.x) % P.H;
+        g = h / P.G;
+        t0 = static_cast<int>(blockIdx.y) * kRows;
+        ta = t0 + 16 * warp + gid;
+        tb = ta + 8;
+        q_stride = static_cast<int64_t>(P.H) * D;
+        kv_stride = static_cast<int64_t>(P.Hk) * D;
+        q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+        k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+        v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+        keys_of_queries(P, t0, lo, hi);
+        start_copies(P, lo, Ks, Vs);
+        cp_async_commit();
+    }
+    // The copies of the K and V tiles of keys s0 .. s0 + kTile - 1 (the caller commits).
+    __device__ __forceinline__ void start_copies(const TcParams& P, int s0, __nv_bfloat16* Ks,
+                                                 __nv_bfloat16* Vs) const {
+        start_tile_copy<D>(k_base, kv_stride, s0, P.T, Ks);
+        start_tile_copy<D>(v_base, kv_stride, s0, P.T, Vs);
+    }
+};
+
 // ---------------------------------------------------------------- forward
 
 // Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
@@ -152,22 +191,11 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
     __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    const int gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kRows;
-    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
-    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
-    const float* q_base = P.q + (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-
-    int lo, hi;
-    keys_of_queries(P, t0, lo, hi);
-    start_tile_copy<D>(k_base, kv_stride, lo, P.T, Ks[0]);
-    start_tile_copy<D>(v_base, kv_stride, lo, P.T, Vs[0]);
-    cp_async_commit();
+    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
+    const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int lo = Q.lo, hi = Q.hi;
+    const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
+    const float* q_base = P.q + q_offset;
 
     uint32_t qf[D / 16][4];
     load_a_rows<D>(q_base, q_stride, ta, P.T, tig, qf);
@@ -184,8 +212,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
         cp_async_wait<0>();  // this thread's part of tile s0 has landed ...
         __syncthreads();     // ... everyone's has, and everyone is done with the other buffer
         if (s0 + kTile <= hi) {
-            start_tile_copy<D>(k_base, kv_stride, s0 + kTile, P.T, Ks[stage ^ 1]);
-            start_tile_copy<D>(v_base, kv_stride, s0 + kTile, P.T, Vs[stage ^ 1]);
+            Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
         }
         cp_async_commit();
 
@@ -262,22 +289,10 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
     __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    const int gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kRows;
-    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
-    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
-    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-
-    int lo, hi;
-    keys_of_queries(P, t0, lo, hi);
-    start_tile_copy<D>(k_base, kv_stride, lo, P.T, Ks[0]);
-    start_tile_copy<D>(v_base, kv_stride, lo, P.T, Vs[0]);
-    cp_async_commit();
+    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
+    const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int lo = Q.lo, hi = Q.hi;
+    const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
 
     uint32_t qf[D / 16][4], dof[D / 16][4];
     load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
@@ -305,8 +320,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
         cp_async_wait<0>();
         __syncthreads();
         if (s0 + kTile <= hi) {
-            start_tile_copy<D>(k_base, kv_stride, s0 + kTile, P.T, Ks[stage ^ 1]);
-            start_tile_copy<D>(v_base, kv_stride, s0 + kTile, P.T, Vs[stage ^ 1]);
+            Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
         }
         cp_async_commit();
         const uint32_t offset = stage * kStageBytes;
@@ -405,7 +419,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
         const float* lse_s = lse_tile[stage];
         const float* delta_s = delta_tile[stage];
 
-        float pt[kTile / 8][4], dpt[kTile / 8][4];  // [key][query]
+        float pt[kTile / 8][4];  // [key][query]
         product_with_tile_transpose<D, kTile>(kf, q_nk + offset, pt);   // K Q^T
         const bool whole = tile_wholly_visible(P, t0, s0);
 #pragma unroll
@@ -419,25 +433,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
                 pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
                 pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
             }
-        {
-            uint32_t pf[kTile / 16][4];
-#pragma unroll
-            for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], pt[2 * ks], pt[2 * ks + 1]);
-            accumulate_product_with_tile<D, kTile>(pf, do_kn + offset, dv);  // dV += P^T dO
-        }
-        product_with_tile_transpose<D, kTile>(vf, do_nk + offset, dpt);  // V dO^T
-#pragma unroll
-        for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float dl = delta_s[8 * j + 2 * tig + e];
-                pt[j][e] *= dpt[j][e] - dl;  // dS^T
-                pt[j][2 + e] *= dpt[j][2 + e] - dl;
-            }
-        uint32_t dsf[kTile / 16][4];
-#pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], pt[2 * ks], pt[2 * ks + 1]);
-        accumulate_product_with_tile<D, kTile>(dsf, q_kn + offset, dk);  // dK += dS^T Q
+        key_side_backward_step<D, kTile>(pt, vf, do_kn + offset, do_nk + offset, q_kn + offset, delta_s, tig, dk, dv);
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma_bf16.cuh"
 
@@ -41,6 +42,7 @@ namespace {
 using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
 using mma::b_from_nk_lane_offset;
+using mma::key_side_backward_step;
 using mma::load_a_rows;
 using mma::pack_bf16;
 using mma::pack_c_as_a;
@@ -124,22 +126,12 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
     const int64_t row_a = row0 + gid, row_b = row0 + gid + 8;
 
     // Padding entries (index -1): od 0, no work.
-    for (int64_t k = 0; k < Sh.K; ++k)
-        if (__ldg(P.indices + sel + k) < 0 && tig == 0) {
-            if (has_a) P.od_out[row_a * Sh.K + k] = 0.0f;
-            if (has_b) P.od_out[row_b * Sh.K + k] = 0.0f;
-        }
-    // The next real entry at or after `from` (K when none), the same for the whole warp.
-    auto next_chunk = [&](int64_t from) {
-        while (from < Sh.K && __ldg(P.indices + sel + from) < 0) ++from;
-        return from;
-    };
-    auto chunk_rows = [&](int64_t k) {
-        return ((b * Sh.Tm + static_cast<int64_t>(__ldg(P.indices + sel + k)) * kChunk) * Sh.Hk + g) * D;
-    };
+    const cuda_detail::SelectedChunks chunks{P.indices + sel, Sh.K};
+    chunks.zero_padding(P.od_out + row_a * Sh.K, P.od_out + row_b * Sh.K, has_a, has_b, tig);
     // Copies run one step ahead, V first (dP = dO V^T is the first product and frees Vs),
     // then K (needed until dQ += dS K): commit groups complete in order V, K, V, K, ...
-    int64_t k = next_chunk(0);
+    auto chunk_rows = [&](int64_t k) { return ((b * Sh.Tm + chunks.chunk(k) * kChunk) * Sh.Hk + g) * D; };
+    int64_t k = chunks.next(0);
     if (k < Sh.K) {
         const int64_t first = chunk_rows(k);
         mma::start_tile_copy_warp<D, kChunk>(P.vmem16 + first, kv_stride, Vs, lane);
@@ -149,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
     }
 #pragma unroll 1
     while (k < Sh.K) {
-        const int64_t next = next_chunk(k + 1);
+        const int64_t next = chunks.next(k + 1);
         const int64_t next_first = next < Sh.K ? chunk_rows(next) : 0;
         const float w = __ldg(P.weights + sel + k);
         const float lse_a = has_a ? __ldg(P.lse + row_a * Sh.K + k) * kLog2e : 0.0f;
@@ -302,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Par
         const float* od_s = entry_od[stage];
         const float* w_s = entry_w[stage];
 
-        float pw[kEntries / 8][4], dpt[kEntries / 8][4];  // [key][entry]
+        float pw[kEntries / 8][4];  // [key][entry]
         product_with_tile_transpose<D, kEntries>(kf, q_nk + offset, pw);  // K Q^T
 #pragma unroll
         for (int j = 0; j < kEntries / 8; ++j)
@@ -313,25 +305,7 @@ __global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Par
                 pw[j][e] = w * exp2f(fmaf(pw[j][e], P.scale_log2, -l));
                 pw[j][2 + e] = w * exp2f(fmaf(pw[j][2 + e], P.scale_log2, -l));
             }
-        {
-            uint32_t pf[kEntries / 16][4];
-#pragma unroll
-            for (int ks = 0; ks < kEntries / 16; ++ks) pack_c_as_a(pf[ks], pw[2 * ks], pw[2 * ks + 1]);
-            accumulate_product_with_tile<D, kEntries>(pf, do_kn + offset, dv);  // dV += PW^T dO
-        }
-        product_with_tile_transpose<D, kEntries>(vf, do_nk + offset, dpt);  // V dO^T
-#pragma unroll
-        for (int j = 0; j < kEntries / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float od = od_s[8 * j + 2 * tig + e];
-                pw[j][e] *= dpt[j][e] - od;  // dS^T
-                pw[j][2 + e] *= dpt[j][2 + e] - od;
-            }
-        uint32_t dsf[kEntries / 16][4];
-#pragma unroll
-        for (int ks = 0; ks < kEntries / 16; ++ks) pack_c_as_a(dsf[ks], pw[2 * ks], pw[2 * ks + 1]);
-        accumulate_product_with_tile<D, kEntries>(dsf, q_kn + offset, dk);  // dK += dS^T Q
+        key_side_backward_step<D, kEntries>(pw, vf, do_kn + offset, do_nk + offset, q_kn + offset, od_s, tig, dk, dv);
     }
     mma::cp_async_wait<0>();  // no copy outlives the block (an empty chunk's first tile)
     if (P.grad_kmem) store_rows<D>(P.grad_kmem + kv_offset, kv_stride, ja, kChunk, tig, dk, P.scale, P.scale);

@@ -146,22 +146,12 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
     float* lse_b = P.lse + (row0 + gid + 8) * P.K;
 
     // Padding entries (index -1) get lse 0 and no work.
-    for (int64_t k = 0; k < P.K; ++k)
-        if (__ldg(P.indices + sel + k) < 0 && tig == 0) {
-            if (has_a) lse_a[k] = 0.0f;
-            if (has_b) lse_b[k] = 0.0f;
-        }
-    // The next real entry at or after `from` (K when none), the same for the whole warp.
-    auto next_chunk = [&](int64_t from) {
-        while (from < P.K && __ldg(P.indices + sel + from) < 0) ++from;
-        return from;
-    };
-    auto chunk_rows = [&](int64_t k) {
-        return ((b * P.Tm + static_cast<int64_t>(__ldg(P.indices + sel + k)) * kChunk) * P.Hk + g) * D;
-    };
+    const cuda_detail::SelectedChunks chunks{P.indices + sel, P.K};
+    chunks.zero_padding(lse_a, lse_b, has_a, has_b, tig);
     // Copies run one step ahead: K of the next chunk as soon as S = Q K^T is done, V of the
     // next chunk as soon as O += P V is done (commit groups complete in order: K, V, K, ...).
-    int64_t k = next_chunk(0);
+    auto chunk_rows = [&](int64_t k) { return ((b * P.Tm + chunks.chunk(k) * kChunk) * P.Hk + g) * D; };
+    int64_t k = chunks.next(0);
     if (k < P.K) {
         const int64_t first = chunk_rows(k);
         mma::start_tile_copy_warp<D, kChunk>(P.kmem16 + first, kv_row_stride, Ks, lane);
@@ -171,7 +161,7 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
     }
 #pragma unroll 1
     while (k < P.K) {
-        const int64_t next = next_chunk(k + 1);
+        const int64_t next = chunks.next(k + 1);
         const int64_t next_first = next < P.K ? chunk_rows(next) : 0;
         const float w = __ldg(P.weights + sel + k);
         mma::cp_async_wait<1>();  // K of chunk k has landed (its V may still be in flight)

@@ -204,6 +204,39 @@ __device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)
     }
 }
 
+// The key-side backward step of one tile of N queries (the SWA dK/dV kernel, HSA pass 3):
+// given P^T (16 keys x N, the C layout; weights already folded in) in p,
+//   dV += P^T dO;  dS^T = P^T * (V dO^T - row_term[query]);  dK += dS^T Q,
+// with vf the keys' V as A fragments, dO / Q read from [N][D] shared tiles at the lanes'
+// ldmatrix addresses (do_kn, do_nk, q_kn), row_term the N queries' delta (od) values. p is
+// overwritten by dS^T.
+template <int D, int N>
+__device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], const uint32_t (&vf)[D / 16][4],
+                                                       uint32_t do_kn, uint32_t do_nk, uint32_t q_kn,
+                                                       const float* row_term, int tig, float (&dk)[D / 8][4],
+                                                       float (&dv)[D / 8][4]) {
+    {
+        uint32_t pf[N / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < N / 16; ++ks) pack_c_as_a(pf[ks], p[2 * ks], p[2 * ks + 1]);
+        accumulate_product_with_tile<D, N>(pf, do_kn, dv);  // dV += P^T dO
+    }
+    float dpt[N / 8][4];
+    product_with_tile_transpose<D, N>(vf, do_nk, dpt);  // V dO^T
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const float term = row_term[8 * j + 2 * tig + e];
+            p[j][e] *= dpt[j][e] - term;  // dS^T
+            p[j][2 + e] *= dpt[j][2 + e] - term;
+        }
+    uint32_t dsf[N / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < N / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
+    accumulate_product_with_tile<D, N>(dsf, q_kn, dk);  // dK += dS^T Q
+}
+
 // Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 matrix.
 template <int D>
 __device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t stride, int ra, int T, int tig,

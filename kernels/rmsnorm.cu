@@ -259,15 +259,63 @@ __global__ void __launch_bounds__(kWideWarps * 32)
 // sums are added across the row's lanes in double (xor butterfly: every lane the same
 // value, fixed order). One warp a row with scalar loads moved 256 bytes a row per load
 // pair: 0.16 ms (forward) and 0.18 ms (backward) a call at 524288 x 64 on an H200.
+//
+// The same kernels run the q / k path's RMSNorm then RoPE in one pass each way (Rope =
+// true): lane p holds columns 4p .. 4p + 3, and the rotate-half partner of its columns is in
+// lane p ^ (L / 2) (a shuffle). cos / sin come from a [T, d / 2] float2 table built per call
+// (angle and functions in double, as the RoPE kernel computes them); the rotation is f32
+// (~1e-7 relative against the double reference). Rows are (b, t, h), t = (n / H) % T.
 template <int L>
 __device__ __forceinline__ double row_sum_double(double v) {
     for (int offset = L / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
 }
 
+constexpr int64_t kRopeTableMax = int64_t{1} << 22;  // entries (32 MB); longer tables: composed ops
+
+__global__ void rope_table_kernel(float2* table, int64_t T, int64_t half, int64_t position_offset, double base) {
+    const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (k >= T * half) return;
+    const int64_t t = k / half, i = k % half;
+    const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
+    double sn, cs;
+    sincos(static_cast<double>(position_offset + t) * freq, &sn, &cs);
+    table[k] = make_float2(static_cast<float>(cs), static_cast<float>(sn));
+}
+
+// The rotation of narrow rows: table [T, d / 2] of (cos, sin), or null for plain RMSNorm.
+struct NarrowRope {
+    const float2* table = nullptr;
+    int64_t T = 1, H = 1;
+};
+
+__device__ __forceinline__ float4 shfl_xor4(float4 v, int mask) {
+    return make_float4(__shfl_xor_sync(0xffffffffu, v.x, mask), __shfl_xor_sync(0xffffffffu, v.y, mask),
+                       __shfl_xor_sync(0xffffffffu, v.z, mask), __shfl_xor_sync(0xffffffffu, v.w, mask));
+}
+
+// Row n's lane `part` of v rotated by token t = (n / H) % T's angles: forward
+// (v_i c - v_{i+half} s | v_{i+half} c + v_i s) or its inverse, the backward's
+// (v_i c + v_{i+half} s | v_{i+half} c - v_i s). Every lane calls it (the partner is a
+// shuffle); lanes of invalid rows get v back without reading the table.
 template <int L>
+__device__ __forceinline__ float4 rotate_narrow(float4 v, const NarrowRope& rope, int64_t n, bool valid, int part,
+                                                bool inverse) {
+    constexpr int kHalf = 2 * L;  // d / 2
+    const float4 partner = shfl_xor4(v, L / 2);
+    if (!valid) return v;
+    const int i0 = 4 * (part < L / 2 ? part : part - L / 2);
+    const float4* row = reinterpret_cast<const float4*>(rope.table + ((n / rope.H) % rope.T) * kHalf + i0);
+    const float4 a = __ldg(row), b = __ldg(row + 1);
+    const float4 c = make_float4(a.x, a.z, b.x, b.z), s = make_float4(a.y, a.w, b.y, b.w);
+    const float sign = (part < L / 2) != inverse ? -1.0f : 1.0f;
+    return make_float4(v.x * c.x + sign * partner.x * s.x, v.y * c.y + sign * partner.y * s.y,
+                       v.z * c.z + sign * partner.z * s.z, v.w * c.w + sign * partner.w * s.w);
+}
+
+template <int L, bool Rope>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
-    rmsnorm_forward_narrow_kernel(const float* x, const float* __restrict__ w, float eps, float* out,
+    rmsnorm_forward_narrow_kernel(const float* x, const float* __restrict__ w, float eps, NarrowRope rope, float* out,
                                   float* __restrict__ inv_rms, int64_t N) {
     constexpr int D = 4 * L, kRowsPerWarp = 32 / L;
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
@@ -277,23 +325,25 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
     float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (valid) xv = reinterpret_cast<const float4*>(x + n * D)[part];
     const double ss = row_sum_double<L>(static_cast<double>(xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w));
-    if (!valid) return;  // read before any write: out may alias x
     const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
-    if (part == 0) inv_rms[n] = r;
     float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
-    reinterpret_cast<float4*>(out + n * D)[part] =
-        make_float4(xv.x * r * wv.x, xv.y * r * wv.y, xv.z * r * wv.z, xv.w * r * wv.w);
+    float4 y = make_float4(xv.x * r * wv.x, xv.y * r * wv.y, xv.z * r * wv.z, xv.w * r * wv.w);
+    if (Rope) y = rotate_narrow<L>(y, rope, n, valid, part, /*inverse=*/false);
+    if (!valid) return;  // every read of the row is done: out may alias x
+    if (part == 0) inv_rms[n] = r;
+    reinterpret_cast<float4*>(out + n * D)[part] = y;
 }
 
-// Backward of the narrow rows: dx and, when partial is set, per-block column sums of g x r
-// (f32 in registers over a lane's rows, then added in (warp, row slot) order into
-// partial[b, :] in double). Blocks own rows [b * rows_per_block, ...).
-template <int L>
+// Backward of the narrow rows (with Rope: of the inverse rotation of g first, in
+// registers): dx and, when partial is set, per-block column sums of g x r (f32 in
+// registers over a lane's rows, then added in (warp, row slot) order into partial[b, :] in
+// double). Blocks own rows [b * rows_per_block, ...).
+template <int L, bool Rope>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_backward_narrow_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ inv_rms,
-                                   const float* g, float* dx, int64_t N, int64_t rows_per_block, double* partial,
-                                   bool accumulate) {
+                                   const float* g, NarrowRope rope, float* dx, int64_t N, int64_t rows_per_block,
+                                   double* partial, bool accumulate) {
     constexpr int D = 4 * L, kRowsPerWarp = 32 / L, kSlots = kRowsPerBlock * kRowsPerWarp;
     __shared__ float4 slot_sums[kSlots][L];
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
@@ -315,9 +365,10 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
             gv = reinterpret_cast<const float4*>(g + n * D)[part];
             r = inv_rms[n];
         }
+        if (Rope) gv = rotate_narrow<L>(gv, rope, n, valid, part, /*inverse=*/true);
         const double dot = row_sum_double<L>(static_cast<double>(gv.x * wv.x * xv.x + gv.y * wv.y * xv.y +
                                                                  gv.z * wv.z * xv.z + gv.w * wv.w * xv.w));
-        if (!valid) continue;  // read before any write: dx may alias x or g
+        if (!valid) continue;  // every read of the row is done: dx may alias x or g
         const double rd = static_cast<double>(r);
         const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
         float4 value = make_float4(r * gv.x * wv.x - xv.x * c, r * gv.y * wv.y - xv.y * c,
@@ -351,18 +402,32 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 
 bool narrow_row(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 
-template <int L>
-void launch_narrow_forward(const float* px, const float* pw, float eps, float* po, float* pr, int64_t N) {
+template <int L, bool Rope>
+void launch_narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, float* po, float* pr,
+                           int64_t N) {
     constexpr int64_t kRowsPerLaunchBlock = kRowsPerBlock * (32 / L);
-    rmsnorm_forward_narrow_kernel<L><<<static_cast<unsigned>((N + kRowsPerLaunchBlock - 1) / kRowsPerLaunchBlock),
-                                       kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N);
+    rmsnorm_forward_narrow_kernel<L, Rope>
+        <<<static_cast<unsigned>((N + kRowsPerLaunchBlock - 1) / kRowsPerLaunchBlock), kRowsPerBlock * 32>>>(
+            px, pw, eps, rope, po, pr, N);
 }
 
-template <int L>
-void launch_narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, float* pgx, int64_t N,
-                            int64_t blocks, int64_t rows_per_block, double* partial, bool accumulate) {
-    rmsnorm_backward_narrow_kernel<L><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32>>>(
-        px, pw, pr, pg, pgx, N, rows_per_block, partial, accumulate);
+// Forward of narrow rows (D in {16, 32, 64, 128}), with the rotation when rope.table is set.
+template <bool Rope>
+void narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, float* po, float* pr,
+                    int64_t N, int64_t D) {
+    if (D == 16) launch_narrow_forward<4, Rope>(px, pw, eps, rope, po, pr, N);
+    else if (D == 32) launch_narrow_forward<8, Rope>(px, pw, eps, rope, po, pr, N);
+    else if (D == 64) launch_narrow_forward<16, Rope>(px, pw, eps, rope, po, pr, N);
+    else launch_narrow_forward<32, Rope>(px, pw, eps, rope, po, pr, N);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_narrow_kernel");
+}
+
+template <int L, bool Rope>
+void launch_narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, const NarrowRope& rope,
+                            float* pgx, int64_t N, int64_t blocks, int64_t rows_per_block, double* partial,
+                            bool accumulate) {
+    rmsnorm_backward_narrow_kernel<L, Rope><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32>>>(
+        px, pw, pr, pg, rope, pgx, N, rows_per_block, partial, accumulate);
 }
 
 unsigned warp_row_grid(int64_t N) { return static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock); }
@@ -500,136 +565,43 @@ void launch_fused(const float* px, const float* pw, const float* pr, const float
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
 }
 
-// ---------------------------------------------------------------- RMSNorm then RoPE
+// The row blocks of a backward pass that also sums the weight gradient's columns: at most
+// 1024 blocks of rows_per_block rows, both from N only (reproducible); when the gradient is
+// wanted, partial [blocks, D] doubles for the blocks' column sums, which combine() adds in
+// a fixed order into grad_weight.
+struct ColumnPartials {
+    int64_t blocks, rows_per_block;
+    Tensor scratch;
+    double* partial = nullptr;
 
-// The q / k path in one pass each way: the narrow-row layout above (L = d / 4 lanes a row,
-// lane p holds columns 4p .. 4p + 3), with the rotate-half partner of a lane's columns in
-// lane p ^ (L / 2) (a shuffle). cos / sin come from a [T, d / 2] float2 table built per call
-// (angle and functions in double, as the RoPE kernel computes them); the rotation is f32
-// (~1e-7 relative against the double reference). Rows are (b, t, h), t = (n / H) % T.
-constexpr int64_t kRopeTableMax = int64_t{1} << 22;  // entries (32 MB); longer tables: composed ops
-
-__global__ void rope_table_kernel(float2* table, int64_t T, int64_t half, int64_t position_offset, double base) {
-    const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (k >= T * half) return;
-    const int64_t t = k / half, i = k % half;
-    const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
-    double sn, cs;
-    sincos(static_cast<double>(position_offset + t) * freq, &sn, &cs);
-    table[k] = make_float2(static_cast<float>(cs), static_cast<float>(sn));
-}
-
-// cos and sin of the lane's four columns' pair indices.
-template <int L>
-__device__ __forceinline__ void rope_factors(const float2* table, int64_t t, int part, float4& c, float4& s) {
-    constexpr int kHalf = 2 * L;  // d / 2
-    const int i0 = 4 * (part < L / 2 ? part : part - L / 2);
-    const float4* row = reinterpret_cast<const float4*>(table + t * kHalf + i0);
-    const float4 a = __ldg(row), b = __ldg(row + 1);
-    c = make_float4(a.x, a.z, b.x, b.z);
-    s = make_float4(a.y, a.w, b.y, b.w);
-}
-
-__device__ __forceinline__ float4 shfl_xor4(float4 v, int mask) {
-    return make_float4(__shfl_xor_sync(0xffffffffu, v.x, mask), __shfl_xor_sync(0xffffffffu, v.y, mask),
-                       __shfl_xor_sync(0xffffffffu, v.z, mask), __shfl_xor_sync(0xffffffffu, v.w, mask));
-}
-
-template <int L>
-__global__ void __launch_bounds__(kRowsPerBlock * 32)
-    rmsnorm_rope_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, float eps,
-                                const float2* __restrict__ table, int64_t T, int64_t H, float* __restrict__ out,
-                                float* __restrict__ inv_rms, int64_t N) {
-    constexpr int D = 4 * L, kRowsPerWarp = 32 / L;
-    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-    const int part = lane % L;
-    const int64_t n = (static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp) * kRowsPerWarp + lane / L;
-    const bool valid = n < N;  // every lane takes part in the shuffles
-    float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (valid) xv = reinterpret_cast<const float4*>(x + n * D)[part];
-    const double ss = row_sum_double<L>(static_cast<double>(xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w));
-    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
-    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-    if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
-    const float4 y = make_float4(xv.x * r * wv.x, xv.y * r * wv.y, xv.z * r * wv.z, xv.w * r * wv.w);
-    const float4 partner = shfl_xor4(y, L / 2);  // the other half of each rotate-half pair
-    if (!valid) return;
-    if (part == 0) inv_rms[n] = r;
-    float4 c, s;
-    rope_factors<L>(table, (n / H) % T, part, c, s);
-    const float sign = part < L / 2 ? -1.0f : 1.0f;  // y_i c - y_{i+half} s | y_{i+half} c + y_i s
-    reinterpret_cast<float4*>(out + n * D)[part] =
-        make_float4(y.x * c.x + sign * partner.x * s.x, y.y * c.y + sign * partner.y * s.y,
-                    y.z * c.z + sign * partner.z * s.z, y.w * c.w + sign * partner.w * s.w);
-}
-
-// Backward: the inverse rotation of the output gradient (in registers), then the narrow
-// RMSNorm backward on it, with the per-block column sums of the weight gradient.
-template <int L>
-__global__ void __launch_bounds__(kRowsPerBlock * 32)
-    rmsnorm_rope_backward_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ inv_rms,
-                                 const float* g, const float2* __restrict__ table, int64_t T, int64_t H, float* dx,
-                                 int64_t N, int64_t rows_per_block, double* partial, bool accumulate) {
-    constexpr int D = 4 * L, kRowsPerWarp = 32 / L, kSlots = kRowsPerBlock * kRowsPerWarp;
-    __shared__ float4 slot_sums[kSlots][L];
-    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-    const int part = lane % L, slot = warp * kRowsPerWarp + lane / L;
-    const int64_t begin = static_cast<int64_t>(blockIdx.x) * rows_per_block;
-    const int64_t end = begin + rows_per_block < N ? begin + rows_per_block : N;
-    const float sign = part < L / 2 ? 1.0f : -1.0f;  // g_i c + g_{i+half} s | g_{i+half} c - g_i s
-    float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-    if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
-    float4 cs = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int64_t first = begin; first < end; first += kSlots) {  // the same trip count on every lane
-        const int64_t n = first + slot;
-        const bool valid = n < end;
-        float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), go = xv;
-        float r = 0.0f;
-        if (valid) {
-            xv = reinterpret_cast<const float4*>(x + n * D)[part];
-            go = reinterpret_cast<const float4*>(g + n * D)[part];
-            r = inv_rms[n];
+    ColumnPartials(int64_t N, int64_t rows_unit, int64_t D, bool wanted) {
+        blocks = std::min<int64_t>(1024, (N + rows_unit - 1) / rows_unit);
+        rows_per_block = (N + blocks - 1) / blocks;
+        if (wanted) {
+            scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
+            partial = static_cast<double*>(scratch.raw_data());
         }
-        const float4 partner = shfl_xor4(go, L / 2);
-        float4 gv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (valid) {
-            float4 c, s;
-            rope_factors<L>(table, (n / H) % T, part, c, s);
-            gv = make_float4(go.x * c.x + sign * partner.x * s.x, go.y * c.y + sign * partner.y * s.y,
-                             go.z * c.z + sign * partner.z * s.z, go.w * c.w + sign * partner.w * s.w);
-        }
-        const double dot = row_sum_double<L>(static_cast<double>(gv.x * wv.x * xv.x + gv.y * wv.y * xv.y +
-                                                                 gv.z * wv.z * xv.z + gv.w * wv.w * xv.w));
-        if (!valid) continue;  // every read of the row is done: dx may alias x or g
-        const double rd = static_cast<double>(r);
-        const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
-        float4 value = make_float4(r * gv.x * wv.x - xv.x * c, r * gv.y * wv.y - xv.y * c,
-                                   r * gv.z * wv.z - xv.z * c, r * gv.w * wv.w - xv.w * c);
-        float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
-        if (accumulate) {
-            const float4 old = *dr;
-            value.x += old.x;
-            value.y += old.y;
-            value.z += old.z;
-            value.w += old.w;
-        }
-        *dr = value;
-        cs.x += gv.x * xv.x * r;
-        cs.y += gv.y * xv.y * r;
-        cs.z += gv.z * xv.z * r;
-        cs.w += gv.w * xv.w * r;
     }
-    if (partial == nullptr) return;  // dx only (no barrier follows)
-    slot_sums[slot][part] = cs;
-    __syncthreads();
-    for (int j = static_cast<int>(threadIdx.x); j < D; j += blockDim.x) {
-        double sum = 0.0;
-        for (int k = 0; k < kSlots; ++k) {
-            const float4 v = slot_sums[k][j / 4];
-            sum += static_cast<double>(j % 4 == 0 ? v.x : j % 4 == 1 ? v.y : j % 4 == 2 ? v.z : v.w);
-        }
-        partial[static_cast<int64_t>(blockIdx.x) * D + j] = sum;
+    void combine(int64_t D, float* grad_weight) const {
+        if (partial == nullptr) return;
+        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, grad_weight);
+        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
     }
+};
+
+// Backward of narrow rows (N > 0): dx, and the weight gradient when pgw is set.
+template <bool Rope>
+void narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, const NarrowRope& rope,
+                     float* pgx, float* pgw, int64_t N, int64_t D, bool accumulate) {
+    const ColumnPartials cols(N, 256, D, pgw != nullptr);
+    const int64_t blocks = cols.blocks, rows_per_block = cols.rows_per_block;
+    double* partial = cols.partial;
+    if (D == 16) launch_narrow_backward<4, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
+    else if (D == 32) launch_narrow_backward<8, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
+    else if (D == 64) launch_narrow_backward<16, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
+    else launch_narrow_backward<32, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_narrow_kernel");
+    cols.combine(D, pgw);
 }
 
 // The fused path: head dim 16..128 (narrow rows), contiguous 16-byte aligned data, a table
@@ -666,11 +638,10 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     if (N == 0) return;
     if (narrow_row(D) && aligned16(px) && aligned16(po) && (pw == nullptr || aligned16(pw)) &&
         N < (int64_t{1} << 36)) {
-        if (D == 16) launch_narrow_forward<4>(px, pw, eps, po, pr, N);
-        else if (D == 32) launch_narrow_forward<8>(px, pw, eps, po, pr, N);
-        else if (D == 64) launch_narrow_forward<16>(px, pw, eps, po, pr, N);
-        else launch_narrow_forward<32>(px, pw, eps, po, pr, N);
-    } else if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
+        narrow_forward<false>(px, pw, eps, NarrowRope{}, po, pr, N, D);
+        return;
+    }
+    if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
         (pw == nullptr || aligned16(pw)) && N < (int64_t{1} << 34)) {
         rmsnorm_forward_wide_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
     } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
@@ -696,32 +667,13 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
     float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
     if (pgx && N > 0 && narrow_row(D) && aligned16(px) && aligned16(pg) && aligned16(pgx) &&
         (pw == nullptr || aligned16(pw))) {
-        // Blocks and rows per block depend on N only: reproducible.
-        const int64_t blocks = std::min<int64_t>(1024, (N + 255) / 256);
-        const int64_t rows_per_block = (N + blocks - 1) / blocks;
-        Tensor scratch;
-        double* partial = nullptr;
-        if (pgw) {
-            scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
-            partial = static_cast<double*>(scratch.raw_data());
-        }
-        if (D == 16) launch_narrow_backward<4>(px, pw, pr, pg, pgx, N, blocks, rows_per_block, partial, accumulate_x);
-        else if (D == 32) launch_narrow_backward<8>(px, pw, pr, pg, pgx, N, blocks, rows_per_block, partial, accumulate_x);
-        else if (D == 64) launch_narrow_backward<16>(px, pw, pr, pg, pgx, N, blocks, rows_per_block, partial, accumulate_x);
-        else launch_narrow_backward<32>(px, pw, pr, pg, pgx, N, blocks, rows_per_block, partial, accumulate_x);
-        HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_narrow_kernel");
-        if (pgw) {
-            rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
-            HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
-        }
+        narrow_backward<false>(px, pw, pr, pg, NarrowRope{}, pgx, pgw, N, D, accumulate_x);
         return;
     }
     if (pgx && pgw && N > 0 && D <= kFusedMax) {
-        // Blocks and rows per block depend on N only: reproducible.
-        const int64_t blocks = std::min<int64_t>(1024, (N + kRowsPerBlock - 1) / kRowsPerBlock);
-        const int64_t rows_per_block = (N + blocks - 1) / blocks;
-        Tensor scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
-        double* partial = static_cast<double*>(scratch.raw_data());
+        const ColumnPartials cols(N, kRowsPerBlock, D, true);
+        const int64_t blocks = cols.blocks, rows_per_block = cols.rows_per_block;
+        double* partial = cols.partial;
         const size_t shared_bytes = sizeof(double) * kRowsPerBlock * static_cast<size_t>(D);
         const int m = static_cast<int>((D + 31) / 32);
         if (m <= 1) launch_fused<1>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
@@ -729,29 +681,17 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         else if (m <= 4) launch_fused<4>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         else if (m <= 8) launch_fused<8>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
         else launch_fused<16>(px, pw, pr, pg, pgx, N, D, blocks, rows_per_block, partial, shared_bytes, accumulate_x);
-        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
-        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        cols.combine(D, pgw);
         return;
     }
     if (pgx && N > 0 && D > kFusedMax && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(pg) &&
         aligned16(pgx) && (pw == nullptr || aligned16(pw))) {
-        // Blocks and rows per block depend on N only: reproducible.
-        const int64_t blocks = std::min<int64_t>(1024, (N + kWideWarps - 1) / kWideWarps);
-        const int64_t rows_per_block = (N + blocks - 1) / blocks;
-        Tensor scratch;
-        double* partial = nullptr;
-        if (pgw) {
-            scratch = Tensor::empty({blocks * D}, DType::I64, Device::CUDA);
-            partial = static_cast<double*>(scratch.raw_data());
-        }
+        const ColumnPartials cols(N, kWideWarps, D, pgw != nullptr);
         const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
-        rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(blocks), kWideWarps * 32, shared_bytes>>>(
-            px, pw, pr, pg, pgx, N, D, rows_per_block, partial, accumulate_x);
+        rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(cols.blocks), kWideWarps * 32, shared_bytes>>>(
+            px, pw, pr, pg, pgx, N, D, cols.rows_per_block, cols.partial, accumulate_x);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
-        if (pgw) {
-            rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, pgw);
-            HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
-        }
+        cols.combine(D, pgw);
         return;
     }
     if (pgx && N > 0) {
@@ -798,17 +738,8 @@ void CudaBackend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, fl
     const Tensor table = rope_table(dims.T, d / 2, position_offset, base);
     const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    const int L = static_cast<int>(d / 4);
-    const int64_t rows_per_block = kRowsPerBlock * (32 / L);
-    const unsigned grid = static_cast<unsigned>((N + rows_per_block - 1) / rows_per_block);
-    const float* px = x.data<float>();
-    float* po = out.data<float>();
-    float* pr = inv_rms.data<float>();
-    if (L == 4) rmsnorm_rope_forward_kernel<4><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
-    else if (L == 8) rmsnorm_rope_forward_kernel<8><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
-    else if (L == 16) rmsnorm_rope_forward_kernel<16><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
-    else rmsnorm_rope_forward_kernel<32><<<grid, kRowsPerBlock * 32>>>(px, pw, eps, pt, dims.T, dims.H, po, pr, N);
-    HSA_CUDA_CHECK_LAUNCH("rmsnorm_rope_forward_kernel");
+    narrow_forward<true>(x.data<float>(), pw, eps, NarrowRope{pt, dims.T, dims.H}, out.data<float>(),
+                         inv_rms.data<float>(), N, d);
 }
 
 void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
@@ -830,39 +761,9 @@ void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, c
     }
     const Tensor table = rope_table(dims.T, d / 2, position_offset, base);
     const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
-    // Blocks and rows per block depend on N only: reproducible.
-    const int64_t blocks = std::min<int64_t>(1024, (N + 255) / 256);
-    const int64_t rows_per_block = (N + blocks - 1) / blocks;
-    Tensor scratch;
-    double* partial = nullptr;
-    if (pgw) {
-        scratch = Tensor::empty({blocks * d}, DType::I64, Device::CUDA);
-        partial = static_cast<double*>(scratch.raw_data());
-    }
-    const float* px = x.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    const float* pr = inv_rms.data<float>();
-    const float* pg = grad_out.data<float>();
-    float* pgx = grad_x.data<float>();
-    const unsigned grid = static_cast<unsigned>(blocks);
-    const int L = static_cast<int>(d / 4);
-    if (L == 4)
-        rmsnorm_rope_backward_kernel<4><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
-                                                                      rows_per_block, partial, accumulate_x);
-    else if (L == 8)
-        rmsnorm_rope_backward_kernel<8><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
-                                                                      rows_per_block, partial, accumulate_x);
-    else if (L == 16)
-        rmsnorm_rope_backward_kernel<16><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
-                                                                       rows_per_block, partial, accumulate_x);
-    else
-        rmsnorm_rope_backward_kernel<32><<<grid, kRowsPerBlock * 32>>>(px, pw, pr, pg, pt, dims.T, dims.H, pgx, N,
-                                                                       rows_per_block, partial, accumulate_x);
-    HSA_CUDA_CHECK_LAUNCH("rmsnorm_rope_backward_kernel");
-    if (pgw) {
-        rmsnorm_grad_weight_combine_kernel<<<combine_grid(d), kCombineWarps * 32>>>(partial, blocks, d, pgw);
-        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
-    }
+    narrow_backward<true>(x.data<float>(), pw, inv_rms.data<float>(), grad_out.data<float>(),
+                          NarrowRope{pt, dims.T, dims.H}, grad_x.data<float>(), pgw, N, d, accumulate_x);
 }
 
 }  // namespace hsa
