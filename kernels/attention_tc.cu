@@ -433,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
                 pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
                 pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
             }
-        key_side_backward_step<D, kTile>(pt, vf, do_kn + offset, do_nk + offset, q_kn + offset, delta_s, tig, dk, dv);
+        key_side_backward_step<D, kTile>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset, q_kn + offset, delta_s, tig, dk, dv);
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);

@@ -506,7 +506,7 @@ void CudaBackend::hsa_backward(const Tensor& q, const Tensor& kmem, const Tensor
     float* gv = want_v ? grad_vmem.data<float>() : nullptr;
     const bool tensor_cores = use_tensor_cores(P, {&q, &kmem, &vmem, &weights, &grad_out, want_q ? &grad_q : nullptr,
                                                    want_k ? &grad_kmem : nullptr, want_v ? &grad_vmem : nullptr});
-    const HsaTensorCoreShape shape{P.B, P.T, P.H, P.Hk, P.Hr, P.Tm, P.K, P.C};
+    const HsaTensorCoreShape shape{P.B, P.T, P.H, P.Hk, P.Hr, P.Tm, P.K, P.C, P.d};
 
     // Pass 1: od = dO . o per (t, h, k), and grad_q.
     Tensor od = Tensor::empty({P.B, P.T, P.H, P.K}, DType::F32, Device::CUDA);

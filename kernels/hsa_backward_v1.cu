@@ -18,7 +18,8 @@
 //   bf16 copies of kmem / vmem by cp.async one chunk ahead; the warp also leaves bf16
 //   copies of its q and dO rows for pass 3.
 // Pass 3 (memory): one block of 4 warps per (b, chunk c, g); the chunk's 64 keys are the rows
-//   (16 a warp; K and V as A fragments in registers), and its selections times the G heads
+//   (16 a warp; K and V as A fragments: in registers at d 64, read from shared copies of the
+//   chunk at d 128, where dK and dV alone take 128 registers), and its selections times the G heads
 //   ("entries", in (t, k, h) order) stream through shared memory 64 at a time (bf16 q / dO
 //   rows and their lse, od, w by cp.async, the next tile while the current one is used):
 //   P^T = exp(K Q^T - lse), PW^T = w P^T, dV += PW^T dO, dP^T = V dO^T,
@@ -53,12 +54,29 @@ using mma::store_a_rows_bf16;
 using mma::store_rows;
 
 constexpr int kChunk = 64;      // S
-constexpr int kHeadDim = 64;    // D of the backward kernels
 constexpr int kWarpSize = 32;
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;       // pass 3: 16 of the chunk's 64 keys a warp
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kEntries = 64;    // entries per shared tile of pass 3
 constexpr float kLog2e = 1.4426950408889634f;
+
+// Per head dim (64 or 128), from ptxas (sm_90, no spills in the loops):
+template <int D>
+struct BackwardConfig {
+    static constexpr int kLd = D + 8;  // shared row stride in bf16: + 16 bytes against bank conflicts
+    // Pass 1: (t, KV head) warps a block, each with its own K / V chunk tiles (72 KB a block at
+    // d 64, 68 KB at d 128); 3 blocks an SM either way.
+    static constexpr int kQueryWarps = D == 64 ? 4 : 2;
+    static constexpr int kQueryThreads = kQueryWarps * kWarpSize;
+    static constexpr size_t kQuerySharedBytes = static_cast<size_t>(kQueryWarps) * 2 * kChunk * kLd * 2;
+    // Pass 3: K / V as register A fragments at d 64 (168 registers, 3 blocks an SM); at d 128
+    // dK and dV take 128 registers, so K / V are read from shared copies of the chunk.
+    static constexpr bool kKvShared = D > 64;
+    static constexpr int kMemoryMinBlocks = D == 64 ? 3 : 2;
+    // Entries (selection x head) a shared tile of pass 3: 32 at d 128 (the P / dP tiles of 64
+    // took the kernel to 255 registers and spills).
+    static constexpr int kEntries = D == 64 ? 64 : 32;
+    static constexpr size_t kKvBytes = kKvShared ? 2 * static_cast<size_t>(kChunk) * kLd * 2 : 0;  // dynamic
+};
 
 struct Params {
     HsaTensorCoreShape shape;
@@ -88,16 +106,16 @@ struct Params {
 // ---------------------------------------------------------------- pass 1: od, grad_q
 
 template <int D>
-__global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params P) {
+__global__ void __launch_bounds__(BackwardConfig<D>::kQueryThreads) hsa_backward_query_tc_kernel(Params P) {
     constexpr int kLd = D + 8;
     constexpr int kTileElems = kChunk * kLd;
-    extern __shared__ __align__(16) unsigned char query_shared[];  // kWarps x (Ks, Vs)
+    extern __shared__ __align__(16) unsigned char query_shared[];  // kQueryWarps x (Ks, Vs)
     __nv_bfloat16* tiles = reinterpret_cast<__nv_bfloat16*>(query_shared);
     const HsaTensorCoreShape& Sh = P.shape;
 
     const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
-    const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+    const int64_t unit = static_cast<int64_t>(blockIdx.x) * BackwardConfig<D>::kQueryWarps + warp;
     if (unit >= Sh.B * Sh.T * Sh.Hk) return;  // whole warps; no block-wide barrier follows
     __nv_bfloat16* Ks = tiles + warp * 2 * kTileElems;
     __nv_bfloat16* Vs = Ks + kTileElems;
@@ -197,20 +215,27 @@ __global__ void __launch_bounds__(kThreads) hsa_backward_query_tc_kernel(Params 
 
 // ---------------------------------------------------------------- pass 3: grad_kmem, grad_vmem
 
-// 3 blocks an SM: ptxas fits 168 registers (an 8-byte spill outside the loop).
+// d 64: 3 blocks an SM, ptxas fits 168 registers (an 8-byte spill outside the loop).
 template <int D>
-__global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Params P) {
+__global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks) hsa_backward_memory_tc_kernel(Params P) {
+    using Cfg = BackwardConfig<D>;
     constexpr int kLd = D + 8;
+    constexpr int kEntries = Cfg::kEntries;
     constexpr uint32_t kStageBytes = 2u * kEntries * kLd;
     constexpr int kChunksPerRow = D / 8;  // 16-byte chunks of a bf16 row
     constexpr int kCopiesPerThread = kEntries * kChunksPerRow / kThreads;
     static_assert(kEntries * kChunksPerRow % kThreads == 0 && kEntries <= kThreads, "whole copies a thread");
-    // Two stages: the entries of tile i + 1 are copied while tile i is used.
+    // Two stages: the entries of tile i + 1 are copied while tile i is used (static, under
+    // 48 KB at either d; typed arrays: through a cast byte buffer the d-64 loop spilled 20
+    // bytes instead of 8). At d 128 the chunk's K and V rows follow in dynamic shared memory.
     __shared__ __align__(16) __nv_bfloat16 Qs[2][kEntries * kLd];
     __shared__ __align__(16) __nv_bfloat16 dOs[2][kEntries * kLd];
     __shared__ __align__(16) float entry_lse[2][kEntries];  // 0 past the last entry
     __shared__ __align__(16) float entry_od[2][kEntries];
     __shared__ __align__(16) float entry_w[2][kEntries];    // 0 past the last entry: no contribution
+    extern __shared__ __align__(16) unsigned char chunk_rows_shared[];  // [2][kChunk][kLd] bf16 (Cfg::kKvBytes)
+    __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(chunk_rows_shared);
+    __nv_bfloat16* Vs = Ks + kChunk * kLd;
 
     const HsaTensorCoreShape& Sh = P.shape;
     const int tid = static_cast<int>(threadIdx.x);
@@ -265,13 +290,22 @@ __global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Par
             mma::cp_async_4(shared_address(&entry_w[stage][tid]), P.weights + pair_id, valid);
         }
     };
+    if (Cfg::kKvShared && entries > 0) {  // the chunk's K and V rows, in the first tile's group
+        for (int e = tid; e < kChunk * kChunksPerRow; e += kThreads) {
+            const int n = e / kChunksPerRow, col = (e % kChunksPerRow) * 8;
+            mma::cp_async_16(shared_address(Ks + n * kLd + col), P.kmem16 + kv_offset + n * kv_stride + col, true);
+            mma::cp_async_16(shared_address(Vs + n * kLd + col), P.vmem16 + kv_offset + n * kv_stride + col, true);
+        }
+    }
     if (entries > 0) start_tile(0, 0);
     mma::cp_async_commit();
 
     const int ja = 16 * warp + gid;  // this lane's key rows ja, ja + 8 within the chunk
-    uint32_t kf[D / 16][4], vf[D / 16][4];
-    mma::load_a_rows_bf16<D>(P.kmem16 + kv_offset, kv_stride, ja, kChunk, tig, kf);
-    mma::load_a_rows_bf16<D>(P.vmem16 + kv_offset, kv_stride, ja, kChunk, tig, vf);
+    uint32_t kf[D / 16][4], vf[D / 16][4];  // K / V as register A fragments (d 64)
+    if constexpr (!Cfg::kKvShared) {
+        mma::load_a_rows_bf16<D>(P.kmem16 + kv_offset, kv_stride, ja, kChunk, tig, kf);
+        mma::load_a_rows_bf16<D>(P.vmem16 + kv_offset, kv_stride, ja, kChunk, tig, vf);
+    }
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
@@ -283,29 +317,40 @@ __global__ void __launch_bounds__(kThreads, 3) hsa_backward_memory_tc_kernel(Par
     const uint32_t q_kn = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
     const uint32_t do_nk = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
     const uint32_t do_kn = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    int stage = 0;
-    for (int64_t base = 0; base < entries; base += kEntries, stage ^= 1) {
-        mma::cp_async_wait<0>();  // this thread's copies of the tile have landed ...
-        __syncthreads();          // ... everyone's, and the other buffer is no longer read
-        if (base + kEntries < entries) start_tile(base + kEntries, stage ^ 1);
-        mma::cp_async_commit();
-        const uint32_t offset = stage * kStageBytes;
-        const float* lse_s = entry_lse[stage];
-        const float* od_s = entry_od[stage];
-        const float* w_s = entry_w[stage];
+    // The entry loop over K / V as A operands: k_rows, v_rows are mma::RegisterRows or SharedRows.
+    auto stream_entries = [&](const auto& k_rows, const auto& v_rows) {
+        int stage = 0;
+        for (int64_t base = 0; base < entries; base += kEntries, stage ^= 1) {
+            mma::cp_async_wait<0>();  // this thread's copies of the tile have landed ...
+            __syncthreads();          // ... everyone's, and the other buffer is no longer read
+            if (base + kEntries < entries) start_tile(base + kEntries, stage ^ 1);
+            mma::cp_async_commit();
+            const uint32_t offset = stage * kStageBytes;
+            const float* lse_s = entry_lse[stage];
+            const float* od_s = entry_od[stage];
+            const float* w_s = entry_w[stage];
 
-        float pw[kEntries / 8][4];  // [key][entry]
-        product_with_tile_transpose<D, kEntries>(kf, q_nk + offset, pw);  // K Q^T
+            float pw[kEntries / 8][4];  // [key][entry]
+            k_rows.template times_transpose_of<kEntries>(q_nk + offset, pw);  // K Q^T
 #pragma unroll
-        for (int j = 0; j < kEntries / 8; ++j)
+            for (int j = 0; j < kEntries / 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int n = 8 * j + 2 * tig + e;
-                const float l = lse_s[n] * kLog2e, w = w_s[n];
-                pw[j][e] = w * exp2f(fmaf(pw[j][e], P.scale_log2, -l));
-                pw[j][2 + e] = w * exp2f(fmaf(pw[j][2 + e], P.scale_log2, -l));
-            }
-        key_side_backward_step<D, kEntries>(pw, vf, do_kn + offset, do_nk + offset, q_kn + offset, od_s, tig, dk, dv);
+                for (int e = 0; e < 2; ++e) {
+                    const int n = 8 * j + 2 * tig + e;
+                    const float l = lse_s[n] * kLog2e, w = w_s[n];
+                    pw[j][e] = w * exp2f(fmaf(pw[j][e], P.scale_log2, -l));
+                    pw[j][2 + e] = w * exp2f(fmaf(pw[j][2 + e], P.scale_log2, -l));
+                }
+            key_side_backward_step<D, kEntries>(pw, v_rows, do_kn + offset, do_nk + offset, q_kn + offset, od_s, tig,
+                                                dk, dv);
+        }
+    };
+    if constexpr (Cfg::kKvShared) {
+        const uint32_t row_offset = 2u * static_cast<uint32_t>(mma::a_from_rows_lane_offset(lane, kLd) + 16 * warp * kLd);
+        stream_entries(mma::SharedRows<D>{shared_address(Ks) + row_offset},
+                       mma::SharedRows<D>{shared_address(Vs) + row_offset});
+    } else {
+        stream_entries(mma::RegisterRows<D>{kf}, mma::RegisterRows<D>{vf});
     }
     mma::cp_async_wait<0>();  // no copy outlives the block (an empty chunk's first tile)
     if (P.grad_kmem) store_rows<D>(P.grad_kmem + kv_offset, kv_stride, ja, kChunk, tig, dk, P.scale, P.scale);
@@ -317,16 +362,34 @@ Params make_params(const HsaTensorCoreShape& shape) {
     P.shape = shape;
     P.G = static_cast<int>(shape.H / shape.Hk);
     P.kv_per_r = static_cast<int>(shape.Hk / shape.Hr);
-    P.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+    P.scale = 1.0f / std::sqrt(static_cast<float>(shape.d));
     P.scale_log2 = P.scale * kLog2e;
     return P;
+}
+
+template <int D>
+void launch_queries(const Params& P, int64_t units) {
+    using Cfg = BackwardConfig<D>;
+    const int64_t blocks = (units + Cfg::kQueryWarps - 1) / Cfg::kQueryWarps;
+    HSA_CHECK(blocks < INT_MAX, "hsa_backward: " << blocks << " query blocks, expected fewer than " << INT_MAX);
+    allow_shared_bytes("hsa_backward", hsa_backward_query_tc_kernel<D>, Cfg::kQuerySharedBytes);
+    hsa_backward_query_tc_kernel<D><<<static_cast<unsigned>(blocks), Cfg::kQueryThreads, Cfg::kQuerySharedBytes>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("hsa_backward_query_tc_kernel");
+}
+
+template <int D>
+void launch_memory(const Params& P, int64_t blocks) {
+    using Cfg = BackwardConfig<D>;
+    if (Cfg::kKvBytes > 0) allow_shared_bytes("hsa_backward", hsa_backward_memory_tc_kernel<D>, Cfg::kKvBytes);
+    hsa_backward_memory_tc_kernel<D><<<static_cast<unsigned>(blocks), kThreads, Cfg::kKvBytes>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
 }
 
 }  // namespace
 
 bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group,
                               std::initializer_list<const Tensor*> tensors) {
-    return head_dim == kHeadDim && chunk_size == kChunk && group >= 1 && group <= 16 && all_16_byte_aligned(tensors);
+    return (head_dim == 64 || head_dim == 128) && chunk_size == kChunk && group >= 1 && group <= 16 && all_16_byte_aligned(tensors);
 }
 
 void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
@@ -346,12 +409,8 @@ void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const Hsa
     P.grad_out16_out = grad_out16_out;
     const int64_t units = shape.B * shape.T * shape.Hk;
     if (units == 0) return;
-    const int64_t blocks = (units + kWarps - 1) / kWarps;
-    HSA_CHECK(blocks < INT_MAX, "hsa_backward: " << blocks << " query blocks, expected fewer than " << INT_MAX);
-    constexpr size_t kSharedBytes = static_cast<size_t>(kWarps) * 2 * kChunk * (kHeadDim + 8) * 2;  // 72 KB
-    allow_shared_bytes("hsa_backward", hsa_backward_query_tc_kernel<kHeadDim>, kSharedBytes);
-    hsa_backward_query_tc_kernel<kHeadDim><<<static_cast<unsigned>(blocks), kThreads, kSharedBytes>>>(P);
-    HSA_CUDA_CHECK_LAUNCH("hsa_backward_query_tc_kernel");
+    if (shape.d == 64) launch_queries<64>(P, units);
+    else launch_queries<128>(P, units);
 }
 
 void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
@@ -374,8 +433,8 @@ void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaT
     if (blocks == 0) return;
     HSA_CHECK(blocks < INT_MAX, "hsa_backward: " << blocks << " (batch, chunk, KV head) blocks, expected fewer than "
                                                  << INT_MAX);
-    hsa_backward_memory_tc_kernel<kHeadDim><<<static_cast<unsigned>(blocks), kThreads>>>(P);
-    HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
+    if (shape.d == 64) launch_memory<64>(P, blocks);
+    else launch_memory<128>(P, blocks);
 }
 
 }  // namespace hsa

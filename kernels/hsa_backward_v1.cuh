@@ -15,13 +15,14 @@
 namespace hsa {
 
 // Where the backend runs HSA on tensor cores (the v1 forward and this backward together:
-// the backward recomputes against the forward's lse): head dim 64 (the forward alone also
-// takes 128), chunk size 64, GQA group G = H / Hk in 1..16, 16-byte aligned data.
+// the backward recomputes against the forward's lse): head dim 64 or 128, chunk size 64,
+// GQA group G = H / Hk in 1..16, 16-byte aligned data.
 bool hsa_tensor_core_eligible(int64_t head_dim, int64_t chunk_size, int64_t group,
                               std::initializer_list<const Tensor*> tensors);
 
 struct HsaTensorCoreShape {
     int64_t B, T, H, Hk, Hr, Tm, K, C;  // C = Tm / S whole chunks
+    int64_t d;                           // head dim: 64 or 128
 };
 
 // The operands both passes read: f32 q / dO rows (pass 1's A operands, read once), bf16

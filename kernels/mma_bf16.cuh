@@ -103,6 +103,11 @@ __device__ __forceinline__ int b_from_nk_lane_offset(int lane, int ld) { return 
 // one call at + (16 ks ld + 8 n) gives {b0 b1} of (k-step ks, n-tile n) and {b2 b3} of
 // (ks, n + 1).
 __device__ __forceinline__ int b_from_kn_lane_offset(int lane, int ld) { return (lane & 15) * ld + (lane >> 4) * 8; }
+// Lane offset of the ldmatrix.x4 (no .trans) that reads the A fragments of 16 rows of a
+// row-major [rows][k] tile: one call at + 16 kk gives reg0..reg3 of k-step kk (lanes 0-15
+// rows 0-15 at column 0, lanes 16-31 the same rows at column 8). The same offset as
+// b_from_kn_lane_offset; named apart for what it reads.
+__device__ __forceinline__ int a_from_rows_lane_offset(int lane, int ld) { return b_from_kn_lane_offset(lane, ld); }
 
 // The A fragments (16 x D, all k-steps) of rows ra and ra + 8 of a [rows][D] f32 matrix;
 // zeros for rows at or past T.
@@ -185,6 +190,50 @@ __device__ __forceinline__ void product_with_tile_transpose(const uint32_t (&a)[
     }
 }
 
+// The same product with A read from shared memory: 16 rows of a row-major [rows][D] tile
+// (row stride D + 8) at the lane's address a_lane (a_from_rows_lane_offset), each k-step's
+// fragments loaded once (k-steps outer), for kernels whose A does not fit in registers.
+// Each c[j] sums its k-steps in the same order as product_with_tile_transpose.
+template <int D, int N>
+__device__ __forceinline__ void product_with_tile_transpose_shared_a(uint32_t a_lane, uint32_t nk_lane,
+                                                                     float (&c)[N / 8][4]) {
+    constexpr int kLd = D + 8;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t a0[4], a1[4];
+        ldmatrix_x4(a0, a_lane + 2u * static_cast<uint32_t>(16 * kk));
+        ldmatrix_x4(a1, a_lane + 2u * static_cast<uint32_t>(16 * kk + 16));
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+            uint32_t b[4];
+            ldmatrix_x4(b, nk_lane + 2u * static_cast<uint32_t>(8 * j * kLd + 16 * kk));
+            mma_bf16_16816(c[j], a0, b[0], b[1]);
+            mma_bf16_16816(c[j], a1, b[2], b[3]);
+        }
+    }
+}
+
+// Where the 16 rows x 16 columns of an A operand come from in a product with the transpose
+// of a shared tile: registers (all k-steps held) or a shared row-major tile.
+template <int D>
+struct RegisterRows {
+    const uint32_t (&f)[D / 16][4];
+    template <int N>
+    __device__ __forceinline__ void times_transpose_of(uint32_t nk_lane, float (&c)[N / 8][4]) const {
+        product_with_tile_transpose<D, N>(f, nk_lane, c);
+    }
+};
+template <int D>
+struct SharedRows {
+    uint32_t a_lane;
+    template <int N>
+    __device__ __forceinline__ void times_transpose_of(uint32_t nk_lane, float (&c)[N / 8][4]) const {
+        product_with_tile_transpose_shared_a<D, N>(a_lane, nk_lane, c);
+    }
+};
+
 // acc (16 x D) += A (registers, 16 x N as N / 16 k-steps) times an [N][D] shared tile (row
 // stride D + 8) read
 // from the lane's ldmatrix address kn_lane.
@@ -207,14 +256,13 @@ __device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)
 // The key-side backward step of one tile of N queries (the SWA dK/dV kernel, HSA pass 3):
 // given P^T (16 keys x N, the C layout; weights already folded in) in p,
 //   dV += P^T dO;  dS^T = P^T * (V dO^T - row_term[query]);  dK += dS^T Q,
-// with vf the keys' V as A fragments, dO / Q read from [N][D] shared tiles at the lanes'
+// with v_rows the keys' V as an A operand (RegisterRows or SharedRows), dO / Q read from [N][D] shared tiles at the lanes'
 // ldmatrix addresses (do_kn, do_nk, q_kn), row_term the N queries' delta (od) values. p is
 // overwritten by dS^T.
-template <int D, int N>
-__device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], const uint32_t (&vf)[D / 16][4],
-                                                       uint32_t do_kn, uint32_t do_nk, uint32_t q_kn,
-                                                       const float* row_term, int tig, float (&dk)[D / 8][4],
-                                                       float (&dv)[D / 8][4]) {
+template <int D, int N, class VRows>
+__device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], const VRows& v_rows, uint32_t do_kn,
+                                                       uint32_t do_nk, uint32_t q_kn, const float* row_term, int tig,
+                                                       float (&dk)[D / 8][4], float (&dv)[D / 8][4]) {
     {
         uint32_t pf[N / 16][4];
 #pragma unroll
@@ -222,7 +270,7 @@ __device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], con
         accumulate_product_with_tile<D, N>(pf, do_kn, dv);  // dV += P^T dO
     }
     float dpt[N / 8][4];
-    product_with_tile_transpose<D, N>(vf, do_nk, dpt);  // V dO^T
+    v_rows.template times_transpose_of<N>(do_nk, dpt);  // V dO^T
 #pragma unroll
     for (int j = 0; j < N / 8; ++j)
 #pragma unroll

@@ -124,10 +124,13 @@ TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     constexpr double kGradTol = 2e-2;
+    // d 128 runs the pass-3 variant that reads K / V from shared memory and tiles of 32 entries.
     for (const HsaCase& c : {HsaCase{2, 300, 16, 1, 1, 64, 64, 8}, HsaCase{1, 640, 8, 2, 2, 64, 64, 4},
-                             HsaCase{1, 1024, 4, 4, 1, 64, 64, 8}}) {
+                             HsaCase{1, 1024, 4, 4, 1, 64, 64, 8}, HsaCase{2, 300, 16, 1, 1, 128, 64, 8},
+                             HsaCase{1, 640, 8, 2, 2, 128, 64, 4}}) {
         SCOPED_TRACE("B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
-                     std::to_string(c.Hk) + " Hr " + std::to_string(c.Hr) + " K " + std::to_string(c.K));
+                     std::to_string(c.Hk) + " Hr " + std::to_string(c.Hr) + " d " + std::to_string(c.d) + " K " +
+                     std::to_string(c.K));
         const auto [q, kmem, vmem, indices, weights] = random_hsa_inputs(rng, c);
         Tensor grad_out = rng.normal(q.shape());
         struct Result { Tensor out, lse, gq, gk, gv, gw; };
@@ -150,7 +153,7 @@ TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
         gpu.hsa_backward(qg, kg, vg, ig, wg, c.S, got.lse, on_gpu(grad_out), got.gq, got.gk, got.gv, got.gw);
 
         const std::string label = "backend bf16 T " + std::to_string(c.T) + " H " + std::to_string(c.H) + " Hk " +
-                                  std::to_string(c.Hk);
+                                  std::to_string(c.Hk) + " d " + std::to_string(c.d);
         expect_bf16_accurate(label, "out", got.out, want.out, floor.out, kOutTol, kOverBf16Inputs);
         expect_bf16_accurate(label, "lse", got.lse, want.lse, floor.lse, kLseTol, kOverBf16Inputs);
         expect_bf16_accurate(label, "grad_q", got.gq, want.gq, floor.gq, kGradTol, kOverBf16Inputs);
