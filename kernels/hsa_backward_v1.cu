@@ -380,7 +380,10 @@ void launch_queries(const Params& P, int64_t units) {
 template <int D>
 void launch_memory(const Params& P, int64_t blocks) {
     using Cfg = BackwardConfig<D>;
-    if (Cfg::kKvBytes > 0) allow_shared_bytes("hsa_backward", hsa_backward_memory_tc_kernel<D>, Cfg::kKvBytes);
+    if (Cfg::kKvBytes > 0)  // static entry tiles + dynamic K / V pass the default 48 KB a block: opt in
+        HSA_CUDA_CHECK(cudaFuncSetAttribute(hsa_backward_memory_tc_kernel<D>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(Cfg::kKvBytes)));
     hsa_backward_memory_tc_kernel<D><<<static_cast<unsigned>(blocks), kThreads, Cfg::kKvBytes>>>(P);
     HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
 }
