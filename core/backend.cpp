@@ -82,6 +82,12 @@ void Backend::adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, flo
     }
 }
 
+void Backend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
+                                  Tensor& out, Tensor& inv_rms) {
+    add(x, a, sum);
+    rmsnorm_forward(sum, weight, eps, out, inv_rms);
+}
+
 void Backend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset,
                                    float base, Tensor& out, Tensor& inv_rms) {
     const int64_t d = x.size(-1);

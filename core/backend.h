@@ -117,6 +117,14 @@ public:
     virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) = 0;
 
+    // ---- the residual add then RMSNorm: sum = x + a, out = rmsnorm(sum) over the last dim,
+    // x, a, sum, out [N, D], inv_rms [N] ----
+    // The default composes add and rmsnorm_forward (bit-identical to the two ops); the CUDA
+    // backend reads x and a once for both outputs (rows of 513..1024 columns). The backward
+    // is the two ops' (rmsnorm_backward into the sum's gradient, then the add's).
+    virtual void add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
+                                     Tensor& out, Tensor& inv_rms);
+
     // ---- RoPE, rotate-half convention: x [B, T, H, d] (d even), position of token t is
     // position_offset + t; pair (i, i + d/2) rotates by angle pos * base^(-2i/d) ----
     virtual void rope_forward(const Tensor& x, int64_t position_offset, float base, Tensor& out) = 0;

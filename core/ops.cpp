@@ -59,6 +59,33 @@ struct GradTarget {
     }
 };
 
+// The backward closures of add and rmsnorm, shared with add_rmsnorm (which records both).
+void record_add(const Tensor& a, const Tensor& b, const Tensor& out) {
+    if (!Tape::current().should_record({&a, &b})) return;
+    Tape::current().record({out}, [a, b](const std::vector<Tensor>& g) {
+        Tensor ga = a, gb = b;
+        ga.accumulate_grad(g[0]);
+        gb.accumulate_grad(g[0]);
+    });
+}
+
+void record_rmsnorm(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, const Tensor& out) {
+    if (!Tape::current().should_record({&x, &weight})) return;
+    const int64_t d = x.size(-1);
+    Tape::current().record({out}, [x, weight, inv_rms, d](const std::vector<Tensor>& g) {
+        Tensor flat_x = x.view({-1, d});
+        // x usually has a gradient already (the residual add's): add into it in place.
+        const Tensor existing = x.grad_to_accumulate_into();
+        const bool accumulate = existing.defined();
+        Tensor gx = accumulate ? existing.view({-1, d}) : x.requires_grad() ? grad_buffer(flat_x) : Tensor();
+        Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
+        backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw, accumulate);
+        Tensor tx = x, tw = weight;
+        if (gx.defined() && !accumulate) tx.accumulate_grad(gx.view(x.shape()));
+        if (gw.defined()) tw.accumulate_grad(gw);
+    });
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- elementwise and shape
@@ -70,13 +97,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
     HSA_CHECK(a.shape() == b.shape(), "add: shapes " << shape_string(a.shape()) << " and " << shape_string(b.shape()) << " differ");
     Tensor out = empty_like(a);
     backend_of(a).add(a, b, out);
-    if (Tape::current().should_record({&a, &b})) {
-        Tape::current().record({out}, [a, b](const std::vector<Tensor>& g) {
-            Tensor ga = a, gb = b;
-            ga.accumulate_grad(g[0]);
-            gb.accumulate_grad(g[0]);
-        });
-    }
+    record_add(a, b, out);
     return out;
 }
 
@@ -368,21 +389,35 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
     Tensor inv_rms = Tensor::empty({flat.size(0)}, DType::F32, x.device());
     backend_of(x).rmsnorm_forward(flat, weight, eps, out, inv_rms);
     out = out.view(x.shape());
-    if (Tape::current().should_record({&x, &weight})) {
-        Tape::current().record({out}, [x, weight, inv_rms, d](const std::vector<Tensor>& g) {
-            Tensor flat_x = x.view({-1, d});
-            // x usually has a gradient already (the residual add's): add into it in place.
-            const Tensor existing = x.grad_to_accumulate_into();
-            const bool accumulate = existing.defined();
-            Tensor gx = accumulate ? existing.view({-1, d}) : x.requires_grad() ? grad_buffer(flat_x) : Tensor();
-            Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
-            backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw, accumulate);
-            Tensor tx = x, tw = weight;
-            if (gx.defined() && !accumulate) tx.accumulate_grad(gx.view(x.shape()));
-            if (gw.defined()) tw.accumulate_grad(gw);
-        });
-    }
+    record_rmsnorm(x, weight, inv_rms, out);
     return out;
+}
+
+std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps) {
+    const char* op = "add_rmsnorm";
+    check_float(x, op, "x");
+    check_float(a, op, "a");
+    check_same_device(x, a, op);
+    HSA_CHECK(x.shape() == a.shape(), op << ": shapes " << shape_string(x.shape()) << " and " << shape_string(a.shape()) << " differ");
+    HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, op << ": x must have a non-empty last dim, got " << shape_string(x.shape()));
+    const int64_t d = x.size(-1);
+    if (weight.defined()) {
+        check_float(weight, op, "weight");
+        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
+                  op << ": weight " << shape_string(weight.shape()) << " does not match feature size " << d);
+        check_same_device(x, weight, op);
+    }
+    const Tensor xc = x.is_contiguous() ? x : x.clone(), ac = a.is_contiguous() ? a : a.clone();
+    Tensor sum = empty_like(x), out = empty_like(x);
+    const int64_t n = x.numel() / d;
+    Tensor inv_rms = Tensor::empty({n}, DType::F32, x.device());
+    Tensor sum_flat = sum.view({n, d}), out_flat = out.view({n, d});
+    backend_of(x).add_rmsnorm_forward(xc.view({n, d}), ac.view({n, d}), weight, eps, sum_flat, out_flat, inv_rms);
+    // The two ops' backward closures, in their order: the norm's runs first and adds into
+    // the sum's gradient, which the add's then passes on (bit-identical to add, rmsnorm).
+    record_add(x, a, sum);
+    record_rmsnorm(sum, weight, inv_rms, out);
+    return {sum, out};
 }
 
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base) {

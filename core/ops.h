@@ -4,6 +4,7 @@
 // Shapes use the letters of core/backend.h. The math is in shared/design/MODEL.md.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -30,6 +31,10 @@ Tensor linear(const Tensor& x, const Tensor& weight);       // x [..., Din] . W 
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);  // over the last dim
 Tensor rope(const Tensor& x, int64_t position_offset = 0, float base = 10000.0f);  // x [B, T, H, d]
 Tensor swiglu(const Tensor& gate, const Tensor& up);
+// The residual add then RMSNorm: {x + a, rmsnorm(x + a, weight, eps)}, equal shapes. The
+// same values and gradients as add then rmsnorm (bit-identical); the forward runs as one
+// pass on CUDA (Backend::add_rmsnorm_forward).
+std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps = 1e-6f);
 // rope(rmsnorm(x, weight, eps), position_offset, base) as one op (the q / k path), x
 // [B, T, H, d]: the same values as the two ops, through Backend::rmsnorm_rope_forward /
 // backward (one pass each way on CUDA).

@@ -26,6 +26,8 @@ public:
                                         bool accumulate_a, bool accumulate_b) override;
     void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) override;
+    void add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
+                             Tensor& out, Tensor& inv_rms) override;
     void rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base,
                               Tensor& out, Tensor& inv_rms) override;
     void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, int64_t position_offset,

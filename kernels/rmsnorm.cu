@@ -63,9 +63,12 @@ __global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, floa
 // above kept too few loads in flight for rows this wide.
 constexpr int kWideM = 8;  // float4 a lane: up to 1024 columns
 
+// With Residual (add_rmsnorm): the row is x + a (f32 adds, as the add kernel), also written
+// to sum; the norm is of that sum.
+template <bool Residual>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
-    rmsnorm_forward_wide_kernel(const float* x, const float* __restrict__ w, float eps, float* out,
-                                float* __restrict__ inv_rms, int64_t N, int64_t D) {
+    rmsnorm_forward_wide_kernel(const float* x, const float* a, float* sum, const float* __restrict__ w, float eps,
+                                float* out, float* __restrict__ inv_rms, int64_t N, int64_t D) {
     const int lane = static_cast<int>(threadIdx.x) % 32;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
     if (n >= N) return;
@@ -78,6 +81,11 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
     for (int m = 0; m < kWideM; ++m) {
         const int64_t v = lane + 32 * m;
         xv[m] = v < D4 ? xr[v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (Residual && v < D4) {
+            const float4 av = reinterpret_cast<const float4*>(a + n * D)[v];
+            xv[m] = make_float4(xv[m].x + av.x, xv[m].y + av.y, xv[m].z + av.z, xv[m].w + av.w);
+            reinterpret_cast<float4*>(sum + n * D)[v] = xv[m];  // this lane's own elements: sum may alias x or a
+        }
         lane_ss += xv[m].x * xv[m].x + xv[m].y * xv[m].y + xv[m].z * xv[m].z + xv[m].w * xv[m].w;
     }
     const double ss = warp_sum_double(static_cast<double>(lane_ss));  // all reads before any write: out may alias x
@@ -643,7 +651,8 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     }
     if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
         (pw == nullptr || aligned16(pw)) && N < (int64_t{1} << 34)) {
-        rmsnorm_forward_wide_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
+        rmsnorm_forward_wide_kernel<false>
+            <<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, nullptr, nullptr, pw, eps, po, pr, N, D);
     } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
         rmsnorm_forward_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
     } else if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
@@ -652,6 +661,28 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
         rmsnorm_forward_kernel<false><<<row_grid(N), row_threads(D)>>>(px, pw, eps, po, pr, N, D);
     }
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+
+// The residual add and the norm in one pass for the wide rows (the model's hidden size):
+// x and a are read once, sum and out written; elsewhere the two ops.
+void CudaBackend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
+                                      Tensor& out, Tensor& inv_rms) {
+    const checks::RmsNormDims dims = checks::check_rmsnorm(x, weight, out, inv_rms, Device::CUDA);
+    const int64_t D = dims.D, N = dims.N;
+    checks::check_tensor("add_rmsnorm", "a", a, x.shape(), DType::F32, Device::CUDA);
+    checks::check_tensor("add_rmsnorm", "sum", sum, x.shape(), DType::F32, Device::CUDA);
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
+    const bool wide = D > 512 && D <= 128 * kWideM && D % 4 == 0 && N < (int64_t{1} << 34) && x.is_contiguous() &&
+                      a.is_contiguous() && sum.is_contiguous() && out.is_contiguous() &&
+                      all_16_byte_aligned({&x, &a, &sum, &out}) && (pw == nullptr || aligned16(pw));
+    if (!wide) {
+        Backend::add_rmsnorm_forward(x, a, weight, eps, sum, out, inv_rms);
+        return;
+    }
+    if (N == 0) return;
+    rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+        x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, out.data<float>(), inv_rms.data<float>(), N, D);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (residual)");
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,

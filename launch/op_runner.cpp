@@ -111,6 +111,18 @@ const std::vector<OpDef>& op_table() {
                        [](const Inputs& in, const Attrs& a) {
                            return ops::rmsnorm(in.at("x"), optional_input(in, "weight"), static_cast<float>(a.f("eps")));
                        }});
+        ops.push_back({"add_rmsnorm", "the residual add then RMSNorm, as one op (out: the normalised sum)",
+                       {{"x", Kind::Grad, false, "[..., D]"}, {"a", Kind::Grad, false, "same as x"},
+                        {"weight", Kind::Grad, true, "[D] (absent: no weight)"}},
+                       {{"eps", AttrType::Float, "1e-6", "added to the mean square"}},
+                       "[..., D]",
+                       GradOut::Required,
+                       nullptr,
+                       [](const Inputs& in, const Attrs& a) {
+                           return ops::add_rmsnorm(in.at("x"), in.at("a"), optional_input(in, "weight"),
+                                                   static_cast<float>(a.f("eps")))
+                               .second;
+                       }});
         ops.push_back({"rope", "rotary position embedding, rotate-half",
                        {{"x", Kind::Grad, false, "[B, T, H, d], d even"}},
                        {{"position_offset", AttrType::Int, "0", "position of token 0"},

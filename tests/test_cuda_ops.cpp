@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <tuple>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -585,6 +586,58 @@ TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
             if (with_weight) {
                 EXPECT_CLOSE(gw_got, gw_want, kReductionTol);
             }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ residual add + RMSNorm fused
+
+// Backend::add_rmsnorm_forward on the GPU against the CPU's add then rmsnorm: wide rows
+// (the fused kernel: D 1024, 520) and others (the composed path: D 64, 100), with and
+// without a weight; sum exact (one f32 add), out and inv_rms to the reduction tolerance.
+// Then ops::add_rmsnorm on the GPU against add then rmsnorm on the GPU: bit-identical
+// outputs and gradients (the fused kernel adds and normalises exactly as the two kernels).
+TEST(CudaOps, AddRmsnormMatchesCpuAndSeparateOps) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t D : {1024, 520, 64, 100}) {
+        for (bool weighted : {true, false}) {
+            SCOPED_TRACE("D " + std::to_string(D) + (weighted ? " weighted" : " no weight"));
+            const int64_t N = 37;
+            Tensor x = rng.normal({N, D}), a = rng.normal({N, D}), w = weighted ? rng.normal({D}) : Tensor();
+            Tensor sum_want = Tensor::empty({N, D}), out_want = Tensor::empty({N, D}), inv_want = Tensor::empty({N});
+            cpu().add(x, a, sum_want);
+            cpu().rmsnorm_forward(sum_want, w, 1e-5f, out_want, inv_want);
+            Tensor sum_got = poisoned({N, D}), out_got = poisoned({N, D}), inv_got = poisoned({N});
+            gpu().add_rmsnorm_forward(on_gpu(x), on_gpu(a), on_gpu(w), 1e-5f, sum_got, out_got, inv_got);
+            EXPECT_EQ(sum_got.to_vector(), sum_want.to_vector());
+            EXPECT_CLOSE(out_got, out_want, kReductionTol);
+            EXPECT_CLOSE(inv_got, inv_want, kReductionTol);
+
+            Tensor proj_sum = on_gpu(rng.normal({2, N, D})), proj_norm = on_gpu(rng.normal({2, N, D}));
+            Tensor x3 = rng.normal({2, N, D}), a3 = rng.normal({2, N, D});
+            auto run = [&](bool fused, std::vector<Tensor>& grads) {
+                std::vector<Tensor> in{on_gpu(x3), on_gpu(a3)};
+                if (weighted) in.push_back(on_gpu(w));
+                for (auto& t : in) t.set_requires_grad(true);
+                Tensor sum, normed;
+                const Tensor weight = weighted ? in[2] : Tensor();
+                if (fused) std::tie(sum, normed) = ops::add_rmsnorm(in[0], in[1], weight, 1e-5f);
+                else {
+                    sum = ops::add(in[0], in[1]);
+                    normed = ops::rmsnorm(sum, weight, 1e-5f);
+                }
+                backward(ops::add(ops::sum(ops::mul(sum, proj_sum)), ops::sum(ops::mul(normed, proj_norm))));
+                grads.clear();
+                for (auto& t : in) grads.push_back(t.grad());
+                return std::vector<Tensor>{sum, normed};
+            };
+            std::vector<Tensor> fused_grads, plain_grads;
+            const auto fused = run(true, fused_grads), plain = run(false, plain_grads);
+            for (size_t i = 0; i < 2; ++i) EXPECT_EQ(fused[i].to_vector(), plain[i].to_vector()) << (i ? "normed" : "sum");
+            for (size_t i = 0; i < fused_grads.size(); ++i)
+                EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << "input " << i;
         }
     }
 }

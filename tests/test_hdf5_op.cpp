@@ -628,7 +628,7 @@ TEST_F(OpRunner, EmbeddingRopeSwiglu) {
     run_and_compare("swiglu", write_inputs("swiglu.h5", sw, gs), swiglu);
 }
 
-// The fused ops (swiglu_mlp, rmsnorm_rope, linear_cross_entropy): the same outputs and
+// The fused ops (swiglu_mlp, add_rmsnorm, rmsnorm_rope, linear_cross_entropy): the same outputs and
 // gradients as the ops they fuse, from files.
 TEST_F(OpRunner, FusedOpsEqualTheOpsTheyFuse) {
     HSA_SEED_TRACE();
@@ -639,6 +639,15 @@ TEST_F(OpRunner, FusedOpsEqualTheOpsTheyFuse) {
         return ops::linear(ops::swiglu(ops::linear(t.at("x"), t.at("w1")), ops::linear(t.at("x"), t.at("w3"))), t.at("w2"));
     }, gm);
     run_and_compare("swiglu_mlp", write_inputs("mlp.h5", mlp, gm), want_mlp);
+
+    Named res{{"x", rng.normal({2, 3, 8})}, {"a", rng.normal({2, 3, 8})}, {"weight", rng.normal({8})}};
+    Tensor gr = rng.normal({2, 3, 8});
+    Reference want_res = reference(res, {"x", "a", "weight"}, [&](const Named& t) {
+        return ops::rmsnorm(ops::add(t.at("x"), t.at("a")), t.at("weight"), 1e-5f);
+    }, gr);
+    run_and_compare("add_rmsnorm", write_inputs("res.h5", res, gr, [](Hdf5File& f) {
+                        f.write_float_attribute("/", "eps", 1e-5);
+                    }), want_res);
 
     Named qk{{"x", rng.normal({2, 5, 3, 8})}, {"weight", rng.normal({8})}};
     Tensor gq = rng.normal({2, 5, 3, 8});
@@ -691,6 +700,8 @@ TEST_F(OpRunnerCuda, HsaAttentionAndFusedOpsMatchCpu) {
     Named mlp{{"x", rng.normal({2, 8, 16})}, {"w1", rng.normal({16, 40})}, {"w3", rng.normal({16, 40})},
               {"w2", rng.normal({40, 16})}};
     cases.emplace_back("swiglu_mlp", write_inputs("mlp.h5", mlp, rng.normal({2, 8, 16})));
+    Named res{{"x", rng.normal({3, 5, 520})}, {"a", rng.normal({3, 5, 520})}, {"weight", rng.normal({520})}};
+    cases.emplace_back("add_rmsnorm", write_inputs("res.h5", res, rng.normal({3, 5, 520})));  // the fused kernel's rows
     std::vector<int32_t> targets(24);
     for (auto& t : targets) t = static_cast<int32_t>(rng.next_int(0, 40));
     Named head{{"x", rng.normal({24, 16})}, {"weight", rng.normal({16, 40})}, {"targets", Tensor::from_vector_i32(targets, {24})}};
@@ -728,7 +739,7 @@ TEST_F(OpRunnerCli, HelpListsEveryOp) {
     EXPECT_EQ(help.code, 0) << describe(help);
     EXPECT_EQ(help.err, "");
     for (const char* word : {"usage: hsa op", "--inputs", "--out", "--device", "grad_out", "embedding", "matmul", "rmsnorm",
-                             "rope", "rmsnorm_rope", "swiglu", "swiglu_mlp", "attention", "select_chunks", "chunk_weights", "hsa",
+                             "rope", "rmsnorm_rope", "add_rmsnorm", "swiglu", "swiglu_mlp", "attention", "select_chunks", "chunk_weights", "hsa",
                              "cross_entropy", "linear_cross_entropy",
                              "exit codes"})
         EXPECT_NE(help.out.find(word), std::string::npos) << word << "\n" << help.out;

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "core/backend.h"
@@ -778,6 +779,71 @@ TEST(OpsBasicRmsnormRope, BadShapesThrow) {
     EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({1, 2, 3, 5}), Tensor(), 1e-6f), Error);           // odd d
     EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({2, 3, 4}), Tensor(), 1e-6f), Error);              // not 4-D
     EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({1, 2, 3, 4}), Tensor::zeros({6}), 1e-6f), Error);  // weight != [d]
+}
+
+// ================================================================ residual add + RMSNorm fused
+
+// The model's pattern: both outputs used downstream (the sum as the residual stream, the
+// normalised sum by a product), so the sum's gradient has two sources. Everything
+// bit-identical to add then rmsnorm on the CPU, with and without a weight.
+std::vector<Tensor> add_rmsnorm_pattern(bool fused, const std::vector<Tensor>& in, const Tensor& proj_sum,
+                                        const Tensor& proj_norm, std::vector<Tensor>& grads) {
+    Tensor sum, normed;
+    if (fused) std::tie(sum, normed) = ops::add_rmsnorm(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), 1e-5f);
+    else {
+        sum = ops::add(in[0], in[1]);
+        normed = ops::rmsnorm(sum, in.size() > 2 ? in[2] : Tensor(), 1e-5f);
+    }
+    backward(ops::add(ops::sum(ops::mul(sum, proj_sum)), ops::sum(ops::mul(normed, proj_norm))));
+    grads.clear();
+    for (const auto& t : in) grads.push_back(t.grad());
+    return {sum, normed};
+}
+
+TEST(OpsBasicAddRmsnorm, EqualsAddThenRmsnorm) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (bool weighted : {true, false}) {
+        SCOPED_TRACE(weighted ? "weighted" : "no weight");
+        const Shape shape{2, 5, 12};
+        Tensor x0 = rng.normal(shape), a0 = rng.normal(shape), w0 = rng.normal({12});
+        Tensor proj_sum = rng.normal(shape), proj_norm = rng.normal(shape);
+        auto inputs = [&] {
+            std::vector<Tensor> in{x0.clone(), a0.clone()};
+            if (weighted) in.push_back(w0.clone());
+            for (auto& t : in) t.set_requires_grad(true);
+            return in;
+        };
+        std::vector<Tensor> fused_grads, plain_grads;
+        const auto fused = add_rmsnorm_pattern(true, inputs(), proj_sum, proj_norm, fused_grads);
+        const auto plain = add_rmsnorm_pattern(false, inputs(), proj_sum, proj_norm, plain_grads);
+        for (size_t i = 0; i < 2; ++i) EXPECT_EQ(fused[i].to_vector(), plain[i].to_vector()) << (i ? "normed" : "sum");
+        for (size_t i = 0; i < fused_grads.size(); ++i) {
+            ASSERT_TRUE(fused_grads[i].defined()) << i;
+            EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << "input " << i;
+        }
+    }
+}
+
+TEST(OpsBasicAddRmsnorm, GradientsByFiniteDifferences) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Tensor x = rng.normal({3, 6}), a = rng.normal({3, 6}), w = rng.normal({6});
+    Tensor proj = rng.normal({3, 6});
+    check_gradients(
+        [&](const std::vector<Tensor>& in) {
+            auto [sum, normed] = ops::add_rmsnorm(in[0], in[1], in[2], 1e-5f);
+            return ops::add(ops::mul(sum, proj), normed);  // both outputs reach the loss
+        },
+        {x, a, w}, {true, true, true}, rng);
+}
+
+TEST(OpsBasicAddRmsnorm, BadShapesThrow) {
+    Tensor x = Tensor::zeros({2, 4});
+    EXPECT_THROW(ops::add_rmsnorm(x, Tensor::zeros({2, 5}), Tensor(), 1e-6f), Error);   // a != x's shape
+    EXPECT_THROW(ops::add_rmsnorm(x, Tensor::zeros({2, 4}), Tensor::zeros({5}), 1e-6f), Error);  // weight != [D]
+    EXPECT_THROW(ops::add_rmsnorm(x, Tensor::from_vector_i32({0, 1, 2, 3, 4, 5, 6, 7}, {2, 4}), Tensor(), 1e-6f),
+                 Error);  // not float
 }
 
 // ================================================================ SwiGLU MLP fused

@@ -138,6 +138,11 @@ public:
         gemm_flops_ += 2.0 * static_cast<double>(out.numel()) * static_cast<double>(ta ? a.size(-2) : a.size(-1)) *
                        (a.ndim() == 3 && out.ndim() == 2 ? static_cast<double>(a.size(0)) : 1.0);
     }
+    void add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& w, float eps, Tensor& sum, Tensor& out,
+                             Tensor& inv_rms) override {
+        timed("add_rmsnorm", [&] { inner_.add_rmsnorm_forward(x, a, w, eps, sum, out, inv_rms); },
+              "add_rmsnorm " + shape_string(x.shape()));
+    }
     void rmsnorm_rope_forward(const Tensor& x, const Tensor& w, float eps, int64_t offset, float base, Tensor& out,
                               Tensor& inv_rms) override {
         timed("rmsnorm_rope", [&] { inner_.rmsnorm_rope_forward(x, w, eps, offset, base, out, inv_rms); },

@@ -1,6 +1,7 @@
 #include "core/model/model.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "core/autograd.h"
 #include "core/ops.h"
@@ -143,8 +144,9 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
 }
 
 Tensor Model::swa_layer(const SwaLayer& l, const Tensor& x, AttentionSpan span) {
-    Tensor h = ops::add(x, attention_block(l, x, span));
-    return ops::add(h, mlp(ops::rmsnorm(h, l.mlp_norm, config_.norm_eps), l.w1, l.w3, l.w2));
+    // The residual add and the MLP's norm as one op (one pass over the stream on CUDA).
+    const auto [h, hn] = ops::add_rmsnorm(x, attention_block(l, x, span), l.mlp_norm, config_.norm_eps);
+    return ops::add(h, mlp(hn, l.w1, l.w3, l.w2));
 }
 
 Tensor Model::lower_decoder(const Tensor& tokens) {
@@ -217,9 +219,10 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
     }
 
     // Bypassing Residual Path: the retrieved a enters only the MLP's input.
-    Tensor mixed = a.defined() ? ops::add(x, a) : x;
-    Tensor y = ops::add(c.residual == ResidualMode::Brp ? x : mixed,
-                        mlp(ops::rmsnorm(mixed, g.mlp_norm, c.norm_eps), g.w1, g.w3, g.w2));
+    Tensor mixed = x, mixed_norm;
+    if (a.defined()) std::tie(mixed, mixed_norm) = ops::add_rmsnorm(x, a, g.mlp_norm, c.norm_eps);
+    else mixed_norm = ops::rmsnorm(x, g.mlp_norm, c.norm_eps);
+    Tensor y = ops::add(c.residual == ResidualMode::Brp ? x : mixed, mlp(mixed_norm, g.w1, g.w3, g.w2));
     const AttentionSpan sliding{true, c.window};
     for (const SwaLayer& l : g.swa) y = swa_layer(l, y, sliding);
     return y;
