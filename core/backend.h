@@ -47,6 +47,10 @@ class Backend {
 public:
     virtual ~Backend() = default;
     virtual Device device() const = 0;
+    // Whether products (gemm, gemm_backward, swiglu_mlp's x) take bf16 operands and
+    // rmsnorm / add_rmsnorm write a bf16 out: the CUDA backend, so at bf16 precision a
+    // normalised activation that only feeds products is stored once, rounded, in half the bytes.
+    virtual bool takes_bf16_operands() const { return false; }
 
     // ---- elementwise and data movement (any shapes, equal numel) ----
     virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;         // out = a + b
@@ -82,6 +86,9 @@ public:
     // a: [Ba, M, K] (or [K, M] transposed), b: [Bb, K, N] (or [N, K]), out: [Bo, M, N];
     // 2-D tensors are batch 1. Batch counts are 1 or a common B: a batch of 1 is shared,
     // and an out batch of 1 with B > 1 sums over the batch. accumulate: out += instead of =.
+    // On the CUDA backend (takes_bf16_operands()) a and b may also be bf16: an activation
+    // its producer already rounded (rmsnorm's bf16 out), multiplied as is at bf16 precision;
+    // gradients stay f32. gemm_backward and swiglu_mlp's x take them the same way.
     virtual void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                       bool accumulate) = 0;
     // Both gradients of out = op(a) . op(b) from the output gradient g: grad_a (shaped as a)
@@ -110,6 +117,8 @@ public:
                                      bool accumulate_w2);
 
     // ---- RMSNorm over the last dim: x [N, D], weight [D] or undefined, inv_rms [N] ----
+    // out is f32, or bf16 on a backend that takes_bf16_operands() (the f32 result rounded
+    // to nearest even, for a consumer that multiplies it in bf16 anyway).
     virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out,
                                  Tensor& inv_rms) = 0;
     // accumulate_x: grad_x += instead of = (the tape passes a gradient buffer the input

@@ -18,6 +18,16 @@ T* typed_data(const Tensor& t, const char* op, const char* what, Device device, 
     return t.data<T>();
 }
 
+// An operand that is f32, or on the CUDA backend also bf16 (an activation its producer
+// already rounded for the products: core/backend.h).
+void check_operand(const Tensor& t, const char* op, const char* what, Device device) {
+    if (device == Device::CUDA && t.defined() && t.dtype() == DType::BF16) {
+        typed_data<uint16_t>(t, op, what, device, DType::BF16);
+        return;
+    }
+    f32_data(t, op, what, device);
+}
+
 struct Named {
     const char* name;
     const Tensor& t;
@@ -171,8 +181,8 @@ EmbeddingDims check_embedding_backward(const Tensor& ids, const Tensor& grad_out
 
 GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& out,
                     Device device) {
-    f32_data(a, "gemm", "a", device);
-    f32_data(b, "gemm", "b", device);
+    check_operand(a, "gemm", "a", device);
+    check_operand(b, "gemm", "b", device);
     f32_data(out, "gemm", "out", device);
     const MatShape sa = mat_shape(a, "a"), sb = mat_shape(b, "b"), so = mat_shape(out, "out");
     const int64_t M = transpose_a ? sa.cols : sa.rows;
@@ -198,7 +208,7 @@ GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool tra
 RmsNormDims check_rmsnorm(const Tensor& x, const Tensor& weight, const Tensor& out, const Tensor& inv_rms,
                           Device device) {
     f32_data(x, "rmsnorm", "x", device);
-    f32_data(out, "rmsnorm", "out", device);
+    check_operand(out, "rmsnorm", "out", device);
     f32_data(inv_rms, "rmsnorm", "inv_rms", device);
     HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, "rmsnorm: x " << shape_string(x.shape()) << " needs a last dim D > 0");
     const int64_t D = x.size(-1), N = x.numel() / D;

@@ -20,6 +20,24 @@ void check_float(const Tensor& t, const char* op, const char* what) {
     HSA_CHECK(t.is_contiguous(), op << ": " << what << " must be contiguous");
 }
 
+// A product's operand: f32, or bf16 (rounded by its producer) where the backend takes those.
+void check_operand(const Tensor& t, const char* op, const char* what) {
+    if (t.defined() && t.dtype() == DType::BF16) {
+        HSA_CHECK(backend_of(t).takes_bf16_operands(),
+                  op << ": " << what << " is bf16, which the " << device_name(t.device()) << " backend does not multiply");
+        HSA_CHECK(t.is_contiguous(), op << ": " << what << " must be contiguous");
+        return;
+    }
+    check_float(t, op, what);
+}
+
+// The dtype of a normalised output: f32, or bf16 where the backend takes bf16 operands.
+void check_norm_dtype(const Tensor& x, DType dtype, const char* op) {
+    HSA_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && backend_of(x).takes_bf16_operands()),
+              op << ": output dtype " << dtype_name(dtype) << " is not available on the " << device_name(x.device())
+                 << " backend (f32" << (backend_of(x).takes_bf16_operands() ? " or bf16)" : ")"));
+}
+
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
     HSA_CHECK(a.device() == b.device(), op << ": inputs on different devices (" << device_name(a.device()) << " and "
                                            << device_name(b.device()) << ")");
@@ -301,8 +319,8 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
-    check_float(a, "matmul", "a");
-    check_float(b, "matmul", "b");
+    check_operand(a, "matmul", "a");
+    check_operand(b, "matmul", "b");
     check_same_device(a, b, "matmul");
     HSA_CHECK(a.ndim() == 2 || a.ndim() == 3, "matmul: a must be 2-D or 3-D, got " << shape_string(a.shape()));
     HSA_CHECK(b.ndim() == 2 || b.ndim() == 3, "matmul: b must be 2-D or 3-D, got " << shape_string(b.shape()));
@@ -344,7 +362,8 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
 Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
     const char* op = "swiglu_mlp";
     for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&w1, "w1"}, {&w3, "w3"}, {&w2, "w2"}}) {
-        check_float(*t, op, name);
+        if (t == &x) check_operand(*t, op, name);
+        else check_float(*t, op, name);
         check_same_device(x, *t, op);
     }
     HSA_CHECK(x.ndim() >= 1, op << ": x must be [..., D], got " << shape_string(x.shape()));
@@ -375,8 +394,9 @@ Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Ten
     return reshape(out, x.shape());
 }
 
-Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps, DType out_dtype) {
     check_float(x, "rmsnorm", "x");
+    check_norm_dtype(x, out_dtype, "rmsnorm");
     const int64_t d = x.size(-1);
     if (weight.defined()) {
         check_float(weight, "rmsnorm", "weight");
@@ -385,7 +405,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
         check_same_device(x, weight, "rmsnorm");
     }
     Tensor flat = x.view({-1, d});
-    Tensor out = Tensor::empty(flat.shape(), DType::F32, x.device());
+    Tensor out = Tensor::empty(flat.shape(), out_dtype, x.device());
     Tensor inv_rms = Tensor::empty({flat.size(0)}, DType::F32, x.device());
     backend_of(x).rmsnorm_forward(flat, weight, eps, out, inv_rms);
     out = out.view(x.shape());
@@ -393,9 +413,11 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps) {
     return out;
 }
 
-std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps) {
+std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps,
+                                      DType normed_dtype) {
     const char* op = "add_rmsnorm";
     check_float(x, op, "x");
+    check_norm_dtype(x, normed_dtype, op);
     check_float(a, op, "a");
     check_same_device(x, a, op);
     HSA_CHECK(x.shape() == a.shape(), op << ": shapes " << shape_string(x.shape()) << " and " << shape_string(a.shape()) << " differ");
@@ -408,7 +430,7 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
         check_same_device(x, weight, op);
     }
     const Tensor xc = x.is_contiguous() ? x : x.clone(), ac = a.is_contiguous() ? a : a.clone();
-    Tensor sum = empty_like(x), out = empty_like(x);
+    Tensor sum = empty_like(x), out = Tensor::empty(x.shape(), normed_dtype, x.device());
     const int64_t n = x.numel() / d;
     Tensor inv_rms = Tensor::empty({n}, DType::F32, x.device());
     Tensor sum_flat = sum.view({n, d}), out_flat = out.view({n, d});

@@ -28,13 +28,18 @@ Tensor repeat_leading(const Tensor& x, int64_t n);
 Tensor embedding(const Tensor& table, const Tensor& ids);   // [V, D], i32 [...] -> [..., D]
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a = false, bool transpose_b = false);
 Tensor linear(const Tensor& x, const Tensor& weight);       // x [..., Din] . W [Din, Dout]
-Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);  // over the last dim
+// Over the last dim. out_dtype bf16 (where Backend::takes_bf16_operands()): the output is
+// stored rounded, for an activation that only feeds products (matmul / linear / swiglu_mlp
+// take it as is; its gradient is f32). The same values as rounding the f32 output.
+Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps = 1e-6f, DType out_dtype = DType::F32);
 Tensor rope(const Tensor& x, int64_t position_offset = 0, float base = 10000.0f);  // x [B, T, H, d]
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 // The residual add then RMSNorm: {x + a, rmsnorm(x + a, weight, eps)}, equal shapes. The
 // same values and gradients as add then rmsnorm (bit-identical); the forward runs as one
 // pass on CUDA (Backend::add_rmsnorm_forward).
-std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps = 1e-6f);
+// normed_dtype: as rmsnorm's out_dtype.
+std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Tensor& weight, float eps = 1e-6f,
+                                      DType normed_dtype = DType::F32);
 // rope(rmsnorm(x, weight, eps), position_offset, base) as one op (the q / k path), x
 // [B, T, H, d]: the same values as the two ops, through Backend::rmsnorm_rope_forward /
 // backward (one pass each way on CUDA).

@@ -16,6 +16,7 @@ namespace hsa {
 class CudaBackend final : public Backend {
 public:
     Device device() const override { return Device::CUDA; }
+    bool takes_bf16_operands() const override { return true; }
     HSA_BACKEND_OVERRIDES
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,

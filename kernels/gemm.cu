@@ -252,6 +252,23 @@ __global__ void round_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16
     for (int64_t k = vector_end + first; k < n; k += stride) out[k] = __float2bfloat16_rn(in[k]);
 }
 
+__global__ void widen_to_f32_kernel(const __nv_bfloat16* __restrict__ in, float* __restrict__ out, int64_t n) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride)
+        out[k] = __bfloat162float(in[k]);
+}
+
+// An f32 copy of a contiguous bf16 operand (exact): for products off the bf16 path.
+Tensor widened_f32_copy(const Tensor& t) {
+    Tensor copy = Tensor::empty(t.shape(), DType::F32, Device::CUDA);
+    const int64_t n = t.numel();
+    if (n == 0) return copy;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+    widen_to_f32_kernel<<<blocks, 256>>>(static_cast<const __nv_bfloat16*>(t.raw_data()), copy.data<float>(), n);
+    HSA_CUDA_CHECK_LAUNCH("widen_to_f32_kernel");
+    return copy;
+}
+
 }  // namespace
 
 // A bf16 copy of a contiguous f32 tensor's data (declared in kernels/cuda_common.cuh).
@@ -270,10 +287,12 @@ Tensor rounded_bf16_copy(const Tensor& t) {
 }
 
 // The backend's gemm. a_rounded / b_rounded: when defined, bf16 copies of a / b already
-// made by the caller, used instead of rounding again when the bf16 path is taken.
-static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
-                    bool accumulate, const Tensor& a_rounded, const Tensor& b_rounded) {
-    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, out, Device::CUDA);
+// made by the caller, used instead of rounding again when the bf16 path is taken. a or b
+// may themselves be bf16 (already rounded by their producer): used as they are on the bf16
+// path, widened to f32 (exact) off it.
+static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b_in, bool transpose_b, Tensor& out,
+                           bool accumulate, const Tensor& a_rounded_in, const Tensor& b_rounded_in) {
+    const checks::GemmDims dims = checks::check_gemm(a_in, transpose_a, b_in, transpose_b, out, Device::CUDA);
     const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
     float* po = out.data<float>();
     if (Bo == 0 || M == 0 || N == 0) return;  // empty out
@@ -291,6 +310,11 @@ static void gemm_on_device(const Tensor& a, bool transpose_a, const Tensor& b, b
     // the copies live until the matmuls are enqueued, and the stream orders their reuse.
     const bool bf16_precision = matmul_precision() == MatmulPrecision::BF16;
     const bool bf16 = bf16_precision && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
+    const bool a_is_bf16 = a_in.dtype() == DType::BF16, b_is_bf16 = b_in.dtype() == DType::BF16;
+    const Tensor a = a_is_bf16 && !bf16 ? widened_f32_copy(a_in) : a_in;
+    const Tensor b = b_is_bf16 && !bf16 ? widened_f32_copy(b_in) : b_in;
+    const Tensor a_rounded = a_is_bf16 ? a_in : a_rounded_in;
+    const Tensor b_rounded = b_is_bf16 ? b_in : b_rounded_in;
     Tensor a16, b16;
     if (bf16) {
         a16 = a_rounded.defined() ? a_rounded : rounded_bf16_copy(a);

@@ -64,17 +64,18 @@ __global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, floa
 constexpr int kWideM = 8;  // float4 a lane: up to 1024 columns
 
 // With Residual (add_rmsnorm): the row is x + a (f32 adds, as the add kernel), also written
-// to sum; the norm is of that sum.
-template <bool Residual>
+// to sum; the norm is of that sum. Out: f32, or bf16 (the f32 value rounded to nearest
+// even, as rounded_bf16_copy would) for an activation that only feeds products.
+template <bool Residual, class Out>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_forward_wide_kernel(const float* x, const float* a, float* sum, const float* __restrict__ w, float eps,
-                                float* out, float* __restrict__ inv_rms, int64_t N, int64_t D) {
+                                Out* out, float* __restrict__ inv_rms, int64_t N, int64_t D) {
     const int lane = static_cast<int>(threadIdx.x) % 32;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
     if (n >= N) return;
     const int64_t D4 = D / 4;
     const float4* xr = reinterpret_cast<const float4*>(x + n * D);
-    float4* orow = reinterpret_cast<float4*>(out + n * D);
+    Out* orow = out + n * D;
     float4 xv[kWideM];
     float lane_ss = 0.0f;
 #pragma unroll
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
         if (v >= D4) continue;
         float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + v);
-        orow[v] = make_float4(xv[m].x * r * wv.x, xv[m].y * r * wv.y, xv[m].z * r * wv.z, xv[m].w * r * wv.w);
+        store4(orow, v, make_float4(xv[m].x * r * wv.x, xv[m].y * r * wv.y, xv[m].z * r * wv.z, xv[m].w * r * wv.w));
     }
 }
 
@@ -636,14 +637,29 @@ Tensor rope_table(int64_t T, int64_t half, int64_t position_offset, float base) 
 
 }  // namespace
 
+
 void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor& inv_rms) {
     const checks::RmsNormDims dims = checks::check_rmsnorm(x, weight, out, inv_rms, Device::CUDA);
     const int64_t D = dims.D, N = dims.N;
+    if (N == 0) return;
     const float* px = x.data<float>();
-    float* po = out.data<float>();
     float* pr = inv_rms.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    if (N == 0) return;
+    if (out.dtype() == DType::BF16) {  // wide rows write it directly; else the f32 result is rounded into it
+        if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && N < (int64_t{1} << 34) && aligned16(px) &&
+            aligned16(out.raw_data()) && (pw == nullptr || aligned16(pw))) {
+            rmsnorm_forward_wide_kernel<false><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+                px, nullptr, nullptr, pw, eps, static_cast<__nv_bfloat16*>(out.raw_data()), pr, N, D);
+            HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (bf16 out)");
+            return;
+        }
+        Tensor f32 = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+        rmsnorm_forward(x, weight, eps, f32, inv_rms);
+        const Tensor rounded = rounded_bf16_copy(f32);
+        HSA_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), rounded.raw_data(), out.nbytes(), cudaMemcpyDeviceToDevice, 0));
+        return;
+    }
+    float* po = out.data<float>();
     if (narrow_row(D) && aligned16(px) && aligned16(po) && (pw == nullptr || aligned16(pw)) &&
         N < (int64_t{1} << 36)) {
         narrow_forward<false>(px, pw, eps, NarrowRope{}, po, pr, N, D);
@@ -651,7 +667,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     }
     if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
         (pw == nullptr || aligned16(pw)) && N < (int64_t{1} << 34)) {
-        rmsnorm_forward_wide_kernel<false>
+        rmsnorm_forward_wide_kernel<false, float>
             <<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, nullptr, nullptr, pw, eps, po, pr, N, D);
     } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
         rmsnorm_forward_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
@@ -680,8 +696,14 @@ void CudaBackend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Te
         return;
     }
     if (N == 0) return;
-    rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
-        x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, out.data<float>(), inv_rms.data<float>(), N, D);
+    if (out.dtype() == DType::BF16)
+        rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+            x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, static_cast<__nv_bfloat16*>(out.raw_data()),
+            inv_rms.data<float>(), N, D);
+    else
+        rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+            x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, out.data<float>(), inv_rms.data<float>(), N,
+            D);
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (residual)");
 }
 

@@ -121,11 +121,12 @@ __nv_bfloat16* bf16_ptr(Tensor& t) { return static_cast<__nv_bfloat16*>(t.raw_da
 const __nv_bfloat16* bf16_ptr(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.raw_data()); }
 
 // The fused path: bf16 precision, contiguous 2-D operands, every dim a multiple of 8 (the
-// GEMMs' bf16 path), 16-byte aligned f32 data (the float4 SwiGLU kernels).
+// GEMMs' bf16 path), 16-byte aligned data; x f32 or already bf16 (its producer rounded it).
 bool mlp_in_bf16(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
     if (matmul_precision() != MatmulPrecision::BF16) return false;
     for (const Tensor* t : {&x, &w1, &w3, &w2})
-        if (t->ndim() != 2 || !t->is_contiguous() || t->device() != Device::CUDA || t->dtype() != DType::F32)
+        if (t->ndim() != 2 || !t->is_contiguous() || t->device() != Device::CUDA ||
+            !(t->dtype() == DType::F32 || (t == &x && t->dtype() == DType::BF16)))
             return false;
     const int64_t N = x.size(0), D = x.size(1), F = w1.size(1);
     return N % 8 == 0 && D % 8 == 0 && F % 8 == 0 && N > 0 && all_16_byte_aligned({&x, &w1, &w3, &w2});
@@ -140,7 +141,8 @@ void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Te
         return;
     }
     const int64_t N = x.size(0), F = w1.size(1);
-    const Tensor x16 = rounded_bf16_copy(x);  // once, for the two products here and the two weight gradients
+    // Once, for the two products here and the two weight gradients (x may come rounded).
+    const Tensor x16 = x.dtype() == DType::BF16 ? x : rounded_bf16_copy(x);
     // gate and up leave the products in bf16 (what autocast stores): half the bytes written,
     // read by the SwiGLU here and kept for the backward (16 layers x 2 x N x F at the
     // paper's scale: 5.8 GB less than f32 at 8 x 4096 tokens).
@@ -169,7 +171,7 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
                                       const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3,
                                       Tensor& grad_w2, bool accumulate_x, bool accumulate_w1, bool accumulate_w3,
                                       bool accumulate_w2) {
-    if (saved.x_operand.dtype() != DType::BF16) {  // the forward took the composed path
+    if (saved.hidden_operand.dtype() != DType::BF16) {  // the forward took the composed path
         Backend::swiglu_mlp_backward(w1, w3, w2, saved, grad_out, grad_x, grad_w1, grad_w3, grad_w2, accumulate_x,
                                      accumulate_w1, accumulate_w3, accumulate_w2);
         return;

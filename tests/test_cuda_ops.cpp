@@ -642,6 +642,85 @@ TEST(CudaOps, AddRmsnormMatchesCpuAndSeparateOps) {
     }
 }
 
+// ------------------------------------------------------------------ bf16 operands
+
+// A normalised activation stored as bf16 (rmsnorm / add_rmsnorm out_dtype bf16) must hold
+// exactly the rounded f32 result, and the products must take it as the same values they
+// would round themselves: at bf16 precision with dims on the bf16 path, linear and
+// swiglu_mlp on the bf16 activation give the bits of the f32 one (output and every
+// gradient, the activation's gradient f32). Off the bf16 path (a dim not a multiple of 8,
+// or f32 precision) the operand is widened back to f32 exactly: the same bits as the f32
+// product of the rounded values.
+TEST(CudaOps, Bf16OperandsGiveTheBitsOfRoundedF32) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t D : {1024, 64, 100}) {
+        SCOPED_TRACE("D " + std::to_string(D));
+        const int64_t N = 24;
+        Tensor x = on_gpu(rng.normal({N, D})), a = on_gpu(rng.normal({N, D})), w = on_gpu(rng.normal({D}));
+        Tensor out32 = poisoned({N, D}), inv32 = poisoned({N}), out16 = poisoned({N, D}, DType::BF16), inv16 = poisoned({N});
+        gpu().rmsnorm_forward(x, w, 1e-5f, out32, inv32);
+        gpu().rmsnorm_forward(x, w, 1e-5f, out16, inv16);
+        EXPECT_EQ(out16.to_vector(), test::rounded_to_bf16(out32).to_vector());
+        EXPECT_EQ(inv16.to_vector(), inv32.to_vector());
+        Tensor sum32 = poisoned({N, D}), sum16 = poisoned({N, D});
+        gpu().add_rmsnorm_forward(x, a, w, 1e-5f, sum32, out32, inv32);
+        gpu().add_rmsnorm_forward(x, a, w, 1e-5f, sum16, out16, inv16);
+        EXPECT_EQ(sum16.to_vector(), sum32.to_vector());
+        EXPECT_EQ(out16.to_vector(), test::rounded_to_bf16(out32).to_vector());
+    }
+    for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+        for (int64_t F : {96, 36}) {
+            SCOPED_TRACE(std::string("precision ") + matmul_precision_name(precision) + " F " + std::to_string(F));
+            MatmulPrecisionScope scope(precision);
+            const int64_t B = 2, T = 40, D = 32;
+            Tensor x0 = rng.normal({B, T, D}), nw0 = rng.normal({D}), w0 = rng.normal({D, F}), w1_0 = rng.normal({D, F}),
+                   w3_0 = rng.normal({D, F}), w2_0 = rng.normal({F, D});
+            Tensor proj_lin = on_gpu(rng.normal({B, T, F})), proj_mlp = on_gpu(rng.normal({B, T, D}));
+            // The norm's output stored as `dtype`, then a linear and an MLP on it.
+            auto run = [&](DType dtype, std::vector<Tensor>& grads) {
+                std::vector<Tensor> in{on_gpu(x0), on_gpu(nw0), on_gpu(w0), on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0)};
+                for (auto& t : in) t.set_requires_grad(true);
+                Tensor xn = ops::rmsnorm(in[0], in[1], 1e-5f, dtype);
+                Tensor lin = ops::linear(xn, in[2]);
+                Tensor mlp = ops::swiglu_mlp(xn, in[3], in[4], in[5]);
+                backward(ops::add(ops::sum(ops::mul(lin, proj_lin)), ops::sum(ops::mul(mlp, proj_mlp))));
+                grads.clear();
+                for (auto& t : in) grads.push_back(t.grad());
+                return std::vector<Tensor>{lin, mlp};
+            };
+            if (precision == MatmulPrecision::F32) {
+                // The model never stores bf16 at f32 precision; the widening path must still
+                // give the f32 product of the rounded values.
+                std::vector<Tensor> g16;
+                const auto o16 = run(DType::BF16, g16);
+                NoGradGuard no_grad;
+                const Tensor widened = on_gpu(test::rounded_to_bf16(ops::rmsnorm(on_gpu(x0), on_gpu(nw0), 1e-5f)));
+                EXPECT_EQ(o16[0].to_vector(), ops::linear(widened, on_gpu(w0)).to_vector()) << "linear off the bf16 path";
+                EXPECT_EQ(o16[1].to_vector(),
+                          ops::swiglu_mlp(widened, on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0)).to_vector())
+                    << "mlp off the bf16 path";
+                continue;
+            }
+            std::vector<Tensor> g16, g32;
+            const auto o16 = run(DType::BF16, g16), o32 = run(DType::F32, g32);
+            const bool on_path = F % 8 == 0;
+            for (size_t i = 0; i < 2; ++i) {
+                if (on_path) EXPECT_EQ(o16[i].to_vector(), o32[i].to_vector()) << (i ? "mlp" : "linear");
+                else EXPECT_LE(relative_error(o16[i], o32[i]), 1e-2) << (i ? "mlp" : "linear");
+            }
+            const char* names[] = {"x", "norm weight", "w", "w1", "w3", "w2"};
+            for (size_t i = 0; i < g16.size(); ++i) {
+                ASSERT_TRUE(g16[i].defined()) << names[i];
+                EXPECT_EQ(g16[i].dtype(), DType::F32) << names[i];
+                if (on_path) EXPECT_EQ(g16[i].to_vector(), g32[i].to_vector()) << names[i];
+                else EXPECT_LE(relative_error(g16[i], g32[i]), 1e-2) << names[i];
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ SwiGLU MLP fused
 
 // ops::swiglu_mlp on the GPU against the separate ops on the GPU. At f32 precision, and for

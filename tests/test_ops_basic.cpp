@@ -838,6 +838,17 @@ TEST(OpsBasicAddRmsnorm, GradientsByFiniteDifferences) {
         {x, a, w}, {true, true, true}, rng);
 }
 
+// bf16 activations exist only where the backend multiplies them (CUDA): the CPU says so.
+TEST(OpsBasicAddRmsnorm, Bf16OutputsAndOperandsAreRefusedOnTheCpu) {
+    Tensor x = Tensor::full({2, 8}, 1.0f);
+    EXPECT_THROW(ops::rmsnorm(x, Tensor(), 1e-6f, DType::BF16), Error);
+    EXPECT_THROW(ops::add_rmsnorm(x, x, Tensor(), 1e-6f, DType::BF16), Error);
+    Tensor x16 = Tensor::zeros({2, 8}, DType::BF16);
+    Tensor w = Tensor::full({8, 4}, 1.0f);
+    EXPECT_THROW(ops::matmul(x16, w), Error);
+    EXPECT_THROW(ops::swiglu_mlp(x16, w, w, Tensor::full({4, 8}, 1.0f)), Error);
+}
+
 TEST(OpsBasicAddRmsnorm, BadShapesThrow) {
     Tensor x = Tensor::zeros({2, 4});
     EXPECT_THROW(ops::add_rmsnorm(x, Tensor::zeros({2, 5}), Tensor(), 1e-6f), Error);   // a != x's shape

@@ -42,6 +42,7 @@ public:
     };
 
     Device device() const override { return Device::CUDA; }
+    bool takes_bf16_operands() const override { return inner_.takes_bf16_operands(); }
 
     // While off, calls go straight to the CUDA backend (one virtual call more), so the
     // measured steps are not slowed by event records; calls are counted either way.

@@ -5,6 +5,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "core/precision.h"
 
 namespace hsa {
 
@@ -119,6 +120,11 @@ Tensor Model::head_norm(const Tensor& x, const Tensor& weight) {
     return config_.qk_norm ? ops::rmsnorm(x, weight, config_.norm_eps) : x;
 }
 
+DType Model::operand_dtype() const {
+    return matmul_precision() == MatmulPrecision::BF16 && backend_for(device_).takes_bf16_operands() ? DType::BF16
+                                                                                                    : DType::F32;
+}
+
 Tensor Model::mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
     return ops::swiglu_mlp(x, w1, w3, w2);
 }
@@ -127,7 +133,7 @@ Tensor Model::mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Ten
 Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan span) {
     const ModelConfig& c = config_;
     const int64_t n = x.size(0), len = x.size(1), d = c.head_dim();
-    Tensor xn = ops::rmsnorm(x, l.attn_norm, c.norm_eps);
+    Tensor xn = ops::rmsnorm(x, l.attn_norm, c.norm_eps, operand_dtype());  // feeds the q and k / v products only
     Tensor q = ops::reshape(ops::linear(xn, l.wq), {n, len, c.heads, d});
     // K and V in one product ([D, 2 Hk d]: with the model's single KV head two N = 64
     // products, each rounding xn again and badly shaped for the tensor cores, become one of
@@ -145,7 +151,7 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
 
 Tensor Model::swa_layer(const SwaLayer& l, const Tensor& x, AttentionSpan span) {
     // The residual add and the MLP's norm as one op (one pass over the stream on CUDA).
-    const auto [h, hn] = ops::add_rmsnorm(x, attention_block(l, x, span), l.mlp_norm, config_.norm_eps);
+    const auto [h, hn] = ops::add_rmsnorm(x, attention_block(l, x, span), l.mlp_norm, config_.norm_eps, operand_dtype());
     return ops::add(h, mlp(hn, l.w1, l.w3, l.w2));
 }
 
@@ -191,7 +197,7 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
     Tensor a;  // retrieved contribution [B, T, D]; absent when there is no complete chunk
     if (memory.chunks > 0) {
         // Retrieval: qr = RMSNorm(x) Wr, optional RMSNorm on qr and on the landmarks.
-        Tensor qr = ops::reshape(ops::linear(ops::rmsnorm(x, g.retrieval_norm, c.norm_eps), g.wr),
+        Tensor qr = ops::reshape(ops::linear(ops::rmsnorm(x, g.retrieval_norm, c.norm_eps, operand_dtype()), g.wr),
                                  {B, T, c.retrieval_heads, c.retrieval_head_dim()});
         Tensor landmarks = memory.landmarks;
         if (c.retrieval_norm) {
@@ -212,7 +218,8 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
         Tensor weights = ops::chunk_weights(qr, landmarks, indices, c.stickbreak ? WeightKind::StickBreak : WeightKind::Softmax);
 
         // HSA: q = per-head RMSNorm(RMSNorm(x) Wq), no positional encoding on q or Kmem.
-        Tensor q = ops::reshape(ops::linear(ops::rmsnorm(x, g.hsa_norm, c.norm_eps), g.wq), {B, T, c.heads, d});
+        Tensor q = ops::reshape(ops::linear(ops::rmsnorm(x, g.hsa_norm, c.norm_eps, operand_dtype()), g.wq),
+                                {B, T, c.heads, d});
         q = head_norm(q, g.q_norm);
         Tensor u = ops::hsa_attention(q, memory.kmem, memory.vmem, indices, weights, c.chunk_size);
         a = ops::linear(ops::reshape(u, {B, T, D}), g.wo);
@@ -220,8 +227,8 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
 
     // Bypassing Residual Path: the retrieved a enters only the MLP's input.
     Tensor mixed = x, mixed_norm;
-    if (a.defined()) std::tie(mixed, mixed_norm) = ops::add_rmsnorm(x, a, g.mlp_norm, c.norm_eps);
-    else mixed_norm = ops::rmsnorm(x, g.mlp_norm, c.norm_eps);
+    if (a.defined()) std::tie(mixed, mixed_norm) = ops::add_rmsnorm(x, a, g.mlp_norm, c.norm_eps, operand_dtype());
+    else mixed_norm = ops::rmsnorm(x, g.mlp_norm, c.norm_eps, operand_dtype());
     Tensor y = ops::add(c.residual == ResidualMode::Brp ? x : mixed, mlp(mixed_norm, g.w1, g.w3, g.w2));
     const AttentionSpan sliding{true, c.window};
     for (const SwaLayer& l : g.swa) y = swa_layer(l, y, sliding);

@@ -85,6 +85,10 @@ private:
     SwaLayer make_swa_layer(const std::string& prefix);
     Tensor attention_block(const SwaLayer& layer, const Tensor& x, AttentionSpan span);
     Tensor mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2);
+    // The dtype of a normalised activation that only feeds products: bf16 at bf16 precision
+    // on a backend that takes bf16 operands (stored rounded once: the products would round
+    // it anyway, so the values are the same), else f32.
+    DType operand_dtype() const;
     Tensor swa_layer(const SwaLayer& layer, const Tensor& x, AttentionSpan span);
     Tensor head_norm(const Tensor& x, const Tensor& weight);  // per-head RMSNorm when qk_norm
     Tensor upper_group(size_t index, const Tensor& x, const ChunkMemory& memory, const ForwardOptions& options);
