@@ -323,26 +323,31 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
             Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
         }
         cp_async_commit();
-        const uint32_t offset = stage * kStageBytes;
-
-        float p[kTile / 8][4], dp[kTile / 8][4];
-        product_with_tile_transpose<D, kTile>(qf, k_nk + offset, p);   // scores
-        product_with_tile_transpose<D, kTile>(dof, v_nk + offset, dp);  // dO V^T
         const bool whole = tile_wholly_visible(P, t0, s0);
+        // The tile's keys in two halves: S and dP of 32 keys at a time hold half the
+        // registers (no spills at 3 blocks an SM); dQ still adds the key steps in order.
 #pragma unroll
-        for (int j = 0; j < kTile / 8; ++j)
+        for (int half = 0; half < 2; ++half) {
+            constexpr int kHalf = kTile / 2;
+            const uint32_t offset = stage * kStageBytes + 2u * static_cast<uint32_t>(half * kHalf * kLd);
+            float p[kHalf / 8][4], dp[kHalf / 8][4];
+            product_with_tile_transpose<D, kHalf>(qf, k_nk + offset, p);   // scores
+            product_with_tile_transpose<D, kHalf>(dof, v_nk + offset, dp);  // dO V^T
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int key = s0 + 8 * j + 2 * tig + e;
-                const float pa = exp2f(fmaf(p[j][e], P.scale_log2, -lse_a));
-                const float pb = exp2f(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
-                p[j][e] = whole || sees(P, ta, key) ? pa * (dp[j][e] - delta_a) : 0.0f;  // dS
-                p[j][2 + e] = whole || sees(P, tb, key) ? pb * (dp[j][2 + e] - delta_b) : 0.0f;
-            }
-        uint32_t dsf[kTile / 16][4];
+            for (int j = 0; j < kHalf / 8; ++j)
 #pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
-        accumulate_product_with_tile<D, kTile>(dsf, k_kn + offset, dq);
+                for (int e = 0; e < 2; ++e) {
+                    const int key = s0 + half * kHalf + 8 * j + 2 * tig + e;
+                    const float pa = exp2f(fmaf(p[j][e], P.scale_log2, -lse_a));
+                    const float pb = exp2f(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
+                    p[j][e] = whole || sees(P, ta, key) ? pa * (dp[j][e] - delta_a) : 0.0f;  // dS
+                    p[j][2 + e] = whole || sees(P, tb, key) ? pb * (dp[j][2 + e] - delta_b) : 0.0f;
+                }
+            uint32_t dsf[kHalf / 16][4];
+#pragma unroll
+            for (int ks = 0; ks < kHalf / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
+            accumulate_product_with_tile<D, kHalf>(dsf, k_kn + offset, dq);
+        }
     }
     store_rows<D>(P.grad_q + q_offset, q_stride, ta, P.T, tig, dq, P.scale, P.scale);
 }
@@ -415,25 +420,31 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
         if (i + 1 < pairs) start_pair(i + 1, stage ^ 1);
         cp_async_commit();
         const int t0 = lo + (i % tiles_per_head) * kTile;
-        const uint32_t offset = stage * kStageBytes;
-        const float* lse_s = lse_tile[stage];
-        const float* delta_s = delta_tile[stage];
-
-        float pt[kTile / 8][4];  // [key][query]
-        product_with_tile_transpose<D, kTile>(kf, q_nk + offset, pt);   // K Q^T
         const bool whole = tile_wholly_visible(P, t0, s0);
+        // The tile's queries in two halves (half the registers for P^T and dP^T); dK and dV
+        // still add the query steps in order.
 #pragma unroll
-        for (int j = 0; j < kTile / 8; ++j)
+        for (int half = 0; half < 2; ++half) {
+            constexpr int kHalf = kTile / 2;
+            const uint32_t offset = stage * kStageBytes + 2u * static_cast<uint32_t>(half * kHalf * kLd);
+            const float* lse_s = lse_tile[stage] + half * kHalf;
+            const float* delta_s = delta_tile[stage] + half * kHalf;
+            float pt[kHalf / 8][4];  // [key][query]
+            product_with_tile_transpose<D, kHalf>(kf, q_nk + offset, pt);  // K Q^T
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int col = 8 * j + 2 * tig + e, t = t0 + col;
-                const float l = lse_s[col];
-                const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
-                const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
-                pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
-                pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
-            }
-        key_side_backward_step<D, kTile>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset, q_kn + offset, delta_s, tig, dk, dv);
+            for (int j = 0; j < kHalf / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = 8 * j + 2 * tig + e, t = t0 + half * kHalf + col;
+                    const float l = lse_s[col];
+                    const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
+                    const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
+                    pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
+                    pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
+                }
+            key_side_backward_step<D, kHalf>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset,
+                                             q_kn + offset, delta_s, tig, dk, dv);
+        }
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
