@@ -474,9 +474,9 @@ __global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const fl
 // ---------------------------------------------------------------- host side
 
 constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill the dK/dV kernel)
-// Occupancy (the kernels' MinBlocks): measured on an H200 (docs/PERF.md version 17), 4 forward
-// and 3 dQ blocks an SM (ptxas caps registers at 128 / 168, spilling 44-152 bytes) beat 2-3
-// at every shape: window 512, 16 KV heads, 8 x 4096: fwd+bwd 2.36 -> 2.10 ms. The dK/dV
+// Occupancy (the kernels' MinBlocks): measured on an H200 (docs/PERF.md versions 17, 25), 4
+// forward and 4 dQ blocks an SM (ptxas caps registers at 128, spilling 44-48 bytes) beat 2-3
+// at every shape: window 512, 16 KV heads, 8 x 4096: fwd+bwd 2.36 -> 2.00 ms. The dK/dV
 // kernel gains with 3 only when its grid (B x Hk x T / 64) is large: from kManyKvHeads.
 constexpr int kManyKvHeads = 4;
 
@@ -557,7 +557,9 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
     }
     if (P.grad_q) {
         const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
-        attention_backward_dq_tc_kernel<kHeadDim, 3><<<grid, kThreads>>>(P);
+        // 4 blocks an SM (128 registers, a 48-byte spill outside the loop): with the half
+        // tiles, measured faster than 3 (8x4K fwd+bwd 2.07 -> 2.00 ms, 1x64K 4.20 -> 4.06).
+        attention_backward_dq_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
     }
     if (want_kv) {
