@@ -33,9 +33,9 @@ enum class WeightKind { Softmax, StickBreak };
 
 // What Backend::swiglu_mlp_backward needs from its forward: gate = x w1 and up = x w3 (the
 // SwiGLU's inputs), and the two products' left operands in the form the backend multiplies
-// them: x and h = silu(gate) * up. All f32 by default; all bf16 (DType::BF16) on the CUDA
-// backend at bf16 precision, where gate and up leave their products in bf16 and h is never
-// stored in f32. The CUDA backend also keeps its bf16 copies of the three weights (the
+// them: x and h = silu(gate) * up. x_operand has x's dtype (f32, or bf16 where the backend
+// takes bf16 operands); gate, up and h are f32 by default and bf16 on the CUDA backend's
+// fused path at bf16 precision, where h is never stored in f32. The CUDA backend also keeps its bf16 copies of the three weights (the
 // backward multiplies by the same values; undefined by default).
 struct MlpSaved {
     Tensor gate, up;

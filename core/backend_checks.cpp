@@ -19,7 +19,8 @@ T* typed_data(const Tensor& t, const char* op, const char* what, Device device, 
 }
 
 // An operand that is f32, or on the CUDA backend also bf16 (an activation its producer
-// already rounded for the products: core/backend.h).
+// already rounded for the products: core/backend.h). The same rule as the ops' check
+// (core/ops.cpp), keyed on the device because the checks cannot see the backend.
 void check_operand(const Tensor& t, const char* op, const char* what, Device device) {
     if (device == Device::CUDA && t.defined() && t.dtype() == DType::BF16) {
         typed_data<uint16_t>(t, op, what, device, DType::BF16);

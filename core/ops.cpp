@@ -21,6 +21,8 @@ void check_float(const Tensor& t, const char* op, const char* what) {
 }
 
 // A product's operand: f32, or bf16 (rounded by its producer) where the backend takes those.
+// (checks::check_operand in core/backend_checks.cpp applies the same rule inside the
+// backends: bf16 on CUDA only, the one backend with takes_bf16_operands().)
 void check_operand(const Tensor& t, const char* op, const char* what) {
     if (t.defined() && t.dtype() == DType::BF16) {
         HSA_CHECK(backend_of(t).takes_bf16_operands(),
@@ -35,7 +37,7 @@ void check_operand(const Tensor& t, const char* op, const char* what) {
 void check_norm_dtype(const Tensor& x, DType dtype, const char* op) {
     HSA_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && backend_of(x).takes_bf16_operands()),
               op << ": output dtype " << dtype_name(dtype) << " is not available on the " << device_name(x.device())
-                 << " backend (f32" << (backend_of(x).takes_bf16_operands() ? " or bf16)" : ")"));
+                 << " backend (available: f32" << (backend_of(x).takes_bf16_operands() ? ", bf16)" : ")"));
 }
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
@@ -429,12 +431,11 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
                   op << ": weight " << shape_string(weight.shape()) << " does not match feature size " << d);
         check_same_device(x, weight, op);
     }
-    const Tensor xc = x.is_contiguous() ? x : x.clone(), ac = a.is_contiguous() ? a : a.clone();
     Tensor sum = empty_like(x), out = Tensor::empty(x.shape(), normed_dtype, x.device());
     const int64_t n = x.numel() / d;
     Tensor inv_rms = Tensor::empty({n}, DType::F32, x.device());
     Tensor sum_flat = sum.view({n, d}), out_flat = out.view({n, d});
-    backend_of(x).add_rmsnorm_forward(xc.view({n, d}), ac.view({n, d}), weight, eps, sum_flat, out_flat, inv_rms);
+    backend_of(x).add_rmsnorm_forward(x.view({n, d}), a.view({n, d}), weight, eps, sum_flat, out_flat, inv_rms);
     // The two ops' backward closures, in their order: the norm's runs first and adds into
     // the sum's gradient, which the add's then passes on (bit-identical to add, rmsnorm).
     record_add(x, a, sum);

@@ -45,6 +45,7 @@ inline int32_t* cuda_i32(const Tensor& t, const char* op, const char* what) {
 // A bf16 copy (round to nearest even) of a contiguous f32 CUDA tensor, same shape, from the
 // caching allocator; one vectorised pass (kernels/gemm.cu).
 Tensor rounded_bf16_copy(const Tensor& t);
+void round_into_bf16(const Tensor& t, Tensor& dst);  // dst: contiguous bf16, t's element count
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

@@ -5,7 +5,10 @@
 // nearest even) into scratch buffers by one vectorised pass each, and cuBLASLt multiplies
 // bf16 x bf16 with f32 accumulation into the f32 output (CUBLAS_COMPUTE_32F). Measured, this
 // beat CUBLAS_COMPUTE_32F_FAST_16BF on f32 operands (which converts inside the product) for
-// the model's shapes: docs/PERF.md version 7. Plans are cached per precision.
+// the model's shapes: docs/PERF.md version 7. Plans are cached per precision and output type.
+// An operand may also arrive in bf16, rounded by its producer (Backend::takes_bf16_operands):
+// used as it is on the bf16 path, widened exactly to f32 off it. gemm_of_bf16 (the fused
+// ops' products) multiplies bf16 copies the caller made and may write a bf16 output.
 //
 // Row-major trick: our tensors are row-major, cuBLASLt is column-major. A row-major [R, C]
 // matrix is a column-major [C, R] one, so out = op(a) op(b) is computed as the column-major
@@ -271,19 +274,25 @@ Tensor widened_f32_copy(const Tensor& t) {
 
 }  // namespace
 
-// A bf16 copy of a contiguous f32 tensor's data (declared in kernels/cuda_common.cuh).
+// A bf16 copy of a contiguous f32 tensor's data, new or into dst (kernels/cuda_common.cuh).
 Tensor rounded_bf16_copy(const Tensor& t) {
     Tensor copy = Tensor::empty(t.shape(), DType::BF16, Device::CUDA);
+    round_into_bf16(t, copy);
+    return copy;
+}
+
+void round_into_bf16(const Tensor& t, Tensor& dst) {
+    HSA_CHECK(dst.dtype() == DType::BF16 && dst.is_contiguous() && dst.numel() == t.numel(),
+              "round_into_bf16: destination must be a contiguous bf16 tensor of " << t.numel() << " elements");
     const int64_t n = t.numel();
-    if (n == 0) return copy;
+    if (n == 0) return;
     const float* in = t.data<float>();
-    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(copy.raw_data());
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(dst.raw_data());
     const bool vectorised = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
     const int64_t work = vectorised ? (n + 3) / 4 : n;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((work + 255) / 256, 4096));
     round_to_bf16_kernel<<<blocks, 256>>>(in, out, n, vectorised);
     HSA_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
-    return copy;
 }
 
 // The backend's gemm. a_rounded / b_rounded: when defined, bf16 copies of a / b already

@@ -20,7 +20,7 @@
 // Pass 3 (memory): one block of 4 warps per (b, chunk c, g); the chunk's 64 keys are the rows
 //   (16 a warp; K and V as A fragments: in registers at d 64, read from shared copies of the
 //   chunk at d 128, where dK and dV alone take 128 registers), and its selections times the G heads
-//   ("entries", in (t, k, h) order) stream through shared memory 64 at a time (bf16 q / dO
+//   ("entries", in (t, k, h) order) stream through shared memory in tiles of 64 (32 at d 128) (bf16 q / dO
 //   rows and their lse, od, w by cp.async, the next tile while the current one is used):
 //   P^T = exp(K Q^T - lse), PW^T = w P^T, dV += PW^T dO, dP^T = V dO^T,
 //   dS^T = PW^T (dP^T - od), dK += dS^T Q. Rows of never-selected chunks get 0.
@@ -59,7 +59,9 @@ constexpr int kWarps = 4;       // pass 3: 16 of the chunk's 64 keys a warp
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Per head dim (64 or 128), from ptxas (sm_90, no spills in the loops):
+// Per head dim (64 or 128), from ptxas (sm_90). Pass 1 at d 128 sits at 255 registers with
+// 44 bytes of spills (q, dO and dQ fragments take 128); pass 3 at d 64 spills 8 bytes
+// outside its loop; the others do not spill.
 template <int D>
 struct BackwardConfig {
     static constexpr int kLd = D + 8;  // shared row stride in bf16: + 16 bytes against bank conflicts
@@ -76,6 +78,8 @@ struct BackwardConfig {
     // took the kernel to 255 registers and spills).
     static constexpr int kEntries = D == 64 ? 64 : 32;
     static constexpr size_t kKvBytes = kKvShared ? 2 * static_cast<size_t>(kChunk) * kLd * 2 : 0;  // dynamic
+    // The static entry tiles next to them: Q / dO rows and lse / od / w, two stages each.
+    static constexpr size_t kEntryBytes = 2 * 2 * static_cast<size_t>(kEntries) * kLd * 2 + 3 * 2 * kEntries * 4;
 };
 
 struct Params {
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
         const int t = (pair_id / K32 / Hr32) % T32;
         row = first_row + static_cast<int64_t>(t) * Sh.H + head;
     };
-    // Starts the copies of the tile of entries [first, first + 64) into buffer `stage`;
+    // Starts the copies of the tile of entries [first, first + kEntries) into buffer `stage`;
     // entries past the end are zero-filled.
     auto start_tile = [&](int64_t first, int stage) {
         const int left = static_cast<int>(entries - first < kEntries ? entries - first : kEntries);
@@ -380,10 +384,14 @@ void launch_queries(const Params& P, int64_t units) {
 template <int D>
 void launch_memory(const Params& P, int64_t blocks) {
     using Cfg = BackwardConfig<D>;
-    if (Cfg::kKvBytes > 0)  // static entry tiles + dynamic K / V pass the default 48 KB a block: opt in
+    if (Cfg::kKvBytes > 0) {  // static entry tiles + dynamic K / V pass the default 48 KB a block: opt in
+        HSA_CHECK(static_cast<int64_t>(Cfg::kEntryBytes + Cfg::kKvBytes) <= max_shared_bytes(),
+                  "hsa_backward: needs " << Cfg::kEntryBytes + Cfg::kKvBytes
+                                         << " bytes of shared memory per block, more than the device allows");
         HSA_CUDA_CHECK(cudaFuncSetAttribute(hsa_backward_memory_tc_kernel<D>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(Cfg::kKvBytes)));
+    }
     hsa_backward_memory_tc_kernel<D><<<static_cast<unsigned>(blocks), kThreads, Cfg::kKvBytes>>>(P);
     HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
 }

@@ -12,6 +12,7 @@
 // second kernel adds the splits in order.
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
@@ -62,6 +63,14 @@ __global__ void rmsnorm_forward_warp_kernel(const float* x, const float* w, floa
 // output in f32 (relative error ~1e-7 against the double reference). The scalar warp kernel
 // above kept too few loads in flight for rows this wide.
 constexpr int kWideM = 8;  // float4 a lane: up to 1024 columns
+
+// Rows the wide kernel takes: 513..1024 columns, D % 4 == 0, every pointer 16-byte aligned.
+bool wide_rows(int64_t N, int64_t D, std::initializer_list<const void*> pointers) {
+    if (!(D > 512 && D <= 128 * kWideM && D % 4 == 0 && N < (int64_t{1} << 34))) return false;
+    for (const void* p : pointers)
+        if (p != nullptr && !aligned16(p)) return false;
+    return true;
+}
 
 // With Residual (add_rmsnorm): the row is x + a (f32 adds, as the add kernel), also written
 // to sum; the norm is of that sum. Out: f32, or bf16 (the f32 value rounded to nearest
@@ -646,8 +655,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     float* pr = inv_rms.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     if (out.dtype() == DType::BF16) {  // wide rows write it directly; else the f32 result is rounded into it
-        if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && N < (int64_t{1} << 34) && aligned16(px) &&
-            aligned16(out.raw_data()) && (pw == nullptr || aligned16(pw))) {
+        if (wide_rows(N, D, {px, out.raw_data(), pw})) {
             rmsnorm_forward_wide_kernel<false><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
                 px, nullptr, nullptr, pw, eps, static_cast<__nv_bfloat16*>(out.raw_data()), pr, N, D);
             HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (bf16 out)");
@@ -655,8 +663,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
         }
         Tensor f32 = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
         rmsnorm_forward(x, weight, eps, f32, inv_rms);
-        const Tensor rounded = rounded_bf16_copy(f32);
-        HSA_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), rounded.raw_data(), out.nbytes(), cudaMemcpyDeviceToDevice, 0));
+        round_into_bf16(f32, out);
         return;
     }
     float* po = out.data<float>();
@@ -665,8 +672,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
         narrow_forward<false>(px, pw, eps, NarrowRope{}, po, pr, N, D);
         return;
     }
-    if (D > 512 && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(po) &&
-        (pw == nullptr || aligned16(pw)) && N < (int64_t{1} << 34)) {
+    if (wide_rows(N, D, {px, po, pw})) {
         rmsnorm_forward_wide_kernel<false, float>
             <<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, nullptr, nullptr, pw, eps, po, pr, N, D);
     } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
@@ -688,9 +694,8 @@ void CudaBackend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Te
     checks::check_tensor("add_rmsnorm", "a", a, x.shape(), DType::F32, Device::CUDA);
     checks::check_tensor("add_rmsnorm", "sum", sum, x.shape(), DType::F32, Device::CUDA);
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    const bool wide = D > 512 && D <= 128 * kWideM && D % 4 == 0 && N < (int64_t{1} << 34) && x.is_contiguous() &&
-                      a.is_contiguous() && sum.is_contiguous() && out.is_contiguous() &&
-                      all_16_byte_aligned({&x, &a, &sum, &out}) && (pw == nullptr || aligned16(pw));
+    const bool wide = a.is_contiguous() && sum.is_contiguous() &&
+                      wide_rows(N, D, {x.raw_data(), a.raw_data(), sum.raw_data(), out.raw_data(), pw});
     if (!wide) {
         Backend::add_rmsnorm_forward(x, a, weight, eps, sum, out, inv_rms);
         return;
