@@ -35,8 +35,9 @@ enum class WeightKind { Softmax, StickBreak };
 // SwiGLU's inputs), and the two products' left operands in the form the backend multiplies
 // them: x and h = silu(gate) * up. x_operand has x's dtype (f32, or bf16 where the backend
 // takes bf16 operands); gate, up and h are f32 by default and bf16 on the CUDA backend's
-// fused path at bf16 precision, where h is never stored in f32. The CUDA backend also keeps its bf16 copies of the three weights (the
-// backward multiplies by the same values; undefined by default).
+// fused path at bf16 precision, where h is never stored in f32. That path also keeps its
+// bf16 copies of the three weights (the backward multiplies by the same values; undefined
+// by default).
 struct MlpSaved {
     Tensor gate, up;
     Tensor x_operand, hidden_operand;

@@ -45,6 +45,15 @@ void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
                                            << device_name(b.device()) << ")");
 }
 
+// A norm's optional weight: f32 [d] on x's device. `dim` names d in the error.
+void check_norm_weight(const Tensor& x, const Tensor& weight, int64_t d, const char* op, const char* dim) {
+    if (!weight.defined()) return;
+    check_float(weight, op, "weight");
+    HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
+              op << ": weight " << shape_string(weight.shape()) << " does not match " << dim << " " << d);
+    check_same_device(x, weight, op);
+}
+
 int normalize_dim(int dim, int ndim, const char* op) {
     int d = dim < 0 ? dim + ndim : dim;
     HSA_CHECK(d >= 0 && d < ndim, op << ": dimension " << dim << " out of range for " << ndim << "-d tensor");
@@ -400,12 +409,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, float eps, DType out_dtype
     check_float(x, "rmsnorm", "x");
     check_norm_dtype(x, out_dtype, "rmsnorm");
     const int64_t d = x.size(-1);
-    if (weight.defined()) {
-        check_float(weight, "rmsnorm", "weight");
-        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
-                  "rmsnorm: weight " << shape_string(weight.shape()) << " does not match feature size " << d);
-        check_same_device(x, weight, "rmsnorm");
-    }
+    check_norm_weight(x, weight, d, "rmsnorm", "feature size");
     Tensor flat = x.view({-1, d});
     Tensor out = Tensor::empty(flat.shape(), out_dtype, x.device());
     Tensor inv_rms = Tensor::empty({flat.size(0)}, DType::F32, x.device());
@@ -425,12 +429,7 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
     HSA_CHECK(x.shape() == a.shape(), op << ": shapes " << shape_string(x.shape()) << " and " << shape_string(a.shape()) << " differ");
     HSA_CHECK(x.ndim() >= 1 && x.size(-1) > 0, op << ": x must have a non-empty last dim, got " << shape_string(x.shape()));
     const int64_t d = x.size(-1);
-    if (weight.defined()) {
-        check_float(weight, op, "weight");
-        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
-                  op << ": weight " << shape_string(weight.shape()) << " does not match feature size " << d);
-        check_same_device(x, weight, op);
-    }
+    check_norm_weight(x, weight, d, op, "feature size");
     Tensor sum = empty_like(x), out = Tensor::empty(x.shape(), normed_dtype, x.device());
     const int64_t n = x.numel() / d;
     Tensor inv_rms = Tensor::empty({n}, DType::F32, x.device());
@@ -449,12 +448,7 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t po
     HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0 && x.size(3) > 0,
               op << ": x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));
     const int64_t d = x.size(3);
-    if (weight.defined()) {
-        check_float(weight, op, "weight");
-        HSA_CHECK(weight.ndim() == 1 && weight.size(0) == d,
-                  op << ": weight " << shape_string(weight.shape()) << " does not match head dim " << d);
-        check_same_device(x, weight, op);
-    }
+    check_norm_weight(x, weight, d, op, "head dim");
     Tensor xc = x.is_contiguous() ? x : x.contiguous();
     Tensor out = empty_like(xc);
     Tensor inv_rms = Tensor::empty({xc.numel() / d}, DType::F32, x.device());

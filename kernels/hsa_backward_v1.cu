@@ -19,9 +19,10 @@
 //   copies of its q and dO rows for pass 3.
 // Pass 3 (memory): one block of 4 warps per (b, chunk c, g); the chunk's 64 keys are the rows
 //   (16 a warp; K and V as A fragments: in registers at d 64, read from shared copies of the
-//   chunk at d 128, where dK and dV alone take 128 registers), and its selections times the G heads
-//   ("entries", in (t, k, h) order) stream through shared memory in tiles of 64 (32 at d 128) (bf16 q / dO
-//   rows and their lse, od, w by cp.async, the next tile while the current one is used):
+//   chunk at d 128, where dK and dV alone take 128 registers), and its selections times the
+//   G heads ("entries", in (t, k, h) order) stream through shared memory in tiles of 64
+//   (32 at d 128): bf16 q / dO rows and their lse, od, w by cp.async, the next tile while
+//   the current one is used:
 //   P^T = exp(K Q^T - lse), PW^T = w P^T, dV += PW^T dO, dP^T = V dO^T,
 //   dS^T = PW^T (dP^T - od), dK += dS^T Q. Rows of never-selected chunks get 0.
 #include "kernels/hsa_backward_v1.cuh"

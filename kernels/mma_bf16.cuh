@@ -256,9 +256,9 @@ __device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)
 // The key-side backward step of one tile of N queries (the SWA dK/dV kernel, HSA pass 3):
 // given P^T (16 keys x N, the C layout; weights already folded in) in p,
 //   dV += P^T dO;  dS^T = P^T * (V dO^T - row_term[query]);  dK += dS^T Q,
-// with v_rows the keys' V as an A operand (RegisterRows or SharedRows), dO / Q read from [N][D] shared tiles at the lanes'
-// ldmatrix addresses (do_kn, do_nk, q_kn), row_term the N queries' delta (od) values. p is
-// overwritten by dS^T.
+// with v_rows the keys' V as an A operand (RegisterRows or SharedRows), dO / Q read from
+// [N][D] shared tiles at the lanes' ldmatrix addresses (do_kn, do_nk, q_kn), row_term the N
+// queries' delta (od) values. p is overwritten by dS^T.
 template <int D, int N, class VRows>
 __device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], const VRows& v_rows, uint32_t do_kn,
                                                        uint32_t do_nk, uint32_t q_kn, const float* row_term, int tig,
