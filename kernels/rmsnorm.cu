@@ -450,6 +450,20 @@ void launch_narrow_backward(const float* px, const float* pw, const float* pr, c
 
 unsigned warp_row_grid(int64_t N) { return static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
+// The wide kernel into out's dtype (f32, or bf16 for a product operand); with Residual,
+// x + a is also written to sum. The caller has checked wide_rows.
+template <bool Residual>
+void launch_wide_forward(const float* x, const float* a, float* sum, const float* w, float eps, Tensor& out,
+                         float* inv_rms, int64_t N, int64_t D) {
+    if (out.dtype() == DType::BF16)
+        rmsnorm_forward_wide_kernel<Residual><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+            x, a, sum, w, eps, static_cast<__nv_bfloat16*>(out.raw_data()), inv_rms, N, D);
+    else
+        rmsnorm_forward_wide_kernel<Residual><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
+            x, a, sum, w, eps, out.data<float>(), inv_rms, N, D);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel");
+}
+
 template <bool Vec>
 __global__ void rmsnorm_forward_kernel(const float* x, const float* w, float eps, float* out, float* inv_rms,
                                        int64_t N, int64_t D) {
@@ -654,13 +668,11 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     const float* px = x.data<float>();
     float* pr = inv_rms.data<float>();
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    if (out.dtype() == DType::BF16) {  // wide rows write it directly; else the f32 result is rounded into it
-        if (wide_rows(N, D, {px, out.raw_data(), pw})) {
-            rmsnorm_forward_wide_kernel<false><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
-                px, nullptr, nullptr, pw, eps, static_cast<__nv_bfloat16*>(out.raw_data()), pr, N, D);
-            HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (bf16 out)");
-            return;
-        }
+    if (wide_rows(N, D, {px, out.raw_data(), pw})) {  // f32 or bf16 out, written directly
+        launch_wide_forward<false>(px, nullptr, nullptr, pw, eps, out, pr, N, D);
+        return;
+    }
+    if (out.dtype() == DType::BF16) {  // other rows: the f32 result rounded into it
         Tensor f32 = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
         rmsnorm_forward(x, weight, eps, f32, inv_rms);
         round_into_bf16(f32, out);
@@ -672,10 +684,7 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
         narrow_forward<false>(px, pw, eps, NarrowRope{}, po, pr, N, D);
         return;
     }
-    if (wide_rows(N, D, {px, po, pw})) {
-        rmsnorm_forward_wide_kernel<false, float>
-            <<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, nullptr, nullptr, pw, eps, po, pr, N, D);
-    } else if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
+    if (D <= kWarpRowMax && N < (int64_t{1} << 34)) {
         rmsnorm_forward_warp_kernel<<<warp_row_grid(N), kRowsPerBlock * 32>>>(px, pw, eps, po, pr, N, D);
     } else if (D % 4 == 0 && aligned16(px) && aligned16(po)) {
         rmsnorm_forward_kernel<true><<<row_grid(N), row_threads(D / 4)>>>(px, pw, eps, po, pr, N, D);
@@ -701,15 +710,8 @@ void CudaBackend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Te
         return;
     }
     if (N == 0) return;
-    if (out.dtype() == DType::BF16)
-        rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
-            x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, static_cast<__nv_bfloat16*>(out.raw_data()),
-            inv_rms.data<float>(), N, D);
-    else
-        rmsnorm_forward_wide_kernel<true><<<warp_row_grid(N), kRowsPerBlock * 32>>>(
-            x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, out.data<float>(), inv_rms.data<float>(), N,
-            D);
-    HSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_wide_kernel (residual)");
+    launch_wide_forward<true>(x.data<float>(), a.data<float>(), sum.data<float>(), pw, eps, out, inv_rms.data<float>(),
+                              N, D);
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
