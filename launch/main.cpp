@@ -191,7 +191,7 @@ options:
 exit codes: 0 success, 1 runtime failure (e.g. a damaged checkpoint), 2 bad arguments
 )";
 
-const char* kBenchHelp = R"(usage: hsa bench hsa | swa | train
+const char* kBenchHelp = R"(usage: hsa bench hsa | swa [--shape NxL[xd]] | train
 
 Times CUDA kernels with CUDA events (median of repeats after warm-up) on random inputs:
   hsa   the HSA operator at the shapes of shared/design/TARGETS.md (H 16, Hk 1, S 64,
@@ -200,7 +200,8 @@ Times CUDA kernels with CUDA events (median of repeats after warm-up) on random 
   swa   sliding-window attention (window 512) at 8x4K and 1x64K, beside flex_attention
   train one training step of the paper-scale model (287.7M parameters, batch 8 x 4096):
         ms/step, tokens/s, MFU, peak memory and device time by backend method
-Needs a GPU.
+--shape NxL or NxLxd (e.g. 8x4096x64) keeps only the matching rows of hsa / swa, e.g. to
+profile one shape under Nsight Compute. Needs a GPU.
 )";
 
 const char* kInfoHelp = R"(usage: hsa info

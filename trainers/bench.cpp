@@ -24,6 +24,14 @@ namespace hsa {
 
 namespace {
 
+// A `--shape NxL[xd]` filter (empty: every shape).
+struct ShapeFilter {
+    int64_t batch = 0, length = 0, head_dim = 0;  // 0: any
+    bool matches(int64_t n, int64_t l, int64_t d) const {
+        return (batch == 0 || batch == n) && (length == 0 || length == l) && (head_dim == 0 || head_dim == d);
+    }
+};
+
 #ifdef HSA_WITH_CUDA
 
 // Fewer repeats for slow cases so a bench run stays within minutes.
@@ -59,7 +67,7 @@ struct HsaShape {
     double reference_fwd_ms, reference_total_ms;  // public Triton kernel, TARGETS.md (H100)
 };
 
-int bench_hsa(std::ostream& out) {
+int bench_hsa(std::ostream& out, const ShapeFilter& filter) {
     const int64_t H = 16, Hk = 1, S = 64, K = 8;
     const std::vector<HsaShape> shapes = {{8, 4096, 64, 1.15, 5.55},   {8, 4096, 128, 1.78, 8.95},
                                           {2, 16384, 64, 1.16, 7.29},   {1, 65536, 64, 1.97, 18.5},
@@ -76,6 +84,7 @@ int bench_hsa(std::ostream& out) {
            "TFLOP/s | bf16 rel err | ref fwd ms | ref fwd+bwd ms | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const HsaShape& s : shapes) {
         const int64_t N = s.batch, L = s.length, d = s.head_dim;
+        if (!filter.matches(N, L, d)) continue;
         Tensor q = rng.normal({N, L, H, d}, 1.0f, Device::CUDA);
         Tensor kmem = rng.normal({N, L, Hk, d}, 1.0f, Device::CUDA);
         Tensor vmem = rng.normal({N, L, Hk, d}, 1.0f, Device::CUDA);
@@ -116,7 +125,7 @@ int bench_hsa(std::ostream& out) {
     return 0;
 }
 
-int bench_swa(std::ostream& out) {
+int bench_swa(std::ostream& out, const ShapeFilter& filter) {
     const int64_t H = 16, d = 64, W = 512;
     struct Shape2 { int64_t batch, length; double ref_fwd, ref_total; };
     const std::vector<Shape2> shapes = {{8, 4096, 0.32, 1.52}, {1, 65536, 0.86, 3.97}};
@@ -129,6 +138,7 @@ int bench_swa(std::ostream& out) {
     out << "| N x L | f32 fwd ms | f32 fwd+bwd ms | bf16 fwd ms | bf16 fwd+bwd ms | bf16 fwd TFLOP/s | bf16 fwd+bwd TFLOP/s "
            "| ref fwd ms | ref fwd+bwd ms |\n|---|---|---|---|---|---|---|---|---|\n";
     for (const Shape2& s : shapes) {
+        if (!filter.matches(s.batch, s.length, d)) continue;
         Tensor q = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
         Tensor k = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
         Tensor v = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
@@ -165,16 +175,48 @@ int bench_swa(std::ostream& out) {
 
 }  // namespace
 
+namespace {
+
+// "NxL" or "NxLxd", positive integers (e.g. 8x4096x64).
+ShapeFilter parse_shape_filter(const std::string& what, const std::string& text) {
+    std::vector<int64_t> parts;
+    size_t start = 0;
+    while (true) {
+        const size_t end = text.find('x', start);
+        const std::string part = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (part.empty() || part.size() > 12 || part.find_first_not_of("0123456789") != std::string::npos ||
+            std::stoll(part) <= 0)
+            throw ConfigError("bench " + what + ": --shape expects NxL or NxLxd with positive integers, got '" + text + "'");
+        parts.push_back(std::stoll(part));
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    if (parts.size() < 2 || parts.size() > 3)
+        throw ConfigError("bench " + what + ": --shape expects NxL or NxLxd with positive integers, got '" + text + "'");
+    return ShapeFilter{parts[0], parts[1], parts.size() == 3 ? parts[2] : 0};
+}
+
+}  // namespace
+
 int run_bench(const std::string& what, const std::vector<std::string>& args, std::ostream& out) {
-    if (!args.empty()) throw ConfigError("bench " + what + ": unexpected argument '" + args[0] + "'");
     if (what != "hsa" && what != "swa" && what != "train")
         throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa, train)");
+    ShapeFilter filter;
+    for (size_t i = 0; i < args.size(); ++i) {
+        if (args[i] == "--shape" && what != "train") {
+            if (i + 1 == args.size()) throw ConfigError("bench " + what + ": --shape needs a value (NxL or NxLxd)");
+            filter = parse_shape_filter(what, args[++i]);
+        } else {
+            throw ConfigError("bench " + what + ": unexpected argument '" + args[i] + "'");
+        }
+    }
     if (what == "train") return bench_train(out);
 #ifdef HSA_WITH_CUDA
     HSA_CHECK(cuda_available(), "bench " << what << ": no GPU visible; benchmarks time CUDA kernels");
-    return what == "hsa" ? bench_hsa(out) : bench_swa(out);
+    return what == "hsa" ? bench_hsa(out, filter) : bench_swa(out, filter);
 #else
     (void)out;
+    (void)filter;
     HSA_FAIL("bench " << what << ": this build has no CUDA support");
 #endif
 }
