@@ -40,6 +40,7 @@ namespace {
 
 using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
+using mma::exp2_ftz;
 using mma::b_from_nk_lane_offset;
 using mma::key_side_backward_step;
 using mma::cp_async_16;
@@ -239,8 +240,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
         // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
         const float off_a = new_a == -INFINITY ? 0.0f : new_a * P.scale_log2;
         const float off_b = new_b == -INFINITY ? 0.0f : new_b * P.scale_log2;
-        const float rescale_a = exp2f(max_a * P.scale_log2 - off_a);
-        const float rescale_b = exp2f(max_b * P.scale_log2 - off_b);
+        const float rescale_a = exp2_ftz(max_a * P.scale_log2 - off_a);
+        const float rescale_b = exp2_ftz(max_b * P.scale_log2 - off_b);
         max_a = new_a;
         max_b = new_b;
         sum_a *= rescale_a;
@@ -254,10 +255,10 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
         }
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j) {
-            s[j][0] = exp2f(fmaf(s[j][0], P.scale_log2, -off_a));
-            s[j][1] = exp2f(fmaf(s[j][1], P.scale_log2, -off_a));
-            s[j][2] = exp2f(fmaf(s[j][2], P.scale_log2, -off_b));
-            s[j][3] = exp2f(fmaf(s[j][3], P.scale_log2, -off_b));
+            s[j][0] = exp2_ftz(fmaf(s[j][0], P.scale_log2, -off_a));
+            s[j][1] = exp2_ftz(fmaf(s[j][1], P.scale_log2, -off_a));
+            s[j][2] = exp2_ftz(fmaf(s[j][2], P.scale_log2, -off_b));
+            s[j][3] = exp2_ftz(fmaf(s[j][3], P.scale_log2, -off_b));
             sum_a += s[j][0] + s[j][1];
             sum_b += s[j][2] + s[j][3];
         }
@@ -339,8 +340,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int key = s0 + half * kHalf + 8 * j + 2 * tig + e;
-                    const float pa = exp2f(fmaf(p[j][e], P.scale_log2, -lse_a));
-                    const float pb = exp2f(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
+                    const float pa = exp2_ftz(fmaf(p[j][e], P.scale_log2, -lse_a));
+                    const float pb = exp2_ftz(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
                     p[j][e] = whole || sees(P, ta, key) ? pa * (dp[j][e] - delta_a) : 0.0f;  // dS
                     p[j][2 + e] = whole || sees(P, tb, key) ? pb * (dp[j][2 + e] - delta_b) : 0.0f;
                 }
@@ -438,8 +439,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
                 for (int e = 0; e < 2; ++e) {
                     const int col = 8 * j + 2 * tig + e, t = t0 + half * kHalf + col;
                     const float l = lse_s[col];
-                    const float pa = exp2f(fmaf(pt[j][e], P.scale_log2, -l));
-                    const float pb = exp2f(fmaf(pt[j][2 + e], P.scale_log2, -l));
+                    const float pa = exp2_ftz(fmaf(pt[j][e], P.scale_log2, -l));
+                    const float pb = exp2_ftz(fmaf(pt[j][2 + e], P.scale_log2, -l));
                     pt[j][e] = whole || sees(P, t, sa) ? pa : 0.0f;
                     pt[j][2 + e] = whole || sees(P, t, sb) ? pb : 0.0f;
                 }

@@ -25,11 +25,20 @@
 //   the current one is used:
 //   P^T = exp(K Q^T - lse), PW^T = w P^T, dV += PW^T dO, dP^T = V dO^T,
 //   dS^T = PW^T (dP^T - od), dK += dS^T Q. Rows of never-selected chunks get 0.
+//   Balance: how often a chunk is selected varies widely (with random top-K at 8 x 4K,
+//   chunk 0 holds ~3x the mean and the last chunks a few selections), and one block per
+//   chunk left the kernel waiting on its longest blocks (ncu: 15% achieved occupancy).
+//   So a chunk's selections are cut into work items of at most pairs_per_item selections
+//   (chosen so that there are ~2 items per block slot of the GPU); a chunk of one item
+//   writes its rows, a chunk of several writes one f32 partial per item, and a reduction
+//   sums them in item order (deterministic, no atomics).
 #include "kernels/hsa_backward_v1.cuh"
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <climits>
+#include <cub/device/device_scan.cuh>
 #include <cmath>
 #include <cstdint>
 
@@ -43,6 +52,7 @@ namespace {
 
 using mma::accumulate_product_with_tile;
 using mma::b_from_kn_lane_offset;
+using mma::exp2_ftz;
 using mma::b_from_nk_lane_offset;
 using mma::key_side_backward_step;
 using mma::load_a_rows;
@@ -103,6 +113,14 @@ struct Params {
     float* grad_q;
     float* grad_kmem;
     float* grad_vmem;
+    // Pass 3's work items (plan_memory_items): segment u's items are item_start[u] ..
+    // item_start[u + 1] (at least one, so that unselected chunks write their zero rows);
+    // a segment of several items writes one partial per item, to slots partial_start[u] on.
+    float* partials;                   // [slots, kv_per_r, 2 (dK, dV), kChunk, d] f32
+    const int32_t* item_start;         // [segments + 1]
+    const int32_t* partial_start;      // [segments + 1]
+    int segments;                      // B * Hr * C
+    int pairs_per_item;
     int G;
     int kv_per_r;  // Hk / Hr
     float scale, scale_log2;
@@ -184,10 +202,10 @@ __global__ void __launch_bounds__(BackwardConfig<D>::kQueryThreads) hsa_backward
         float od_a = 0.0f, od_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < kChunk / 8; ++j) {
-            p[j][0] = exp2f(fmaf(p[j][0], P.scale_log2, -lse_a));
-            p[j][1] = exp2f(fmaf(p[j][1], P.scale_log2, -lse_a));
-            p[j][2] = exp2f(fmaf(p[j][2], P.scale_log2, -lse_b));
-            p[j][3] = exp2f(fmaf(p[j][3], P.scale_log2, -lse_b));
+            p[j][0] = exp2_ftz(fmaf(p[j][0], P.scale_log2, -lse_a));
+            p[j][1] = exp2_ftz(fmaf(p[j][1], P.scale_log2, -lse_a));
+            p[j][2] = exp2_ftz(fmaf(p[j][2], P.scale_log2, -lse_b));
+            p[j][3] = exp2_ftz(fmaf(p[j][3], P.scale_log2, -lse_b));
             od_a += p[j][0] * dp[j][0] + p[j][1] * dp[j][1];
             od_b += p[j][2] * dp[j][2] + p[j][3] * dp[j][3];
         }
@@ -246,14 +264,26 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
     const int tid = static_cast<int>(threadIdx.x);
     const int lane = tid % kWarpSize, warp = tid / kWarpSize;
     const int gid = lane >> 2, tig = lane & 3;
-    int64_t unit = blockIdx.x;
-    const int64_t g = unit % Sh.Hk;
-    unit /= Sh.Hk;
-    const int64_t c = unit % Sh.C, b = unit / Sh.C;
-    const int64_t r = g / P.kv_per_r;
-    const int64_t segment = (b * Sh.Hr + r) * Sh.C + c;
-    const int64_t begin = P.segment_start[segment];
-    const int64_t entries = (P.segment_start[segment + 1] - begin) * P.G;
+    // This block's work item (blockIdx.x; the grid's upper bound may exceed the items) and
+    // its segment u (the last with item_start[u] <= item: items are >= 1 a segment).
+    const int item = static_cast<int>(blockIdx.x);
+    if (item >= __ldg(P.item_start + P.segments)) return;
+    int segment = 0;
+    for (int hi = P.segments - 1; segment < hi;) {
+        const int mid = (segment + hi + 1) / 2;
+        if (__ldg(P.item_start + mid) <= item) segment = mid;
+        else hi = mid - 1;
+    }
+    const int part = item - __ldg(P.item_start + segment);
+    const bool whole_segment = __ldg(P.item_start + segment + 1) - __ldg(P.item_start + segment) == 1;
+    const int64_t c = segment % Sh.C, r = (segment / Sh.C) % Sh.Hr, b = segment / Sh.C / Sh.Hr;
+    const int64_t g = r * P.kv_per_r + blockIdx.y;
+    const int64_t segment_begin = __ldg(P.segment_start + segment);
+    const int64_t first_pair = static_cast<int64_t>(part) * P.pairs_per_item;
+    const int64_t begin = segment_begin + first_pair;
+    const int64_t pairs_here = min(static_cast<int64_t>(P.pairs_per_item),
+                                   __ldg(P.segment_start + segment + 1) - segment_begin - first_pair);
+    const int64_t entries = pairs_here * P.G;
     const int64_t kv_stride = Sh.Hk * D;
     const int64_t kv_offset = ((b * Sh.Tm + c * kChunk) * Sh.Hk + g) * D;  // the chunk's row 0
 
@@ -343,8 +373,8 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
                 for (int e = 0; e < 2; ++e) {
                     const int n = 8 * j + 2 * tig + e;
                     const float l = lse_s[n] * kLog2e, w = w_s[n];
-                    pw[j][e] = w * exp2f(fmaf(pw[j][e], P.scale_log2, -l));
-                    pw[j][2 + e] = w * exp2f(fmaf(pw[j][2 + e], P.scale_log2, -l));
+                    pw[j][e] = w * exp2_ftz(fmaf(pw[j][e], P.scale_log2, -l));
+                    pw[j][2 + e] = w * exp2_ftz(fmaf(pw[j][2 + e], P.scale_log2, -l));
                 }
             key_side_backward_step<D, kEntries>(pw, v_rows, do_kn + offset, do_nk + offset, q_kn + offset, od_s, tig,
                                                 dk, dv);
@@ -358,8 +388,67 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
         stream_entries(mma::RegisterRows<D>{kf}, mma::RegisterRows<D>{vf});
     }
     mma::cp_async_wait<0>();  // no copy outlives the block (an empty chunk's first tile)
-    if (P.grad_kmem) store_rows<D>(P.grad_kmem + kv_offset, kv_stride, ja, kChunk, tig, dk, P.scale, P.scale);
-    if (P.grad_vmem) store_rows<D>(P.grad_vmem + kv_offset, kv_stride, ja, kChunk, tig, dv, 1.0f, 1.0f);
+    if (whole_segment) {
+        if (P.grad_kmem) store_rows<D>(P.grad_kmem + kv_offset, kv_stride, ja, kChunk, tig, dk, P.scale, P.scale);
+        if (P.grad_vmem) store_rows<D>(P.grad_vmem + kv_offset, kv_stride, ja, kChunk, tig, dv, 1.0f, 1.0f);
+    } else {  // unscaled partials; sum_memory_partials_kernel adds them in item order
+        const int64_t slot = (static_cast<int64_t>(__ldg(P.partial_start + segment)) + part) * P.kv_per_r + blockIdx.y;
+        float* partial = P.partials + slot * 2 * kChunk * D;
+        store_rows<D>(partial, D, ja, kChunk, tig, dk, 1.0f, 1.0f);
+        store_rows<D>(partial + kChunk * D, D, ja, kChunk, tig, dv, 1.0f, 1.0f);
+    }
+}
+
+// The rows of segments cut into several items: dK = scale * (sum of the partials in item
+// order), dV = the sum. One block per (segment, KV head of its retrieval head); float4s.
+template <int D>
+__global__ void sum_memory_partials_kernel(Params P) {
+    const int segment = static_cast<int>(blockIdx.x);
+    const int items = __ldg(P.item_start + segment + 1) - __ldg(P.item_start + segment);
+    if (items == 1) return;
+    const HsaTensorCoreShape& Sh = P.shape;
+    const int64_t c = segment % Sh.C, r = (segment / Sh.C) % Sh.Hr, b = segment / Sh.C / Sh.Hr;
+    const int64_t g = r * P.kv_per_r + blockIdx.y;
+    const int64_t kv_stride = Sh.Hk * D;
+    const int64_t kv_offset = ((b * Sh.Tm + c * kChunk) * Sh.Hk + g) * D;
+    const int64_t first_slot = static_cast<int64_t>(__ldg(P.partial_start + segment)) * P.kv_per_r + blockIdx.y;
+    constexpr int kQuads = 2 * kChunk * D / 4;  // dK then dV, float4s
+    for (int e = static_cast<int>(threadIdx.x); e < kQuads; e += static_cast<int>(blockDim.x)) {
+        const bool is_k = e < kQuads / 2;
+        float* out = is_k ? P.grad_kmem : P.grad_vmem;
+        if (!out) continue;
+        const float4* src = reinterpret_cast<const float4*>(P.partials + first_slot * 2 * kChunk * D) + e;
+        float4 sum = __ldg(src);
+        for (int i = 1; i < items; ++i) {
+            const float4 v = __ldg(src + static_cast<int64_t>(i) * P.kv_per_r * kQuads);
+            sum.x += v.x;
+            sum.y += v.y;
+            sum.z += v.z;
+            sum.w += v.w;
+        }
+        const float factor = is_k ? P.scale : 1.0f;
+        const int element = 4 * (is_k ? e : e - kQuads / 2);
+        const int row = element / D, col = element % D;
+        *reinterpret_cast<float4*>(out + kv_offset + row * kv_stride + col) =
+            make_float4(sum.x * factor, sum.y * factor, sum.z * factor, sum.w * factor);
+    }
+}
+
+// Items of segment u: max(1, ceil(pairs / pairs_per_item)); partial slots: the items of
+// segments with more than one, 0 otherwise.
+__global__ void memory_item_counts_kernel(const int32_t* segment_start, int segments, int pairs_per_item,
+                                          int32_t* items, int32_t* slots) {
+    const int u = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    if (u > segments) return;
+    if (u == segments) {  // the scans' last element: the totals
+        items[u] = 0;
+        slots[u] = 0;
+        return;
+    }
+    const int pairs = segment_start[u + 1] - segment_start[u];
+    const int n = pairs <= pairs_per_item ? 1 : (pairs + pairs_per_item - 1) / pairs_per_item;
+    items[u] = n;
+    slots[u] = n > 1 ? n : 0;
 }
 
 Params make_params(const HsaTensorCoreShape& shape) {
@@ -393,8 +482,20 @@ void launch_memory(const Params& P, int64_t blocks) {
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(Cfg::kKvBytes)));
     }
-    hsa_backward_memory_tc_kernel<D><<<static_cast<unsigned>(blocks), kThreads, Cfg::kKvBytes>>>(P);
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(P.kv_per_r));
+    hsa_backward_memory_tc_kernel<D><<<grid, kThreads, Cfg::kKvBytes>>>(P);
     HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
+    sum_memory_partials_kernel<D><<<dim3(static_cast<unsigned>(P.segments), grid.y), 256>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("sum_memory_partials_kernel");
+}
+
+// In-place exclusive prefix sum of n int32 values (cub).
+void exclusive_sum_in_place(int32_t* values, int n) {
+    size_t temp_bytes = 0;
+    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, values, values, n));
+    Tensor temp = Tensor::empty({static_cast<int64_t>(temp_bytes / 8 + 1)}, DType::I64, Device::CUDA);
+    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.raw_data(), temp_bytes, values, values, n));
+    HSA_CUDA_CHECK_LAUNCH("cub::DeviceScan::ExclusiveSum");
 }
 
 }  // namespace
@@ -441,12 +542,48 @@ void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaT
     P.segment_start = segment_start;
     P.grad_kmem = grad_kmem;
     P.grad_vmem = grad_vmem;
-    const int64_t blocks = shape.B * shape.C * shape.Hk;
-    if (blocks == 0) return;
-    HSA_CHECK(blocks < INT_MAX, "hsa_backward: " << blocks << " (batch, chunk, KV head) blocks, expected fewer than "
-                                                 << INT_MAX);
-    if (shape.d == 64) launch_memory<64>(P, blocks);
-    else launch_memory<128>(P, blocks);
+    const int64_t segments = shape.B * shape.Hr * shape.C;
+    if (segments == 0 || shape.Hk == 0) return;
+    const int64_t max_pairs = shape.B * shape.T * shape.Hr * shape.K;  // padding included: a bound
+    const int64_t pairs_per_item = memory_pairs_per_item(shape);
+    // Items <= segments + pairs / pairs_per_item (a segment of n pairs has <= 1 + n / M);
+    // partial slots < 2 pairs / pairs_per_item (a segment of several items has n > M, so
+    // ceil(n / M) < 2 n / M).
+    const int64_t max_items = segments + max_pairs / pairs_per_item;
+    const int64_t max_slots = 2 * max_pairs / pairs_per_item + 1;
+    HSA_CHECK(max_items < INT_MAX && segments < INT_MAX && shape.Hk / shape.Hr <= 65535,
+              "hsa_backward: " << max_items << " work items of " << segments << " chunk segments, expected fewer than "
+                               << INT_MAX);
+    Tensor item_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
+    Tensor partial_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
+    memory_item_counts_kernel<<<blocks_for(segments + 1, 256), 256>>>(
+        segment_start, static_cast<int>(segments), static_cast<int>(pairs_per_item), item_start.data<int32_t>(),
+        partial_start.data<int32_t>());
+    HSA_CUDA_CHECK_LAUNCH("memory_item_counts_kernel");
+    exclusive_sum_in_place(item_start.data<int32_t>(), static_cast<int>(segments + 1));
+    exclusive_sum_in_place(partial_start.data<int32_t>(), static_cast<int>(segments + 1));
+    Tensor partials = Tensor::empty({max_slots * P.kv_per_r * 2 * kChunk * shape.d}, DType::F32, Device::CUDA);
+    P.partials = partials.data<float>();
+    P.item_start = item_start.data<int32_t>();
+    P.partial_start = partial_start.data<int32_t>();
+    P.segments = static_cast<int>(segments);
+    P.pairs_per_item = static_cast<int>(pairs_per_item);
+    if (shape.d == 64) launch_memory<64>(P, max_items);
+    else launch_memory<128>(P, max_items);
+}
+
+int64_t memory_pairs_per_item(const HsaTensorCoreShape& shape) {
+    // About 2 items per block slot of the GPU (each slot then runs ~2 items of <= the mean
+    // load), and at least kMinPairsPerItem so that an item's fixed cost (its K / V rows, a
+    // 32 / 64 KB partial written and read back) stays small next to its work.
+    constexpr int64_t kMinPairsPerItem = 16;
+    int device = 0, sms = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t slots = static_cast<int64_t>(sms) * (shape.d == 64 ? BackwardConfig<64>::kMemoryMinBlocks
+                                                                      : BackwardConfig<128>::kMemoryMinBlocks);
+    const int64_t pairs = shape.B * shape.T * shape.Hr * shape.K * (shape.Hk / shape.Hr);  // blocks' work, in pairs
+    return std::max(kMinPairsPerItem, (pairs + 2 * slots - 1) / (2 * slots));
 }
 
 }  // namespace hsa

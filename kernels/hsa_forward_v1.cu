@@ -75,6 +75,7 @@ struct V1Params {
 
 // ---------------------------------------------------------------- device helpers
 
+using mma::exp2_ftz;
 using mma::ldmatrix_x4;
 using mma::ldmatrix_x4_trans;
 using mma::mma_bf16_16816;
@@ -197,10 +198,10 @@ __global__ void __launch_bounds__(V1Config<D>::kThreads, V1Config<D>::kMinBlocks
         float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < kKeyTiles; ++j) {
-            s[j][0] = exp2f(fmaf(s[j][0], P.scale_log2, -off_a));
-            s[j][1] = exp2f(fmaf(s[j][1], P.scale_log2, -off_a));
-            s[j][2] = exp2f(fmaf(s[j][2], P.scale_log2, -off_b));
-            s[j][3] = exp2f(fmaf(s[j][3], P.scale_log2, -off_b));
+            s[j][0] = exp2_ftz(fmaf(s[j][0], P.scale_log2, -off_a));
+            s[j][1] = exp2_ftz(fmaf(s[j][1], P.scale_log2, -off_a));
+            s[j][2] = exp2_ftz(fmaf(s[j][2], P.scale_log2, -off_b));
+            s[j][3] = exp2_ftz(fmaf(s[j][3], P.scale_log2, -off_b));
             sum_a += s[j][0] + s[j][1];
             sum_b += s[j][2] + s[j][3];
         }

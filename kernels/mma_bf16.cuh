@@ -76,6 +76,17 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x as one MUFU.EX2 (ex2.approx.ftz). exp2f compiles to ex2.approx without .ftz, which
+// adds a compare and two multiplies an element to return results below 2^-126 as
+// denormals; in a softmax such a probability adds nothing next to the row's largest term
+// (1), so flushing it to 0 is harmless and saves the softmax loops' ALU / FMA issue slots.
+// Results of 2^-126 and above are the same bits as exp2f's.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));

@@ -115,7 +115,8 @@ TEST(CudaHsaV1, ForwardMatchesCpuReference) {
 // forward's own lse, as in training. Tolerances: out and lse as above; the gradients pass
 // through one more rounded product (dS or P w rounded to bf16) and the difference
 // dov - od, so we require <= 2e-2, and within 3x of the CPU computation on bf16-rounded
-// q / K / V / dO.
+// q / K / V / dO. At these sizes pass 3 cuts busy chunks into work items of 16 selections
+// (chunk 0 of T 300 is selected ~240 times: ~15 items and their partial sums).
 TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
 #ifndef HSA_WITH_CUDA_KERNELS
     GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
@@ -160,6 +161,15 @@ TEST(CudaHsaV1, BackendAtBf16MatchesCpuForwardAndBackward) {
         expect_bf16_accurate(label, "grad_kmem", got.gk, want.gk, floor.gk, kGradTol, kOverBf16Inputs);
         expect_bf16_accurate(label, "grad_vmem", got.gv, want.gv, floor.gv, kGradTol, kOverBf16Inputs);
         expect_bf16_accurate(label, "grad_weights", got.gw, want.gw, floor.gw, kGradTol, kOverBf16Inputs);
+
+        // Deterministic: pass 3 cuts busy chunks into work items whose partials are summed in
+        // item order (no atomics), so a second backward gives the same bits.
+        Tensor gq2 = poisoned(q.shape()), gk2 = poisoned(kmem.shape()), gv2 = poisoned(vmem.shape()),
+               gw2 = poisoned(weights.shape());
+        gpu.hsa_backward(qg, kg, vg, ig, wg, c.S, got.lse, on_gpu(grad_out), gq2, gk2, gv2, gw2);
+        EXPECT_EQ(gk2.to_vector(), got.gk.to_vector()) << label << ": grad_kmem differs between two runs";
+        EXPECT_EQ(gv2.to_vector(), got.gv.to_vector()) << label << ": grad_vmem differs between two runs";
+        EXPECT_EQ(gq2.to_vector(), got.gq.to_vector()) << label << ": grad_q differs between two runs";
     }
 #endif
 }
