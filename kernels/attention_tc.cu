@@ -127,17 +127,17 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
 
 // Starts the copy of rows first .. first + 63 of a [rows][D] bf16 matrix (row r at base +
 // r * stride) into a shared tile (row stride D + 8) by cp.async, rows at or past T
-// zero-filled. All Threads threads of the block take part; the caller commits and waits.
-template <int D, int Threads = kThreads>
+// zero-filled. All threads of the block take part; the caller commits and waits.
+template <int D>
 __device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict__ base, int64_t stride, int first,
                                                 int T, __nv_bfloat16* tile) {
     constexpr int kLd = D + 8;
     constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
-    constexpr int kChunksPerThread = kTile * kChunksPerRow / Threads;
-    static_assert(kTile * kChunksPerRow % Threads == 0, "whole chunks a thread");
+    constexpr int kChunksPerThread = kTile * kChunksPerRow / kThreads;
+    static_assert(kTile * kChunksPerRow % kThreads == 0, "whole chunks a thread");
 #pragma unroll
     for (int i = 0; i < kChunksPerThread; ++i) {
-        const int e = i * Threads + static_cast<int>(threadIdx.x);
+        const int e = i * kThreads + static_cast<int>(threadIdx.x);
         const int row = e / kChunksPerRow, col = (e % kChunksPerRow) * 8;
         const bool valid = first + row < T;
         const __nv_bfloat16* src = base + (valid ? static_cast<int64_t>(first + row) * stride + col : 0);
@@ -185,54 +185,26 @@ struct QueryTileBlock {
 
 // ---------------------------------------------------------------- forward
 
-// The forward's block: the same 64 query rows as the other kernels, but 2 warps of 32 rows,
-// each warp two 16-row m-tiles that share every K / V fragment read from shared memory.
-// With one m-tile a warp (4 warps of 16 rows) each warp read the whole K and V tiles for
-// 64 MMAs a tile: 32 ldmatrix.x4 (16 KB) a warp, twice the MMAs' time in shared-memory
-// bandwidth; two m-tiles halve that per MMA (FlashAttention-2's 2-m-tile warps).
-constexpr int kForwardTiles = 2;                             // m-tiles a warp
-constexpr int kForwardWarps = kRows / (16 * kForwardTiles);  // 2
-constexpr int kForwardThreads = kForwardWarps * kWarpSize;
-constexpr int kForwardKeys = 32;  // keys of one online-softmax step (half a tile): S in half the registers
-
 // Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
 template <int D, int MinBlocks>
-__global__ void __launch_bounds__(kForwardThreads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
-    constexpr int MT = kForwardTiles;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
     __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    const int gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kRows;
-    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
-    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    int lo, hi;
-    keys_of_queries(P, t0, lo, hi);
-    start_tile_copy<D, kForwardThreads>(k_base, kv_stride, lo, P.T, Ks[0]);
-    start_tile_copy<D, kForwardThreads>(v_base, kv_stride, lo, P.T, Vs[0]);
-    cp_async_commit();
+    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
+    const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int lo = Q.lo, hi = Q.hi;
+    const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
+    const float* q_base = P.q + q_offset;
 
-    // m-tile i of this warp: rows ta[i] = t0 + 16 (MT warp + i) + gid and tb[i] = ta[i] + 8.
-    int ta[MT], tb[MT];
-    uint32_t qf[MT][D / 16][4];
-    float acc[MT][D / 8][4];
-    float max_a[MT], max_b[MT];  // running row maxima of the raw scores
-    float sum_a[MT], sum_b[MT];  // this lane's part of the running row sums
+    uint32_t qf[D / 16][4];
+    load_a_rows<D>(q_base, q_stride, ta, P.T, tig, qf);
+    float acc[D / 8][4];
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-        ta[i] = t0 + 16 * (MT * warp + i) + gid;
-        tb[i] = ta[i] + 8;
-        load_a_rows<D>(P.q + q_offset, q_stride, ta[i], P.T, tig, qf[i]);
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
-        max_a[i] = max_b[i] = -INFINITY;
-        sum_a[i] = sum_b[i] = 0.0f;
-    }
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
+    float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
 
     const uint32_t k_lane = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
     const uint32_t v_lane = shared_address(Vs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
@@ -241,83 +213,70 @@ __global__ void __launch_bounds__(kForwardThreads, MinBlocks) attention_forward_
         cp_async_wait<0>();  // this thread's part of tile s0 has landed ...
         __syncthreads();     // ... everyone's has, and everyone is done with the other buffer
         if (s0 + kTile <= hi) {
-            start_tile_copy<D, kForwardThreads>(k_base, kv_stride, s0 + kTile, P.T, Ks[stage ^ 1]);
-            start_tile_copy<D, kForwardThreads>(v_base, kv_stride, s0 + kTile, P.T, Vs[stage ^ 1]);
+            Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
         }
         cp_async_commit();
 
-        const bool whole = tile_wholly_visible(P, t0, s0);
-        // The tile's keys in parts of kForwardKeys, each with its own online-softmax step.
+        float s[kTile / 8][4];
+        product_with_tile_transpose<D, kTile>(qf, k_lane + stage * kStageBytes, s);
+        if (!tile_wholly_visible(P, t0, s0)) {
 #pragma unroll
-        for (int part = 0; part < kTile / kForwardKeys; ++part) {
-            constexpr int kKeys = kForwardKeys;
-            const uint32_t offset = stage * kStageBytes + 2u * static_cast<uint32_t>(part * kKeys * kLd);
-            float s[MT][kKeys / 8][4];
-            mma::product_with_tile_transpose_tiles<D, kKeys, MT>(qf, k_lane + offset, s);
-            uint32_t pf[MT][kKeys / 16][4];
+            for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                if (!whole) {
-#pragma unroll
-                    for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            const int key = s0 + part * kKeys + 8 * j + 2 * tig + e;
-                            if (!sees(P, ta[i], key)) s[i][j][e] = -INFINITY;
-                            if (!sees(P, tb[i], key)) s[i][j][2 + e] = -INFINITY;
-                        }
+                for (int e = 0; e < 2; ++e) {
+                    const int key = s0 + 8 * j + 2 * tig + e;
+                    if (!sees(P, ta, key)) s[j][e] = -INFINITY;
+                    if (!sees(P, tb, key)) s[j][2 + e] = -INFINITY;
                 }
-                float new_a = max_a[i], new_b = max_b[i];
-#pragma unroll
-                for (int j = 0; j < kKeys / 8; ++j) {
-                    new_a = fmaxf(new_a, fmaxf(s[i][j][0], s[i][j][1]));
-                    new_b = fmaxf(new_b, fmaxf(s[i][j][2], s[i][j][3]));
-                }
-                new_a = quad_max(new_a);
-                new_b = quad_max(new_b);
-                // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
-                const float off_a = new_a == -INFINITY ? 0.0f : new_a * P.scale_log2;
-                const float off_b = new_b == -INFINITY ? 0.0f : new_b * P.scale_log2;
-                const float rescale_a = exp2_ftz(max_a[i] * P.scale_log2 - off_a);
-                const float rescale_b = exp2_ftz(max_b[i] * P.scale_log2 - off_b);
-                max_a[i] = new_a;
-                max_b[i] = new_b;
-                sum_a[i] *= rescale_a;
-                sum_b[i] *= rescale_b;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n) {
-                    acc[i][n][0] *= rescale_a;
-                    acc[i][n][1] *= rescale_a;
-                    acc[i][n][2] *= rescale_b;
-                    acc[i][n][3] *= rescale_b;
-                }
-#pragma unroll
-                for (int j = 0; j < kKeys / 8; ++j) {
-                    s[i][j][0] = exp2_ftz(fmaf(s[i][j][0], P.scale_log2, -off_a));
-                    s[i][j][1] = exp2_ftz(fmaf(s[i][j][1], P.scale_log2, -off_a));
-                    s[i][j][2] = exp2_ftz(fmaf(s[i][j][2], P.scale_log2, -off_b));
-                    s[i][j][3] = exp2_ftz(fmaf(s[i][j][3], P.scale_log2, -off_b));
-                    sum_a[i] += s[i][j][0] + s[i][j][1];
-                    sum_b[i] += s[i][j][2] + s[i][j][3];
-                }
-#pragma unroll
-                for (int ks = 0; ks < kKeys / 16; ++ks) pack_c_as_a(pf[i][ks], s[i][2 * ks], s[i][2 * ks + 1]);
-            }
-            mma::accumulate_product_with_tile_tiles<D, kKeys, MT>(pf, v_lane + offset, acc);
         }
+        float new_a = max_a, new_b = max_b;
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+            new_a = fmaxf(new_a, fmaxf(s[j][0], s[j][1]));
+            new_b = fmaxf(new_b, fmaxf(s[j][2], s[j][3]));
+        }
+        new_a = quad_max(new_a);
+        new_b = quad_max(new_b);
+        // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
+        const float off_a = new_a == -INFINITY ? 0.0f : new_a * P.scale_log2;
+        const float off_b = new_b == -INFINITY ? 0.0f : new_b * P.scale_log2;
+        const float rescale_a = exp2_ftz(max_a * P.scale_log2 - off_a);
+        const float rescale_b = exp2_ftz(max_b * P.scale_log2 - off_b);
+        max_a = new_a;
+        max_b = new_b;
+        sum_a *= rescale_a;
+        sum_b *= rescale_b;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            acc[n][0] *= rescale_a;
+            acc[n][1] *= rescale_a;
+            acc[n][2] *= rescale_b;
+            acc[n][3] *= rescale_b;
+        }
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+            s[j][0] = exp2_ftz(fmaf(s[j][0], P.scale_log2, -off_a));
+            s[j][1] = exp2_ftz(fmaf(s[j][1], P.scale_log2, -off_a));
+            s[j][2] = exp2_ftz(fmaf(s[j][2], P.scale_log2, -off_b));
+            s[j][3] = exp2_ftz(fmaf(s[j][3], P.scale_log2, -off_b));
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        uint32_t pf[kTile / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
+        accumulate_product_with_tile<D, kTile>(pf, v_lane + stage * kStageBytes, acc);
     }
 
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-        const float total_a = quad_sum(sum_a[i]), total_b = quad_sum(sum_b[i]);
-        // Every real query sees at least one key (itself, or all keys), so its sum is > 0.
-        const float inv_a = ta[i] < P.T ? 1.0f / total_a : 0.0f, inv_b = tb[i] < P.T ? 1.0f / total_b : 0.0f;
-        store_rows<D>(P.out + q_offset, q_stride, ta[i], P.T, tig, acc[i], inv_a, inv_b);
-        if (tig == 0) {
-            float* lse = P.lse_out + static_cast<int64_t>(b) * P.T * P.H + h;
-            if (ta[i] < P.T) lse[static_cast<int64_t>(ta[i]) * P.H] = max_a[i] * P.scale + logf(total_a);
-            if (tb[i] < P.T) lse[static_cast<int64_t>(tb[i]) * P.H] = max_b[i] * P.scale + logf(total_b);
-        }
+    sum_a = quad_sum(sum_a);
+    sum_b = quad_sum(sum_b);
+    // Every real query sees at least one key (itself, or all keys), so its sum is > 0.
+    const float inv_a = ta < P.T ? 1.0f / sum_a : 0.0f, inv_b = tb < P.T ? 1.0f / sum_b : 0.0f;
+    store_rows<D>(P.out + (static_cast<int64_t>(b) * P.T * P.H + h) * D, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    if (tig == 0) {
+        float* lse = P.lse_out + static_cast<int64_t>(b) * P.T * P.H + h;
+        if (ta < P.T) lse[static_cast<int64_t>(ta) * P.H] = max_a * P.scale + logf(sum_a);
+        if (tb < P.T) lse[static_cast<int64_t>(tb) * P.H] = max_b * P.scale + logf(sum_b);
     }
 }
 
@@ -522,9 +481,6 @@ constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill
 // at every shape: window 512, 16 KV heads, 8 x 4096: fwd+bwd 2.36 -> 2.00 ms. The dK/dV
 // kernel gains with 3 only when its grid (B x Hk x T / 64) is large: from kManyKvHeads.
 constexpr int kManyKvHeads = 4;
-// The forward's 2-warp blocks (2 m-tiles a warp): as many as shared memory holds (6 of 37
-// KB), registers capped at 170 by ptxas.
-constexpr int kForwardMinBlocks = 4;
 
 TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
     TcParams P{};
@@ -568,7 +524,7 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     P.out = out.data<float>();
     P.lse_out = lse.data<float>();
     const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
-    attention_forward_tc_kernel<kHeadDim, kForwardMinBlocks><<<grid, kForwardThreads>>>(P);
+    attention_forward_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
     // after the kernel, so reuse of their memory is safe.

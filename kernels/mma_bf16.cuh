@@ -201,30 +201,6 @@ __device__ __forceinline__ void product_with_tile_transpose(const uint32_t (&a)[
     }
 }
 
-// The same product for MT m-tiles of A at once (c[i] = a[i] times the tile's transpose):
-// every B fragment read from shared memory feeds MT MMAs, which divides the ldmatrix
-// traffic per MMA by MT. Each c[i][j] sums its k-steps in the same order as above.
-template <int D, int N, int MT>
-__device__ __forceinline__ void product_with_tile_transpose_tiles(const uint32_t (&a)[MT][D / 16][4],
-                                                                  uint32_t nk_lane, float (&c)[MT][N / 8][4]) {
-    constexpr int kLd = D + 8;
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j) {
-#pragma unroll
-        for (int i = 0; i < MT; ++i) c[i][j][0] = c[i][j][1] = c[i][j][2] = c[i][j][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk += 2) {
-            uint32_t b[4];
-            ldmatrix_x4(b, nk_lane + 2u * static_cast<uint32_t>(8 * j * kLd + 16 * kk));
-#pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                mma_bf16_16816(c[i][j], a[i][kk], b[0], b[1]);
-                mma_bf16_16816(c[i][j], a[i][kk + 1], b[2], b[3]);
-            }
-        }
-    }
-}
-
 // The same product with A read from shared memory: 16 rows of a row-major [rows][D] tile
 // (row stride D + 8) at the lane's address a_lane (a_from_rows_lane_offset), each k-step's
 // fragments loaded once (k-steps outer), for kernels whose A does not fit in registers.
@@ -284,27 +260,6 @@ __device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)
             ldmatrix_x4_trans(b, kn_lane + 2u * static_cast<uint32_t>(16 * ks * kLd + 8 * n));
             mma_bf16_16816(acc[n], a[ks], b[0], b[1]);
             mma_bf16_16816(acc[n + 1], a[ks], b[2], b[3]);
-        }
-    }
-}
-
-// accumulate_product_with_tile for MT m-tiles at once (acc[i] += a[i] times the tile),
-// each B fragment shared by the MT MMAs; the same k-step order per accumulator.
-template <int D, int N, int MT>
-__device__ __forceinline__ void accumulate_product_with_tile_tiles(const uint32_t (&a)[MT][N / 16][4],
-                                                                   uint32_t kn_lane, float (&acc)[MT][D / 8][4]) {
-    constexpr int kLd = D + 8;
-#pragma unroll
-    for (int n = 0; n < D / 8; n += 2) {
-#pragma unroll
-        for (int ks = 0; ks < N / 16; ++ks) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, kn_lane + 2u * static_cast<uint32_t>(16 * ks * kLd + 8 * n));
-#pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                mma_bf16_16816(acc[i][n], a[i][ks], b[0], b[1]);
-                mma_bf16_16816(acc[i][n + 1], a[i][ks], b[2], b[3]);
-            }
         }
     }
 }
