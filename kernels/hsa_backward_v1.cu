@@ -38,7 +38,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cub/device/device_scan.cuh>
 #include <cmath>
 #include <cstdint>
 
@@ -266,16 +265,10 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
     const int gid = lane >> 2, tig = lane & 3;
     // This block's work item (blockIdx.x; the grid's upper bound may exceed the items) and
     // its segment u (the last with item_start[u] <= item: items are >= 1 a segment).
-    const int item = static_cast<int>(blockIdx.x);
-    if (item >= __ldg(P.item_start + P.segments)) return;
-    int segment = 0;
-    for (int hi = P.segments - 1; segment < hi;) {
-        const int mid = (segment + hi + 1) / 2;
-        if (__ldg(P.item_start + mid) <= item) segment = mid;
-        else hi = mid - 1;
-    }
-    const int part = item - __ldg(P.item_start + segment);
-    const bool whole_segment = __ldg(P.item_start + segment + 1) - __ldg(P.item_start + segment) == 1;
+    cuda_detail::ChunkWorkItem work;
+    if (!cuda_detail::find_chunk_work_item(P.item_start, P.segments, static_cast<int>(blockIdx.x), work)) return;
+    const int segment = work.segment, part = work.part;
+    const bool whole_segment = work.items == 1;
     const int64_t c = segment % Sh.C, r = (segment / Sh.C) % Sh.Hr, b = segment / Sh.C / Sh.Hr;
     const int64_t g = r * P.kv_per_r + blockIdx.y;
     const int64_t segment_begin = __ldg(P.segment_start + segment);
@@ -434,23 +427,6 @@ __global__ void sum_memory_partials_kernel(Params P) {
     }
 }
 
-// Items of segment u: max(1, ceil(pairs / pairs_per_item)); partial slots: the items of
-// segments with more than one, 0 otherwise.
-__global__ void memory_item_counts_kernel(const int32_t* segment_start, int segments, int pairs_per_item,
-                                          int32_t* items, int32_t* slots) {
-    const int u = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-    if (u > segments) return;
-    if (u == segments) {  // the scans' last element: the totals
-        items[u] = 0;
-        slots[u] = 0;
-        return;
-    }
-    const int pairs = segment_start[u + 1] - segment_start[u];
-    const int n = pairs <= pairs_per_item ? 1 : (pairs + pairs_per_item - 1) / pairs_per_item;
-    items[u] = n;
-    slots[u] = n > 1 ? n : 0;
-}
-
 Params make_params(const HsaTensorCoreShape& shape) {
     Params P{};
     P.shape = shape;
@@ -487,15 +463,6 @@ void launch_memory(const Params& P, int64_t blocks) {
     HSA_CUDA_CHECK_LAUNCH("hsa_backward_memory_tc_kernel");
     sum_memory_partials_kernel<D><<<dim3(static_cast<unsigned>(P.segments), grid.y), 256>>>(P);
     HSA_CUDA_CHECK_LAUNCH("sum_memory_partials_kernel");
-}
-
-// In-place exclusive prefix sum of n int32 values (cub).
-void exclusive_sum_in_place(int32_t* values, int n) {
-    size_t temp_bytes = 0;
-    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, values, values, n));
-    Tensor temp = Tensor::empty({static_cast<int64_t>(temp_bytes / 8 + 1)}, DType::I64, Device::CUDA);
-    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.raw_data(), temp_bytes, values, values, n));
-    HSA_CUDA_CHECK_LAUNCH("cub::DeviceScan::ExclusiveSum");
 }
 
 }  // namespace
@@ -544,46 +511,22 @@ void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaT
     P.grad_vmem = grad_vmem;
     const int64_t segments = shape.B * shape.Hr * shape.C;
     if (segments == 0 || shape.Hk == 0) return;
+    HSA_CHECK(shape.Hk / shape.Hr <= 65535, "hsa_backward: " << shape.Hk / shape.Hr
+                                                             << " KV heads a retrieval head, expected at most 65535");
     const int64_t max_pairs = shape.B * shape.T * shape.Hr * shape.K;  // padding included: a bound
-    const int64_t pairs_per_item = memory_pairs_per_item(shape);
-    // Items <= segments + pairs / pairs_per_item (a segment of n pairs has <= 1 + n / M);
-    // partial slots < 2 pairs / pairs_per_item (a segment of several items has n > M, so
-    // ceil(n / M) < 2 n / M).
-    const int64_t max_items = segments + max_pairs / pairs_per_item;
-    const int64_t max_slots = 2 * max_pairs / pairs_per_item + 1;
-    HSA_CHECK(max_items < INT_MAX && segments < INT_MAX && shape.Hk / shape.Hr <= 65535,
-              "hsa_backward: " << max_items << " work items of " << segments << " chunk segments, expected fewer than "
-                               << INT_MAX);
-    Tensor item_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
-    Tensor partial_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
-    memory_item_counts_kernel<<<blocks_for(segments + 1, 256), 256>>>(
-        segment_start, static_cast<int>(segments), static_cast<int>(pairs_per_item), item_start.data<int32_t>(),
-        partial_start.data<int32_t>());
-    HSA_CUDA_CHECK_LAUNCH("memory_item_counts_kernel");
-    exclusive_sum_in_place(item_start.data<int32_t>(), static_cast<int>(segments + 1));
-    exclusive_sum_in_place(partial_start.data<int32_t>(), static_cast<int>(segments + 1));
-    Tensor partials = Tensor::empty({max_slots * P.kv_per_r * 2 * kChunk * shape.d}, DType::F32, Device::CUDA);
+    // Blocks' work: every selection once per KV head of its retrieval head.
+    const int min_blocks = shape.d == 64 ? BackwardConfig<64>::kMemoryMinBlocks : BackwardConfig<128>::kMemoryMinBlocks;
+    const cuda_detail::ChunkWorkItems items = cuda_detail::plan_chunk_work_items(
+        "hsa_backward", segment_start, segments, max_pairs,
+        cuda_detail::chunk_work_per_item(max_pairs * (shape.Hk / shape.Hr), min_blocks, 16));
+    Tensor partials = Tensor::empty({items.max_slots * P.kv_per_r * 2 * kChunk * shape.d}, DType::F32, Device::CUDA);
     P.partials = partials.data<float>();
-    P.item_start = item_start.data<int32_t>();
-    P.partial_start = partial_start.data<int32_t>();
+    P.item_start = items.item_start.data<int32_t>();
+    P.partial_start = items.partial_start.data<int32_t>();
     P.segments = static_cast<int>(segments);
-    P.pairs_per_item = static_cast<int>(pairs_per_item);
-    if (shape.d == 64) launch_memory<64>(P, max_items);
-    else launch_memory<128>(P, max_items);
-}
-
-int64_t memory_pairs_per_item(const HsaTensorCoreShape& shape) {
-    // About 2 items per block slot of the GPU (each slot then runs ~2 items of <= the mean
-    // load), and at least kMinPairsPerItem so that an item's fixed cost (its K / V rows, a
-    // 32 / 64 KB partial written and read back) stays small next to its work.
-    constexpr int64_t kMinPairsPerItem = 16;
-    int device = 0, sms = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t slots = static_cast<int64_t>(sms) * (shape.d == 64 ? BackwardConfig<64>::kMemoryMinBlocks
-                                                                      : BackwardConfig<128>::kMemoryMinBlocks);
-    const int64_t pairs = shape.B * shape.T * shape.Hr * shape.K * (shape.Hk / shape.Hr);  // blocks' work, in pairs
-    return std::max(kMinPairsPerItem, (pairs + 2 * slots - 1) / (2 * slots));
+    P.pairs_per_item = static_cast<int>(items.per_item);
+    if (shape.d == 64) launch_memory<64>(P, items.max_items);
+    else launch_memory<128>(P, items.max_items);
 }
 
 }  // namespace hsa

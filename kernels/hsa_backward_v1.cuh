@@ -45,16 +45,12 @@ void hsa_backward_queries_tensor_core(const HsaTensorCoreShape& shape, const Hsa
                                       __nv_bfloat16* grad_out16_out);
 
 // Pass 3 over each chunk's selections (pair lists of cuda_detail::build_chunk_pair_lists),
-// one block per (work item of at most memory_pairs_per_item selections of a chunk, KV head):
+// one block per (work item of a chunk's selections, cuda_detail::ChunkWorkItems; KV head):
 // grad_kmem / grad_vmem rows of every whole chunk (either may be null). q16 / grad_out16:
 // pass 1's bf16 copies.
 void hsa_backward_memory_tensor_core(const HsaTensorCoreShape& shape, const HsaTensorCoreOperands& in,
                                      const __nv_bfloat16* q16, const __nv_bfloat16* grad_out16, const float* od,
                                      const int32_t* pair_ids, const int32_t* segment_start, float* grad_kmem,
                                      float* grad_vmem);
-
-// The selections a work item of pass 3 covers at most: about 2 items per block slot of the
-// current GPU for this shape, at least 16 (so tests' small shapes cut chunks too).
-int64_t memory_pairs_per_item(const HsaTensorCoreShape& shape);
 
 }  // namespace hsa

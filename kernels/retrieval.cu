@@ -21,6 +21,7 @@
 // looping, in (t, k) order, over the selections that hold c (build_chunk_pair_lists, a
 // stable radix sort), so results are bit-identical run to run.
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 
 #include <algorithm>
 #include <climits>
@@ -148,6 +149,62 @@ void build_chunk_pair_lists(const char* op, const Tensor& indices, int64_t num_c
     segment_starts_kernel<<<blocks_for(num_segments + 1, 256), 256>>>(keys_out_p, n, num_segments,
                                                                        segment_start.data<int32_t>());
     HSA_CUDA_CHECK_LAUNCH("segment_starts_kernel");
+}
+
+// Items of segment u: max(1, ceil(pairs / per_item)); partial slots: the items of segments
+// with more than one, 0 otherwise. Entry `segments` is 0: the scans turn it into the totals.
+__global__ void chunk_item_counts_kernel(const int32_t* segment_start, int segments, int per_item, int32_t* items,
+                                         int32_t* slots) {
+    const int u = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    if (u > segments) return;
+    if (u == segments) {
+        items[u] = 0;
+        slots[u] = 0;
+        return;
+    }
+    const int pairs = segment_start[u + 1] - segment_start[u];
+    const int n = pairs <= per_item ? 1 : (pairs + per_item - 1) / per_item;
+    items[u] = n;
+    slots[u] = n > 1 ? n : 0;
+}
+
+void exclusive_sum_in_place(int32_t* values, int n) {
+    size_t temp_bytes = 0;
+    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes, values, values, n));
+    Tensor temp = Tensor::empty({static_cast<int64_t>(temp_bytes / 8 + 1)}, DType::I64, Device::CUDA);
+    HSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.raw_data(), temp_bytes, values, values, n));
+    HSA_CUDA_CHECK_LAUNCH("cub::DeviceScan::ExclusiveSum");
+}
+
+ChunkWorkItems plan_chunk_work_items(const char* op, const int32_t* segment_start, int64_t segments,
+                                     int64_t max_pairs, int64_t per_item) {
+    HSA_CHECK(per_item >= 1 && per_item < INT_MAX, op << ": work items of " << per_item << " selections");
+    ChunkWorkItems w;
+    w.per_item = per_item;
+    // A segment of n selections has <= 1 + n / per_item items; one of several items has
+    // n > per_item, so ceil(n / per_item) < 2 n / per_item partial slots.
+    w.max_items = segments + max_pairs / per_item;
+    w.max_slots = 2 * max_pairs / per_item + 1;
+    HSA_CHECK(w.max_items < INT_MAX && segments < INT_MAX,
+              op << ": " << w.max_items << " work items over " << segments << " chunk segments, expected fewer than "
+                 << INT_MAX);
+    w.item_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
+    w.partial_start = Tensor::empty({segments + 1}, DType::I32, Device::CUDA);
+    chunk_item_counts_kernel<<<blocks_for(segments + 1, 256), 256>>>(
+        segment_start, static_cast<int>(segments), static_cast<int>(per_item),
+        w.item_start.data<int32_t>(), w.partial_start.data<int32_t>());
+    HSA_CUDA_CHECK_LAUNCH("chunk_item_counts_kernel");
+    exclusive_sum_in_place(w.item_start.data<int32_t>(), static_cast<int>(segments + 1));
+    exclusive_sum_in_place(w.partial_start.data<int32_t>(), static_cast<int>(segments + 1));
+    return w;
+}
+
+int64_t chunk_work_per_item(int64_t work, int blocks_per_sm, int64_t min_per_item) {
+    int device = 0, sms = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t slots = static_cast<int64_t>(sms) * blocks_per_sm;
+    return std::max(min_per_item, (work + 2 * slots - 1) / (2 * slots));
 }
 
 }  // namespace cuda_detail
@@ -447,59 +504,108 @@ __global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* 
     }
 }
 
-// grad_landmarks, one block per landmark row (b, c, r): sum over the selections that hold
-// c of grad_score * qr[b, t, r]. A chunk can be selected by thousands of tokens, so the
-// selections are split among the block's warps in a fixed interleaving (warp w takes
-// selections w, w + 8, ...; each lane owns dims lane + 32 m and keeps M independent loads
-// in flight per selection), and the 8 partial sums are added in warp order. Fixed order
-// everywhere: no atomics, bit-identical run to run.
+// grad_landmarks per landmark row (b, c, r): the sum over the selections that hold c of
+// grad_score * qr[b, t, r]. A chunk can be selected by thousands of tokens and another by
+// none, so blocks take work items (cuda_detail::ChunkWorkItems: a segment's selections cut
+// into pieces of at most per_item); within an item the selections are split among the
+// block's warps in a fixed interleaving (warp w takes selections w, w + 8, ..., two at a
+// time so that two rows' loads are in flight; each lane owns dims lane + 32 m), and the 8
+// warp sums are added in warp order. A segment of one item writes its row (times the
+// scale); a segment of several writes unscaled partial rows, added in item order by
+// landmark_partials_sum_kernel. Fixed orders everywhere: no atomics, bit-identical run to
+// run.
 constexpr int kLandmarkWarps = 8;
 constexpr int kLandmarkThreads = kLandmarkWarps * 32;
+constexpr int kLandmarkBlocksPerSm = 2;  // for the item size: 256 threads at ~100 registers (dr 1024)
+
+struct LandmarkItems {
+    const int32_t* pair_ids;
+    const int32_t* segment_start;
+    const int32_t* item_start;
+    const int32_t* partial_start;
+    float* partials;  // [slots, dr]
+    int segments;
+    int per_item;
+};
 
 template <int M>  // dims per lane: dr <= 32 M
 __global__ void __launch_bounds__(kLandmarkThreads)
-    chunk_weights_landmarks_kernel(WeightParams P, const float* grad_scores, const int32_t* pair_ids,
-                                   const int32_t* segment_start, float* grad_landmarks) {
+    chunk_weights_landmarks_kernel(WeightParams P, const float* grad_scores, LandmarkItems W, float* grad_landmarks) {
     extern __shared__ float landmark_partials[];  // [kLandmarkWarps][dr]
+    cuda_detail::ChunkWorkItem work;
+    if (!cuda_detail::find_chunk_work_item(W.item_start, W.segments, static_cast<int>(blockIdx.x), work)) return;
     const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-    const int64_t lrow = blockIdx.x;  // (b * C + c) * Hr + r
-    const int64_t r = lrow % P.Hr;
-    const int64_t c = (lrow / P.Hr) % P.C;
-    const int64_t b = lrow / (P.Hr * P.C);
-    const int64_t segment = (b * P.Hr + r) * P.C + c;
-    const int32_t begin = segment_start[segment], end = segment_start[segment + 1];
+    const int64_t segment = work.segment;  // (b * Hr + r) * C + c
+    const int64_t c = segment % P.C, r = (segment / P.C) % P.Hr, b = segment / P.C / P.Hr;
+    const int64_t lrow = (b * P.C + c) * P.Hr + r;
+    const int32_t segment_end = W.segment_start[segment + 1];
+    const int32_t begin = W.segment_start[segment] + work.part * W.per_item;
+    const int32_t end = begin + W.per_item < segment_end ? begin + W.per_item : segment_end;
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-    for (int32_t at = begin + warp; at < end; at += kLandmarkWarps) {
-        const int64_t p = pair_ids[at];  // ((b * T + t) * Hr + r) * K + k
-        const float g = grad_scores[p];
-        const float* q = P.qr + (p / P.K) * P.dr;
-        float x[M];
+    for (int32_t at = begin + warp; at < end; at += 2 * kLandmarkWarps) {
+        const bool second = at + kLandmarkWarps < end;
+        const int64_t p0 = W.pair_ids[at];  // ((b * T + t) * Hr + r) * K + k
+        const int64_t p1 = second ? W.pair_ids[at + kLandmarkWarps] : p0;
+        const float g0 = grad_scores[p0], g1 = second ? grad_scores[p1] : 0.0f;
+        const float* q0 = P.qr + (p0 / P.K) * P.dr;
+        const float* q1 = P.qr + (p1 / P.K) * P.dr;
+        float x0[M], x1[M];
 #pragma unroll
-        for (int m = 0; m < M; ++m) x[m] = lane + 32 * m < P.dr ? __ldg(q + lane + 32 * m) : 0.0f;
+        for (int m = 0; m < M; ++m) {
+            const bool in = lane + 32 * m < P.dr;
+            x0[m] = in ? __ldg(q0 + lane + 32 * m) : 0.0f;
+            x1[m] = in && second ? __ldg(q1 + lane + 32 * m) : 0.0f;
+        }
+        // The same order as one selection at a time: selection at, then at + 8.
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] = fmaf(g, x[m], acc[m]);
+        for (int m = 0; m < M; ++m) acc[m] = fmaf(g0, x0[m], acc[m]);
+        if (second) {
+#pragma unroll
+            for (int m = 0; m < M; ++m) acc[m] = fmaf(g1, x1[m], acc[m]);
+        }
     }
 #pragma unroll
     for (int m = 0; m < M; ++m)
         if (lane + 32 * m < P.dr) landmark_partials[warp * P.dr + lane + 32 * m] = acc[m];
     __syncthreads();
+    const bool whole = work.items == 1;
+    float* out = whole ? grad_landmarks + lrow * P.dr
+                       : W.partials + (static_cast<int64_t>(W.partial_start[segment]) + work.part) * P.dr;
     for (int64_t i = threadIdx.x; i < P.dr; i += kLandmarkThreads) {
         float sum = 0.0f;
         for (int w = 0; w < kLandmarkWarps; ++w) sum += landmark_partials[w * P.dr + i];
+        out[i] = whole ? sum * P.scale : sum;
+    }
+}
+
+// The rows of landmarks whose selections took several items: scale times the sum of the
+// partial rows in item order. One block per segment (most return at once).
+__global__ void landmark_partials_sum_kernel(WeightParams P, LandmarkItems W, float* grad_landmarks) {
+    const int64_t segment = blockIdx.x;
+    const int items = W.item_start[segment + 1] - W.item_start[segment];
+    if (items == 1) return;
+    const int64_t c = segment % P.C, r = (segment / P.C) % P.Hr, b = segment / P.C / P.Hr;
+    const int64_t lrow = (b * P.C + c) * P.Hr + r;
+    const float* first = W.partials + static_cast<int64_t>(W.partial_start[segment]) * P.dr;
+    for (int64_t i = threadIdx.x; i < P.dr; i += blockDim.x) {
+        float sum = first[i];
+        for (int j = 1; j < items; ++j) sum += first[j * P.dr + i];
         grad_landmarks[lrow * P.dr + i] = sum * P.scale;
     }
 }
 
 template <int M>
-void launch_landmarks_kernel(const char* op, const WeightParams& P, int64_t lrows, const float* grad_scores,
-                             const Tensor& pair_ids, const Tensor& segment_start, float* grad_landmarks) {
+void launch_landmarks_kernel(const char* op, const WeightParams& P, const cuda_detail::ChunkWorkItems& items,
+                             const float* grad_scores, const LandmarkItems& W, float* grad_landmarks) {
     const size_t shared_bytes = sizeof(float) * kLandmarkWarps * static_cast<size_t>(P.dr);
     allow_shared_bytes(op, chunk_weights_landmarks_kernel<M>, shared_bytes);
-    chunk_weights_landmarks_kernel<M><<<static_cast<unsigned>(lrows), kLandmarkThreads, shared_bytes>>>(
-        P, grad_scores, pair_ids.data<int32_t>(), segment_start.data<int32_t>(), grad_landmarks);
+    chunk_weights_landmarks_kernel<M><<<static_cast<unsigned>(items.max_items), kLandmarkThreads, shared_bytes>>>(
+        P, grad_scores, W, grad_landmarks);
     HSA_CUDA_CHECK_LAUNCH("chunk_weights_landmarks_kernel");
+    landmark_partials_sum_kernel<<<static_cast<unsigned>(W.segments), 256>>>(P, W, grad_landmarks);
+    HSA_CUDA_CHECK_LAUNCH("landmark_partials_sum_kernel");
 }
 
 WeightParams weight_params(const RetrievalDims& D, const Tensor& qr, const Tensor& landmarks, const Tensor& indices,
@@ -619,23 +725,31 @@ void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmar
         HSA_CUDA_CHECK_LAUNCH("chunk_weights_backward_rows_kernel");
     }
 
-    // Pass 2, per landmark (b, c, r): over the selections holding c, in (t, k) order.
-    // Cost: linear in the number of selections (stable radix sort + one pass).
+    // Pass 2, per landmark (b, c, r): over the selections holding c, in (t, k) order, cut
+    // into work items. Cost: linear in the number of selections (stable radix sort + one pass).
     if (want_l) {
         const int64_t lrows = D.B * D.C * D.Hr;
         if (lrows == 0) return;
         HSA_CHECK(lrows < INT_MAX, op << ": " << lrows << " landmark rows, expected fewer than " << INT_MAX);
+        HSA_CHECK(D.dr <= 2048, op << ": retrieval dim " << D.dr << " exceeds the CUDA kernels' limit of 2048");
         Tensor pair_ids, segment_start;
         cuda_detail::build_chunk_pair_lists(op, indices, D.C, pair_ids, segment_start);
+        const int64_t max_pairs = P.rows * D.K;  // padding included: a bound
+        const cuda_detail::ChunkWorkItems items = cuda_detail::plan_chunk_work_items(
+            op, segment_start.data<int32_t>(), lrows, max_pairs,
+            cuda_detail::chunk_work_per_item(max_pairs, kLandmarkBlocksPerSm, 2 * kLandmarkWarps));
+        Tensor partials = Tensor::empty({items.max_slots * D.dr}, DType::F32, Device::CUDA);
+        const LandmarkItems W{pair_ids.data<int32_t>(), segment_start.data<int32_t>(), items.item_start.data<int32_t>(),
+                              items.partial_start.data<int32_t>(), partials.data<float>(), static_cast<int>(lrows),
+                              static_cast<int>(items.per_item)};
         // Dims per lane, rounded up to a power of two (retrieval dims up to 2048 here).
         const float* gs = grad_scores.data<float>();
         float* gl = grad_landmarks.data<float>();
-        HSA_CHECK(D.dr <= 2048, op << ": retrieval dim " << D.dr << " exceeds the CUDA kernels' limit of 2048");
-        if (D.dr <= 32) launch_landmarks_kernel<1>(op, P, lrows, gs, pair_ids, segment_start, gl);
-        else if (D.dr <= 128) launch_landmarks_kernel<4>(op, P, lrows, gs, pair_ids, segment_start, gl);
-        else if (D.dr <= 512) launch_landmarks_kernel<16>(op, P, lrows, gs, pair_ids, segment_start, gl);
-        else if (D.dr <= 1024) launch_landmarks_kernel<32>(op, P, lrows, gs, pair_ids, segment_start, gl);
-        else launch_landmarks_kernel<64>(op, P, lrows, gs, pair_ids, segment_start, gl);
+        if (D.dr <= 32) launch_landmarks_kernel<1>(op, P, items, gs, W, gl);
+        else if (D.dr <= 128) launch_landmarks_kernel<4>(op, P, items, gs, W, gl);
+        else if (D.dr <= 512) launch_landmarks_kernel<16>(op, P, items, gs, W, gl);
+        else if (D.dr <= 1024) launch_landmarks_kernel<32>(op, P, items, gs, W, gl);
+        else launch_landmarks_kernel<64>(op, P, items, gs, W, gl);
     }
 }
 

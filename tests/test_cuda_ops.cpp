@@ -511,6 +511,12 @@ TEST(CudaOps, RetrievalSelectionAndWeights) {
             gpu().chunk_weights_backward(on_gpu(qr), on_gpu(landmarks), on_gpu(idx_want), kind, on_gpu(w_want), on_gpu(gw), gq_g, gl_g);
             EXPECT_CLOSE(gq_g, gq_w, kReductionTol);
             EXPECT_CLOSE(gl_g, gl_w, kReductionTol);
+            // The landmark gradient cuts busy chunks into work items (partials added in item
+            // order, no atomics): a second run gives the same bits.
+            Tensor gq_again = poisoned(qr.shape()), gl_again = poisoned(landmarks.shape());
+            gpu().chunk_weights_backward(on_gpu(qr), on_gpu(landmarks), on_gpu(idx_want), kind, on_gpu(w_want), on_gpu(gw),
+                                         gq_again, gl_again);
+            EXPECT_EQ(gl_again.to_vector(), gl_g.to_vector()) << "grad_landmarks differs between two runs";
         }
     }
 }
