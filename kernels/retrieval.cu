@@ -3,9 +3,12 @@
 // math: shared/design/MODEL.md "Retrieval"; reference: core/cpu/cpu_attention.cpp.
 //
 // Also defines the helpers of kernels/chunk_lists.cuh (namespace cuda_detail), used by
-// hsa.cu and hsa_forward_v1.cu as well: check_chunk_indices_cuda, build_chunk_pair_lists.
+// hsa.cu, hsa_forward_v1.cu and hsa_backward_v1.cu as well: check_chunk_indices_cuda,
+// build_chunk_pair_lists, plan_chunk_work_items, chunk_work_per_item.
 //
-// select_chunks never forms the (tokens x chunks) score matrix: one block per query row
+// select_chunks never forms the (tokens x chunks) score matrix in memory: for short contexts
+// (<= 256 visible chunks) a block scores 64 tokens against their chunks as a small product
+// kept in shared memory (select_chunks_tiled_kernel); otherwise one block per query row
 // (b, t, r) streams over its visible chunks in rounds of kSelectBatch, keeps a sorted top
 // list in shared memory, and appends to a candidate buffer only the chunks that reach the
 // current K-th best score; the buffer is merged into the list (rank by a strict total
@@ -365,6 +368,115 @@ __global__ void __launch_bounds__(kSelectThreads) select_chunks_kernel(SelectPar
     }
 }
 
+// ---------------------------------------------------------------- select_chunks, short contexts
+
+// When every token sees few chunks (most_visible <= kTiledMaxChunks: T <= 16K at S = 64),
+// a block takes 64 consecutive tokens of one (b, r), which see nearly the same chunks:
+// their scores against those chunks are one small f32 product (64 tokens x 64 chunks a
+// tile, k-steps of 32 dims through shared memory, a 4 x 4 register tile a thread), so a
+// landmark row is read once per 64 tokens instead of once per token (the per-row kernel
+// above read 4 GB of landmarks from L2 at 8 x 4K and took ~1.1 ms a call). The scores
+// stay in shared memory ([64][visible], never written out); then a warp a token ranks its
+// visible chunks (ranks_before: the same total order as above) and writes the best K, most
+// recent first. Each score is one sequential f32 sum over the dims: a different order from
+// the per-row kernel, so chunks within float rounding of each other may rank differently
+// between the two (as either may against the CPU's double sums).
+constexpr int kTiledTokens = 64;
+constexpr int kTiledChunks = 64;   // chunk columns of one product tile
+constexpr int kTiledDims = 32;     // dims of a k-step
+constexpr int kTiledThreads = 256;  // 16 x 16 threads, 4 x 4 scores each
+constexpr int64_t kTiledMaxChunks = 256;
+
+__global__ void __launch_bounds__(kTiledThreads) select_chunks_tiled_kernel(SelectParams P, int score_ld) {
+    extern __shared__ float tiled_shared[];
+    float* scores = tiled_shared;                               // [kTiledTokens][score_ld]
+    float* q_tile = scores + kTiledTokens * score_ld;           // [kTiledDims][kTiledTokens + 4]
+    float* l_tile = q_tile + kTiledDims * (kTiledTokens + 4);   // [kTiledDims][kTiledChunks + 4]
+    constexpr int kQLd = kTiledTokens + 4, kLLd = kTiledChunks + 4;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int64_t tiles = (P.T + kTiledTokens - 1) / kTiledTokens;
+    const int64_t tile = blockIdx.x % tiles, br = blockIdx.x / tiles;  // br = b * Hr + r
+    const int64_t r = br % P.Hr, b = br / P.Hr;
+    const int64_t t0 = tile * kTiledTokens;
+    const int64_t last_t = min(t0 + kTiledTokens, P.T) - 1;
+    const int64_t visible_max = min(last_t / P.S, P.C);  // the tile's last token sees the most
+    const int ty = tid / 16, tx = tid % 16;
+
+    for (int64_t c0 = 0; c0 < visible_max; c0 += kTiledChunks) {
+        float acc[4][4] = {};
+        for (int64_t k0 = 0; k0 < P.dr; k0 += kTiledDims) {
+            __syncthreads();  // the previous k-step's tiles are no longer read
+            // 64 rows x 32 dims of q and of the landmarks: 512 float4 each, 2 a thread each.
+            for (int e = tid; e < kTiledTokens * kTiledDims / 4; e += kTiledThreads) {
+                const int row = e / (kTiledDims / 4), col = (e % (kTiledDims / 4)) * 4;
+                const int64_t t = t0 + row, c = c0 + row, dim = k0 + col;
+                float4 qv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), lv = qv;
+                if (t < P.T && dim < P.dr)
+                    qv = __ldg(reinterpret_cast<const float4*>(P.qr + ((b * P.T + t) * P.Hr + r) * P.dr + dim));
+                if (c < visible_max && dim < P.dr)
+                    lv = __ldg(reinterpret_cast<const float4*>(P.landmarks + ((b * P.C + c) * P.Hr + r) * P.dr + dim));
+                q_tile[(col + 0) * kQLd + row] = qv.x;
+                q_tile[(col + 1) * kQLd + row] = qv.y;
+                q_tile[(col + 2) * kQLd + row] = qv.z;
+                q_tile[(col + 3) * kQLd + row] = qv.w;
+                l_tile[(col + 0) * kLLd + row] = lv.x;
+                l_tile[(col + 1) * kLLd + row] = lv.y;
+                l_tile[(col + 2) * kLLd + row] = lv.z;
+                l_tile[(col + 3) * kLLd + row] = lv.w;
+            }
+            __syncthreads();
+#pragma unroll 8
+            for (int k = 0; k < kTiledDims; ++k) {
+                const float4 qv = *reinterpret_cast<const float4*>(q_tile + k * kQLd + 4 * ty);
+                const float4 lv = *reinterpret_cast<const float4*>(l_tile + k * kLLd + 4 * tx);
+                const float qa[4] = {qv.x, qv.y, qv.z, qv.w}, la[4] = {lv.x, lv.y, lv.z, lv.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(qa[i], la[j], acc[i][j]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int64_t c = c0 + 4 * tx + j;
+                if (c < visible_max) {
+                    const float sc = acc[i][j] * P.scale;
+                    scores[(4 * ty + i) * score_ld + c] = isnan(sc) ? -INFINITY : sc;  // NaN ranks last
+                }
+            }
+    }
+    __syncthreads();
+
+    // A warp a token: rank each visible chunk against the others, keep ranks < K, write them
+    // most recent first (position = kept chunks with a larger index), then -1.
+    const int warp = tid / 32, lane = tid % 32;
+    for (int row = warp; row < kTiledTokens; row += kTiledThreads / 32) {
+        const int64_t t = t0 + row;
+        if (t >= P.T) break;
+        const int visible = static_cast<int>(min(t / P.S, P.C));
+        const float* sr = scores + row * score_ld;
+        int32_t* out = P.indices + ((b * P.T + t) * P.Hr + r) * P.K;
+        int written = 0;
+        // Chunks from the most recent down, 32 at a time: lane i takes chunk top - i.
+        for (int top = visible - 1; top >= 0; top -= 32) {
+            const int c = top - lane;
+            bool kept = false;
+            if (c >= 0) {
+                const float sc = sr[c];
+                int rank = 0;
+                for (int f = 0; f < visible; ++f) rank += ranks_before(sr[f], f, sc, c) ? 1 : 0;
+                kept = rank < P.K;
+            }
+            const unsigned ballot = __ballot_sync(0xffffffffu, kept);
+            if (kept) out[written + __popc(ballot & ((1u << lane) - 1u))] = c;
+            written += __popc(ballot);
+        }
+        for (int64_t e = written + lane; e < P.K; e += 32) out[e] = -1;
+    }
+}
+
 // When K covers every visible chunk of every token, the selection is all of them, most
 // recent first, whatever the scores (the `train_topk=all` case).
 __global__ void select_all_visible_kernel(int32_t* indices, int64_t n, int64_t T, int64_t Hr, int64_t C, int64_t S,
@@ -671,10 +783,22 @@ void CudaBackend::select_chunks(const Tensor& qr, const Tensor& landmarks, int64
     P.C = D.C;
     P.S = chunk_size;
     P.K = D.K;
+    P.scale = 1.0f / std::sqrt(static_cast<float>(D.dr));
+    if (most_visible <= kTiledMaxChunks && D.dr % 4 == 0 && all_16_byte_aligned({&qr, &landmarks})) {
+        // Short contexts: 64 tokens a block, their scores one small product (above).
+        const int score_ld = static_cast<int>((most_visible + 3) / 4 * 4 + 1);  // odd: rows apart in banks
+        const size_t shared_bytes = sizeof(float) * (static_cast<size_t>(kTiledTokens) * score_ld +
+                                                     kTiledDims * (kTiledTokens + 4 + kTiledChunks + 4));
+        const int64_t blocks = (D.T + kTiledTokens - 1) / kTiledTokens * D.B * D.Hr;
+        HSA_CHECK(blocks < INT_MAX, op << ": " << blocks << " token tiles, expected fewer than " << INT_MAX);
+        allow_shared_bytes(op, select_chunks_tiled_kernel, shared_bytes);
+        select_chunks_tiled_kernel<<<static_cast<unsigned>(blocks), kTiledThreads, shared_bytes>>>(P, score_ld);
+        HSA_CUDA_CHECK_LAUNCH("select_chunks_tiled_kernel");
+        return;
+    }
     // About four or more elements per lane of a dot product: 32 lanes from dr = 128 up.
     P.group_width = 32;
     while (P.group_width > 1 && P.group_width * 4 > D.dr) P.group_width /= 2;
-    P.scale = 1.0f / std::sqrt(static_cast<float>(D.dr));
     const size_t shared_bytes = sizeof(float) * static_cast<size_t>(D.dr + 2 * (D.K + kSelectBuffer) + 2 * D.K +
                                                                     kSelectBatch);
     allow_shared_bytes(op, select_chunks_kernel, shared_bytes);

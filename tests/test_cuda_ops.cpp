@@ -488,8 +488,11 @@ TEST(CudaOps, RetrievalSelectionAndWeights) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     struct Case { int64_t B, T, Hr, dr, S, K; };
+    // Up to 256 visible chunks (and dr % 4 == 0) the selection runs the tiled kernel (64
+    // tokens a block); beyond, or with dr 30, the per-row streaming kernel.
     for (const Case& c : {Case{2, 37, 1, 8, 4, 3}, Case{1, 200, 2, 16, 8, 8}, Case{1, 4096, 1, 64, 64, 8},
-                          Case{1, 256, 1, 1024, 16, 4}, Case{1, 200, 2, 1500, 8, 4}, Case{1, 70000, 1, 32, 64, 16}}) {
+                          Case{1, 256, 1, 1024, 16, 4}, Case{1, 200, 2, 1500, 8, 4}, Case{1, 1200, 1, 30, 4, 8},
+                          Case{1, 70000, 1, 32, 64, 16}}) {
         SCOPED_TRACE("T " + std::to_string(c.T) + " K " + std::to_string(c.K));
         if (small_only() && c.T > 1000) continue;
         const int64_t C = c.T / c.S;
