@@ -387,9 +387,18 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
                 for (int e = 0; e < 2; ++e) {
                     const float pa = exp2_ftz(fmaf(p[j][e], P.scale_log2, -lse_a));
                     const float pb = exp2_ftz(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
-                    p[j][e] = whole || wa.sees(8 * j + e) ? pa * (dp[j][e] - delta_a) : 0.0f;  // dS
-                    p[j][2 + e] = whole || wb.sees(8 * j + e) ? pb * (dp[j][2 + e] - delta_b) : 0.0f;
+                    p[j][e] = pa * (dp[j][e] - delta_a);  // dS
+                    p[j][2 + e] = pb * (dp[j][2 + e] - delta_b);
                 }
+            if (!whole) {  // block-uniform: the masking costs nothing on whole tiles
+#pragma unroll
+                for (int j = 0; j < kHalf / 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        if (!wa.sees(8 * j + e)) p[j][e] = 0.0f;
+                        if (!wb.sees(8 * j + e)) p[j][2 + e] = 0.0f;
+                    }
+            }
             uint32_t dsf[kHalf / 16][4];
 #pragma unroll
             for (int ks = 0; ks < kHalf / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
@@ -425,9 +434,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
     queries_of_keys(P, s0, lo, hi);  // lo is a multiple of 64 (s0, or 0)
     const int tiles_per_head = (hi - lo) / kTile + 1;
     const int pairs = P.G * tiles_per_head;
-    // Starts the copies of pair i into buffer `stage`.
-    auto start_pair = [&](int i, int stage) {
-        const int head = g * P.G + i / tiles_per_head, t0 = lo + (i % tiles_per_head) * kTile;
+    // Starts the copies of pair (head, t0) into buffer `stage`.
+    auto start_pair = [&](int head, int t0, int stage) {
         const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
         start_tile_copy<D>(P.q16 + q_offset, q_stride, t0, P.T, Qs[stage]);
         start_tile_copy<D>(P.grad_out16 + q_offset, q_stride, t0, P.T, dOs[stage]);
@@ -443,7 +451,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
             cp_async_16(shared_address(dst), src, true);
         }
     };
-    start_pair(0, 0);
+    start_pair(g * P.G, lo, 0);
     cp_async_commit();
 
     int query_lo_a, query_hi_a, query_lo_b, query_hi_b;  // the queries that see keys sa, sb
@@ -464,12 +472,16 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
     const uint32_t do_nk = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
     const uint32_t do_kn = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
     int stage = 0;
+    // Pair i = (head, query tile t0): heads ascending, tiles ascending within a head; the
+    // next pair by counters, not by a division and a remainder by tiles_per_head per pair.
+    int head = g * P.G, t0 = lo;
     for (int i = 0; i < pairs; ++i, stage ^= 1) {
         cp_async_wait<0>();
         __syncthreads();
-        if (i + 1 < pairs) start_pair(i + 1, stage ^ 1);
+        const bool head_done = t0 + kTile > hi;
+        const int next_head = head_done ? head + 1 : head, next_t0 = head_done ? lo : t0 + kTile;
+        if (i + 1 < pairs) start_pair(next_head, next_t0, stage ^ 1);
         cp_async_commit();
-        const int t0 = lo + (i % tiles_per_head) * kTile;
         const bool whole = tile_wholly_visible(P, t0, s0);
         // The tile's queries in two halves (half the registers for P^T and dP^T); dK and dV
         // still add the query steps in order.
@@ -488,14 +500,23 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const float l = lse_s[8 * j + 2 * tig + e];
-                    const float pa = exp2_ftz(fmaf(pt[j][e], P.scale_log2, -l));
-                    const float pb = exp2_ftz(fmaf(pt[j][2 + e], P.scale_log2, -l));
-                    pt[j][e] = whole || wa.sees(8 * j + e) ? pa : 0.0f;
-                    pt[j][2 + e] = whole || wb.sees(8 * j + e) ? pb : 0.0f;
+                    pt[j][e] = exp2_ftz(fmaf(pt[j][e], P.scale_log2, -l));
+                    pt[j][2 + e] = exp2_ftz(fmaf(pt[j][2 + e], P.scale_log2, -l));
                 }
+            if (!whole) {  // block-uniform: the masking costs nothing on whole tiles
+#pragma unroll
+                for (int j = 0; j < kHalf / 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        if (!wa.sees(8 * j + e)) pt[j][e] = 0.0f;
+                        if (!wb.sees(8 * j + e)) pt[j][2 + e] = 0.0f;
+                    }
+            }
             key_side_backward_step<D, kHalf>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset,
                                              q_kn + offset, delta_s, tig, dk, dv);
         }
+        head = next_head;
+        t0 = next_t0;
     }
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
