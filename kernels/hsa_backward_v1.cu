@@ -255,6 +255,7 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
     __shared__ __align__(16) float entry_lse[2][kEntries];  // 0 past the last entry
     __shared__ __align__(16) float entry_od[2][kEntries];
     __shared__ __align__(16) float entry_w[2][kEntries];    // 0 past the last entry: no contribution
+    __shared__ int64_t entry_row[kEntries];                  // q / dO row of each entry being copied (0 past the end)
     extern __shared__ __align__(16) unsigned char chunk_rows_shared[];  // [2][kChunk][kLd] bf16 (Cfg::kKvBytes)
     __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(chunk_rows_shared);
     __nv_bfloat16* Vs = Ks + kChunk * kLd;
@@ -293,29 +294,33 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
         row = first_row + static_cast<int64_t>(t) * Sh.H + head;
     };
     // Starts the copies of the tile of entries [first, first + kEntries) into buffer `stage`;
-    // entries past the end are zero-filled.
+    // entries past the end are zero-filled. Thread e < kEntries locates entry e once (its
+    // divisions by G, K Hr and T) and leaves its row in entry_row for the row copies, which
+    // each take a 16-byte column of an entry: locating the entry in every copy cost ~4
+    // integer divisions a copy, several times the tile's MMA instructions.
     auto start_tile = [&](int64_t first, int stage) {
         const int left = static_cast<int>(entries - first < kEntries ? entries - first : kEntries);
-#pragma unroll 1
-        for (int i = 0; i < kCopiesPerThread; ++i) {
-            const int e = i * kThreads + tid;
-            const int n = e / kChunksPerRow, col = (e % kChunksPerRow) * 8;
-            const bool valid = n < left;
-            int64_t row = 0;
-            int pair_id = 0;
-            if (valid) entry_source(static_cast<int>(first) + n, row, pair_id);
-            mma::cp_async_16(shared_address(&Qs[stage][n * kLd + col]), P.q16 + row * D + col, valid);
-            mma::cp_async_16(shared_address(&dOs[stage][n * kLd + col]), P.grad_out16 + row * D + col, valid);
-        }
         if (tid < kEntries) {
             const bool valid = tid < left;
             int64_t row = 0;
             int pair_id = 0;
             if (valid) entry_source(static_cast<int>(first) + tid, row, pair_id);
+            entry_row[tid] = row;
             const int k = pair_id % K32;
             mma::cp_async_4(shared_address(&entry_lse[stage][tid]), P.lse + row * Sh.K + k, valid);
             mma::cp_async_4(shared_address(&entry_od[stage][tid]), P.od_in + row * Sh.K + k, valid);
             mma::cp_async_4(shared_address(&entry_w[stage][tid]), P.weights + pair_id, valid);
+        }
+        __syncthreads();  // entry_row is written (all threads call start_tile together)
+        static_assert(kThreads % kChunksPerRow == 0, "a thread's column is the same in every copy");
+        const int col = (tid % kChunksPerRow) * 8;
+#pragma unroll 1
+        for (int i = 0; i < kCopiesPerThread; ++i) {
+            const int n = i * (kThreads / kChunksPerRow) + tid / kChunksPerRow;
+            const bool valid = n < left;
+            const int64_t row = entry_row[n];
+            mma::cp_async_16(shared_address(&Qs[stage][n * kLd + col]), P.q16 + row * D + col, valid);
+            mma::cp_async_16(shared_address(&dOs[stage][n * kLd + col]), P.grad_out16 + row * D + col, valid);
         }
     };
     if (Cfg::kKvShared && entries > 0) {  // the chunk's K and V rows, in the first tile's group
