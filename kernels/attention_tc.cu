@@ -89,34 +89,25 @@ struct TcParams {
     float scale_log2;  // scale * log2(e): softmax by exp2
 };
 
-// Query t sees key s iff s lies in an interval: the keys [lo, hi] that query t sees, and
-// the queries [lo, hi] that see key s (empty, lo > hi, past T). A tile's masking then
-// compares each element's column with two per-row bounds (no branches): with a per-element
-// visibility test the partial tiles' masking took a third of the forward's ALU instructions
-// (ncu instruction counts, SASS: one branch an element).
-__device__ __forceinline__ void keys_seen_by(const TcParams& P, int t, int& lo, int& hi) {
-    if (t >= P.T) {
+// Query t sees key s iff s lies in an interval: the keys [lo, hi] that query t sees
+// (of_query), equally the queries [lo, hi] that see key s (empty, lo > hi, past T). A
+// tile's masking then compares each element's column with two per-row bounds (no
+// branches): with a per-element visibility test the partial tiles' masking took a third of
+// the forward's ALU instructions (ncu instruction counts, SASS: one branch an element).
+__device__ __forceinline__ void visible_interval(const TcParams& P, int i, bool of_query, int& lo, int& hi) {
+    if (i >= P.T) {
         lo = 1;
         hi = 0;
-    } else if (!P.causal) {
+        return;
+    }
+    if (!P.causal) {
         lo = 0;
         hi = P.T - 1;
-    } else {
-        lo = P.window > 0 ? max(0, t - P.window + 1) : 0;
-        hi = t;
+        return;
     }
-}
-__device__ __forceinline__ void queries_seeing(const TcParams& P, int s, int& lo, int& hi) {
-    if (s >= P.T) {
-        lo = 1;
-        hi = 0;
-    } else if (!P.causal) {
-        lo = 0;
-        hi = P.T - 1;
-    } else {
-        lo = s;
-        hi = P.window > 0 ? min(P.T - 1, s + P.window - 1) : P.T - 1;
-    }
+    const int reach = P.window > 0 ? P.window - 1 : P.T;  // how far the causal window reaches back
+    lo = of_query ? max(0, i - reach) : i;
+    hi = of_query ? i : min(P.T - 1, i + reach);
 }
 
 // The bounds of one lane's tile columns: column 8 j + 2 tig + e (e = 0, 1) of the tile
@@ -242,8 +233,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
-    keys_seen_by(P, ta, key_lo_a, key_hi_a);
-    keys_seen_by(P, tb, key_lo_b, key_hi_b);
+    visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
+    visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
     float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
     float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
 
@@ -351,8 +342,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
     const float delta_b = tb < P.T ? delta[static_cast<int64_t>(tb) * P.H] : 0.0f;
 
     int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
-    keys_seen_by(P, ta, key_lo_a, key_hi_a);
-    keys_seen_by(P, tb, key_lo_b, key_hi_b);
+    visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
+    visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
     float dq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -455,8 +446,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
     cp_async_commit();
 
     int query_lo_a, query_hi_a, query_lo_b, query_hi_b;  // the queries that see keys sa, sb
-    queries_seeing(P, sa, query_lo_a, query_hi_a);
-    queries_seeing(P, sb, query_lo_b, query_hi_b);
+    visible_interval(P, sa, /*of_query=*/false, query_lo_a, query_hi_a);
+    visible_interval(P, sb, /*of_query=*/false, query_lo_b, query_hi_b);
     uint32_t kf[D / 16][4], vf[D / 16][4];
     load_a_rows_bf16<D>(P.k16 + kv_offset, kv_stride, sa, P.T, tig, kf);
     load_a_rows_bf16<D>(P.v16 + kv_offset, kv_stride, sa, P.T, tig, vf);

@@ -47,6 +47,13 @@ ChunkWorkItems plan_chunk_work_items(const char* op, const int32_t* segment_star
 // slot of the current GPU, at least min_per_item.
 int64_t chunk_work_per_item(int64_t work, int blocks_per_sm, int64_t min_per_item);
 
+// The batch, retrieval head and chunk of segment u = (b * Hr + r) * C + c.
+struct ChunkSegment {
+    int64_t b, r, c;
+    __device__ __forceinline__ ChunkSegment(int64_t segment, int64_t C, int64_t Hr)
+        : b(segment / C / Hr), r((segment / C) % Hr), c(segment % C) {}
+};
+
 // Block `item`'s segment, its part (0-based) and the segment's item count; false past the
 // last item (the grid is an upper bound). Binary search: every segment has >= 1 item.
 struct ChunkWorkItem {

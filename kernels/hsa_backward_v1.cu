@@ -36,7 +36,6 @@
 
 #include <cuda_bf16.h>
 
-#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -112,7 +111,7 @@ struct Params {
     float* grad_q;
     float* grad_kmem;
     float* grad_vmem;
-    // Pass 3's work items (plan_memory_items): segment u's items are item_start[u] ..
+    // Pass 3's work items (cuda_detail::plan_chunk_work_items): segment u's items are item_start[u] ..
     // item_start[u + 1] (at least one, so that unselected chunks write their zero rows);
     // a segment of several items writes one partial per item, to slots partial_start[u] on.
     float* partials;                   // [slots, kv_per_r, 2 (dK, dV), kChunk, d] f32
@@ -270,7 +269,8 @@ __global__ void __launch_bounds__(kThreads, BackwardConfig<D>::kMemoryMinBlocks)
     if (!cuda_detail::find_chunk_work_item(P.item_start, P.segments, static_cast<int>(blockIdx.x), work)) return;
     const int segment = work.segment, part = work.part;
     const bool whole_segment = work.items == 1;
-    const int64_t c = segment % Sh.C, r = (segment / Sh.C) % Sh.Hr, b = segment / Sh.C / Sh.Hr;
+    const cuda_detail::ChunkSegment seg(segment, Sh.C, Sh.Hr);
+    const int64_t b = seg.b, r = seg.r, c = seg.c;
     const int64_t g = r * P.kv_per_r + blockIdx.y;
     const int64_t segment_begin = __ldg(P.segment_start + segment);
     const int64_t first_pair = static_cast<int64_t>(part) * P.pairs_per_item;
@@ -405,7 +405,8 @@ __global__ void sum_memory_partials_kernel(Params P) {
     const int items = __ldg(P.item_start + segment + 1) - __ldg(P.item_start + segment);
     if (items == 1) return;
     const HsaTensorCoreShape& Sh = P.shape;
-    const int64_t c = segment % Sh.C, r = (segment / Sh.C) % Sh.Hr, b = segment / Sh.C / Sh.Hr;
+    const cuda_detail::ChunkSegment seg(segment, Sh.C, Sh.Hr);
+    const int64_t b = seg.b, r = seg.r, c = seg.c;
     const int64_t g = r * P.kv_per_r + blockIdx.y;
     const int64_t kv_stride = Sh.Hk * D;
     const int64_t kv_offset = ((b * Sh.Tm + c * kChunk) * Sh.Hk + g) * D;

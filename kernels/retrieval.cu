@@ -648,8 +648,8 @@ __global__ void __launch_bounds__(kLandmarkThreads)
     if (!cuda_detail::find_chunk_work_item(W.item_start, W.segments, static_cast<int>(blockIdx.x), work)) return;
     const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
     const int64_t segment = work.segment;  // (b * Hr + r) * C + c
-    const int64_t c = segment % P.C, r = (segment / P.C) % P.Hr, b = segment / P.C / P.Hr;
-    const int64_t lrow = (b * P.C + c) * P.Hr + r;
+    const cuda_detail::ChunkSegment seg(segment, P.C, P.Hr);
+    const int64_t lrow = (seg.b * P.C + seg.c) * P.Hr + seg.r;
     const int32_t segment_end = W.segment_start[segment + 1];
     const int32_t begin = W.segment_start[segment] + work.part * W.per_item;
     const int32_t end = begin + W.per_item < segment_end ? begin + W.per_item : segment_end;
@@ -698,8 +698,8 @@ __global__ void landmark_partials_sum_kernel(WeightParams P, LandmarkItems W, fl
     const int64_t segment = blockIdx.x;
     const int items = W.item_start[segment + 1] - W.item_start[segment];
     if (items == 1) return;
-    const int64_t c = segment % P.C, r = (segment / P.C) % P.Hr, b = segment / P.C / P.Hr;
-    const int64_t lrow = (b * P.C + c) * P.Hr + r;
+    const cuda_detail::ChunkSegment seg(segment, P.C, P.Hr);
+    const int64_t lrow = (seg.b * P.C + seg.c) * P.Hr + seg.r;
     const float* first = W.partials + static_cast<int64_t>(W.partial_start[segment]) * P.dr;
     for (int64_t i = threadIdx.x; i < P.dr; i += blockDim.x) {
         float sum = first[i];
