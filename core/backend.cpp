@@ -41,8 +41,8 @@ void Backend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, 
     gemm_backward(a, transpose_a, b, transpose_b, grad_logits, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 
-void Backend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
-                                 MlpSaved& saved) {
+void Backend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                                 const Tensor& residual, Tensor& out, MlpSaved& saved) {
     const int64_t N = x.size(0), F = w1.size(1);
     saved.gate = Tensor::empty({N, F}, DType::F32, x.device());
     saved.up = Tensor::empty({N, F}, DType::F32, x.device());
@@ -52,6 +52,7 @@ void Backend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor
     gemm(x, false, w3, false, saved.up, false);
     swiglu_forward(saved.gate, saved.up, saved.hidden_operand);
     gemm(saved.hidden_operand, false, w2, false, out, false);
+    if (residual.defined()) add(residual, out, out);  // elementwise, so out may be an input
 }
 
 // The separate ops' backward, last op first: h w2, then the SwiGLU, then x w1 and x w3.

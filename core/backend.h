@@ -101,15 +101,17 @@ public:
                                const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
                                bool accumulate_b);
 
-    // ---- SwiGLU MLP: out = (silu(x w1) * (x w3)) w2; x [N, D], w1 and w3 [D, F], w2 [F, D],
-    // out [N, D] ----
+    // ---- SwiGLU MLP: out = residual + (silu(x w1) * (x w3)) w2; x [N, D], w1 and w3 [D, F],
+    // w2 [F, D], out [N, D], residual [N, D] f32 or undefined (no add) ----
     // The defaults compose gemm, swiglu_forward / swiglu_backward and gemm_backward in the
     // order of the separate ops (bit-identical to them). The CUDA backend at bf16 precision
     // writes h and the gate / up gradients directly in bf16, the form the products read, and
     // rounds x once for all four products that use it: the same values, without the f32
-    // copies and rounding passes of the [N, F] tensors.
-    virtual void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
-                                    MlpSaved& saved);
+    // copies and rounding passes of the [N, F] tensors; it adds the residual in the last
+    // product's epilogue (cuBLASLt's C = residual, beta = 1: the product's f32 value plus
+    // the residual, rounded once, as the separate add), not by a pass of its own.
+    virtual void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                                    const Tensor& residual, Tensor& out, MlpSaved& saved);
     // Gradients, each undefined when not wanted, written (=) or added (+=) when its
     // accumulate flag is set; grad_x is written by the w1 product and added to by the w3 one.
     virtual void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,

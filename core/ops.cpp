@@ -1,5 +1,6 @@
 #include "core/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <utility>
@@ -364,13 +365,35 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     HSA_CHECK(weight.ndim() == 2, "linear: weight must be [Din, Dout], got " << shape_string(weight.shape()));
     HSA_CHECK(x.size(-1) == weight.size(0), "linear: input feature size " << x.size(-1) << " does not match weight "
                                                                          << shape_string(weight.shape()));
+    if (x.ndim() == 2) return matmul(x, weight);
     Shape out_shape = x.shape();
     out_shape.back() = weight.size(1);
-    Tensor flat = reshape(x, {-1, x.size(-1)});
-    return reshape(matmul(flat, weight), out_shape);
+    // One tape entry on x itself, not reshape -> matmul -> reshape: x's gradient is then
+    // a GradTarget of the product, which adds into a gradient x already has (beta = 1,
+    // the same bits as a separate add). Through a reshape, the product wrote a fresh
+    // buffer that the reshape's backward added in with one more pass over it (axpy): x
+    // feeding two products (the attention's q and kv) cost 16 such passes a step.
+    check_operand(x, "linear", "x");
+    check_operand(weight, "linear", "weight");
+    check_same_device(x, weight, "linear");
+    const int64_t k = x.size(-1), n = weight.size(1);
+    Tensor out = Tensor::empty({x.numel() / std::max<int64_t>(k, 1), n}, DType::F32, x.device());
+    backend_of(x).gemm(x.view({-1, k}), false, weight, false, out, false);
+    out = out.view(out_shape);
+    if (Tape::current().should_record({&x, &weight})) {
+        Tape::current().record({out}, [x, weight, k, n](const std::vector<Tensor>& g) {
+            GradTarget gx(x), gw(weight);
+            Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
+            backend_of(x).gemm_backward(x.view({-1, k}), false, weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
+                                        gx.accumulate, gw.accumulate);
+            gx.deliver(x);
+            gw.deliver(weight);
+        });
+    }
+    return out;
 }
 
-Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
+Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, const Tensor& residual) {
     const char* op = "swiglu_mlp";
     for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&w1, "w1"}, {&w3, "w3"}, {&w2, "w2"}}) {
         if (t == &x) check_operand(*t, op, name);
@@ -385,14 +408,27 @@ Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Ten
               op << ": w3 " << shape_string(w3.shape()) << " should be [" << D << ", " << F << "] like w1");
     HSA_CHECK(w2.ndim() == 2 && w2.size(0) == F && w2.size(1) == D,
               op << ": w2 " << shape_string(w2.shape()) << " should be [" << F << ", " << D << "]");
+    if (residual.defined()) {
+        check_float(residual, op, "residual");
+        check_same_device(x, residual, op);
+        HSA_CHECK(residual.shape() == x.shape(), op << ": residual " << shape_string(residual.shape())
+                                                    << " does not match x " << shape_string(x.shape()));
+    }
     Tensor flat = reshape(x, {-1, D});
     const int64_t N = flat.size(0);
     Tensor out = Tensor::empty({N, D}, DType::F32, x.device());
     auto saved = std::make_shared<MlpSaved>();
     Tensor xc = flat.is_contiguous() ? flat : flat.contiguous();
-    backend_of(x).swiglu_mlp_forward(xc, w1, w3, w2, out, *saved);
-    if (Tape::current().should_record({&flat, &w1, &w3, &w2})) {
-        Tape::current().record({out}, [flat, w1, w3, w2, saved](const std::vector<Tensor>& g) {
+    const Tensor residual_flat = residual.defined() ? residual.view({N, D}) : Tensor();
+    backend_of(x).swiglu_mlp_forward(xc, w1, w3, w2, residual_flat, out, *saved);
+    if (Tape::current().should_record({&flat, &w1, &w3, &w2, &residual})) {
+        Tape::current().record({out}, [flat, w1, w3, w2, residual, saved](const std::vector<Tensor>& g) {
+            // The residual's share first, as add's backward (residual, then the MLP) gives it.
+            if (residual.defined() && residual.requires_grad()) {
+                Tensor target = residual;
+                target.accumulate_grad(g[0].view(residual.shape()));
+            }
+            if (!flat.requires_grad() && !w1.requires_grad() && !w3.requires_grad() && !w2.requires_grad()) return;
             GradTarget gx(flat), g1(w1), g3(w3), g2(w2);
             backend_of(flat).swiglu_mlp_backward(w1, w3, w2, *saved, g[0], gx.grad, g1.grad, g3.grad, g2.grad,
                                                  gx.accumulate, g1.accumulate, g3.accumulate, g2.accumulate);

@@ -49,7 +49,11 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t po
 // w1 and w3 [D, F], w2 [F, D]. The same values as the separate ops; through
 // Backend::swiglu_mlp_forward / swiglu_mlp_backward, so a backend keeps its products'
 // operands in the form it multiplies them (bf16 on CUDA at bf16 precision, no f32 h).
-Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2);
+// residual (f32, x's shape, optional): returns residual + the MLP, the same values and
+// gradients as add(residual, swiglu_mlp(...)) (bit-identical), with the add done by the
+// last product's epilogue on CUDA instead of a pass over the stream of its own.
+Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                  const Tensor& residual = Tensor());
 Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span);
 
 // ---- retrieval and HSA ----

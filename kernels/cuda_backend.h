@@ -34,17 +34,19 @@ public:
     void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, int64_t position_offset,
                                float base, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
                                bool accumulate_x) override;
-    void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
-                            MlpSaved& saved) override;
+    void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                            const Tensor& residual, Tensor& out, MlpSaved& saved) override;
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3, Tensor& grad_w2,
                              bool accumulate_x, bool accumulate_w1, bool accumulate_w3, bool accumulate_w2) override;
 };
 
 // out (f32 [M, N]) = op(a16) . op(b16) for contiguous 2-D bf16 operands, every dim a
-// multiple of 8; accumulate: out +=. cuBLASLt, as gemm's bf16 path (kernels/gemm.cu).
+// multiple of 8; accumulate: out +=; addend (f32 [M, N], 16-byte aligned, or undefined):
+// out = addend + product, read by the epilogue (out may not alias it partly). cuBLASLt, as
+// gemm's bf16 path (kernels/gemm.cu).
 void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
-                  bool accumulate);
+                  bool accumulate, const Tensor& addend = Tensor());
 
 // cross_entropy_backward's logits gradient written as bf16 (round to nearest even of the
 // f32 value cross_entropy_backward writes) into grad16 [N, V] (kernels/cross_entropy.cu).

@@ -206,6 +206,7 @@ struct RowMajorGemm {
     size_t element_bytes = sizeof(float);  // of a and b
     OperandMode mode = kF32Exact;
     bool c_bf16 = false;
+    const void* c_in = nullptr;  // cuBLASLt's C (c = product + beta C) when not c itself
 };
 
 void check_int_range(int64_t value, const char* what) {
@@ -231,13 +232,15 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     const uint32_t align_a = std::min(alignment_of(g.b, sa, eb), alignment_of(g.b, g.loop_stride_b, eb));
     const uint32_t align_b = std::min(alignment_of(g.a, sb, eb), alignment_of(g.a, g.loop_stride_a, eb));
     const size_t cb = g.c_bf16 ? 2 : sizeof(float);
-    const uint32_t align_c = std::min(alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb));
+    const void* c_in = g.c_in ? g.c_in : g.c;
+    const uint32_t align_c = std::min({alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb),
+                                       alignment_of(c_in, sc, cb), alignment_of(c_in, g.loop_stride_c, cb)});
     const PlanKey key{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
                       align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0};
     const Plan& plan = find_plan(state, key);
     const float alpha = 1.0f;
     HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,
-                                    g.c, plan.layout_c, g.c, plan.layout_c, &plan.algo, state.workspace,
+                                    c_in, plan.layout_c, g.c, plan.layout_c, &plan.algo, state.workspace,
                                     kWorkspaceBytes, /*stream=*/0));
 }
 
@@ -386,7 +389,7 @@ static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b
 // f32, or bf16 (the f32 accumulator rounded to nearest even by cuBLASLt's epilogue; not
 // with accumulate, which would add in bf16) for products whose consumer wants bf16.
 void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
-                  bool accumulate) {
+                  bool accumulate, const Tensor& addend) {
     for (const auto* t : {&a16, &b16})
         HSA_CHECK(t->dtype() == DType::BF16 && t->device() == Device::CUDA && t->ndim() == 2 && t->is_contiguous(),
                   "gemm_of_bf16: operands must be contiguous 2-D bf16 CUDA tensors, got "
@@ -398,13 +401,16 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
                                      << " must agree and be multiples of 8");
     const bool out_bf16 = out.dtype() == DType::BF16;
     checks::check_tensor("gemm_of_bf16", "out", out, {M, N}, out_bf16 ? DType::BF16 : DType::F32, Device::CUDA);
-    HSA_CHECK(!(out_bf16 && accumulate), "gemm_of_bf16: a bf16 output cannot be accumulated into");
+    HSA_CHECK(!(out_bf16 && (accumulate || addend.defined())), "gemm_of_bf16: a bf16 output cannot be added to");
+    HSA_CHECK(!(accumulate && addend.defined()), "gemm_of_bf16: accumulate and an addend exclude each other");
+    if (addend.defined()) checks::check_tensor("gemm_of_bf16", "addend", addend, {M, N}, DType::F32, Device::CUDA);
     if (M == 0 || N == 0) return;
     RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
     g.element_bytes = 2;
     g.mode = kBf16Copies;
     g.c_bf16 = out_bf16;
-    run_gemm(g, accumulate ? 1.0f : 0.0f);
+    if (addend.defined()) g.c_in = addend.raw_data();
+    run_gemm(g, accumulate || addend.defined() ? 1.0f : 0.0f);
 }
 
 void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,

@@ -135,9 +135,9 @@ bool mlp_in_bf16(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tens
 }  // namespace
 
 void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
-                                     Tensor& out, MlpSaved& saved) {
-    if (!mlp_in_bf16(x, w1, w3, w2)) {
-        Backend::swiglu_mlp_forward(x, w1, w3, w2, out, saved);
+                                     const Tensor& residual, Tensor& out, MlpSaved& saved) {
+    if (!mlp_in_bf16(x, w1, w3, w2) || (residual.defined() && !all_16_byte_aligned({&residual}))) {
+        Backend::swiglu_mlp_forward(x, w1, w3, w2, residual, out, saved);
         return;
     }
     const int64_t N = x.size(0), F = w1.size(1);
@@ -158,7 +158,7 @@ void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Te
     swiglu_forward_kernel<<<grid_for((n + 3) / 4), kThreads>>>(bf16_ptr(saved.gate), bf16_ptr(saved.up),
                                                                bf16_ptr(h16), n, /*vec=*/true);
     HSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel (bf16)");
-    gemm_of_bf16(h16, false, saved.w2_operand, false, out, false);
+    gemm_of_bf16(h16, false, saved.w2_operand, false, out, false, residual);
     saved.x_operand = x16;
     saved.hidden_operand = h16;
 }

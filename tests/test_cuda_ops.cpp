@@ -781,6 +781,40 @@ TEST(CudaOps, SwigluMlpEqualsSeparateOps) {
     }
 }
 
+// The residual added by the MLP's last product (cuBLASLt's C, beta = 1) against add after
+// the MLP, on the GPU, both precisions, on and off the bf16 product path: the epilogue adds
+// the product's f32 value to the residual with one rounding, as add does, so the output and
+// all five gradients must be bit-identical.
+TEST(CudaOps, SwigluMlpResidualEqualsAdd) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t F : {96, 36}) {
+        for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+            SCOPED_TRACE("F " + std::to_string(F) + " precision " + matmul_precision_name(precision));
+            MatmulPrecisionScope scope(precision);
+            const int64_t B = 2, T = 40, D = 32;
+            Tensor x0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F}), w3_0 = rng.normal({D, F});
+            Tensor w2_0 = rng.normal({F, D}), r0 = rng.normal({B, T, D}), projection = on_gpu(rng.normal({B, T, D}));
+            auto run = [&](bool fused, std::vector<Tensor>& grads) {
+                std::vector<Tensor> in{on_gpu(x0), on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0), on_gpu(r0)};
+                for (auto& t : in) t.set_requires_grad(true);
+                Tensor out = fused ? ops::swiglu_mlp(in[0], in[1], in[2], in[3], in[4])
+                                   : ops::add(in[4], ops::swiglu_mlp(in[0], in[1], in[2], in[3]));
+                backward(ops::sum(ops::mul(out, projection)));
+                grads.clear();
+                for (auto& t : in) grads.push_back(t.grad());
+                return out;
+            };
+            std::vector<Tensor> fused_grads, plain_grads;
+            Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
+            EXPECT_EQ(fused.to_vector(), plain.to_vector());
+            const char* names[] = {"x", "w1", "w3", "w2", "residual"};
+            for (size_t i = 0; i < 5; ++i) EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i];
+        }
+    }
+}
+
 // ------------------------------------------------------------------ head + loss fused
 
 // ops::linear_cross_entropy on the GPU against matmul then cross_entropy on the GPU, at both

@@ -157,9 +157,9 @@ public:
     }
     // The fused MLP (three products and the SwiGLU) is one entry of its own each way: its
     // products are not in the gemm row's TFLOP/s.
-    void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2, Tensor& out,
-                            MlpSaved& saved) override {
-        timed("swiglu_mlp", [&] { inner_.swiglu_mlp_forward(x, w1, w3, w2, out, saved); },
+    void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                            const Tensor& residual, Tensor& out, MlpSaved& saved) override {
+        timed("swiglu_mlp", [&] { inner_.swiglu_mlp_forward(x, w1, w3, w2, residual, out, saved); },
               "swiglu_mlp " + shape_string(x.shape()) + " x " + shape_string(w1.shape()));
     }
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,

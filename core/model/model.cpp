@@ -125,8 +125,9 @@ DType Model::operand_dtype() const {
                                                                                                     : DType::F32;
 }
 
-Tensor Model::mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2) {
-    return ops::swiglu_mlp(x, w1, w3, w2);
+Tensor Model::residual_mlp(const Tensor& residual, const Tensor& x, const Tensor& w1, const Tensor& w3,
+                           const Tensor& w2) {
+    return ops::swiglu_mlp(x, w1, w3, w2, residual);
 }
 
 // x [N, L, D] -> attention output [N, L, D] (before the residual add).
@@ -152,7 +153,7 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
 Tensor Model::swa_layer(const SwaLayer& l, const Tensor& x, AttentionSpan span) {
     // The residual add and the MLP's norm as one op (one pass over the stream on CUDA).
     const auto [h, hn] = ops::add_rmsnorm(x, attention_block(l, x, span), l.mlp_norm, config_.norm_eps, operand_dtype());
-    return ops::add(h, mlp(hn, l.w1, l.w3, l.w2));
+    return residual_mlp(h, hn, l.w1, l.w3, l.w2);
 }
 
 Tensor Model::lower_decoder(const Tensor& tokens) {
@@ -229,7 +230,7 @@ Tensor Model::upper_group(size_t index, const Tensor& x, const ChunkMemory& memo
     Tensor mixed = x, mixed_norm;
     if (a.defined()) std::tie(mixed, mixed_norm) = ops::add_rmsnorm(x, a, g.mlp_norm, c.norm_eps, operand_dtype());
     else mixed_norm = ops::rmsnorm(x, g.mlp_norm, c.norm_eps, operand_dtype());
-    Tensor y = ops::add(c.residual == ResidualMode::Brp ? x : mixed, mlp(mixed_norm, g.w1, g.w3, g.w2));
+    Tensor y = residual_mlp(c.residual == ResidualMode::Brp ? x : mixed, mixed_norm, g.w1, g.w3, g.w2);
     const AttentionSpan sliding{true, c.window};
     for (const SwaLayer& l : g.swa) y = swa_layer(l, y, sliding);
     return y;

@@ -84,7 +84,8 @@ private:
 
     SwaLayer make_swa_layer(const std::string& prefix);
     Tensor attention_block(const SwaLayer& layer, const Tensor& x, AttentionSpan span);
-    Tensor mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2);
+    // residual + SwiGLU MLP of x: the add rides on the MLP's last product (ops::swiglu_mlp).
+    Tensor residual_mlp(const Tensor& residual, const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2);
     // The dtype of a normalised activation that only feeds products: bf16 at bf16 precision
     // on a backend that takes bf16 operands (stored rounded once: the products would round
     // it anyway, so the values are the same), else f32.
