@@ -125,13 +125,16 @@ int bench_hsa(std::ostream& out, const ShapeFilter& filter) {
     return 0;
 }
 
-int bench_swa(std::ostream& out, const ShapeFilter& filter) {
-    const int64_t H = 16, d = 64, W = 512;
+// kv_heads: 16 (flex_attention's reference runs, MHA) or fewer (GQA: the model's is 1;
+// the reference columns then do not apply).
+int bench_swa(std::ostream& out, const ShapeFilter& filter, int64_t kv_heads) {
+    const int64_t H = 16, d = 64, W = 512, Hk = kv_heads;
     struct Shape2 { int64_t batch, length; double ref_fwd, ref_total; };
     const std::vector<Shape2> shapes = {{8, 4096, 0.32, 1.52}, {1, 65536, 0.86, 3.97}};
     Backend& gpu = backend_for(Device::CUDA);
     Rng rng(2027);
-    out << "Sliding-window attention, window 512, 16 q / 16 kv heads, d 64, f32 storage (reference: torch flex_attention, "
+    const bool reference_applies = Hk == H;
+    out << "Sliding-window attention, window 512, 16 q / " << Hk << " kv heads, d 64, f32 storage (reference: torch flex_attention, "
            "TARGETS.md). f32: CUDA-core kernels (kernels/attention.cu, precision f32); bf16: tensor-core kernels "
            "(kernels/attention_tc.cu, precision bf16, training's default). TFLOP/s count 4 T W' H d for the forward "
            "and 3.5x that for forward+backward (the backward recomputes 1 product and adds 4; W' = keys actually in the causal window).\n";
@@ -140,13 +143,13 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter) {
     for (const Shape2& s : shapes) {
         if (!filter.matches(s.batch, s.length, d)) continue;
         Tensor q = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
-        Tensor k = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
-        Tensor v = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
+        Tensor k = rng.normal({s.batch, s.length, Hk, d}, 1.0f, Device::CUDA);
+        Tensor v = rng.normal({s.batch, s.length, Hk, d}, 1.0f, Device::CUDA);
         Tensor grad_out = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
         Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
         Tensor lse = Tensor::empty({s.batch, s.length, H}, DType::F32, Device::CUDA);
-        Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(q.shape(), DType::F32, Device::CUDA),
-               gv = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(k.shape(), DType::F32, Device::CUDA),
+               gv = Tensor::empty(k.shape(), DType::F32, Device::CUDA);
         const AttentionSpan span{true, W};
         auto forward = [&] { gpu.attention_forward(q, k, v, span, o, lse); };
         auto both = [&] {
@@ -165,8 +168,9 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter) {
         out << "| " << s.batch << " x " << s.length / 1024 << "K | " << std::fixed << std::setprecision(2) << ms[0][0] << " | "
             << ms[0][1] << " | " << ms[1][0] << " | " << ms[1][1] << " | " << std::setprecision(1)
             << flops / (ms[1][0] * 1e-3) / 1e12 << " | " << 3.5 * flops / (ms[1][1] * 1e-3) / 1e12 << " | "
-            << std::setprecision(2) << s.ref_fwd << " | " << s.ref_total << " |\n"
-            << std::flush;
+            << std::setprecision(2);
+        if (reference_applies) out << s.ref_fwd << " | " << s.ref_total << " |\n" << std::flush;
+        else out << "- | - |\n" << std::flush;
     }
     return 0;
 }
@@ -202,10 +206,17 @@ int run_bench(const std::string& what, const std::vector<std::string>& args, std
     if (what != "hsa" && what != "swa" && what != "train")
         throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa, train)");
     ShapeFilter filter;
+    int64_t kv_heads = 16;
     for (size_t i = 0; i < args.size(); ++i) {
         if (args[i] == "--shape" && what != "train") {
             if (i + 1 == args.size()) throw ConfigError("bench " + what + ": --shape needs a value (NxL or NxLxd)");
             filter = parse_shape_filter(what, args[++i]);
+        } else if (args[i] == "--kv-heads" && what == "swa") {
+            const std::string value = i + 1 < args.size() ? args[++i] : "";
+            if (value != "1" && value != "2" && value != "4" && value != "8" && value != "16")
+                throw ConfigError("bench swa: --kv-heads expects 1, 2, 4, 8 or 16 (a divisor of the 16 q heads), got '" +
+                                  value + "'");
+            kv_heads = std::stoll(value);
         } else {
             throw ConfigError("bench " + what + ": unexpected argument '" + args[i] + "'");
         }
@@ -213,10 +224,11 @@ int run_bench(const std::string& what, const std::vector<std::string>& args, std
     if (what == "train") return bench_train(out);
 #ifdef HSA_WITH_CUDA
     HSA_CHECK(cuda_available(), "bench " << what << ": no GPU visible; benchmarks time CUDA kernels");
-    return what == "hsa" ? bench_hsa(out, filter) : bench_swa(out, filter);
+    return what == "hsa" ? bench_hsa(out, filter) : bench_swa(out, filter, kv_heads);
 #else
     (void)out;
     (void)filter;
+    (void)kv_heads;
     HSA_FAIL("bench " << what << ": this build has no CUDA support");
 #endif
 }
