@@ -52,6 +52,14 @@ public:
     // rmsnorm / add_rmsnorm write a bf16 out: the CUDA backend, so at bf16 precision a
     // normalised activation that only feeds products is stored once, rounded, in half the bytes.
     virtual bool takes_bf16_operands() const { return false; }
+    // x as a product of M x K by K x N (either side, either transpose) would multiply it: x
+    // itself, or on CUDA at bf16 precision an f32 x rounded to a bf16 copy (the rounding gemm
+    // does inside; same bits). A caller that multiplies x again (linear: forward, then the
+    // weight gradient) rounds it once instead of once a product.
+    virtual Tensor product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) {
+        (void)M, (void)N, (void)K;
+        return x;
+    }
 
     // ---- elementwise and data movement (any shapes, equal numel) ----
     virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;         // out = a + b

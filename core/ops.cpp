@@ -376,15 +376,19 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     check_operand(x, "linear", "x");
     check_operand(weight, "linear", "weight");
     check_same_device(x, weight, "linear");
-    const int64_t k = x.size(-1), n = weight.size(1);
-    Tensor out = Tensor::empty({x.numel() / std::max<int64_t>(k, 1), n}, DType::F32, x.device());
-    backend_of(x).gemm(x.view({-1, k}), false, weight, false, out, false);
+    const int64_t k = x.size(-1), n = weight.size(1), m = x.numel() / std::max<int64_t>(k, 1);
+    Tensor out = Tensor::empty({m, n}, DType::F32, x.device());
+    // x in the form the product takes it (on CUDA at bf16: rounded once), kept for the
+    // weight gradient only when there is one to compute.
+    const Tensor operand = backend_of(x).product_operand(x.view({m, k}), m, n, k);
+    backend_of(x).gemm(operand, false, weight, false, out, false);
     out = out.view(out_shape);
     if (Tape::current().should_record({&x, &weight})) {
-        Tape::current().record({out}, [x, weight, k, n](const std::vector<Tensor>& g) {
+        const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
+        Tape::current().record({out}, [x, weight, saved, k, n](const std::vector<Tensor>& g) {
             GradTarget gx(x), gw(weight);
             Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
-            backend_of(x).gemm_backward(x.view({-1, k}), false, weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
+            backend_of(x).gemm_backward(saved, false, weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
                                         gx.accumulate, gw.accumulate);
             gx.deliver(x);
             gw.deliver(weight);

@@ -17,6 +17,7 @@ class CudaBackend final : public Backend {
 public:
     Device device() const override { return Device::CUDA; }
     bool takes_bf16_operands() const override { return true; }
+    Tensor product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) override;  // gemm.cu
     HSA_BACKEND_OVERRIDES
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,

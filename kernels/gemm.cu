@@ -413,6 +413,13 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
     run_gemm(g, accumulate || addend.defined() ? 1.0f : 0.0f);
 }
 
+Tensor CudaBackend::product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) {
+    // gemm_on_device's bf16 path: bf16 precision and every dim a multiple of 8.
+    const bool bf16 = matmul_precision() == MatmulPrecision::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
+    if (!bf16 || x.dtype() != DType::F32 || x.device() != Device::CUDA || !x.is_contiguous()) return x;
+    return rounded_bf16_copy(x);
+}
+
 void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor& out,
                        bool accumulate) {
     gemm_on_device(a, transpose_a, b, transpose_b, out, accumulate, Tensor(), Tensor());

@@ -781,6 +781,43 @@ TEST(CudaOps, SwigluMlpEqualsSeparateOps) {
     }
 }
 
+// ops::linear on the GPU against reshape -> matmul on the GPU, both precisions, dims on and
+// off the bf16 product path (k 40 / 36): linear rounds an f32 input once and keeps the copy
+// for the weight gradient (Backend::product_operand), and adds a second product's input
+// gradient in place (beta = 1); gemm rounds the same input inside each product and the
+// reshape adds with a pass of its own. Output and all three gradients bit-identical.
+TEST(CudaOps, LinearEqualsReshapedMatmul) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (int64_t k : {40, 36}) {
+        for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+            SCOPED_TRACE("k " + std::to_string(k) + " precision " + matmul_precision_name(precision));
+            MatmulPrecisionScope scope(precision);
+            Tensor x0 = rng.normal({2, 24, k}), wa0 = rng.normal({k, 32}), wb0 = rng.normal({k, 16});
+            Tensor pa = on_gpu(rng.normal({48, 32})), pb = on_gpu(rng.normal({48, 16}));
+            auto run = [&](bool as_linear, std::vector<Tensor>& grads) {
+                std::vector<Tensor> in{on_gpu(x0), on_gpu(wa0), on_gpu(wb0)};
+                for (auto& t : in) t.set_requires_grad(true);
+                auto product = [&](const Tensor& w) {
+                    return as_linear ? ops::reshape(ops::linear(in[0], w), {-1, w.size(1)})
+                                     : ops::matmul(ops::reshape(in[0], {-1, k}), w);
+                };
+                Tensor ya = product(in[1]), yb = product(in[2]);
+                backward(ops::add(ops::sum(ops::mul(ya, pa)), ops::sum(ops::mul(yb, pb))));
+                grads.clear();
+                for (auto& t : in) grads.push_back(t.grad());
+                return ops::concat({ya, yb}, 1);
+            };
+            std::vector<Tensor> linear_grads, matmul_grads;
+            Tensor a = run(true, linear_grads), b = run(false, matmul_grads);
+            EXPECT_EQ(a.to_vector(), b.to_vector());
+            const char* names[] = {"x", "wa", "wb"};
+            for (size_t i = 0; i < 3; ++i) EXPECT_EQ(linear_grads[i].to_vector(), matmul_grads[i].to_vector()) << names[i];
+        }
+    }
+}
+
 // The residual added by the MLP's last product (cuBLASLt's C, beta = 1) against add after
 // the MLP, on the GPU, both precisions, on and off the bf16 product path: the epilogue adds
 // the product's f32 value to the residual with one rounding, as add does, so the output and
