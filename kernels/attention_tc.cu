@@ -30,7 +30,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma_bf16.cuh"
@@ -151,38 +150,35 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
 
 // Starts the copy of rows first .. first + 63 of a [rows][D] bf16 matrix (row r at base +
 // r * stride) into a shared tile (row stride D + 8) by cp.async, rows at or past T
-// zero-filled. All Threads threads of the block take part; the caller commits and waits.
-template <int D, int Threads = kThreads>
+// zero-filled. All threads of the block take part; the caller commits and waits.
+template <int D>
 __device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict__ base, int64_t stride, int first,
                                                 int T, __nv_bfloat16* tile) {
     constexpr int kLd = D + 8;
     constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
-    constexpr int kChunksPerThread = kTile * kChunksPerRow / Threads;
-    static_assert(kTile * kChunksPerRow % Threads == 0, "whole chunks a thread");
-    static_assert(Threads % kChunksPerRow == 0, "every thread copies the same column of its rows");
+    constexpr int kChunksPerThread = kTile * kChunksPerRow / kThreads;
+    static_assert(kTile * kChunksPerRow % kThreads == 0, "whole chunks a thread");
+    static_assert(kThreads % kChunksPerRow == 0, "every thread copies the same column of its rows");
     // Thread x copies column (x % kChunksPerRow) * 8 of rows x / kChunksPerRow + i *
-    // Threads / kChunksPerRow: written so, the row and column are loop-invariant (the
-    // compiler cannot rewrite (i * Threads + x) / kChunksPerRow for a signed x).
+    // kThreads / kChunksPerRow: written so, the row and column are loop-invariant (the
+    // compiler cannot rewrite (i * kThreads + x) / kChunksPerRow for a signed x).
     const int x = static_cast<int>(threadIdx.x);
     const int row0 = x / kChunksPerRow, col = (x % kChunksPerRow) * 8;
     const __nv_bfloat16* src = base + static_cast<int64_t>(first + row0) * stride + col;
-    const int64_t step = static_cast<int64_t>(Threads / kChunksPerRow) * stride;
+    const int64_t step = static_cast<int64_t>(kThreads / kChunksPerRow) * stride;
 #pragma unroll
     for (int i = 0; i < kChunksPerThread; ++i) {
-        const int row = row0 + i * (Threads / kChunksPerRow);
+        const int row = row0 + i * (kThreads / kChunksPerRow);
         const bool valid = first + row < T;
         cp_async_16(shared_address(tile + row * kLd + col), valid ? src + i * step : base, valid);
     }
 }
 
-// Where a forward / dQ warp stands: its block holds Heads groups of 4 warps, group i the kRows
-// queries from t0 of head h0 + i of batch b (heads of one KV head g, which share every K /
-// V tile: Heads x fewer tile copies from L2 than a block a head), and the block's key range
-// [lo, hi]; the constructor starts the copy of the first K / V tiles into Ks / Vs (one
-// commit group).
-template <int D, int Heads>
+// Where a forward / dQ block (4 warps, the kRows queries from t0 of head h of batch b)
+// stands, and its key range [lo, hi]; the constructor starts the copy of the first K / V
+// tiles into Ks / Vs (one commit group).
+template <int D>
 struct QueryTileBlock {
-    static constexpr int kBlockThreads = kThreads * Heads;
     int lane, gid, tig, b, h, g, t0, ta, tb, lo, hi;
     int64_t q_stride, kv_stride, q_offset;  // q / out rows of (b, h) start at q_offset
     const __nv_bfloat16* k_base;
@@ -193,12 +189,11 @@ struct QueryTileBlock {
         const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
         gid = lane >> 2;
         tig = lane & 3;
-        const int head_groups = P.H / Heads;  // the launcher requires Heads | G
-        b = static_cast<int>(blockIdx.x) / head_groups;
-        h = static_cast<int>(blockIdx.x) % head_groups * Heads + warp / kWarps;
+        b = static_cast<int>(blockIdx.x) / P.H;
+        h = static_cast<int>(blockIdx.x) % P.H;
         g = h / P.G;
         t0 = static_cast<int>(blockIdx.y) * kRows;
-        ta = t0 + 16 * (warp % kWarps) + gid;
+        ta = t0 + 16 * warp + gid;
         tb = ta + 8;
         q_stride = static_cast<int64_t>(P.H) * D;
         kv_stride = static_cast<int64_t>(P.Hk) * D;
@@ -212,21 +207,21 @@ struct QueryTileBlock {
     // The copies of the K and V tiles of keys s0 .. s0 + kTile - 1 (the caller commits).
     __device__ __forceinline__ void start_copies(const TcParams& P, int s0, __nv_bfloat16* Ks,
                                                  __nv_bfloat16* Vs) const {
-        start_tile_copy<D, kBlockThreads>(k_base, kv_stride, s0, P.T, Ks);
-        start_tile_copy<D, kBlockThreads>(v_base, kv_stride, s0, P.T, Vs);
+        start_tile_copy<D>(k_base, kv_stride, s0, P.T, Ks);
+        start_tile_copy<D>(v_base, kv_stride, s0, P.T, Vs);
     }
 };
 
 // ---------------------------------------------------------------- forward
 
 // Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
-template <int D, int MinBlocks, int Heads>
-__global__ void __launch_bounds__(kThreads * Heads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
     __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-    const QueryTileBlock<D, Heads> Q(P, Ks[0], Vs[0]);
+    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
     const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
     const int lo = Q.lo, hi = Q.hi;
     const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
@@ -321,13 +316,13 @@ __global__ void __launch_bounds__(kThreads * Heads, MinBlocks) attention_forward
 
 // Double-buffered key / value tiles as in the forward. When q16_out is set, the block also
 // leaves bf16 copies of its q and dO rows for the dK/dV kernel (no extra read pass).
-template <int D, int MinBlocks, int Heads>
-__global__ void __launch_bounds__(kThreads * Heads, MinBlocks) attention_backward_dq_tc_kernel(TcParams P) {
+template <int D, int MinBlocks>
+__global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_kernel(TcParams P) {
     constexpr int kLd = D + 8;
     constexpr uint32_t kStageBytes = 2u * kTile * kLd;
     __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
     __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-    const QueryTileBlock<D, Heads> Q(P, Ks[0], Vs[0]);
+    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
     const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
     const int lo = Q.lo, hi = Q.hi;
     const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
@@ -569,43 +564,6 @@ dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
     return dim3(static_cast<unsigned>(heads_times_batch), static_cast<unsigned>(tiles));
 }
 
-// Query heads a forward / dQ block serves (QueryTileBlock): every K / V tile a block copies
-// serves them all. 16 warps an SM either way (128 registers): 4 blocks of 1 head, 2 of 2,
-// or 1 of 4. HSA_SWA_HEADS_PER_BLOCK (1, 2, 4) overrides the choice, for measuring (read at
-// every launch, so a test can compare the three: each row's arithmetic is the same in all).
-int heads_per_block(const TcParams& P) {
-    const char* value = std::getenv("HSA_SWA_HEADS_PER_BLOCK");
-    const int forced = value ? std::atoi(value) : 0;
-    const int wanted = forced == 1 || forced == 4 ? forced : 2;
-    for (int heads = wanted; heads > 1; heads /= 2)
-        if (P.G % heads == 0) return heads;
-    return 1;
-}
-
-// Launches Launch<Heads> over the (batch x head groups, query tiles) grid.
-template <template <int> class Launch>
-void launch_by_heads(const TcParams& P, int64_t batch, int64_t T, const char* op) {
-    const int heads = heads_per_block(P);
-    const dim3 grid = grid_for(batch * (P.H / heads), T, op);
-    if (heads == 4) Launch<4>::run(grid, P);
-    else if (heads == 2) Launch<2>::run(grid, P);
-    else Launch<1>::run(grid, P);
-}
-
-template <int Heads>
-struct ForwardLaunch {
-    static void run(dim3 grid, const TcParams& P) {
-        attention_forward_tc_kernel<kHeadDim, 4 / Heads, Heads><<<grid, kThreads * Heads>>>(P);
-    }
-};
-
-template <int Heads>
-struct DqLaunch {
-    static void run(dim3 grid, const TcParams& P) {
-        attention_backward_dq_tc_kernel<kHeadDim, 4 / Heads, Heads><<<grid, kThreads * Heads>>>(P);
-    }
-};
-
 const __nv_bfloat16* bf16_data(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.raw_data()); }
 __nv_bfloat16* bf16_data(Tensor& t) { return static_cast<__nv_bfloat16*>(t.raw_data()); }
 
@@ -626,7 +584,8 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     P.v16 = bf16_data(v16);
     P.out = out.data<float>();
     P.lse_out = lse.data<float>();
-    launch_by_heads<ForwardLaunch>(P, q.size(0), q.size(1), "attention_forward");
+    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
+    attention_forward_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
     // after the kernel, so reuse of their memory is safe.
@@ -660,9 +619,10 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         grad_out16 = rounded_bf16_copy(grad_out);
     }
     if (P.grad_q) {
-        // 16 warps an SM (128 registers, a 48-byte spill outside the loop): with the half
-        // tiles, measured faster than 12 (8x4K fwd+bwd 2.07 -> 2.00 ms, 1x64K 4.20 -> 4.06).
-        launch_by_heads<DqLaunch>(P, q.size(0), q.size(1), "attention_backward");
+        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
+        // 4 blocks an SM (128 registers, a 48-byte spill outside the loop): with the half
+        // tiles, measured faster than 3 (8x4K fwd+bwd 2.07 -> 2.00 ms, 1x64K 4.20 -> 4.06).
+        attention_backward_dq_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
     }
     if (want_kv) {

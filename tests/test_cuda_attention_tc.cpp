@@ -17,7 +17,6 @@
 // Without a GPU the comparisons skip with the reason.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -100,39 +99,6 @@ TEST(CudaAttentionTensorCore, ForwardBackwardMatchCpuReference) {
         expect_bf16_accurate(label, "grad_k", got.k, want.k, bf16.k, kGradTol, kOverBf16Inputs);
         expect_bf16_accurate(label, "grad_v", got.v, want.v, bf16.v, kGradTol, kOverBf16Inputs);
     }
-}
-
-// Forward and dQ blocks serve 1, 2 or 4 query heads of a KV head (HSA_SWA_HEADS_PER_BLOCK
-// forces the choice); each row's arithmetic is the same whichever: out, lse and every
-// gradient bit-identical. G = 4 takes all three; G = 2 falls back from 4 to 2.
-TEST(CudaAttentionTensorCore, HeadsPerBlockGiveTheSameBits) {
-    HSA_REQUIRE_GPU();
-    HSA_SEED_TRACE();
-    Rng rng = test_rng();
-    MatmulPrecisionScope precision(MatmulPrecision::BF16);
-    Backend& gpu = backend_for(Device::CUDA);
-    const char* previous = std::getenv("HSA_SWA_HEADS_PER_BLOCK");
-    const std::string saved = previous ? previous : "";
-    for (const AttentionCase& c : {AttentionCase{2, 300, 8, 2, {true, 128}}, AttentionCase{1, 200, 4, 2, {false, 0}}}) {
-        SCOPED_TRACE(describe(c));
-        Tensor q = rng.normal({c.B, c.T, c.H, 64}, 1.0f, Device::CUDA), k = rng.normal({c.B, c.T, c.Hk, 64}, 1.0f, Device::CUDA);
-        Tensor v = rng.normal(k.shape(), 1.0f, Device::CUDA), grad_out = rng.normal(q.shape(), 1.0f, Device::CUDA);
-        std::vector<std::vector<float>> first;
-        for (const char* heads : {"1", "2", "4"}) {
-            setenv("HSA_SWA_HEADS_PER_BLOCK", heads, 1);
-            Tensor out = poisoned(q.shape()), lse = poisoned({c.B, c.T, c.H});
-            gpu.attention_forward(q, k, v, c.span, out, lse);
-            Gradients g{poisoned(q.shape()), poisoned(k.shape()), poisoned(v.shape())};
-            gpu.attention_backward(q, k, v, out, lse, grad_out, c.span, g.q, g.k, g.v);
-            std::vector<std::vector<float>> got{out.to_vector(), lse.to_vector(), g.q.to_vector(), g.k.to_vector(),
-                                                g.v.to_vector()};
-            if (first.empty()) first = got;
-            const char* names[] = {"out", "lse", "grad_q", "grad_k", "grad_v"};
-            for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], first[i]) << names[i] << " heads " << heads;
-        }
-    }
-    if (previous) setenv("HSA_SWA_HEADS_PER_BLOCK", saved.c_str(), 1);
-    else unsetenv("HSA_SWA_HEADS_PER_BLOCK");
 }
 
 // Only the gradients asked for are written: the others stay as they were.
