@@ -43,6 +43,12 @@ public:
 
     Device device() const override { return Device::CUDA; }
     bool takes_bf16_operands() const override { return inner_.takes_bf16_operands(); }
+    // Its own row: the rounding pass of an f32 product input kept for the weight gradient.
+    Tensor product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) override {
+        Tensor operand;
+        timed("product_operand", [&] { operand = inner_.product_operand(x, M, N, K); });
+        return operand;
+    }
 
     // While off, calls go straight to the CUDA backend (one virtual call more), so the
     // measured steps are not slowed by event records; calls are counted either way.
