@@ -39,6 +39,7 @@ train_rc=$?
 train_s=$(( $(date +%s) - start ))
 tail -3 "$out/train_cuda.log"
 for b in hsa swa train; do ./build/launch/hsa bench $b 2>&1 | tee -a "$out/bench.log"; done
+./build/launch/hsa bench swa --kv-heads 1 2>&1 | tee -a "$out/bench.log"  # the model's GQA
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"
