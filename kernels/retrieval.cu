@@ -15,6 +15,11 @@
 // order) when it could overflow. Chunks arrive in increasing index order, so a candidate
 // that ties the K-th best has the larger index and wins the tie, as the reference wants.
 //
+// The weights (chunk_weights_forward / backward) take one warp per query row, which dots
+// qr with its K selected landmarks; with one retrieval head and at most 256 chunks (short
+// contexts: training at 4K has 64) they take the dense path instead: the (tokens x chunks)
+// scores as one f32 product per batch, and the gradients as two more (dense_weights below).
+//
 // Precision: scores are f32 dot products with a fixed accumulation order (the CPU
 // reference accumulates in double). Exact ties (equal scores, e.g. equal landmarks) go to
 // the larger chunk index exactly as on the CPU, but two chunks whose scores differ by less
@@ -31,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/precision.h"
 #include "kernels/chunk_lists.cuh"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
@@ -504,54 +510,69 @@ struct WeightParams {
     float scale;
 };
 
-// One warp computes the scores and weights of query row `row`, into this warp's shared
-// arrays score, weight, sigm [K] (sigm: the stick-breaking sigmoids). Padding entries get
-// weight 0 and take no part. The serial part (K exp's) runs on lane 0, in list order.
-__device__ void chunk_weights_row(const WeightParams& P, int64_t row, int lane, float* score, float* weight,
-                                  float* sigm) {
-    const int64_t r = row % P.Hr;
-    const int64_t b = row / (P.Hr * P.T);
-    const int32_t* idx = P.indices + row * P.K;
-    const float* q = P.qr + row * P.dr;
-    for (int64_t k = 0; k < P.K; ++k) {
-        const int32_t c = idx[k];  // the same on every lane
-        float s = 0.0f;
-        if (c >= 0) s = warp_dot(q, P.landmarks + ((b * P.C + c) * P.Hr + r) * P.dr, P.dr, lane) * P.scale;
-        if (lane == 0) score[k] = s;
-    }
-    __syncwarp();
-    if (lane == 0) {
-        if (P.kind == kWeightKindSoftmax) {
-            float m = -INFINITY;
+// The weights of one query row from its K scores (scale applied), into weight and sigm
+// (the stick-breaking sigmoids). Padding entries (idx < 0) get weight 0 and take no part.
+// Serial, in list order: lane 0 of the row's warp.
+__device__ void weights_from_scores(const WeightParams& P, const int32_t* idx, const float* score, float* weight,
+                                    float* sigm) {
+    if (P.kind == kWeightKindSoftmax) {
+        float m = -INFINITY;
+        for (int64_t k = 0; k < P.K; ++k)
+            if (idx[k] >= 0) m = fmaxf(m, score[k]);
+        float total = 0.0f;
+        if (m != -INFINITY)
             for (int64_t k = 0; k < P.K; ++k)
-                if (idx[k] >= 0) m = fmaxf(m, score[k]);
-            float total = 0.0f;
-            if (m != -INFINITY)
-                for (int64_t k = 0; k < P.K; ++k)
-                    if (idx[k] >= 0) total += expf(score[k] - m);
-            for (int64_t k = 0; k < P.K; ++k) {
-                weight[k] = (idx[k] >= 0 && m != -INFINITY) ? expf(score[k] - m) / total : 0.0f;
+                if (idx[k] >= 0) total += expf(score[k] - m);
+        for (int64_t k = 0; k < P.K; ++k) {
+            weight[k] = (idx[k] >= 0 && m != -INFINITY) ? expf(score[k] - m) / total : 0.0f;
+            sigm[k] = 0.0f;
+        }
+    } else {
+        float remaining = 1.0f;  // prod over earlier valid entries of (1 - sigmoid)
+        for (int64_t k = 0; k < P.K; ++k) {
+            if (idx[k] < 0) {
+                weight[k] = 0.0f;
                 sigm[k] = 0.0f;
+                continue;
             }
-        } else {
-            float remaining = 1.0f;  // prod over earlier valid entries of (1 - sigmoid)
-            for (int64_t k = 0; k < P.K; ++k) {
-                if (idx[k] < 0) {
-                    weight[k] = 0.0f;
-                    sigm[k] = 0.0f;
-                    continue;
-                }
-                sigm[k] = 1.0f / (1.0f + expf(-score[k]));
-                weight[k] = sigm[k] * remaining;
-                remaining *= 1.0f / (1.0f + expf(score[k]));  // 1 - sigmoid(s), without cancellation
-            }
+            sigm[k] = 1.0f / (1.0f + expf(-score[k]));
+            weight[k] = sigm[k] * remaining;
+            remaining *= 1.0f / (1.0f + expf(score[k]));  // 1 - sigmoid(s), without cancellation
+        }
+    }
+}
+
+// One warp computes the scores and weights of query row `row`, into this warp's shared
+// arrays score, weight, sigm [K]. The scores are the warp's dot products of qr with the
+// selected landmarks, or, on the dense path, read from dense_scores [B * T, C] (Hr = 1:
+// the products qr L^T of every chunk, one f32 GEMM per batch; see chunk_weights_forward).
+__device__ void chunk_weights_row(const WeightParams& P, const float* dense_scores, int64_t row, int lane,
+                                  float* score, float* weight, float* sigm) {
+    const int32_t* idx = P.indices + row * P.K;
+    if (dense_scores) {
+        for (int64_t k = lane; k < P.K; k += 32) {
+            const int32_t c = idx[k];
+            score[k] = c >= 0 ? dense_scores[row * P.C + c] * P.scale : 0.0f;
+        }
+    } else {
+        const int64_t r = row % P.Hr;
+        const int64_t b = row / (P.Hr * P.T);
+        const float* q = P.qr + row * P.dr;
+        for (int64_t k = 0; k < P.K; ++k) {
+            const int32_t c = idx[k];  // the same on every lane
+            float s = 0.0f;
+            if (c >= 0) s = warp_dot(q, P.landmarks + ((b * P.C + c) * P.Hr + r) * P.dr, P.dr, lane) * P.scale;
+            if (lane == 0) score[k] = s;
         }
     }
     __syncwarp();
+    if (lane == 0) weights_from_scores(P, idx, score, weight, sigm);
+    __syncwarp();
 }
 
-// One warp per query row; dynamic shared memory 3 * K floats per warp.
-__global__ void chunk_weights_forward_kernel(WeightParams P, float* weights) {
+// One warp per query row; dynamic shared memory 3 * K floats per warp. dense_scores: as
+// chunk_weights_row's (null: the warp's own dot products).
+__global__ void chunk_weights_forward_kernel(WeightParams P, const float* dense_scores, float* weights) {
     extern __shared__ float weight_shared[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + warp;
@@ -559,14 +580,17 @@ __global__ void chunk_weights_forward_kernel(WeightParams P, float* weights) {
     float* score = weight_shared + warp * 3 * P.K;
     float* weight = score + P.K;
     float* sigm = weight + P.K;
-    chunk_weights_row(P, row, lane, score, weight, sigm);
+    chunk_weights_row(P, dense_scores, row, lane, score, weight, sigm);
     for (int64_t k = lane; k < P.K; k += 32) weights[row * P.K + k] = weight[k];
 }
 
 // Backward, per query row: d loss / d score_k (scores include 1/sqrt(dr)) into
-// grad_scores [rows, K] (0 at padding) when wanted, and grad_qr when wanted.
-__global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* grad_weights, float* grad_scores,
-                                                   float* grad_qr) {
+// grad_scores [rows, K] (0 at padding) when wanted, and grad_qr when wanted. On the dense
+// path (dense_scores set) it writes neither: it adds scale * d loss / d score_k into
+// grad_dense [B * T, C] (zeroed by the caller) at the row's chunks, in list order, for the
+// two products that give grad_qr and grad_landmarks.
+__global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* dense_scores, const float* grad_weights,
+                                                   float* grad_scores, float* grad_qr, float* grad_dense) {
     extern __shared__ float weight_shared[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + warp;
@@ -574,7 +598,7 @@ __global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* 
     float* score = weight_shared + warp * 3 * P.K;
     float* weight = score + P.K;
     float* sigm = weight + P.K;
-    chunk_weights_row(P, row, lane, score, weight, sigm);
+    chunk_weights_row(P, dense_scores, row, lane, score, weight, sigm);
     const int32_t* idx = P.indices + row * P.K;
     const float* gw = grad_weights + row * P.K;
     float* gs = score;  // the scores are no longer needed
@@ -599,6 +623,12 @@ __global__ void chunk_weights_backward_rows_kernel(WeightParams P, const float* 
         }
     }
     __syncwarp();
+    if (grad_dense) {
+        if (lane == 0)  // serial: a chunk listed twice adds both, as the reference's sums do
+            for (int64_t k = 0; k < P.K; ++k)
+                if (idx[k] >= 0) grad_dense[row * P.C + idx[k]] += gs[k] * P.scale;
+        return;
+    }
     if (grad_scores)
         for (int64_t k = lane; k < P.K; k += 32) grad_scores[row * P.K + k] = gs[k];
     if (grad_qr) {
@@ -737,6 +767,27 @@ WeightParams weight_params(const RetrievalDims& D, const Tensor& qr, const Tenso
     return P;
 }
 
+// The dense path of the weights: with one retrieval head and at most kDenseMaxChunks
+// chunks, the scores of every (token, chunk) pair are one f32 product per batch, qr L^T
+// ([T, dr] x [dr, C], cuBLASLt at f32: FMA, no TF32), and the backward's gradients two more,
+// G L and G^T qr, with G [T, C] the score gradients (times the scale) at the selected
+// chunks and 0 elsewhere. The per-row path reads K landmark rows of dr floats from L2 per
+// token for the scores and again for grad_qr (64 KB a token at dr 1024, K 8): measured
+// 1.1 ms per backward at 8 x 4K (docs/PERF.md version 38); the products read each landmark
+// once per 64-128 tokens. The C - K zero entries add nothing (0 x finite is 0); the sums
+// run in a different order than the per-row path's, within f32 rounding of each other.
+constexpr int64_t kDenseMaxChunks = 256;
+
+bool dense_weights(const RetrievalDims& D) { return D.Hr == 1 && D.C > 0 && D.C <= kDenseMaxChunks; }
+
+// S [B, T, C] = qr L^T per batch, f32.
+Tensor dense_scores(CudaBackend& backend, const RetrievalDims& D, const Tensor& qr, const Tensor& landmarks) {
+    MatmulPrecisionScope exact(MatmulPrecision::F32);
+    Tensor scores = Tensor::empty({D.B, D.T, D.C}, DType::F32, Device::CUDA);
+    backend.gemm(qr.view({D.B, D.T, D.dr}), false, landmarks.view({D.B, D.C, D.dr}), true, scores, false);
+    return scores;
+}
+
 // Warps (query rows) per block and dynamic shared memory for the per-row kernels.
 void weight_launch_shape(const char* op, int64_t K, int& warps, size_t& shared_bytes) {
     const size_t per_warp = static_cast<size_t>(3 * K) * sizeof(float);
@@ -814,11 +865,13 @@ void CudaBackend::chunk_weights_forward(const Tensor& qr, const Tensor& landmark
     cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
     const WeightParams P = weight_params(D, qr, landmarks, indices, kind);
     if (P.rows == 0) return;
+    const Tensor scores = dense_weights(D) ? dense_scores(*this, D, qr, landmarks) : Tensor();
     int warps = 0;
     size_t shared_bytes = 0;
     weight_launch_shape(op, D.K, warps, shared_bytes);
     allow_shared_bytes(chunk_weights_forward_kernel, shared_bytes);
-    chunk_weights_forward_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(P, weights.data<float>());
+    chunk_weights_forward_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(
+        P, scores.defined() ? scores.data<float>() : nullptr, weights.data<float>());
     HSA_CUDA_CHECK_LAUNCH("chunk_weights_forward_kernel");
 }
 
@@ -834,6 +887,31 @@ void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmar
     cuda_detail::check_chunk_indices_cuda(op, indices, D.C);
     const WeightParams P = weight_params(D, qr, landmarks, indices, kind);
 
+    if (dense_weights(D) && P.rows > 0) {
+        // The scores recomputed as in the forward (same product, same weights), the score
+        // gradients scattered into G, then grad_qr = G L and grad_landmarks = G^T qr.
+        const Tensor scores = dense_scores(*this, D, qr, landmarks);
+        Tensor grad_dense = Tensor::empty({D.B, D.T, D.C}, DType::F32, Device::CUDA);
+        HSA_CUDA_CHECK(cudaMemsetAsync(grad_dense.raw_data(), 0, grad_dense.nbytes(), 0));
+        int warps = 0;
+        size_t shared_bytes = 0;
+        weight_launch_shape(op, D.K, warps, shared_bytes);
+        allow_shared_bytes(chunk_weights_backward_rows_kernel, shared_bytes);
+        chunk_weights_backward_rows_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(
+            P, scores.data<float>(), grad_weights.data<float>(), nullptr, nullptr, grad_dense.data<float>());
+        HSA_CUDA_CHECK_LAUNCH("chunk_weights_backward_rows_kernel (dense)");
+        MatmulPrecisionScope exact(MatmulPrecision::F32);
+        if (want_qr) {
+            Tensor grad_qr3 = grad_qr.view({D.B, D.T, D.dr});
+            gemm(grad_dense, false, landmarks.view({D.B, D.C, D.dr}), false, grad_qr3, false);
+        }
+        if (want_l) {
+            Tensor grad_landmarks3 = grad_landmarks.view({D.B, D.C, D.dr});
+            gemm(grad_dense, true, qr.view({D.B, D.T, D.dr}), false, grad_landmarks3, false);
+        }
+        return;
+    }
+
     // Pass 1, per query row: grad_scores (kept for the landmarks) and grad_qr. As on the
     // CPU, the weights are recomputed from qr and landmarks rather than read back.
     Tensor grad_scores;
@@ -844,8 +922,8 @@ void CudaBackend::chunk_weights_backward(const Tensor& qr, const Tensor& landmar
         weight_launch_shape(op, D.K, warps, shared_bytes);
         allow_shared_bytes(chunk_weights_backward_rows_kernel, shared_bytes);
         chunk_weights_backward_rows_kernel<<<blocks_for(P.rows, warps), warps * 32, shared_bytes>>>(
-            P, grad_weights.data<float>(), want_l ? grad_scores.data<float>() : nullptr,
-            want_qr ? grad_qr.data<float>() : nullptr);
+            P, nullptr, grad_weights.data<float>(), want_l ? grad_scores.data<float>() : nullptr,
+            want_qr ? grad_qr.data<float>() : nullptr, nullptr);
         HSA_CUDA_CHECK_LAUNCH("chunk_weights_backward_rows_kernel");
     }
 
