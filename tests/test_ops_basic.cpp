@@ -174,6 +174,9 @@ TEST(OpsBasicShape, SliceForwardAndGradient) {
     expect_close(z.to_vector(), want_z, 0, 0, "slice dim -1");
     check_gradients([](const std::vector<Tensor>& in) { return ops::slice(in[0], 1, 1, 3); }, {x}, {true}, rng);
     check_gradients([](const std::vector<Tensor>& in) { return ops::slice(in[0], 0, 2, 1); }, {x}, {true}, rng);
+    // The whole dimension: x's values (a view, no copy), and the gradient passes through.
+    EXPECT_EQ(ops::slice(x, 1, 0, 5).to_vector(), xv);
+    check_gradients([](const std::vector<Tensor>& in) { return ops::slice(in[0], 1, 0, 5); }, {x}, {true}, rng);
     EXPECT_THROW(ops::slice(x, 1, 3, 3), Error);
 }
 
