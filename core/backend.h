@@ -168,6 +168,9 @@ public:
     // ---- local attention (sliding-window causal, or bidirectional), GQA, scale 1/sqrt(d) ----
     // q [B, T, H, d], k and v [B, T, Hk, d], out [B, T, H, d], lse [B, T, H] (natural-log
     // sum-exp of the scaled scores, what the backward needs instead of probabilities).
+    // out is f32, or bf16 on a backend that takes_bf16_operands(): the f32 result rounded to
+    // nearest even, for an output that only feeds a product (the layer's wo); the backward
+    // then reads that out for delta = dO . O.
     virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                    Tensor& out, Tensor& lse) = 0;
     virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -365,11 +365,17 @@ AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, c
     return dims;
 }
 
+// The attention output's dtype: f32, or on CUDA also bf16 (an output that only feeds a
+// product, stored rounded: core/backend.h attention_forward).
+DType attention_out_dtype(const Tensor& out, Device device) {
+    return device == Device::CUDA && out.defined() && out.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
+}
+
 AttentionDims check_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                       const Tensor& out, const Tensor& lse, Device device) {
     const char* op = "attention_forward";
     const AttentionDims D = attention_dims(op, q, k, v, span, device);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, DType::F32, device);
+    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_out_dtype(out, device), device);
     check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32, device);
     return D;
 }
@@ -381,7 +387,7 @@ AttentionBackwardDims check_attention_backward(const Tensor& q, const Tensor& k,
     const char* op = "attention_backward";
     AttentionBackwardDims D{};
     static_cast<AttentionDims&>(D) = attention_dims(op, q, k, v, span, device);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, DType::F32, device);
+    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_out_dtype(out, device), device);
     check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32, device);
     check_tensor(op, "grad_out", grad_out, {D.B, D.T, D.H, D.d}, DType::F32, device);
     D.want_q = wanted(op, "grad_q", grad_q, {D.B, D.T, D.H, D.d}, device);

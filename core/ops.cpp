@@ -548,7 +548,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
     return out;
 }
 
-Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span) {
+Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, DType out_dtype) {
     check_float(q, "attention", "q");
     check_float(k, "attention", "k");
     check_float(v, "attention", "v");
@@ -559,7 +559,8 @@ Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, Attent
               "attention: k " << shape_string(k.shape()) << " does not match q " << shape_string(q.shape()));
     HSA_CHECK(q.size(2) % k.size(2) == 0, "attention: query heads " << q.size(2) << " not a multiple of kv heads " << k.size(2));
     HSA_CHECK(span.window >= 0, "attention: window " << span.window << " < 0");
-    Tensor out = empty_like(q);
+    check_norm_dtype(q, out_dtype, "attention");
+    Tensor out = Tensor::empty(q.shape(), out_dtype, q.device());
     Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, DType::F32, q.device());
     backend_of(q).attention_forward(q, k, v, span, out, lse);
     if (Tape::current().should_record({&q, &k, &v})) {

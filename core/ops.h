@@ -54,7 +54,11 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t po
 // last product's epilogue on CUDA instead of a pass over the stream of its own.
 Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                   const Tensor& residual = Tensor());
-Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span);
+// out_dtype bf16 (where Backend::takes_bf16_operands()): the output stored rounded, for an
+// output that only feeds a product (the layer's wo, which takes it as is); the backward
+// reads it for delta = dO . O. Its gradient is f32.
+Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
+                       DType out_dtype = DType::F32);
 
 // ---- retrieval and HSA ----
 // Not differentiable: the top-K choice (core/backend.h select_chunks).

@@ -248,14 +248,15 @@ __global__ void __launch_bounds__(BQ* TPR)
 
 // ------------------------------------------------------------------ backward
 
-// delta[row] = dO[row] . O[row], one warp per row.
-__global__ void attention_delta_kernel(const float* __restrict__ grad_out, const float* __restrict__ out,
+// delta[row] = dO[row] . O[row], one warp per row; O f32 or bf16 (attention_forward's out).
+template <class OutT>
+__global__ void attention_delta_kernel(const float* __restrict__ grad_out, const OutT* __restrict__ out,
                                        float* __restrict__ delta, int64_t rows, int d) {
     const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (row >= rows) return;  // whole warp leaves together
     float s = 0.0f;
-    for (int i = lane; i < d; i += 32) s = fmaf(grad_out[row * d + i], out[row * d + i], s);
+    for (int i = lane; i < d; i += 32) s = fmaf(grad_out[row * d + i], load1(out, row * d + i), s);
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
     if (lane == 0) delta[row] = s;
@@ -457,9 +458,16 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     const AttentionDims A = checks::check_attention_forward(q, k, v, span, out, lse, Device::CUDA);
     check_attention_limits("attention_forward", A);
     if (A.B == 0 || A.T == 0) return;
-    // At bf16 matrix-product precision (training), the tensor-core kernels.
+    // At bf16 matrix-product precision (training), the tensor-core kernels (which write a
+    // bf16 out directly).
     if (matmul_precision() == MatmulPrecision::BF16 && attention_tensor_core_eligible(A.d, {&q, &k, &v, &out})) {
         attention_forward_tensor_core(q, k, v, span.causal, kernel_window(span, A.T), out, lse);
+        return;
+    }
+    if (out.dtype() == DType::BF16) {  // the f32 kernels' result, rounded once
+        Tensor out32 = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+        attention_forward(q, k, v, span, out32, lse);
+        round_into_bf16(out32, out);
         return;
     }
     const float* pq = q.data<float>();
@@ -491,9 +499,14 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     float* pdelta = delta.data<float>();
     {
         constexpr int kThreads = 256;  // 8 rows per block, a warp each
-        attention_delta_kernel<<<blocks_for(rows, kThreads / 32), kThreads>>>(grad_out.data<float>(),
-                                                                               out.data<float>(), pdelta, rows,
-                                                                               static_cast<int>(A.d));
+        const unsigned blocks = blocks_for(rows, kThreads / 32);
+        if (out.dtype() == DType::BF16)
+            attention_delta_kernel<<<blocks, kThreads>>>(grad_out.data<float>(),
+                                                         static_cast<const __nv_bfloat16*>(out.raw_data()), pdelta,
+                                                         rows, static_cast<int>(A.d));
+        else
+            attention_delta_kernel<<<blocks, kThreads>>>(grad_out.data<float>(), out.data<float>(), pdelta, rows,
+                                                         static_cast<int>(A.d));
         HSA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
     }
 

@@ -77,7 +77,8 @@ struct TcParams {
     const float* delta;             // [B, T, H] (dQ)
     const float* lse_by_head;       // [B, H, Tp] lse * log2(e), +inf past T (dK/dV)
     const float* delta_by_head;     // [B, H, Tp], 0 past T (dK/dV)
-    float* out;                     // [B, T, H, D] (forward)
+    float* out;                     // [B, T, H, D] (forward), or null when out16 is set
+    __nv_bfloat16* out16;           // [B, T, H, D] bf16 (forward): out rounded, when the caller wants it so
     float* lse_out;                 // [B, T, H] (forward)
     float* grad_q;                  // [B, T, H, D] or null
     float* grad_k;                  // [B, T, Hk, D] or null
@@ -304,7 +305,9 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
     sum_b = quad_sum(sum_b);
     // Every real query sees at least one key (itself, or all keys), so its sum is > 0.
     const float inv_a = ta < P.T ? 1.0f / sum_a : 0.0f, inv_b = tb < P.T ? 1.0f / sum_b : 0.0f;
-    store_rows<D>(P.out + (static_cast<int64_t>(b) * P.T * P.H + h) * D, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    const int64_t out_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+    if (P.out16) store_rows<D>(P.out16 + out_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    else store_rows<D>(P.out + out_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
     if (tig == 0) {
         float* lse = P.lse_out + static_cast<int64_t>(b) * P.T * P.H + h;
         if (ta < P.T) lse[static_cast<int64_t>(ta) * P.H] = max_a * P.scale + logf(sum_a);
@@ -582,7 +585,8 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     P.q = q.data<float>();
     P.k16 = bf16_data(k16);
     P.v16 = bf16_data(v16);
-    P.out = out.data<float>();
+    if (out.dtype() == DType::BF16) P.out16 = bf16_data(out);
+    else P.out = out.data<float>();
     P.lse_out = lse.data<float>();
     const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
     attention_forward_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);

@@ -310,6 +310,22 @@ __device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t str
     }
 }
 
+// The same f32 values rounded to bf16 (nearest even, as rounded_bf16_copy) into a bf16 matrix.
+template <int D>
+__device__ __forceinline__ void store_rows(__nv_bfloat16* __restrict__ base, int64_t stride, int ra, int T, int tig,
+                                           const float (&acc)[D / 8][4], float factor_a, float factor_b) {
+    const int rb = ra + 8;
+    __nv_bfloat16* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
+    __nv_bfloat16* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        if (ra < T)
+            *reinterpret_cast<__nv_bfloat162*>(pa + 8 * n) = __floats2bfloat162_rn(acc[n][0] * factor_a, acc[n][1] * factor_a);
+        if (rb < T)
+            *reinterpret_cast<__nv_bfloat162*>(pb + 8 * n) = __floats2bfloat162_rn(acc[n][2] * factor_b, acc[n][3] * factor_b);
+    }
+}
+
 // Starts the cp.async copy of N rows of a [rows][D] bf16 matrix (row j at base + j *
 // row_stride) into one warp's shared tile (row stride D + 8); every lane takes part, the
 // caller commits, waits and __syncwarp()s before reading.

@@ -216,6 +216,13 @@ TEST(OpsAttentionGrad, LocalCausalUnlimited) { check_attention_grad({2, 9, 3, 6}
 // The chunk encoder's in-chunk attention: [B*C, S+1, H, d], every position sees all S+1.
 TEST(OpsAttentionGrad, Bidirectional) { check_attention_grad({3, 6, 4, 8}, 2, {false, 0}); }
 
+// A bf16 output is for backends that multiply bf16 operands (CUDA): the CPU refuses it.
+TEST(OpsAttention, Bf16OutputIsRefusedOnTheCpu) {
+    Tensor q = Tensor::zeros({1, 4, 2, 8}), kv = Tensor::zeros({1, 4, 1, 8});
+    EXPECT_THROW(ops::local_attention(q, kv, kv, {true, 2}, DType::BF16), Error);
+    EXPECT_EQ(ops::local_attention(q, kv, kv, {true, 2}, DType::F32).dtype(), DType::F32);
+}
+
 void check_chunk_weights_grad(WeightKind kind) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();

@@ -146,7 +146,9 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     // RMSNorm over the head dim then RoPE, as one op when the norm is on.
     q = c.qk_norm ? ops::rmsnorm_rope(q, l.q_norm, c.norm_eps, 0, c.rope_base) : ops::rope(q, 0, c.rope_base);
     k = c.qk_norm ? ops::rmsnorm_rope(k, l.k_norm, c.norm_eps, 0, c.rope_base) : ops::rope(k, 0, c.rope_base);
-    Tensor o = ops::local_attention(q, k, v, span);
+    // Stored as the wo product takes it (bf16 on the GPU at bf16 precision): no f32 output
+    // and no rounding pass before the product.
+    Tensor o = ops::local_attention(q, k, v, span, operand_dtype());
     return ops::linear(ops::reshape(o, {n, len, c.heads * d}), l.wo);
 }
 
