@@ -152,17 +152,19 @@ const std::vector<OpDef>& op_table() {
                        GradOut::Required,
                        nullptr,
                        [](const Inputs& in, const Attrs&) { return ops::swiglu(in.at("gate"), in.at("up")); }});
-        ops.push_back({"swiglu_mlp", "the SwiGLU MLP as one op: (silu(x w1) * (x w3)) w2",
+        ops.push_back({"swiglu_mlp", "the SwiGLU MLP as one op: residual + (silu(x w1) * (x w3)) w2",
                        {{"x", Kind::Grad, false, "[..., D]"},
                         {"w1", Kind::Grad, false, "[D, F]"},
                         {"w3", Kind::Grad, false, "[D, F]"},
-                        {"w2", Kind::Grad, false, "[F, D]"}},
+                        {"w2", Kind::Grad, false, "[F, D]"},
+                        {"residual", Kind::Grad, true, "[..., D] like x (absent: no add)"}},
                        {},
                        "[..., D]",
                        GradOut::Required,
                        nullptr,
                        [](const Inputs& in, const Attrs&) {
-                           return ops::swiglu_mlp(in.at("x"), in.at("w1"), in.at("w3"), in.at("w2"));
+                           return ops::swiglu_mlp(in.at("x"), in.at("w1"), in.at("w3"), in.at("w2"),
+                                                  optional_input(in, "residual"));
                        }});
         ops.push_back({"attention", "local (sliding-window causal or bidirectional) attention, GQA, scale 1/sqrt(d)",
                        {{"q", Kind::Grad, false, "[B, T, H, d]"},

@@ -639,6 +639,15 @@ TEST_F(OpRunner, FusedOpsEqualTheOpsTheyFuse) {
         return ops::linear(ops::swiglu(ops::linear(t.at("x"), t.at("w1")), ops::linear(t.at("x"), t.at("w3"))), t.at("w2"));
     }, gm);
     run_and_compare("swiglu_mlp", write_inputs("mlp.h5", mlp, gm), want_mlp);
+    // With the optional residual: residual + the MLP, and the residual's gradient too.
+    Named mlp_res = mlp;
+    mlp_res.emplace("residual", rng.normal({2, 3, 6}));
+    Reference want_mlp_res = reference(mlp_res, {"x", "w1", "w3", "w2", "residual"}, [&](const Named& t) {
+        return ops::add(t.at("residual"), ops::linear(ops::swiglu(ops::linear(t.at("x"), t.at("w1")),
+                                                                  ops::linear(t.at("x"), t.at("w3"))),
+                                                      t.at("w2")));
+    }, gm);
+    run_and_compare("swiglu_mlp", write_inputs("mlp_res.h5", mlp_res, gm), want_mlp_res);
 
     Named res{{"x", rng.normal({2, 3, 8})}, {"a", rng.normal({2, 3, 8})}, {"weight", rng.normal({8})}};
     Tensor gr = rng.normal({2, 3, 8});
