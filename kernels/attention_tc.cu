@@ -120,6 +120,20 @@ struct ColumnWindow {
     __device__ __forceinline__ bool sees(int column) const { return column >= lo_rel && column <= hi_rel; }
 };
 
+// Sets the elements of a 16 x N tile (C layout: s[j][0..1] row a, s[j][2..3] row b) that
+// rows a / b do not see to `hidden` (-inf for scores, 0 for probabilities).
+template <int N>
+__device__ __forceinline__ void hide_unseen(float (&s)[N / 8][4], const ColumnWindow& wa, const ColumnWindow& wb,
+                                            float hidden) {
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            if (!wa.sees(8 * j + e)) s[j][e] = hidden;
+            if (!wb.sees(8 * j + e)) s[j][2 + e] = hidden;
+        }
+}
+
 // Does every query of [t0, t0 + 64) see every key of [s0, s0 + 64)?
 __device__ __forceinline__ bool tile_wholly_visible(const TcParams& P, int t0, int s0) {
     if (t0 + 63 >= P.T || s0 + 63 >= P.T) return false;
@@ -254,13 +268,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
         product_with_tile_transpose<D, kTile>(qf, k_lane + stage * kStageBytes, s);
         if (!tile_wholly_visible(P, t0, s0)) {
             const ColumnWindow wa(key_lo_a, key_hi_a, s0, tig), wb(key_lo_b, key_hi_b, s0, tig);
-#pragma unroll
-            for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    if (!wa.sees(8 * j + e)) s[j][e] = -INFINITY;
-                    if (!wb.sees(8 * j + e)) s[j][2 + e] = -INFINITY;
-                }
+            hide_unseen<kTile>(s, wa, wb, -INFINITY);
         }
         float new_a = max_a, new_b = max_b;
 #pragma unroll
@@ -384,15 +392,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
                     p[j][e] = pa * (dp[j][e] - delta_a);  // dS
                     p[j][2 + e] = pb * (dp[j][2 + e] - delta_b);
                 }
-            if (!whole) {  // block-uniform: the masking costs nothing on whole tiles
-#pragma unroll
-                for (int j = 0; j < kHalf / 8; ++j)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        if (!wa.sees(8 * j + e)) p[j][e] = 0.0f;
-                        if (!wb.sees(8 * j + e)) p[j][2 + e] = 0.0f;
-                    }
-            }
+            if (!whole) hide_unseen<kHalf>(p, wa, wb, 0.0f);  // block-uniform: free on whole tiles
             uint32_t dsf[kHalf / 16][4];
 #pragma unroll
             for (int ks = 0; ks < kHalf / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
@@ -497,15 +497,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
                     pt[j][e] = exp2_ftz(fmaf(pt[j][e], P.scale_log2, -l));
                     pt[j][2 + e] = exp2_ftz(fmaf(pt[j][2 + e], P.scale_log2, -l));
                 }
-            if (!whole) {  // block-uniform: the masking costs nothing on whole tiles
-#pragma unroll
-                for (int j = 0; j < kHalf / 8; ++j)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        if (!wa.sees(8 * j + e)) pt[j][e] = 0.0f;
-                        if (!wb.sees(8 * j + e)) pt[j][2 + e] = 0.0f;
-                    }
-            }
+            if (!whole) hide_unseen<kHalf>(pt, wa, wb, 0.0f);  // block-uniform: free on whole tiles
             key_side_backward_step<D, kHalf>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset,
                                              q_kn + offset, delta_s, tig, dk, dv);
         }

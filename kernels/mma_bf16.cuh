@@ -296,33 +296,25 @@ __device__ __forceinline__ void key_side_backward_step(float (&p)[N / 8][4], con
     accumulate_product_with_tile<D, N>(dsf, q_kn, dk);  // dK += dS^T Q
 }
 
-// Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 matrix.
-template <int D>
-__device__ __forceinline__ void store_rows(float* __restrict__ base, int64_t stride, int ra, int T, int tig,
-                                           const float (&acc)[D / 8][4], float factor_a, float factor_b) {
-    const int rb = ra + 8;
-    float* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
-    float* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-        if (ra < T) *reinterpret_cast<float2*>(pa + 8 * n) = make_float2(acc[n][0] * factor_a, acc[n][1] * factor_a);
-        if (rb < T) *reinterpret_cast<float2*>(pb + 8 * n) = make_float2(acc[n][2] * factor_b, acc[n][3] * factor_b);
-    }
+// Two adjacent elements: f32, or bf16 rounded to nearest even (as rounded_bf16_copy).
+__device__ __forceinline__ void store_pair(float* p, float x, float y) {
+    *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float x, float y) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
 }
 
-// The same f32 values rounded to bf16 (nearest even, as rounded_bf16_copy) into a bf16 matrix.
-template <int D>
-__device__ __forceinline__ void store_rows(__nv_bfloat16* __restrict__ base, int64_t stride, int ra, int T, int tig,
+// Rows ra and ra + 8 of acc times factor_a / factor_b into a [rows][D] f32 or bf16 matrix.
+template <int D, class OutT>
+__device__ __forceinline__ void store_rows(OutT* __restrict__ base, int64_t stride, int ra, int T, int tig,
                                            const float (&acc)[D / 8][4], float factor_a, float factor_b) {
     const int rb = ra + 8;
-    __nv_bfloat16* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
-    __nv_bfloat16* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
+    OutT* pa = base + static_cast<int64_t>(ra) * stride + 2 * tig;
+    OutT* pb = base + static_cast<int64_t>(rb) * stride + 2 * tig;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-        if (ra < T)
-            *reinterpret_cast<__nv_bfloat162*>(pa + 8 * n) = __floats2bfloat162_rn(acc[n][0] * factor_a, acc[n][1] * factor_a);
-        if (rb < T)
-            *reinterpret_cast<__nv_bfloat162*>(pb + 8 * n) = __floats2bfloat162_rn(acc[n][2] * factor_b, acc[n][3] * factor_b);
+        if (ra < T) store_pair(pa + 8 * n, acc[n][0] * factor_a, acc[n][1] * factor_a);
+        if (rb < T) store_pair(pb + 8 * n, acc[n][2] * factor_b, acc[n][3] * factor_b);
     }
 }
 
