@@ -113,6 +113,34 @@ inline void check_gradients(const OpFunction& f, std::vector<Tensor> inputs, con
     }
 }
 
+// Two ways of computing the same op (a fused op and the ops it fuses, say) from the same
+// inputs: each runs on fresh copies of `inputs` (on their device, requiring gradients) and
+// back-propagates sum(out * projection); the outputs and every input's gradient must be
+// bit-identical (or both absent). `names` labels the inputs in failures.
+inline void expect_same_bits(const OpFunction& a, const OpFunction& b, const std::vector<Tensor>& inputs,
+                             const Tensor& projection, const std::vector<std::string>& names) {
+    auto run = [&](const OpFunction& f, std::vector<Tensor>& grads) {
+        std::vector<Tensor> in;
+        for (const Tensor& t : inputs) in.push_back(t.clone());
+        for (auto& t : in) t.set_requires_grad(true);
+        Tensor out = f(in);
+        backward(ops::sum(ops::mul(out, projection)));
+        grads.clear();
+        for (auto& t : in) grads.push_back(t.grad());
+        return out;
+    };
+    std::vector<Tensor> grads_a, grads_b;
+    const Tensor out_a = run(a, grads_a), out_b = run(b, grads_b);
+    EXPECT_EQ(out_a.shape(), out_b.shape());
+    EXPECT_EQ(out_a.to_vector(), out_b.to_vector()) << "outputs differ";
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        const std::string name = i < names.size() ? names[i] : "input " + std::to_string(i);
+        ASSERT_EQ(grads_a[i].defined(), grads_b[i].defined()) << name;
+        if (!grads_a[i].defined()) continue;
+        EXPECT_EQ(grads_a[i].to_vector(), grads_b[i].to_vector()) << name;
+    }
+}
+
 // Largest |a - b| over two tensors of equal shape.
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
     EXPECT_EQ(a.shape(), b.shape());

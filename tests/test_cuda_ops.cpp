@@ -31,6 +31,7 @@
 namespace hsa {
 namespace {
 
+using test::expect_same_bits;
 using test::HsaCase;
 using test::on_gpu;
 using test::poisoned;
@@ -794,26 +795,19 @@ TEST(CudaOps, LinearEqualsReshapedMatmul) {
         for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
             SCOPED_TRACE("k " + std::to_string(k) + " precision " + matmul_precision_name(precision));
             MatmulPrecisionScope scope(precision);
-            Tensor x0 = rng.normal({2, 24, k}), wa0 = rng.normal({k, 32}), wb0 = rng.normal({k, 16});
-            Tensor pa = on_gpu(rng.normal({48, 32})), pb = on_gpu(rng.normal({48, 16}));
-            auto run = [&](bool as_linear, std::vector<Tensor>& grads) {
-                std::vector<Tensor> in{on_gpu(x0), on_gpu(wa0), on_gpu(wb0)};
-                for (auto& t : in) t.set_requires_grad(true);
-                auto product = [&](const Tensor& w) {
-                    return as_linear ? ops::reshape(ops::linear(in[0], w), {-1, w.size(1)})
-                                     : ops::matmul(ops::reshape(in[0], {-1, k}), w);
+            // x feeds both products; their outputs side by side.
+            auto both = [k](bool as_linear) {
+                return [as_linear, k](const std::vector<Tensor>& in) {
+                    auto product = [&](const Tensor& w) {
+                        return as_linear ? ops::reshape(ops::linear(in[0], w), {-1, w.size(1)})
+                                         : ops::matmul(ops::reshape(in[0], {-1, k}), w);
+                    };
+                    return ops::concat({product(in[1]), product(in[2])}, 1);
                 };
-                Tensor ya = product(in[1]), yb = product(in[2]);
-                backward(ops::add(ops::sum(ops::mul(ya, pa)), ops::sum(ops::mul(yb, pb))));
-                grads.clear();
-                for (auto& t : in) grads.push_back(t.grad());
-                return ops::concat({ya, yb}, 1);
             };
-            std::vector<Tensor> linear_grads, matmul_grads;
-            Tensor a = run(true, linear_grads), b = run(false, matmul_grads);
-            EXPECT_EQ(a.to_vector(), b.to_vector());
-            const char* names[] = {"x", "wa", "wb"};
-            for (size_t i = 0; i < 3; ++i) EXPECT_EQ(linear_grads[i].to_vector(), matmul_grads[i].to_vector()) << names[i];
+            expect_same_bits(both(true), both(false),
+                             {on_gpu(rng.normal({2, 24, k})), on_gpu(rng.normal({k, 32})), on_gpu(rng.normal({k, 16}))},
+                             on_gpu(rng.normal({48, 48})), {"x", "wa", "wb"});
         }
     }
 }
@@ -831,23 +825,12 @@ TEST(CudaOps, SwigluMlpResidualEqualsAdd) {
             SCOPED_TRACE("F " + std::to_string(F) + " precision " + matmul_precision_name(precision));
             MatmulPrecisionScope scope(precision);
             const int64_t B = 2, T = 40, D = 32;
-            Tensor x0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F}), w3_0 = rng.normal({D, F});
-            Tensor w2_0 = rng.normal({F, D}), r0 = rng.normal({B, T, D}), projection = on_gpu(rng.normal({B, T, D}));
-            auto run = [&](bool fused, std::vector<Tensor>& grads) {
-                std::vector<Tensor> in{on_gpu(x0), on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0), on_gpu(r0)};
-                for (auto& t : in) t.set_requires_grad(true);
-                Tensor out = fused ? ops::swiglu_mlp(in[0], in[1], in[2], in[3], in[4])
-                                   : ops::add(in[4], ops::swiglu_mlp(in[0], in[1], in[2], in[3]));
-                backward(ops::sum(ops::mul(out, projection)));
-                grads.clear();
-                for (auto& t : in) grads.push_back(t.grad());
-                return out;
-            };
-            std::vector<Tensor> fused_grads, plain_grads;
-            Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
-            EXPECT_EQ(fused.to_vector(), plain.to_vector());
-            const char* names[] = {"x", "w1", "w3", "w2", "residual"};
-            for (size_t i = 0; i < 5; ++i) EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i];
+            expect_same_bits(
+                [](const std::vector<Tensor>& in) { return ops::swiglu_mlp(in[0], in[1], in[2], in[3], in[4]); },
+                [](const std::vector<Tensor>& in) { return ops::add(in[4], ops::swiglu_mlp(in[0], in[1], in[2], in[3])); },
+                {on_gpu(rng.normal({B, T, D})), on_gpu(rng.normal({D, F})), on_gpu(rng.normal({D, F})),
+                 on_gpu(rng.normal({F, D})), on_gpu(rng.normal({B, T, D}))},
+                on_gpu(rng.normal({B, T, D})), {"x", "w1", "w3", "w2", "residual"});
         }
     }
 }

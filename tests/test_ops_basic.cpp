@@ -16,6 +16,7 @@ namespace hsa {
 namespace {
 
 using test::check_gradients;
+using test::expect_same_bits;
 using test::test_rng;
 
 Backend& cpu() { return backend_for(Device::CPU); }
@@ -440,27 +441,20 @@ TEST(OpsBasicMatmul, LinearSharedInputGradientEqualsReshapedMatmuls) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     for (const Shape& shape : {Shape{3, 5, 7}, Shape{15, 7}}) {
-        Tensor x0 = rng.normal(shape), wa0 = rng.normal({7, 4}), wb0 = rng.normal({7, 6});
-        Tensor pa = rng.normal({x0.numel() / 7, 4}), pb = rng.normal({x0.numel() / 7, 6});
-        auto run = [&](bool as_linear, std::vector<Tensor>& grads) {
-            std::vector<Tensor> in{x0.clone(), wa0.clone(), wb0.clone()};
-            for (auto& t : in) t.set_requires_grad(true);
-            auto product = [&](const Tensor& w) {
-                return as_linear ? ops::reshape(ops::linear(in[0], w), {-1, w.size(1)})
-                                 : ops::matmul(ops::reshape(in[0], {-1, 7}), w);
+        SCOPED_TRACE(shape_string(shape));
+        const int64_t rows = shape_numel(shape) / 7;
+        // x feeds both products; their outputs side by side.
+        auto both = [](bool as_linear) {
+            return [as_linear](const std::vector<Tensor>& in) {
+                auto product = [&](const Tensor& w) {
+                    return as_linear ? ops::reshape(ops::linear(in[0], w), {-1, w.size(1)})
+                                     : ops::matmul(ops::reshape(in[0], {-1, 7}), w);
+                };
+                return ops::concat({product(in[1]), product(in[2])}, 1);
             };
-            Tensor ya = product(in[1]), yb = product(in[2]);
-            backward(ops::add(ops::sum(ops::mul(ya, pa)), ops::sum(ops::mul(yb, pb))));
-            grads.clear();
-            for (auto& t : in) grads.push_back(t.grad());
-            return ops::concat({ya, yb}, 1);
         };
-        std::vector<Tensor> linear_grads, matmul_grads;
-        Tensor a = run(true, linear_grads), b = run(false, matmul_grads);
-        EXPECT_EQ(a.to_vector(), b.to_vector()) << shape_string(shape);
-        const char* names[] = {"x", "wa", "wb"};
-        for (size_t i = 0; i < 3; ++i)
-            EXPECT_EQ(linear_grads[i].to_vector(), matmul_grads[i].to_vector()) << names[i] << " " << shape_string(shape);
+        expect_same_bits(both(true), both(false), {rng.normal(shape), rng.normal({7, 4}), rng.normal({7, 6})},
+                         rng.normal({rows, 10}), {"x", "wa", "wb"});
     }
 }
 
@@ -901,23 +895,11 @@ TEST(OpsBasicSwigluMlp, EqualsSeparateOps) {
     Rng rng = test_rng();
     const int64_t B = 2, T = 5, D = 6, F = 10;
     Tensor x0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F}), w3_0 = rng.normal({D, F}), w2_0 = rng.normal({F, D});
-    Tensor projection = rng.normal({B, T, D});
-    auto run = [&](bool fused, std::vector<Tensor>& grads) {
-        std::vector<Tensor> in{x0.clone(), w1_0.clone(), w3_0.clone(), w2_0.clone()};
-        for (auto& t : in) t.set_requires_grad(true);
-        Tensor out = fused ? ops::swiglu_mlp(in[0], in[1], in[2], in[3])
-                           : ops::linear(ops::swiglu(ops::linear(in[0], in[1]), ops::linear(in[0], in[2])), in[3]);
-        backward(ops::sum(ops::mul(out, projection)));
-        grads.clear();
-        for (auto& t : in) grads.push_back(t.grad());
-        return out;
-    };
-    std::vector<Tensor> fused_grads, plain_grads;
-    Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
-    EXPECT_EQ(fused.shape(), plain.shape());
-    EXPECT_EQ(fused.to_vector(), plain.to_vector());
-    const char* names[] = {"x", "w1", "w3", "w2"};
-    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i];
+    expect_same_bits([](const std::vector<Tensor>& in) { return ops::swiglu_mlp(in[0], in[1], in[2], in[3]); },
+                     [](const std::vector<Tensor>& in) {
+                         return ops::linear(ops::swiglu(ops::linear(in[0], in[1]), ops::linear(in[0], in[2])), in[3]);
+                     },
+                     {x0, w1_0, w3_0, w2_0}, rng.normal({B, T, D}), {"x", "w1", "w3", "w2"});
 }
 
 // With a residual: residual + the MLP, against add(residual, swiglu_mlp(...)): output and
@@ -930,27 +912,13 @@ TEST(OpsBasicSwigluMlp, ResidualEqualsAdd) {
     Tensor x0 = rng.normal({B, T, D}), r0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F});
     Tensor w3_0 = rng.normal({D, F}), w2_0 = rng.normal({F, D}), projection = rng.normal({B, T, D});
     for (bool x_is_residual : {false, true}) {
-        auto run = [&](bool fused, std::vector<Tensor>& grads) {
-            std::vector<Tensor> in{x0.clone(), w1_0.clone(), w3_0.clone(), w2_0.clone(), r0.clone()};
-            for (auto& t : in) t.set_requires_grad(true);
-            const Tensor& r = x_is_residual ? in[0] : in[4];
-            Tensor out = fused ? ops::swiglu_mlp(in[0], in[1], in[2], in[3], r)
-                               : ops::add(r, ops::swiglu_mlp(in[0], in[1], in[2], in[3]));
-            backward(ops::sum(ops::mul(out, projection)));
-            grads.clear();
-            for (auto& t : in) grads.push_back(t.grad());
-            return out;
-        };
-        std::vector<Tensor> fused_grads, plain_grads;
-        Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
-        EXPECT_EQ(fused.to_vector(), plain.to_vector());
-        const char* names[] = {"x", "w1", "w3", "w2", "residual"};
-        for (size_t i = 0; i < 5; ++i) {
-            ASSERT_EQ(fused_grads[i].defined(), plain_grads[i].defined()) << names[i];
-            if (!fused_grads[i].defined()) continue;
-            EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << names[i] << " x_is_residual "
-                                                                              << x_is_residual;
-        }
+        SCOPED_TRACE(x_is_residual ? "x is the residual" : "a residual of its own");
+        const size_t r = x_is_residual ? 0 : 4;
+        expect_same_bits([r](const std::vector<Tensor>& in) { return ops::swiglu_mlp(in[0], in[1], in[2], in[3], in[r]); },
+                         [r](const std::vector<Tensor>& in) {
+                             return ops::add(in[r], ops::swiglu_mlp(in[0], in[1], in[2], in[3]));
+                         },
+                         {x0, w1_0, w3_0, w2_0, r0}, projection, {"x", "w1", "w3", "w2", "residual"});
     }
     EXPECT_THROW(ops::swiglu_mlp(x0, w1_0, w3_0, w2_0, Tensor::zeros({B, T, D + 1})), Error);  // residual != x's shape
 }
