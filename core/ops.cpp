@@ -368,14 +368,14 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     HSA_CHECK(weight.ndim() == 2, "linear: weight must be [Din, Dout], got " << shape_string(weight.shape()));
     HSA_CHECK(x.size(-1) == weight.size(0), "linear: input feature size " << x.size(-1) << " does not match weight "
                                                                          << shape_string(weight.shape()));
-    if (x.ndim() == 2) return matmul(x, weight);
     Shape out_shape = x.shape();
     out_shape.back() = weight.size(1);
     // One tape entry on x itself, not reshape -> matmul -> reshape: x's gradient is then
     // a GradTarget of the product, which adds into a gradient x already has (beta = 1,
     // the same bits as a separate add). Through a reshape, the product wrote a fresh
     // buffer that the reshape's backward added in with one more pass over it (axpy): x
-    // feeding two products (the attention's q and kv) cost 16 such passes a step.
+    // feeding two products (the attention's q and kv) cost 16 such passes a step. Any rank
+    // (a 2-D x included) takes this path, so every input is rounded once.
     check_operand(x, "linear", "x");
     check_operand(weight, "linear", "weight");
     check_same_device(x, weight, "linear");

@@ -298,6 +298,12 @@ void round_into_bf16(const Tensor& t, Tensor& dst) {
     HSA_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
 }
 
+// Whether an M x K by K x N product runs on bf16 copies of its operands: bf16 precision and
+// every dim a multiple of 8 (cuBLASLt's bf16 kernels want 16-byte aligned rows).
+static bool bf16_product(int64_t M, int64_t N, int64_t K) {
+    return matmul_precision() == MatmulPrecision::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
+}
+
 // The backend's gemm. a_rounded / b_rounded: when defined, bf16 copies of a / b already
 // made by the caller, used instead of rounding again when the bf16 path is taken. a or b
 // may themselves be bf16 (already rounded by their producer): used as they are on the bf16
@@ -321,7 +327,7 @@ static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b
     // At BF16 precision the operands are multiplied as bf16 copies (see the top of the file);
     // the copies live until the matmuls are enqueued, and the stream orders their reuse.
     const bool bf16_precision = matmul_precision() == MatmulPrecision::BF16;
-    const bool bf16 = bf16_precision && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
+    const bool bf16 = bf16_product(M, N, K);
     const bool a_is_bf16 = a_in.dtype() == DType::BF16, b_is_bf16 = b_in.dtype() == DType::BF16;
     const Tensor a = a_is_bf16 && !bf16 ? widened_f32_copy(a_in) : a_in;
     const Tensor b = b_is_bf16 && !bf16 ? widened_f32_copy(b_in) : b_in;
@@ -414,9 +420,7 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
 }
 
 Tensor CudaBackend::product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) {
-    // gemm_on_device's bf16 path: bf16 precision and every dim a multiple of 8.
-    const bool bf16 = matmul_precision() == MatmulPrecision::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0;
-    if (!bf16 || x.dtype() != DType::F32 || x.device() != Device::CUDA || !x.is_contiguous()) return x;
+    if (!bf16_product(M, N, K) || x.dtype() != DType::F32 || x.device() != Device::CUDA || !x.is_contiguous()) return x;
     return rounded_bf16_copy(x);
 }
 
@@ -434,8 +438,7 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
                                 const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
                                 bool accumulate_b) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
-    const bool share = grad_a.defined() && grad_b.defined() && matmul_precision() == MatmulPrecision::BF16 &&
-                       dims.M % 8 == 0 && dims.N % 8 == 0 && dims.K % 8 == 0 && g.numel() > 0;
+    const bool share = grad_a.defined() && grad_b.defined() && bf16_product(dims.M, dims.N, dims.K) && g.numel() > 0;
     const Tensor g16 = share ? rounded_bf16_copy(g) : Tensor();
     if (grad_a.defined()) {
         if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor());
@@ -456,9 +459,8 @@ void CudaBackend::cross_entropy_product_backward(const Tensor& a, bool transpose
                                                  const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
                                                  bool accumulate_a, bool accumulate_b) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, logits, Device::CUDA);
-    const bool direct = grad_a.defined() && grad_b.defined() && matmul_precision() == MatmulPrecision::BF16 &&
-                        dims.batch == 1 && dims.M % 8 == 0 && dims.N % 8 == 0 && dims.K % 8 == 0 &&
-                        logits.numel() > 0;
+    const bool direct = grad_a.defined() && grad_b.defined() && dims.batch == 1 &&
+                        bf16_product(dims.M, dims.N, dims.K) && logits.numel() > 0;
     if (!direct) {
         Backend::cross_entropy_product_backward(a, transpose_a, b, transpose_b, logits, targets, mask, lse, grad_loss,
                                                 grad_a, grad_b, accumulate_a, accumulate_b);
