@@ -30,9 +30,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma_bf16.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace hsa {
 
@@ -227,49 +230,42 @@ struct QueryTileBlock {
     }
 };
 
-// ---------------------------------------------------------------- forward
+// ---------------------------------------------------------------- forward (wgmma)
 
-// Key / value tiles are double-buffered: the copy of tile i + 1 runs while tile i is used.
-template <int D, int MinBlocks>
-__global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kernel(TcParams P) {
-    constexpr int kLd = D + 8;
-    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
-    __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
-    const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
-    const int lo = Q.lo, hi = Q.hi;
-    const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
-    const float* q_base = P.q + q_offset;
+// Blocks of kGroups warpgroups, 64 query rows each (64 kGroups rows from t0), share 64-key K
+// / V tiles in 128-byte swizzled shared memory (kernels/wgmma.cuh). A warpgroup's products
+// are wgmma.m64n64k16 with A from registers: S = Q K^T (q rounded to bf16 as it is loaded,
+// K K-major) and O += P V (P re-packed from the S accumulators, V MN-major). Each
+// warpgroup overlaps its products with its softmax: step j issues S_j and then O += P_{j-1}
+// V_{j-1}, waits only for S_j, runs the softmax of tile j while the P V product runs, then
+// waits for it and rescales O. V therefore lags K by a tile: step j needs K_j and V_{j-1}
+// and copies K_{j+1} and V_j (cp.async, one group) behind them; tile 0 (S only) and a last
+// step (P V only) are peeled, so no wgmma sits in a branch: ptxas serialises wgmmas issued
+// under conditions it cannot prove uniform across the warpgroup. For the same reason every
+// warpgroup runs every tile of the block's key range; a tile outside its own range is wholly
+// masked (with 2 warpgroups, one tile in ~10 at window 512).
+constexpr int kGroupRows = 64;  // the M of wgmma
 
-    uint32_t qf[D / 16][4];
-    load_a_rows<D>(q_base, q_stride, ta, P.T, tig, qf);
-    float acc[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
-    visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
-    visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
+// The keys [lo, hi] some query of [t0, t0 + rows) sees.
+__device__ __forceinline__ void keys_of_query_rows(const TcParams& P, int t0, int rows, int& lo, int& hi) {
+    if (!P.causal) {
+        lo = 0;
+        hi = P.T - 1;
+        return;
+    }
+    hi = min(P.T - 1, t0 + rows - 1);
+    lo = P.window > 0 ? max(0, t0 - P.window + 1) : 0;
+}
+
+// The running softmax of a lane's two rows (a, b) over the key tiles.
+struct OnlineSoftmax {
     float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
     float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
 
-    const uint32_t k_lane = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t v_lane = shared_address(Vs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    int stage = 0;
-    for (int s0 = lo; s0 <= hi; s0 += kTile, stage ^= 1) {
-        cp_async_wait<0>();  // this thread's part of tile s0 has landed ...
-        __syncthreads();     // ... everyone's has, and everyone is done with the other buffer
-        if (s0 + kTile <= hi) {
-            Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
-        }
-        cp_async_commit();
-
-        float s[kTile / 8][4];
-        product_with_tile_transpose<D, kTile>(qf, k_lane + stage * kStageBytes, s);
-        if (!tile_wholly_visible(P, t0, s0)) {
-            const ColumnWindow wa(key_lo_a, key_hi_a, s0, tig), wb(key_lo_b, key_hi_b, s0, tig);
-            hide_unseen<kTile>(s, wa, wb, -INFINITY);
-        }
+    // Turns the scores s of the next tile into probabilities at the new running maxima and
+    // returns the factors that rescale what was accumulated at the old ones.
+    __device__ __forceinline__ void step(float (&s)[kTile / 8][4], float scale_log2, float& rescale_a,
+                                         float& rescale_b) {
         float new_a = max_a, new_b = max_b;
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j) {
@@ -279,14 +275,124 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
         new_a = quad_max(new_a);
         new_b = quad_max(new_b);
         // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
-        const float off_a = new_a == -INFINITY ? 0.0f : new_a * P.scale_log2;
-        const float off_b = new_b == -INFINITY ? 0.0f : new_b * P.scale_log2;
-        const float rescale_a = exp2_ftz(max_a * P.scale_log2 - off_a);
-        const float rescale_b = exp2_ftz(max_b * P.scale_log2 - off_b);
+        const float off_a = new_a == -INFINITY ? 0.0f : new_a * scale_log2;
+        const float off_b = new_b == -INFINITY ? 0.0f : new_b * scale_log2;
+        rescale_a = exp2_ftz(max_a * scale_log2 - off_a);
+        rescale_b = exp2_ftz(max_b * scale_log2 - off_b);
         max_a = new_a;
         max_b = new_b;
         sum_a *= rescale_a;
         sum_b *= rescale_b;
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+            s[j][0] = exp2_ftz(fmaf(s[j][0], scale_log2, -off_a));
+            s[j][1] = exp2_ftz(fmaf(s[j][1], scale_log2, -off_a));
+            s[j][2] = exp2_ftz(fmaf(s[j][2], scale_log2, -off_b));
+            s[j][3] = exp2_ftz(fmaf(s[j][3], scale_log2, -off_b));
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+    }
+};
+
+template <int D, int kGroups>
+__global__ void __launch_bounds__(kGroups * wgmma::kWarpgroupThreads, 4 / kGroups)
+    attention_forward_wgmma_kernel(TcParams P) {
+    static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
+    constexpr int kThreadsHere = kGroups * wgmma::kWarpgroupThreads;
+    constexpr uint32_t kTileBytes = kTile * D * 2;
+    __shared__ __align__(1024) __nv_bfloat16 Ks[2][kTile * D];
+    __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
+    const int x = static_cast<int>(threadIdx.x);
+    const int group = x / wgmma::kWarpgroupThreads, warp = (x % wgmma::kWarpgroupThreads) / kWarpSize;
+    const int lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
+    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
+    const int t0 = static_cast<int>(blockIdx.y) * kGroups * kGroupRows;
+    const int t_group = t0 + kGroupRows * group;  // this warpgroup's first query row
+    const int ta = t_group + 16 * warp + gid, tb = ta + 8;
+    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
+    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    int lo, hi;  // the block's key range
+    keys_of_query_rows(P, t0, kGroups * kGroupRows, lo, hi);
+    const int tiles = (hi - lo) / kTile + 1;
+    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
+    const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
+    const auto v_tile = [&](int j) { return v_tiles + (j & 1) * kTileBytes; };
+    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo, P.T, k_tile(0));
+    cp_async_commit();
+    // Waits for K_j and V_{j-1}, then starts the copies of K_{j+1} and V_j.
+    const auto next_tiles = [&](int j) {
+        cp_async_wait<0>();
+        wgmma::fence_shared_for_async_proxy();
+        __syncthreads();  // everyone's copies have landed; all are done with K_{j-1}, V_{j-2}
+        if (j + 1 < tiles)
+            wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo + (j + 1) * kTile, P.T,
+                                                                 k_tile(j + 1));
+        if (j < tiles)
+            wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(v_base, kv_stride, lo + j * kTile, P.T, v_tile(j));
+        cp_async_commit();
+    };
+
+    uint32_t qf[D / 16][4];
+    load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
+    int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
+    visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
+    visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float s[kTile / 8][4];
+    uint32_t pf[kTile / 16][4];  // P of the previous tile, bf16, the A operand of its P V
+    OnlineSoftmax softmax;
+    const auto issue_scores = [&](int j) {
+        const uint64_t desc = wgmma::swizzled_descriptor(k_tile(j));
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wgmma::mma_m64n64k16<0>(s, qf[kk], wgmma::advanced(desc, 32u * kk), kk > 0);
+        wgmma::commit_group();
+    };
+    const auto issue_pv = [&](int j) {
+        const uint64_t desc = wgmma::swizzled_descriptor(v_tile(j));
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks)
+            wgmma::mma_m64n64k16<1>(acc, pf[ks], wgmma::advanced(desc, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+        wgmma::commit_group();
+    };
+    // Masks tile j's scores (only tiles not wholly visible to the warpgroup's rows: the
+    // window's edges, and tiles outside its range) and runs the softmax on them.
+    const auto softmax_step = [&](int j, float& rescale_a, float& rescale_b) {
+        const int s0 = lo + j * kTile;
+        if (!tile_wholly_visible(P, t_group, s0)) {
+            const ColumnWindow wa(key_lo_a, key_hi_a, s0, tig), wb(key_lo_b, key_hi_b, s0, tig);
+            hide_unseen<kTile>(s, wa, wb, -INFINITY);
+        }
+        softmax.step(s, P.scale_log2, rescale_a, rescale_b);
+    };
+    const auto pack_p = [&] {
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
+    };
+
+    float rescale_a, rescale_b;
+    next_tiles(0);
+    wgmma::fence();
+    issue_scores(0);
+    wgmma::wait_group<0>();
+    wgmma::pin(s);
+    softmax_step(0, rescale_a, rescale_b);  // O is still 0: nothing to rescale
+    pack_p();
+    for (int j = 1; j < tiles; ++j) {
+        next_tiles(j);
+        wgmma::fence();
+        issue_scores(j);
+        issue_pv(j - 1);
+        wgmma::wait_group<1>();  // S_j is done; P_{j-1} V_{j-1} may still run
+        wgmma::pin(s);
+        softmax_step(j, rescale_a, rescale_b);
+        wgmma::wait_group<0>();  // now O and pf are free
+        wgmma::pin(acc);
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             acc[n][0] *= rescale_a;
@@ -294,32 +400,23 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_forward_tc_kern
             acc[n][2] *= rescale_b;
             acc[n][3] *= rescale_b;
         }
-#pragma unroll
-        for (int j = 0; j < kTile / 8; ++j) {
-            s[j][0] = exp2_ftz(fmaf(s[j][0], P.scale_log2, -off_a));
-            s[j][1] = exp2_ftz(fmaf(s[j][1], P.scale_log2, -off_a));
-            s[j][2] = exp2_ftz(fmaf(s[j][2], P.scale_log2, -off_b));
-            s[j][3] = exp2_ftz(fmaf(s[j][3], P.scale_log2, -off_b));
-            sum_a += s[j][0] + s[j][1];
-            sum_b += s[j][2] + s[j][3];
-        }
-        uint32_t pf[kTile / 16][4];
-#pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks) pack_c_as_a(pf[ks], s[2 * ks], s[2 * ks + 1]);
-        accumulate_product_with_tile<D, kTile>(pf, v_lane + stage * kStageBytes, acc);
+        pack_p();
     }
+    next_tiles(tiles);  // V of the last tile
+    wgmma::fence();
+    issue_pv(tiles - 1);
+    wgmma::wait_group<0>();
+    wgmma::pin(acc);
 
-    sum_a = quad_sum(sum_a);
-    sum_b = quad_sum(sum_b);
+    const float sum_a = quad_sum(softmax.sum_a), sum_b = quad_sum(softmax.sum_b);
     // Every real query sees at least one key (itself, or all keys), so its sum is > 0.
     const float inv_a = ta < P.T ? 1.0f / sum_a : 0.0f, inv_b = tb < P.T ? 1.0f / sum_b : 0.0f;
-    const int64_t out_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    if (P.out16) store_rows<D>(P.out16 + out_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
-    else store_rows<D>(P.out + out_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    if (P.out16) store_rows<D>(P.out16 + q_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
+    else store_rows<D>(P.out + q_offset, q_stride, ta, P.T, tig, acc, inv_a, inv_b);
     if (tig == 0) {
         float* lse = P.lse_out + static_cast<int64_t>(b) * P.T * P.H + h;
-        if (ta < P.T) lse[static_cast<int64_t>(ta) * P.H] = max_a * P.scale + logf(sum_a);
-        if (tb < P.T) lse[static_cast<int64_t>(tb) * P.H] = max_b * P.scale + logf(sum_b);
+        if (ta < P.T) lse[static_cast<int64_t>(ta) * P.H] = softmax.max_a * P.scale + logf(sum_a);
+        if (tb < P.T) lse[static_cast<int64_t>(tb) * P.H] = softmax.max_b * P.scale + logf(sum_b);
     }
 }
 
@@ -552,8 +649,8 @@ TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) 
     return P;
 }
 
-dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
-    const int64_t tiles = (T + kRows - 1) / kRows;
+dim3 grid_for(int64_t heads_times_batch, int64_t T, int rows_per_block, const char* op) {
+    const int64_t tiles = (T + rows_per_block - 1) / rows_per_block;
     HSA_CHECK(tiles <= 65535, op << ": T = " << T << " needs " << tiles << " row blocks, over the grid limit 65535");
     HSA_CHECK(heads_times_batch < (int64_t{1} << 31), op << ": " << heads_times_batch << " (batch x heads) blocks, over the grid limit");
     return dim3(static_cast<unsigned>(heads_times_batch), static_cast<unsigned>(tiles));
@@ -580,9 +677,16 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     if (out.dtype() == DType::BF16) P.out16 = bf16_data(out);
     else P.out = out.data<float>();
     P.lse_out = lse.data<float>();
-    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
-    attention_forward_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
-    HSA_CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
+    // Warpgroups a block (1 or 2): experiment knob of this version, measured in docs/PERF.md.
+    static const int groups = [] {
+        const char* v = std::getenv("HSA_SWA_FORWARD_GROUPS");
+        return v && std::string(v) == "2" ? 2 : 1;
+    }();
+    const int rows = groups * kGroupRows;
+    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), rows, "attention_forward");
+    if (groups == 2) attention_forward_wgmma_kernel<kHeadDim, 2><<<grid, 2 * wgmma::kWarpgroupThreads>>>(P);
+    else attention_forward_wgmma_kernel<kHeadDim, 1><<<grid, wgmma::kWarpgroupThreads>>>(P);
+    HSA_CUDA_CHECK_LAUNCH("attention_forward_wgmma_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
     // after the kernel, so reuse of their memory is safe.
 }
@@ -615,7 +719,7 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         grad_out16 = rounded_bf16_copy(grad_out);
     }
     if (P.grad_q) {
-        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
+        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kRows, "attention_backward");
         // 4 blocks an SM (128 registers, a 48-byte spill outside the loop): with the half
         // tiles, measured faster than 3 (8x4K fwd+bwd 2.07 -> 2.00 ms, 1x64K 4.20 -> 4.06).
         attention_backward_dq_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
@@ -633,7 +737,7 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
-        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward");
+        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), kRows, "attention_backward");
         // 3 blocks an SM when the grid has blocks to fill them; with few KV heads (the
         // model's Hk = 1: B x T / 64 blocks, 512 at 8 x 4096) 2 fuller waves do better.
         if (P.Hk >= kManyKvHeads)
