@@ -30,8 +30,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma_bf16.cuh"
@@ -232,19 +230,19 @@ struct QueryTileBlock {
 
 // ---------------------------------------------------------------- forward (wgmma)
 
-// Blocks of kGroups warpgroups, 64 query rows each (64 kGroups rows from t0), share 64-key K
-// / V tiles in 128-byte swizzled shared memory (kernels/wgmma.cuh). A warpgroup's products
-// are wgmma.m64n64k16 with A from registers: S = Q K^T (q rounded to bf16 as it is loaded,
+// Blocks of one warpgroup own 64 query rows and stream 64-key K / V tiles through 128-byte
+// swizzled shared memory (kernels/wgmma.cuh). The products are wgmma.m64n64k16 with A from
+// registers: S = Q K^T (q rounded to bf16 as it is loaded,
 // K K-major) and O += P V (P re-packed from the S accumulators, V MN-major). Each
 // warpgroup overlaps its products with its softmax: step j issues S_j and then O += P_{j-1}
 // V_{j-1}, waits only for S_j, runs the softmax of tile j while the P V product runs, then
 // waits for it and rescales O. V therefore lags K by a tile: step j needs K_j and V_{j-1}
 // and copies K_{j+1} and V_j (cp.async, one group) behind them; tile 0 (S only) and a last
 // step (P V only) are peeled, so no wgmma sits in a branch: ptxas serialises wgmmas issued
-// under conditions it cannot prove uniform across the warpgroup. For the same reason every
-// warpgroup runs every tile of the block's key range; a tile outside its own range is wholly
-// masked (with 2 warpgroups, one tile in ~10 at window 512).
-constexpr int kGroupRows = 64;  // the M of wgmma
+// under conditions it cannot prove uniform across the warpgroup. (Blocks of 2 warpgroups
+// sharing the tiles, each masking the one tile of the block's range it does not see, measured
+// slower: docs/PERF.md version 41.)
+constexpr int kGroupRows = 64;  // the M of wgmma: a block's query rows
 
 // The keys [lo, hi] some query of [t0, t0 + rows) sees.
 __device__ __forceinline__ void keys_of_query_rows(const TcParams& P, int t0, int rows, int& lo, int& hi) {
@@ -295,28 +293,25 @@ struct OnlineSoftmax {
     }
 };
 
-template <int D, int kGroups>
-__global__ void __launch_bounds__(kGroups * wgmma::kWarpgroupThreads, 4 / kGroups)
-    attention_forward_wgmma_kernel(TcParams P) {
+template <int D>
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward_wgmma_kernel(TcParams P) {
     static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
-    constexpr int kThreadsHere = kGroups * wgmma::kWarpgroupThreads;
+    constexpr int kThreadsHere = wgmma::kWarpgroupThreads;
     constexpr uint32_t kTileBytes = kTile * D * 2;
     __shared__ __align__(1024) __nv_bfloat16 Ks[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
     const int x = static_cast<int>(threadIdx.x);
-    const int group = x / wgmma::kWarpgroupThreads, warp = (x % wgmma::kWarpgroupThreads) / kWarpSize;
-    const int lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
+    const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kGroups * kGroupRows;
-    const int t_group = t0 + kGroupRows * group;  // this warpgroup's first query row
-    const int ta = t_group + 16 * warp + gid, tb = ta + 8;
+    const int t0 = static_cast<int>(blockIdx.y) * kGroupRows;
+    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
     const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
     const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
 
     int lo, hi;  // the block's key range
-    keys_of_query_rows(P, t0, kGroups * kGroupRows, lo, hi);
+    keys_of_query_rows(P, t0, kGroupRows, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
@@ -360,11 +355,11 @@ __global__ void __launch_bounds__(kGroups * wgmma::kWarpgroupThreads, 4 / kGroup
             wgmma::mma_m64n64k16<1>(acc, pf[ks], wgmma::advanced(desc, 2u * wgmma::kSwizzleAtomBytes * ks), true);
         wgmma::commit_group();
     };
-    // Masks tile j's scores (only tiles not wholly visible to the warpgroup's rows: the
-    // window's edges, and tiles outside its range) and runs the softmax on them.
+    // Masks tile j's scores (only tiles not wholly visible to the block's rows: the window's
+    // edges) and runs the softmax on them.
     const auto softmax_step = [&](int j, float& rescale_a, float& rescale_b) {
         const int s0 = lo + j * kTile;
-        if (!tile_wholly_visible(P, t_group, s0)) {
+        if (!tile_wholly_visible(P, t0, s0)) {
             const ColumnWindow wa(key_lo_a, key_hi_a, s0, tig), wb(key_lo_b, key_hi_b, s0, tig);
             hide_unseen<kTile>(s, wa, wb, -INFINITY);
         }
@@ -420,20 +415,54 @@ __global__ void __launch_bounds__(kGroups * wgmma::kWarpgroupThreads, 4 / kGroup
     }
 }
 
-// ---------------------------------------------------------------- backward: dQ
+// ---------------------------------------------------------------- backward: dQ (wgmma)
 
-// Double-buffered key / value tiles as in the forward. When q16_out is set, the block also
+// Blocks of one warpgroup own 64 query rows, as in the forward, and stream 64-key K / V
+// tiles through swizzled shared memory, each in two steps of 32 keys: S = Q K^T and dP =
+// dO V^T (wgmma.m64n32k16, A = the q and dO rows in registers, B = K and V K-major), dS =
+// P (dP - delta) with P = exp(S - lse), then dQ += dS K (wgmma.m64n64k16, A = dS re-packed,
+// B = K MN-major). As in the forward the dQ product of step u - 1 runs while step u's dS is
+// computed; it reads the previous tile's K at a tile's first step, so K has three buffers
+// (tiles j - 1, j, and j + 1 being copied) and V two. When q16_out is set, the block also
 // leaves bf16 copies of its q and dO rows for the dK/dV kernel (no extra read pass).
-template <int D, int MinBlocks>
-__global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_kernel(TcParams P) {
-    constexpr int kLd = D + 8;
-    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
-    __shared__ __align__(16) __nv_bfloat16 Ks[2][kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 Vs[2][kTile * kLd];
-    const QueryTileBlock<D> Q(P, Ks[0], Vs[0]);
-    const int lane = Q.lane, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
-    const int lo = Q.lo, hi = Q.hi;
-    const int64_t q_stride = Q.q_stride, q_offset = Q.q_offset;
+template <int D>
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backward_dq_wgmma_kernel(TcParams P) {
+    static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
+    constexpr int kThreadsHere = wgmma::kWarpgroupThreads;
+    constexpr int kHalf = kTile / 2;
+    constexpr uint32_t kTileBytes = kTile * D * 2, kHalfBytes = kHalf * D * 2;
+    __shared__ __align__(1024) __nv_bfloat16 Ks[3][kTile * D];
+    __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
+    const int x = static_cast<int>(threadIdx.x);
+    const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
+    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
+    const int t0 = static_cast<int>(blockIdx.y) * kGroupRows;
+    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
+    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
+    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+
+    int lo, hi;  // the block's key range
+    keys_of_query_rows(P, t0, kGroupRows, lo, hi);
+    const int tiles = (hi - lo) / kTile + 1;
+    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
+    const auto k_tile = [&](int j) { return k_tiles + static_cast<uint32_t>(j % 3) * kTileBytes; };
+    const auto v_tile = [&](int j) { return v_tiles + static_cast<uint32_t>(j & 1) * kTileBytes; };
+    const auto start_copies = [&](int j) {
+        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo + j * kTile, P.T, k_tile(j));
+        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(v_base, kv_stride, lo + j * kTile, P.T, v_tile(j));
+    };
+    start_copies(0);
+    cp_async_commit();
+    // Waits for K_j and V_j, then starts the copies of tile j + 1.
+    const auto next_tiles = [&](int j) {
+        cp_async_wait<0>();
+        wgmma::fence_shared_for_async_proxy();
+        __syncthreads();  // everyone's copies have landed; all are done with K_{j-2}, V_{j-1}
+        if (j + 1 < tiles) start_copies(j + 1);
+        cp_async_commit();
+    };
 
     uint32_t qf[D / 16][4], dof[D / 16][4];
     load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
@@ -448,75 +477,124 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dq_tc_
     const float lse_b = tb < P.T ? lse[static_cast<int64_t>(tb) * P.H] * kLog2e : 0.0f;
     const float delta_a = ta < P.T ? delta[static_cast<int64_t>(ta) * P.H] : 0.0f;
     const float delta_b = tb < P.T ? delta[static_cast<int64_t>(tb) * P.H] : 0.0f;
-
     int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
     visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
     visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
+
     float dq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-
-    const uint32_t k_nk = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t k_kn = shared_address(Ks[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    const uint32_t v_nk = shared_address(Vs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    int stage = 0;
-    for (int s0 = lo; s0 <= hi; s0 += kTile, stage ^= 1) {
-        cp_async_wait<0>();
-        __syncthreads();
-        if (s0 + kTile <= hi) {
-            Q.start_copies(P, s0 + kTile, Ks[stage ^ 1], Vs[stage ^ 1]);
-        }
-        cp_async_commit();
-        const bool whole = tile_wholly_visible(P, t0, s0);
-        // The tile's keys in two halves: S and dP of 32 keys at a time hold half the
-        // registers (at 4 blocks an SM, 128 registers, ptxas spills 48 bytes, against 152 at
-        // 3 blocks with whole tiles); dQ still adds the key steps in order.
+    float p[kHalf / 8][4], dp[kHalf / 8][4];
+    uint32_t dsf[kHalf / 16][4];  // dS of the previous step, bf16, the A operand of its dQ product
+    // S and dP of step (tile j, half).
+    const auto issue_scores = [&](int j, int half) {
+        const uint64_t kd = wgmma::swizzled_descriptor(k_tile(j) + half * kHalfBytes);
+        const uint64_t vd = wgmma::swizzled_descriptor(v_tile(j) + half * kHalfBytes);
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            constexpr int kHalf = kTile / 2;
-            const uint32_t offset = stage * kStageBytes + 2u * static_cast<uint32_t>(half * kHalf * kLd);
+        for (int kk = 0; kk < D / 16; ++kk) wgmma::mma_m64n32k16<0>(p, qf[kk], wgmma::advanced(kd, 32u * kk), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wgmma::mma_m64n32k16<0>(dp, dof[kk], wgmma::advanced(vd, 32u * kk), kk > 0);
+        wgmma::commit_group();
+    };
+    // dQ += dS K_half of step (tile j, half), dS from dsf.
+    const auto issue_dq = [&](int j, int half) {
+        const uint64_t kd = wgmma::swizzled_descriptor(k_tile(j) + half * kHalfBytes);
+#pragma unroll
+        for (int ks = 0; ks < kHalf / 16; ++ks)
+            wgmma::mma_m64n64k16<1>(dq, dsf[ks], wgmma::advanced(kd, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+        wgmma::commit_group();
+    };
+    // dS of step (tile j, half) into p (masked only in tiles not wholly visible).
+    const auto ds_step = [&](int j, int half) {
+        wgmma::pin(p);
+        wgmma::pin(dp);
+#pragma unroll
+        for (int jj = 0; jj < kHalf / 8; ++jj)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float pa = exp2_ftz(fmaf(p[jj][e], P.scale_log2, -lse_a));
+                const float pb = exp2_ftz(fmaf(p[jj][2 + e], P.scale_log2, -lse_b));
+                p[jj][e] = pa * (dp[jj][e] - delta_a);
+                p[jj][2 + e] = pb * (dp[jj][2 + e] - delta_b);
+            }
+        const int s0 = lo + j * kTile;
+        if (!tile_wholly_visible(P, t0, s0)) {
             const ColumnWindow wa(key_lo_a, key_hi_a, s0 + half * kHalf, tig);
             const ColumnWindow wb(key_lo_b, key_hi_b, s0 + half * kHalf, tig);
-            float p[kHalf / 8][4], dp[kHalf / 8][4];
-            product_with_tile_transpose<D, kHalf>(qf, k_nk + offset, p);   // scores
-            product_with_tile_transpose<D, kHalf>(dof, v_nk + offset, dp);  // dO V^T
-#pragma unroll
-            for (int j = 0; j < kHalf / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float pa = exp2_ftz(fmaf(p[j][e], P.scale_log2, -lse_a));
-                    const float pb = exp2_ftz(fmaf(p[j][2 + e], P.scale_log2, -lse_b));
-                    p[j][e] = pa * (dp[j][e] - delta_a);  // dS
-                    p[j][2 + e] = pb * (dp[j][2 + e] - delta_b);
-                }
-            if (!whole) hide_unseen<kHalf>(p, wa, wb, 0.0f);  // block-uniform: free on whole tiles
-            uint32_t dsf[kHalf / 16][4];
-#pragma unroll
-            for (int ks = 0; ks < kHalf / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
-            accumulate_product_with_tile<D, kHalf>(dsf, k_kn + offset, dq);
+            hide_unseen<kHalf>(p, wa, wb, 0.0f);
         }
+    };
+    const auto pack_ds = [&] {
+#pragma unroll
+        for (int ks = 0; ks < kHalf / 16; ++ks) pack_c_as_a(dsf[ks], p[2 * ks], p[2 * ks + 1]);
+    };
+    // One step with the previous step's dQ product in flight behind its own products.
+    const auto overlapped_step = [&](int j, int half, int prev_j, int prev_half) {
+        wgmma::fence();
+        issue_scores(j, half);
+        issue_dq(prev_j, prev_half);
+        wgmma::wait_group<1>();  // S and dP are done; the dQ product may still run
+        ds_step(j, half);
+        wgmma::wait_group<0>();  // now dQ and dsf are free
+        wgmma::pin(dq);
+        pack_ds();
+    };
+
+    next_tiles(0);
+    wgmma::fence();
+    issue_scores(0, 0);
+    wgmma::wait_group<0>();
+    ds_step(0, 0);
+    pack_ds();
+    overlapped_step(0, 1, 0, 0);
+    for (int j = 1; j < tiles; ++j) {
+        next_tiles(j);
+        overlapped_step(j, 0, j - 1, 1);
+        overlapped_step(j, 1, j, 0);
     }
+    wgmma::fence();
+    issue_dq(tiles - 1, 1);
+    wgmma::wait_group<0>();
+    wgmma::pin(dq);
     store_rows<D>(P.grad_q + q_offset, q_stride, ta, P.T, tig, dq, P.scale, P.scale);
 }
 
-// ---------------------------------------------------------------- backward: dK, dV
+// ---------------------------------------------------------------- backward: dK, dV (wgmma)
 
-// The (head, query tile) pairs of a block's keys form one sequence, heads ascending; the q
-// and dO tiles (bf16) and the lse / delta tiles (by head, contiguous) of pair i + 1 are
-// copied while pair i is used.
-template <int D, int MinBlocks>
-__global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_tc_kernel(TcParams P) {
-    constexpr int kLd = D + 8;
-    constexpr uint32_t kStageBytes = 2u * kTile * kLd;
-    __shared__ __align__(16) __nv_bfloat16 Qs[2][kTile * kLd];
-    __shared__ __align__(16) __nv_bfloat16 dOs[2][kTile * kLd];
-    __shared__ __align__(16) float lse_tile[2][kTile];    // lse * log2(e); +inf past T (probability 0)
-    __shared__ __align__(16) float delta_tile[2][kTile];
+// Blocks of one warpgroup own 64 key rows of (b, g) and walk the (head, query tile) pairs
+// that see them, heads ascending, so no two blocks write the same row: deterministic, no
+// atomics. The block's K and V rows sit in swizzled shared memory (the A operands); each
+// pair's bf16 q and dO tiles and its lse / delta values (by head, contiguous) are copied
+// behind the previous pair. A pair is two steps of 32 queries: P^T = exp(K Q^T - lse) and
+// dP^T = V dO^T (wgmma.m64n32k16, A and B from shared memory), dS^T = P^T (dP^T - delta),
+// then dV += P^T dO and dK += dS^T Q (wgmma.m64n64k16, A = P^T / dS^T re-packed, B = the
+// dO / q tile MN-major). Those two products of step u - 1 run while step u's elementwise
+// work is done, so the tiles have three buffers (pairs i - 1, i, and i + 1 being copied).
+constexpr int kDkdvStages = 3;
 
-    const int lane = static_cast<int>(threadIdx.x) % kWarpSize, warp = static_cast<int>(threadIdx.x) / kWarpSize;
-    const int gid = lane >> 2, tig = lane & 3;
+template <int D>
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backward_dkdv_wgmma_kernel(TcParams P) {
+    static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
+    constexpr int kThreadsHere = wgmma::kWarpgroupThreads;
+    constexpr int kHalf = kTile / 2;
+    constexpr uint32_t kTileBytes = kTile * D * 2, kHalfBytes = kHalf * D * 2;
+    // Dynamic shared memory, 1024-byte aligned by hand: K, V, then the q / dO tiles and the
+    // lse / delta values of each stage (layout in attention_dkdv_shared_bytes).
+    extern __shared__ unsigned char dkdv_shared[];
+    const uint32_t base = (shared_address(dkdv_shared) + 1023u) & ~1023u;
+    const uint32_t k_rows = base, v_rows = base + kTileBytes;
+    const auto q_tile = [&](int stage) { return base + (2 + stage) * kTileBytes; };
+    const auto do_tile = [&](int stage) { return base + (2 + kDkdvStages + stage) * kTileBytes; };
+    const uint32_t values = base + (2 + 2 * kDkdvStages) * kTileBytes;  // [stage][lse 64, delta 64] f32
+    unsigned char* const values_generic = dkdv_shared + (values - shared_address(dkdv_shared));
+    const auto lse_of = [&](int stage) {
+        return reinterpret_cast<const float*>(values_generic) + stage * 2 * kTile;
+    };
+
+    const int x = static_cast<int>(threadIdx.x);
+    const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.Hk, g = static_cast<int>(blockIdx.x) % P.Hk;
-    const int s0 = static_cast<int>(blockIdx.y) * kRows;
+    const int s0 = static_cast<int>(blockIdx.y) * kGroupRows;
     const int sa = s0 + 16 * warp + gid, sb = sa + 8;  // this lane's two key rows
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t kv_offset = (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
@@ -525,84 +603,152 @@ __global__ void __launch_bounds__(kThreads, MinBlocks) attention_backward_dkdv_t
     queries_of_keys(P, s0, lo, hi);  // lo is a multiple of 64 (s0, or 0)
     const int tiles_per_head = (hi - lo) / kTile + 1;
     const int pairs = P.G * tiles_per_head;
-    // Starts the copies of pair (head, t0) into buffer `stage`.
-    auto start_pair = [&](int head, int t0, int stage) {
+    // Starts the copies of pair (head, t0) into `stage`.
+    const auto start_pair = [&](int head, int t0, int stage) {
         const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
-        start_tile_copy<D>(P.q16 + q_offset, q_stride, t0, P.T, Qs[stage]);
-        start_tile_copy<D>(P.grad_out16 + q_offset, q_stride, t0, P.T, dOs[stage]);
-        // lse and delta rows of the tile: 16 chunks of 4 floats each, always inside the
-        // padded [B, H, Tp] arrays (t0 + 64 <= Tp).
-        const int x = static_cast<int>(threadIdx.x);
+        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.q16 + q_offset, q_stride, t0, P.T, q_tile(stage));
+        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.grad_out16 + q_offset, q_stride, t0, P.T,
+                                                             do_tile(stage));
+        // lse and delta of the tile: 16 chunks of 4 floats each, always inside the padded
+        // [B, H, Tp] arrays (t0 + 64 <= Tp).
         if (x < 2 * kTile / 4) {
             const int64_t row = (static_cast<int64_t>(b) * P.H + head) * P.Tp + t0;
             const bool is_lse = x < kTile / 4;
             const int c = (is_lse ? x : x - kTile / 4) * 4;
             const float* src = (is_lse ? P.lse_by_head : P.delta_by_head) + row + c;
-            float* dst = (is_lse ? lse_tile[stage] : delta_tile[stage]) + c;
-            cp_async_16(shared_address(dst), src, true);
+            cp_async_16(values + static_cast<uint32_t>((stage * 2 * kTile + (is_lse ? 0 : kTile) + c) * 4), src, true);
         }
     };
+    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.k16 + kv_offset, kv_stride, s0, P.T, k_rows);
+    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.v16 + kv_offset, kv_stride, s0, P.T, v_rows);
     start_pair(g * P.G, lo, 0);
     cp_async_commit();
 
     int query_lo_a, query_hi_a, query_lo_b, query_hi_b;  // the queries that see keys sa, sb
     visible_interval(P, sa, /*of_query=*/false, query_lo_a, query_hi_a);
     visible_interval(P, sb, /*of_query=*/false, query_lo_b, query_hi_b);
-    uint32_t kf[D / 16][4], vf[D / 16][4];
-    load_a_rows_bf16<D>(P.k16 + kv_offset, kv_stride, sa, P.T, tig, kf);
-    load_a_rows_bf16<D>(P.v16 + kv_offset, kv_stride, sa, P.T, tig, vf);
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
         dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
         dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
+    float pt[kHalf / 8][4], dpt[kHalf / 8][4];   // [key][query]
+    uint32_t ptf[kHalf / 16][4], dsf[kHalf / 16][4];  // P^T and dS^T of the previous step, bf16
 
-    const uint32_t q_nk = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t q_kn = shared_address(Qs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    const uint32_t do_nk = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_nk_lane_offset(lane, kLd));
-    const uint32_t do_kn = shared_address(dOs[0]) + 2u * static_cast<uint32_t>(b_from_kn_lane_offset(lane, kLd));
-    int stage = 0;
-    // Pair i = (head, query tile t0): heads ascending, tiles ascending within a head; the
-    // next pair by counters, not by a division and a remainder by tiles_per_head per pair.
-    int head = g * P.G, t0 = lo;
-    for (int i = 0; i < pairs; ++i, stage ^= 1) {
-        cp_async_wait<0>();
-        __syncthreads();
-        const bool head_done = t0 + kTile > hi;
-        const int next_head = head_done ? head + 1 : head, next_t0 = head_done ? lo : t0 + kTile;
-        if (i + 1 < pairs) start_pair(next_head, next_t0, stage ^ 1);
-        cp_async_commit();
-        const bool whole = tile_wholly_visible(P, t0, s0);
-        // The tile's queries in two halves (half the registers for P^T and dP^T); dK and dV
-        // still add the query steps in order.
+    const uint64_t k_desc = wgmma::swizzled_descriptor(k_rows), v_desc = wgmma::swizzled_descriptor(v_rows);
+    const auto issue_scores = [&](int stage, int half) {
+        const uint64_t qd = wgmma::swizzled_descriptor(q_tile(stage) + half * kHalfBytes);
+        const uint64_t dod = wgmma::swizzled_descriptor(do_tile(stage) + half * kHalfBytes);
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            constexpr int kHalf = kTile / 2;
-            const uint32_t offset = stage * kStageBytes + 2u * static_cast<uint32_t>(half * kHalf * kLd);
-            const float* lse_s = lse_tile[stage] + half * kHalf;
-            const float* delta_s = delta_tile[stage] + half * kHalf;
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma::mma_m64n32k16_ss<0>(pt, wgmma::advanced(k_desc, 32u * kk), wgmma::advanced(qd, 32u * kk), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma::mma_m64n32k16_ss<0>(dpt, wgmma::advanced(v_desc, 32u * kk), wgmma::advanced(dod, 32u * kk), kk > 0);
+        wgmma::commit_group();
+    };
+    const auto issue_accumulate = [&](int stage, int half) {
+        const uint64_t qd = wgmma::swizzled_descriptor(q_tile(stage) + half * kHalfBytes);
+        const uint64_t dod = wgmma::swizzled_descriptor(do_tile(stage) + half * kHalfBytes);
+#pragma unroll
+        for (int ks = 0; ks < kHalf / 16; ++ks)
+            wgmma::mma_m64n64k16<1>(dv, ptf[ks], wgmma::advanced(dod, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+#pragma unroll
+        for (int ks = 0; ks < kHalf / 16; ++ks)
+            wgmma::mma_m64n64k16<1>(dk, dsf[ks], wgmma::advanced(qd, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+        wgmma::commit_group();
+    };
+    // P^T and dS^T of step (pair at t0 in `stage`, half): P^T stays in pt, dS^T goes to dpt.
+    const auto elementwise = [&](int stage, int t0, bool whole, int half) {
+        wgmma::pin(pt);
+        wgmma::pin(dpt);
+        const float* lse_s = lse_of(stage) + half * kHalf;
+        const float* delta_s = lse_s + kTile;
+#pragma unroll
+        for (int jj = 0; jj < kHalf / 8; ++jj)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float l = lse_s[8 * jj + 2 * tig + e], dl = delta_s[8 * jj + 2 * tig + e];
+                pt[jj][e] = exp2_ftz(fmaf(pt[jj][e], P.scale_log2, -l));
+                pt[jj][2 + e] = exp2_ftz(fmaf(pt[jj][2 + e], P.scale_log2, -l));
+                dpt[jj][e] = pt[jj][e] * (dpt[jj][e] - dl);
+                dpt[jj][2 + e] = pt[jj][2 + e] * (dpt[jj][2 + e] - dl);
+            }
+        if (!whole) {  // block-uniform: free on whole tiles
             const ColumnWindow wa(query_lo_a, query_hi_a, t0 + half * kHalf, tig);
             const ColumnWindow wb(query_lo_b, query_hi_b, t0 + half * kHalf, tig);
-            float pt[kHalf / 8][4];  // [key][query]
-            product_with_tile_transpose<D, kHalf>(kf, q_nk + offset, pt);  // K Q^T
-#pragma unroll
-            for (int j = 0; j < kHalf / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float l = lse_s[8 * j + 2 * tig + e];
-                    pt[j][e] = exp2_ftz(fmaf(pt[j][e], P.scale_log2, -l));
-                    pt[j][2 + e] = exp2_ftz(fmaf(pt[j][2 + e], P.scale_log2, -l));
-                }
-            if (!whole) hide_unseen<kHalf>(pt, wa, wb, 0.0f);  // block-uniform: free on whole tiles
-            key_side_backward_step<D, kHalf>(pt, mma::RegisterRows<D>{vf}, do_kn + offset, do_nk + offset,
-                                             q_kn + offset, delta_s, tig, dk, dv);
+            hide_unseen<kHalf>(pt, wa, wb, 0.0f);
+            hide_unseen<kHalf>(dpt, wa, wb, 0.0f);
         }
-        head = next_head;
-        t0 = next_t0;
+    };
+    const auto pack = [&] {
+#pragma unroll
+        for (int ks = 0; ks < kHalf / 16; ++ks) {
+            pack_c_as_a(ptf[ks], pt[2 * ks], pt[2 * ks + 1]);
+            pack_c_as_a(dsf[ks], dpt[2 * ks], dpt[2 * ks + 1]);
+        }
+    };
+    const auto overlapped_step = [&](int stage, int t0, bool whole, int half, int prev_stage, int prev_half) {
+        wgmma::fence();
+        issue_scores(stage, half);
+        issue_accumulate(prev_stage, prev_half);
+        wgmma::wait_group<1>();  // P^T and dP^T are done; dK / dV may still accumulate
+        elementwise(stage, t0, whole, half);
+        wgmma::wait_group<0>();
+        wgmma::pin(dk);
+        wgmma::pin(dv);
+        pack();
+    };
+    // Waits for pair i's copies, then starts those of pair i + 1 (head, t0 after it).
+    int head = g * P.G, t0 = lo;
+    const auto next_pair = [&](int i) {
+        cp_async_wait<0>();
+        wgmma::fence_shared_for_async_proxy();
+        __syncthreads();  // everyone's copies have landed; all are done with pair i - 2
+        const bool head_done = t0 + kTile > hi;
+        const int next_head = head_done ? head + 1 : head, next_t0 = head_done ? lo : t0 + kTile;
+        if (i + 1 < pairs) start_pair(next_head, next_t0, (i + 1) % kDkdvStages);
+        cp_async_commit();
+    };
+    const auto advance = [&] {
+        const bool head_done = t0 + kTile > hi;
+        head = head_done ? head + 1 : head;
+        t0 = head_done ? lo : t0 + kTile;
+    };
+
+    next_pair(0);
+    {
+        const bool whole = tile_wholly_visible(P, t0, s0);
+        wgmma::fence();
+        issue_scores(0, 0);
+        wgmma::wait_group<0>();
+        elementwise(0, t0, whole, 0);
+        pack();
+        overlapped_step(0, t0, whole, 1, 0, 0);
+        advance();
     }
+    for (int i = 1; i < pairs; ++i) {
+        next_pair(i);
+        const int stage = i % kDkdvStages, prev_stage = (i - 1) % kDkdvStages;
+        const bool whole = tile_wholly_visible(P, t0, s0);
+        overlapped_step(stage, t0, whole, 0, prev_stage, 1);
+        overlapped_step(stage, t0, whole, 1, stage, 0);
+        advance();
+    }
+    wgmma::fence();
+    issue_accumulate((pairs - 1) % kDkdvStages, 1);
+    wgmma::wait_group<0>();
+    wgmma::pin(dk);
+    wgmma::pin(dv);
     if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
     if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
+}
+
+// Dynamic shared memory of the dK/dV kernel: K, V and the staged q / dO tiles (8 KB each),
+// the staged lse / delta values, and 1 KB to align the start to 1024 bytes.
+constexpr int attention_dkdv_shared_bytes(int D) {
+    return (2 + 2 * kDkdvStages) * kTile * D * 2 + kDkdvStages * 2 * kTile * 4 + 1024;
 }
 
 // lse and delta [B, T, H] -> by head [B, H, Tp] (Tp = T rounded up to 64), lse times
@@ -677,15 +823,8 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     if (out.dtype() == DType::BF16) P.out16 = bf16_data(out);
     else P.out = out.data<float>();
     P.lse_out = lse.data<float>();
-    // Warpgroups a block (1 or 2): experiment knob of this version, measured in docs/PERF.md.
-    static const int groups = [] {
-        const char* v = std::getenv("HSA_SWA_FORWARD_GROUPS");
-        return v && std::string(v) == "2" ? 2 : 1;
-    }();
-    const int rows = groups * kGroupRows;
-    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), rows, "attention_forward");
-    if (groups == 2) attention_forward_wgmma_kernel<kHeadDim, 2><<<grid, 2 * wgmma::kWarpgroupThreads>>>(P);
-    else attention_forward_wgmma_kernel<kHeadDim, 1><<<grid, wgmma::kWarpgroupThreads>>>(P);
+    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kGroupRows, "attention_forward");
+    attention_forward_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_wgmma_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
     // after the kernel, so reuse of their memory is safe.
@@ -719,11 +858,9 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         grad_out16 = rounded_bf16_copy(grad_out);
     }
     if (P.grad_q) {
-        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kRows, "attention_backward");
-        // 4 blocks an SM (128 registers, a 48-byte spill outside the loop): with the half
-        // tiles, measured faster than 3 (8x4K fwd+bwd 2.07 -> 2.00 ms, 1x64K 4.20 -> 4.06).
-        attention_backward_dq_tc_kernel<kHeadDim, 4><<<grid, kThreads>>>(P);
-        HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
+        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kGroupRows, "attention_backward");
+        attention_backward_dq_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads>>>(P);
+        HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_wgmma_kernel");
     }
     if (want_kv) {
         P.q16 = bf16_data(q16);
@@ -738,13 +875,15 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
         const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), kRows, "attention_backward");
-        // 3 blocks an SM when the grid has blocks to fill them; with few KV heads (the
-        // model's Hk = 1: B x T / 64 blocks, 512 at 8 x 4096) 2 fuller waves do better.
-        if (P.Hk >= kManyKvHeads)
-            attention_backward_dkdv_tc_kernel<kHeadDim, 3><<<grid, kThreads>>>(P);
-        else
-            attention_backward_dkdv_tc_kernel<kHeadDim, 2><<<grid, kThreads>>>(P);
-        HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
+        constexpr int kShared = attention_dkdv_shared_bytes(kHeadDim);
+        static const bool shared_set = [] {
+            HSA_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_wgmma_kernel<kHeadDim>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, kShared));
+            return true;
+        }();
+        (void)shared_set;
+        attention_backward_dkdv_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads, kShared>>>(P);
+        HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_wgmma_kernel");
     }
 }
 

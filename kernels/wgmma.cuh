@@ -98,6 +98,45 @@ __device__ __forceinline__ void mma_m64n64k16(float (&d)[8][4], const uint32_t (
         : "memory");
 }
 
+// d (+)= a B for a 64 x 32 x 16 step (half the columns of mma_m64n64k16: 16 accumulators).
+template <int kTransB>
+__device__ __forceinline__ void mma_m64n32k16(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b_descriptor,
+                                              bool accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n"
+        "}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+          "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+          "+f"(d[3][2]), "+f"(d[3][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(static_cast<int>(accumulate)),
+          "n"(kTransB)
+        : "memory");
+}
+
+// d (+)= A B for a 64 x 32 x 16 step with A from shared memory too (K-major, by descriptor).
+template <int kTransB>
+__device__ __forceinline__ void mma_m64n32k16_ss(float (&d)[4][4], uint64_t a_descriptor, uint64_t b_descriptor,
+                                                 bool accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, %19;\n"
+        "}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+          "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+          "+f"(d[3][2]), "+f"(d[3][3])
+        : "l"(a_descriptor), "l"(b_descriptor), "r"(static_cast<int>(accumulate)), "n"(kTransB)
+        : "memory");
+}
+
 // Starts the cp.async copy of rows first .. first + kRows - 1 of a [rows][64] bf16 matrix
 // (row r at base + r * stride) into a swizzled shared tile, rows at or past T zero-filled.
 // All kThreads threads of the block take part; the caller commits and waits.
