@@ -1,19 +1,18 @@
-// Local attention on tensor cores (FlashAttention-2 style): bf16 operands on mma.sync
-// m16n8k16 with f32 accumulation, f32 online softmax, f32 tensors in and out. The streamed
-// tiles come from bf16 copies (K and V rounded by one pass each; q and dO by the dQ kernel,
-// which reads them anyway) through cp.async into double-buffered shared memory, so the copy
-// of the next tile overlaps the products of the current one; the register-held rows (q, dO
-// in forward and dQ) are rounded as they are loaded. Semantics and layouts:
-// core/backend.h (Backend::attention_forward / attention_backward); the f32 CUDA-core
-// version, used at f32 precision and for other head dims: kernels/attention.cu. Fragment
-// layouts and ldmatrix addressing: kernels/mma_bf16.cuh.
+// Local attention on Hopper tensor cores (FlashAttention-3 style, sm_90a): bf16 operands on
+// wgmma.mma_async (kernels/wgmma.cuh) with f32 accumulation, f32 online softmax, f32
+// tensors in and out (or a bf16 out). The streamed tiles come from bf16 copies (K and V
+// rounded by one pass each; q and dO by the dQ kernel, which reads them anyway) through
+// cp.async into 128-byte swizzled shared memory, so the copy of the next tile overlaps the
+// products of the current one; the register-held rows (q, dO in forward and dQ) are rounded
+// as they are loaded. Semantics and layouts: core/backend.h (Backend::attention_forward /
+// attention_backward); the f32 CUDA-core version, used at f32 precision and for other head
+// dims: kernels/attention.cu.
 //
 // Layouts: q, out, dO, dQ [B, T, H, D]; k, v, dK, dV [B, T, Hk, D]; lse, delta [B, T, H].
 // Head h reads KV head g = h / G, G = H / Hk.
 //
-// Blocks of 4 warps own 64 rows, 16 a warp (the M of every MMA), and stream 64-row tiles
-// of the other operand through shared memory (bf16, row stride D + 8: the 16-byte pad puts
-// the 8 rows of every ldmatrix phase in distinct banks; two buffers, 37 KB a block):
+// Blocks are one warpgroup (4 warps) owning 64 rows, 16 a warp, the M of every product, and
+// stream 64-row tiles of the other operand:
 //   forward   rows = queries of (b, h); tiles = keys. S = Q K^T, online softmax (one
 //             rescale per tile), O += P V with P re-packed from the S registers.
 //   dQ        rows = queries of (b, h); tiles = keys. P = exp(S - lse), dP = dO V^T,
@@ -22,8 +21,10 @@
 //             (ascending), so no two blocks write the same row: deterministic, no atomics.
 //             P^T = exp(K Q^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T -
 //             delta), dK += dS^T Q.
-// Only the tiles a block's rows can see are visited (the window's band for causal, all for
-// bidirectional); elements are masked only in tiles that are not wholly visible.
+// In each, the accumulating product of one step (O, dQ, or dK and dV) runs asynchronously
+// while the next step's elementwise work (softmax, dS) is done. Only the tiles a block's rows
+// can see are visited (the window's band for causal, all for bidirectional); elements are
+// masked only in tiles that are not wholly visible.
 #include "kernels/attention_tc.cuh"
 
 #include <cuda_bf16.h>
@@ -39,19 +40,12 @@ namespace hsa {
 
 namespace {
 
-using mma::accumulate_product_with_tile;
-using mma::b_from_kn_lane_offset;
-using mma::exp2_ftz;
-using mma::b_from_nk_lane_offset;
-using mma::key_side_backward_step;
 using mma::cp_async_16;
 using mma::cp_async_commit;
 using mma::cp_async_wait;
+using mma::exp2_ftz;
 using mma::load_a_rows;
-using mma::load_a_rows_bf16;
-using mma::pack_bf16;
 using mma::pack_c_as_a;
-using mma::product_with_tile_transpose;
 using mma::quad_max;
 using mma::quad_sum;
 using mma::shared_address;
@@ -59,10 +53,8 @@ using mma::store_a_rows_bf16;
 using mma::store_rows;
 
 constexpr int kWarpSize = 32;
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kRows = 16 * kWarps;  // rows a block owns
-constexpr int kTile = 64;           // rows of a streamed shared tile
+constexpr int kRows = 64;  // rows a block owns: one warpgroup, the M of wgmma
+constexpr int kTile = 64;  // rows of a streamed shared tile
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct TcParams {
@@ -164,77 +156,12 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
     hi = P.window > 0 ? min(P.T - 1, s0 + kRows - 1 + P.window - 1) : P.T - 1;
 }
 
-// Starts the copy of rows first .. first + 63 of a [rows][D] bf16 matrix (row r at base +
-// r * stride) into a shared tile (row stride D + 8) by cp.async, rows at or past T
-// zero-filled. All threads of the block take part; the caller commits and waits.
-template <int D>
-__device__ __forceinline__ void start_tile_copy(const __nv_bfloat16* __restrict__ base, int64_t stride, int first,
-                                                int T, __nv_bfloat16* tile) {
-    constexpr int kLd = D + 8;
-    constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
-    constexpr int kChunksPerThread = kTile * kChunksPerRow / kThreads;
-    static_assert(kTile * kChunksPerRow % kThreads == 0, "whole chunks a thread");
-    static_assert(kThreads % kChunksPerRow == 0, "every thread copies the same column of its rows");
-    // Thread x copies column (x % kChunksPerRow) * 8 of rows x / kChunksPerRow + i *
-    // kThreads / kChunksPerRow: written so, the row and column are loop-invariant (the
-    // compiler cannot rewrite (i * kThreads + x) / kChunksPerRow for a signed x).
-    const int x = static_cast<int>(threadIdx.x);
-    const int row0 = x / kChunksPerRow, col = (x % kChunksPerRow) * 8;
-    const __nv_bfloat16* src = base + static_cast<int64_t>(first + row0) * stride + col;
-    const int64_t step = static_cast<int64_t>(kThreads / kChunksPerRow) * stride;
-#pragma unroll
-    for (int i = 0; i < kChunksPerThread; ++i) {
-        const int row = row0 + i * (kThreads / kChunksPerRow);
-        const bool valid = first + row < T;
-        cp_async_16(shared_address(tile + row * kLd + col), valid ? src + i * step : base, valid);
-    }
-}
-
-// Where a forward / dQ block (4 warps, the kRows queries from t0 of head h of batch b)
-// stands, and its key range [lo, hi]; the constructor starts the copy of the first K / V
-// tiles into Ks / Vs (one commit group).
-template <int D>
-struct QueryTileBlock {
-    int lane, gid, tig, b, h, g, t0, ta, tb, lo, hi;
-    int64_t q_stride, kv_stride, q_offset;  // q / out rows of (b, h) start at q_offset
-    const __nv_bfloat16* k_base;
-    const __nv_bfloat16* v_base;
-
-    __device__ __forceinline__ QueryTileBlock(const TcParams& P, __nv_bfloat16* Ks, __nv_bfloat16* Vs) {
-        lane = static_cast<int>(threadIdx.x) % kWarpSize;
-        const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-        gid = lane >> 2;
-        tig = lane & 3;
-        b = static_cast<int>(blockIdx.x) / P.H;
-        h = static_cast<int>(blockIdx.x) % P.H;
-        g = h / P.G;
-        t0 = static_cast<int>(blockIdx.y) * kRows;
-        ta = t0 + 16 * warp + gid;
-        tb = ta + 8;
-        q_stride = static_cast<int64_t>(P.H) * D;
-        kv_stride = static_cast<int64_t>(P.Hk) * D;
-        q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-        k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-        v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-        keys_of_queries(P, t0, lo, hi);
-        start_copies(P, lo, Ks, Vs);
-        cp_async_commit();
-    }
-    // The copies of the K and V tiles of keys s0 .. s0 + kTile - 1 (the caller commits).
-    __device__ __forceinline__ void start_copies(const TcParams& P, int s0, __nv_bfloat16* Ks,
-                                                 __nv_bfloat16* Vs) const {
-        start_tile_copy<D>(k_base, kv_stride, s0, P.T, Ks);
-        start_tile_copy<D>(v_base, kv_stride, s0, P.T, Vs);
-    }
-};
-
 // ---------------------------------------------------------------- forward (wgmma)
 
 // Blocks of one warpgroup own 64 query rows and stream 64-key K / V tiles through 128-byte
 // swizzled shared memory (kernels/wgmma.cuh). The products are wgmma.m64n64k16 with A from
-// registers: S = Q K^T (q rounded to bf16 as it is loaded,
-// K K-major) and O += P V (P re-packed from the S accumulators, V MN-major). Each
-// warpgroup overlaps its products with its softmax: step j issues S_j and then O += P_{j-1}
+// registers: S = Q K^T (q rounded to bf16 as it is loaded, K K-major) and O += P V (P
+// re-packed from the S accumulators, V MN-major). The warpgroup overlaps its products with its softmax: step j issues S_j and then O += P_{j-1}
 // V_{j-1}, waits only for S_j, runs the softmax of tile j while the P V product runs, then
 // waits for it and rescales O. V therefore lags K by a tile: step j needs K_j and V_{j-1}
 // and copies K_{j+1} and V_j (cp.async, one group) behind them; tile 0 (S only) and a last
@@ -242,18 +169,6 @@ struct QueryTileBlock {
 // under conditions it cannot prove uniform across the warpgroup. (Blocks of 2 warpgroups
 // sharing the tiles, each masking the one tile of the block's range it does not see, measured
 // slower: docs/PERF.md version 41.)
-constexpr int kGroupRows = 64;  // the M of wgmma: a block's query rows
-
-// The keys [lo, hi] some query of [t0, t0 + rows) sees.
-__device__ __forceinline__ void keys_of_query_rows(const TcParams& P, int t0, int rows, int& lo, int& hi) {
-    if (!P.causal) {
-        lo = 0;
-        hi = P.T - 1;
-        return;
-    }
-    hi = min(P.T - 1, t0 + rows - 1);
-    lo = P.window > 0 ? max(0, t0 - P.window + 1) : 0;
-}
 
 // The running softmax of a lane's two rows (a, b) over the key tiles.
 struct OnlineSoftmax {
@@ -303,7 +218,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kGroupRows;
+    const int t0 = static_cast<int>(blockIdx.y) * kRows;
     const int ta = t0 + 16 * warp + gid, tb = ta + 8;
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
@@ -311,7 +226,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
 
     int lo, hi;  // the block's key range
-    keys_of_query_rows(P, t0, kGroupRows, lo, hi);
+    keys_of_queries(P, t0, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
@@ -436,7 +351,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kGroupRows;
+    const int t0 = static_cast<int>(blockIdx.y) * kRows;
     const int ta = t0 + 16 * warp + gid, tb = ta + 8;
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
@@ -444,7 +359,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
 
     int lo, hi;  // the block's key range
-    keys_of_query_rows(P, t0, kGroupRows, lo, hi);
+    keys_of_queries(P, t0, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
     const auto k_tile = [&](int j) { return k_tiles + static_cast<uint32_t>(j % 3) * kTileBytes; };
@@ -594,7 +509,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.Hk, g = static_cast<int>(blockIdx.x) % P.Hk;
-    const int s0 = static_cast<int>(blockIdx.y) * kGroupRows;
+    const int s0 = static_cast<int>(blockIdx.y) * kRows;
     const int sa = s0 + 16 * warp + gid, sb = sa + 8;  // this lane's two key rows
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
     const int64_t kv_offset = (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
@@ -774,12 +689,10 @@ __global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const fl
 
 // ---------------------------------------------------------------- host side
 
-constexpr int kHeadDim = 64;  // the supported D (the model's; d 128 would spill the dK/dV kernel)
-// Occupancy (the kernels' MinBlocks): measured on an H200 (docs/PERF.md versions 17, 25), 4
-// forward and 4 dQ blocks an SM (ptxas caps registers at 128, spilling 44-48 bytes) beat 2-3
-// at every shape: window 512, 16 KV heads, 8 x 4096: fwd+bwd 2.36 -> 2.00 ms. The dK/dV
-// kernel gains with 3 only when its grid (B x Hk x T / 64) is large: from kManyKvHeads.
-constexpr int kManyKvHeads = 4;
+// The supported D: the model's, and one 64-dim bf16 row is one 128-byte swizzled line.
+// Occupancy (ptxas, no spills): forward 126 registers, 4 blocks an SM; dQ 140 and dK/dV 154
+// registers, 3 blocks an SM (the dQ kernel at 4 serialises its wgmmas for want of registers).
+constexpr int kHeadDim = 64;
 
 TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
     TcParams P{};
@@ -795,8 +708,8 @@ TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) 
     return P;
 }
 
-dim3 grid_for(int64_t heads_times_batch, int64_t T, int rows_per_block, const char* op) {
-    const int64_t tiles = (T + rows_per_block - 1) / rows_per_block;
+dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
+    const int64_t tiles = (T + kRows - 1) / kRows;
     HSA_CHECK(tiles <= 65535, op << ": T = " << T << " needs " << tiles << " row blocks, over the grid limit 65535");
     HSA_CHECK(heads_times_batch < (int64_t{1} << 31), op << ": " << heads_times_batch << " (batch x heads) blocks, over the grid limit");
     return dim3(static_cast<unsigned>(heads_times_batch), static_cast<unsigned>(tiles));
@@ -823,7 +736,7 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     if (out.dtype() == DType::BF16) P.out16 = bf16_data(out);
     else P.out = out.data<float>();
     P.lse_out = lse.data<float>();
-    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kGroupRows, "attention_forward");
+    const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_forward");
     attention_forward_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads>>>(P);
     HSA_CUDA_CHECK_LAUNCH("attention_forward_wgmma_kernel");
     // k16 / v16 return to the caching allocator here; later work on the stream is ordered
@@ -858,7 +771,7 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         grad_out16 = rounded_bf16_copy(grad_out);
     }
     if (P.grad_q) {
-        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), kGroupRows, "attention_backward");
+        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
         attention_backward_dq_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_wgmma_kernel");
     }
@@ -874,7 +787,7 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
-        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), kRows, "attention_backward");
+        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward");
         constexpr int kShared = attention_dkdv_shared_bytes(kHeadDim);
         static const bool shared_set = [] {
             HSA_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_wgmma_kernel<kHeadDim>,

@@ -1,5 +1,5 @@
-// Local attention (sliding-window causal or bidirectional, GQA) on tensor cores: bf16
-// operands (mma.sync m16n8k16), f32 accumulation, f32 online softmax, f32 storage. The
+// Local attention (sliding-window causal or bidirectional, GQA) on Hopper tensor cores: bf16
+// operands (wgmma, sm_90a), f32 accumulation, f32 online softmax, f32 storage (or a bf16 out). The
 // backend's attention_forward / attention_backward (kernels/attention.cu) use these when
 // the matrix-product precision is BF16 (core/precision.h; training's default) and the head
 // dim is supported, and the f32 CUDA-core kernels otherwise. Same semantics and layouts as

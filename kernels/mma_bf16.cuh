@@ -264,7 +264,7 @@ __device__ __forceinline__ void accumulate_product_with_tile(const uint32_t (&a)
     }
 }
 
-// The key-side backward step of one tile of N queries (the SWA dK/dV kernel, HSA pass 3):
+// The key-side backward step of one tile of N queries (HSA pass 3):
 // given P^T (16 keys x N, the C layout; weights already folded in) in p,
 //   dV += P^T dO;  dS^T = P^T * (V dO^T - row_term[query]);  dK += dS^T Q,
 // with v_rows the keys' V as an A operand (RegisterRows or SharedRows), dO / Q read from
