@@ -31,6 +31,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma_bf16.cuh"
@@ -77,6 +78,8 @@ struct TcParams {
     float* grad_k;                  // [B, T, Hk, D] or null
     float* grad_v;                  // [B, T, Hk, D] or null
     int T, Tp, H, Hk, G;
+    int head_splits;  // dK/dV: blocks a key tile's G heads are split over (grad_k / grad_v then
+                      // hold head_splits partial [B, T, Hk, D] arrays, summed after)
     bool causal;
     int window;  // causal only; 0 = unlimited
     float scale;       // 1 / sqrt(D)
@@ -215,6 +218,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     constexpr uint32_t kTileBytes = kTile * D * 2;
     __shared__ __align__(1024) __nv_bfloat16 Ks[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
+    __shared__ __align__(1024) __nv_bfloat16 dOs[kRows * D];
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
@@ -228,7 +232,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     int lo, hi;  // the block's key range
     keys_of_queries(P, t0, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
-    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
+    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + (j & 1) * kTileBytes; };
     wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo, P.T, k_tile(0));
@@ -338,16 +342,19 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
 // P (dP - delta) with P = exp(S - lse), then dQ += dS K (wgmma.m64n64k16, A = dS re-packed,
 // B = K MN-major). As in the forward the dQ product of step u - 1 runs while step u's dS is
 // computed; it reads the previous tile's K at a tile's first step, so K has three buffers
-// (tiles j - 1, j, and j + 1 being copied) and V two. When q16_out is set, the block also
-// leaves bf16 copies of its q and dO rows for the dK/dV kernel (no extra read pass).
+// (tiles j - 1, j, and j + 1 being copied) and V two. The dO rows are rounded into a swizzled
+// shared tile, the A operand of dP from there: 16 registers fewer, 124 in all, so 4 blocks
+// an SM fit (48 KB of shared memory each). When q16_out is set, the block also leaves bf16
+// copies of its q and dO rows for the dK/dV kernel (no extra read pass).
 template <int D>
-__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backward_dq_wgmma_kernel(TcParams P) {
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backward_dq_wgmma_kernel(TcParams P) {
     static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
     constexpr int kThreadsHere = wgmma::kWarpgroupThreads;
     constexpr int kHalf = kTile / 2;
     constexpr uint32_t kTileBytes = kTile * D * 2, kHalfBytes = kHalf * D * 2;
     __shared__ __align__(1024) __nv_bfloat16 Ks[3][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
+    __shared__ __align__(1024) __nv_bfloat16 dOs[kRows * D];
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
@@ -361,7 +368,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     int lo, hi;  // the block's key range
     keys_of_queries(P, t0, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
-    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
+    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
     const auto k_tile = [&](int j) { return k_tiles + static_cast<uint32_t>(j % 3) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + static_cast<uint32_t>(j & 1) * kTileBytes; };
     const auto start_copies = [&](int j) {
@@ -379,12 +386,16 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
         cp_async_commit();
     };
 
-    uint32_t qf[D / 16][4], dof[D / 16][4];
+    uint32_t qf[D / 16][4];
     load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
-    load_a_rows<D>(P.grad_out + q_offset, q_stride, ta, P.T, tig, dof);
-    if (P.q16_out) {
-        store_a_rows_bf16<D>(P.q16_out + q_offset, q_stride, ta, P.T, tig, qf);
-        store_a_rows_bf16<D>(P.grad_out16_out + q_offset, q_stride, ta, P.T, tig, dof);
+    {
+        uint32_t dof[D / 16][4];
+        load_a_rows<D>(P.grad_out + q_offset, q_stride, ta, P.T, tig, dof);
+        if (P.q16_out) {
+            store_a_rows_bf16<D>(P.q16_out + q_offset, q_stride, ta, P.T, tig, qf);
+            store_a_rows_bf16<D>(P.grad_out16_out + q_offset, q_stride, ta, P.T, tig, dof);
+        }
+        wgmma::store_a_fragments_swizzled<D>(dof, 16 * warp + gid, tig, do_rows);  // published by next_tiles(0)
     }
     const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + h;
     const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + h;
@@ -405,10 +416,12 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     const auto issue_scores = [&](int j, int half) {
         const uint64_t kd = wgmma::swizzled_descriptor(k_tile(j) + half * kHalfBytes);
         const uint64_t vd = wgmma::swizzled_descriptor(v_tile(j) + half * kHalfBytes);
+        const uint64_t dod = wgmma::swizzled_descriptor(do_rows);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) wgmma::mma_m64n32k16<0>(p, qf[kk], wgmma::advanced(kd, 32u * kk), kk > 0);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wgmma::mma_m64n32k16<0>(dp, dof[kk], wgmma::advanced(vd, 32u * kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma::mma_m64n32k16_ss<0>(dp, wgmma::advanced(dod, 32u * kk), wgmma::advanced(vd, 32u * kk), kk > 0);
         wgmma::commit_group();
     };
     // dQ += dS K_half of step (tile j, half), dS from dsf.
@@ -485,10 +498,13 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
 // then dV += P^T dO and dK += dS^T Q (wgmma.m64n64k16, A = P^T / dS^T re-packed, B = the
 // dO / q tile MN-major). Those two products of step u - 1 run while step u's elementwise
 // work is done, so the tiles have three buffers (pairs i - 1, i, and i + 1 being copied).
+// With head_splits > 1 the G heads are split over that many blocks of one key tile, each
+// writing a partial dK / dV (grid balance: at Hk 1 there are only B T / 64 key tiles).
 constexpr int kDkdvStages = 3;
+constexpr int kDkdvBlocksPerSm = 3;  // its __launch_bounds__: 154 registers, 66.5 KB of shared memory
 
 template <int D>
-__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backward_dkdv_wgmma_kernel(TcParams P) {
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) attention_backward_dkdv_wgmma_kernel(TcParams P) {
     static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
     constexpr int kThreadsHere = wgmma::kWarpgroupThreads;
     constexpr int kHalf = kTile / 2;
@@ -508,7 +524,10 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
 
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.Hk, g = static_cast<int>(blockIdx.x) % P.Hk;
+    const int split = static_cast<int>(blockIdx.x) % P.head_splits;
+    const int bg = static_cast<int>(blockIdx.x) / P.head_splits;
+    const int b = bg / P.Hk, g = bg % P.Hk;
+    const int heads = P.G / P.head_splits, first_head = g * P.G + split * heads;
     const int s0 = static_cast<int>(blockIdx.y) * kRows;
     const int sa = s0 + 16 * warp + gid, sb = sa + 8;  // this lane's two key rows
     const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
@@ -517,7 +536,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     int lo, hi;
     queries_of_keys(P, s0, lo, hi);  // lo is a multiple of 64 (s0, or 0)
     const int tiles_per_head = (hi - lo) / kTile + 1;
-    const int pairs = P.G * tiles_per_head;
+    const int pairs = heads * tiles_per_head;
     // Starts the copies of pair (head, t0) into `stage`.
     const auto start_pair = [&](int head, int t0, int stage) {
         const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
@@ -536,7 +555,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     };
     wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.k16 + kv_offset, kv_stride, s0, P.T, k_rows);
     wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.v16 + kv_offset, kv_stride, s0, P.T, v_rows);
-    start_pair(g * P.G, lo, 0);
+    start_pair(first_head, lo, 0);
     cp_async_commit();
 
     int query_lo_a, query_hi_a, query_lo_b, query_hi_b;  // the queries that see keys sa, sb
@@ -616,7 +635,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
         pack();
     };
     // Waits for pair i's copies, then starts those of pair i + 1 (head, t0 after it).
-    int head = g * P.G, t0 = lo;
+    int head = first_head, t0 = lo;
     const auto next_pair = [&](int i) {
         cp_async_wait<0>();
         wgmma::fence_shared_for_async_proxy();
@@ -656,8 +675,24 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 3) attention_backwar
     wgmma::wait_group<0>();
     wgmma::pin(dk);
     wgmma::pin(dv);
-    if (P.grad_k) store_rows<D>(P.grad_k + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
-    if (P.grad_v) store_rows<D>(P.grad_v + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
+    const int64_t part = split * static_cast<int64_t>(gridDim.x / P.head_splits) * P.T * D;  // B Hk T D a part
+    if (P.grad_k) store_rows<D>(P.grad_k + part + kv_offset, kv_stride, sa, P.T, tig, dk, P.scale, P.scale);
+    if (P.grad_v) store_rows<D>(P.grad_v + part + kv_offset, kv_stride, sa, P.T, tig, dv, 1.0f, 1.0f);
+}
+
+// out = the sum of `parts` arrays of n floats each (n a multiple of 4), in part order.
+__global__ void sum_parts_kernel(const float* __restrict__ parts, float* __restrict__ out, int64_t n, int count) {
+    const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+    if (i >= n) return;
+    float4 sum = __ldg(reinterpret_cast<const float4*>(parts + i));
+    for (int p = 1; p < count; ++p) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(parts + p * n + i));
+        sum.x += v.x;
+        sum.y += v.y;
+        sum.z += v.z;
+        sum.w += v.w;
+    }
+    *reinterpret_cast<float4*>(out + i) = sum;
 }
 
 // Dynamic shared memory of the dK/dV kernel: K, V and the staged q / dO tiles (8 KB each),
@@ -690,9 +725,36 @@ __global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const fl
 // ---------------------------------------------------------------- host side
 
 // The supported D: the model's, and one 64-dim bf16 row is one 128-byte swizzled line.
-// Occupancy (ptxas, no spills): forward 126 registers, 4 blocks an SM; dQ 140 and dK/dV 154
-// registers, 3 blocks an SM (the dQ kernel at 4 serialises its wgmmas for want of registers).
+// Occupancy (ptxas, no spills): forward 126 registers and dQ 122 (dO from shared memory; with
+// it in registers, 140 at 3 blocks, or wgmmas serialised at 4), 4 blocks an SM; dK/dV 154
+// registers, 3 blocks an SM.
 constexpr int kHeadDim = 64;
+
+// How many blocks the dK/dV kernel splits a key tile's G heads over (1, 2 or 4, dividing
+// G): the grid is B Hk T / 64 blocks, 512 at the model's Hk 1 and 8 x 4096, 1.3 waves of
+// 3 blocks on 132 SMs (the second 29% full). A split is taken when it fills the waves at
+// least 10% better; its partials cost a write and a read of dK / dV each (8 MB at that shape).
+int dkdv_head_splits(int64_t key_tiles, int G) {
+    static const int64_t slots = [] {
+        int device = 0, sms = 0;
+        HSA_CUDA_CHECK(cudaGetDevice(&device));
+        HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        return static_cast<int64_t>(sms) * kDkdvBlocksPerSm;
+    }();
+    const auto wave_fill = [](int64_t blocks) {
+        return static_cast<double>(blocks) / static_cast<double>((blocks + slots - 1) / slots * slots);
+    };
+    int best = 1;
+    double best_fill = wave_fill(key_tiles);
+    for (int s = 2; s <= 4 && G % s == 0; s *= 2) {
+        const double fill = wave_fill(key_tiles * s);
+        if (fill > 1.1 * best_fill) {
+            best = s;
+            best_fill = fill;
+        }
+    }
+    return best;
+}
 
 TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) {
     TcParams P{};
@@ -705,6 +767,7 @@ TcParams make_params(const Tensor& q, const Tensor& k, bool causal, int window) 
     P.window = window;
     P.scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
     P.scale_log2 = P.scale * kLog2e;
+    P.head_splits = 1;
     return P;
 }
 
@@ -787,7 +850,21 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
-        const dim3 grid = grid_for(q.size(0) * k.size(2), q.size(1), "attention_backward");
+        const int64_t key_tiles = q.size(0) * k.size(2) * ((P.T + kRows - 1) / kRows);
+        P.head_splits = dkdv_head_splits(key_tiles, P.G);
+        const dim3 grid = grid_for(q.size(0) * k.size(2) * P.head_splits, q.size(1), "attention_backward");
+        Tensor k_parts, v_parts;  // the partial dK / dV when the heads are split
+        if (P.head_splits > 1) {
+            const int64_t part_numel = k.numel() * P.head_splits;
+            if (P.grad_k) {
+                k_parts = Tensor::empty({part_numel}, DType::F32, Device::CUDA);
+                P.grad_k = k_parts.data<float>();
+            }
+            if (P.grad_v) {
+                v_parts = Tensor::empty({part_numel}, DType::F32, Device::CUDA);
+                P.grad_v = v_parts.data<float>();
+            }
+        }
         constexpr int kShared = attention_dkdv_shared_bytes(kHeadDim);
         static const bool shared_set = [] {
             HSA_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_wgmma_kernel<kHeadDim>,
@@ -797,6 +874,15 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
         (void)shared_set;
         attention_backward_dkdv_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads, kShared>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_wgmma_kernel");
+        if (P.head_splits > 1) {
+            const int64_t n = k.numel();
+            for (auto [parts, out] : {std::pair{&k_parts, grad_k}, std::pair{&v_parts, grad_v}}) {
+                if (!out) continue;
+                sum_parts_kernel<<<blocks_for(n / 4, 256), 256>>>(parts->data<float>(), out->data<float>(), n,
+                                                                  P.head_splits);
+                HSA_CUDA_CHECK_LAUNCH("sum_parts_kernel");
+            }
+        }
     }
 }
 

@@ -137,6 +137,23 @@ __device__ __forceinline__ void mma_m64n32k16_ss(float (&d)[4][4], uint64_t a_de
         : "memory");
 }
 
+// Stores A fragments (mma.m16n8k16 layout, k-step kk at a[kk]: rows r and r + 8, columns
+// 16 kk + 2 tig (+1) and + 8) into a [rows][D] swizzled bf16 tile at shared address `tile`,
+// as 4-byte pairs. The caller fences for the async proxy and synchronises before wgmma reads.
+template <int D>
+__device__ __forceinline__ void store_a_fragments_swizzled(const uint32_t (&a)[D / 16][4], int r, int tig,
+                                                           uint32_t tile) {
+    static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int row = r + (i & 1) * 8, col = 16 * kk + (i >> 1) * 8;  // col: the 8-column chunk
+            const uint32_t address = tile + swizzled_offset(row, col) + 4u * tig;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(a[kk][i]) : "memory");
+        }
+}
+
 // Starts the cp.async copy of rows first .. first + kRows - 1 of a [rows][64] bf16 matrix
 // (row r at base + r * stride) into a swizzled shared tile, rows at or past T zero-filled.
 // All kThreads threads of the block take part; the caller commits and waits.
