@@ -173,23 +173,14 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
 // sharing the tiles, each masking the one tile of the block's range it does not see, measured
 // slower: docs/PERF.md version 41.)
 
-// The running softmax of a lane's two rows (a, b) over the key tiles, with lazy rescaling
-// (as FlashAttention-4 does): the probabilities are taken against a reference maximum per row
-// that moves only when a tile's scores exceed it by more than 2^kRescaleSlack, and then for
-// every row of the warp at once. Until then rescale factors are 1 and the warp skips the
-// multiplies of O and the sums (warp-uniform: a vote). Probabilities stay below 2^8, which
-// bf16 P, the f32 sums and O hold exactly as well; the result is the same softmax, since the
-// reference cancels between the numerator and the sum, and lse = reference + log(sum).
-constexpr float kRescaleSlack = 8.0f;  // log2 units
-
+// The running softmax of a lane's two rows (a, b) over the key tiles.
 struct OnlineSoftmax {
-    float max_a = -INFINITY, max_b = -INFINITY;  // reference maxima of the raw scores
+    float max_a = -INFINITY, max_b = -INFINITY;  // running row maxima of the raw scores
     float sum_a = 0.0f, sum_b = 0.0f;            // this lane's part of the running row sums
 
-    // Turns the scores s of the next tile into probabilities against the reference maxima;
-    // returns true (for the whole warp) when they moved, with the factors that rescale what
-    // was accumulated against the old ones, and false when O needs no rescaling.
-    __device__ __forceinline__ bool step(float (&s)[kTile / 8][4], float scale_log2, float& rescale_a,
+    // Turns the scores s of the next tile into probabilities at the new running maxima and
+    // returns the factors that rescale what was accumulated at the old ones.
+    __device__ __forceinline__ void step(float (&s)[kTile / 8][4], float scale_log2, float& rescale_a,
                                          float& rescale_b) {
         float new_a = max_a, new_b = max_b;
 #pragma unroll
@@ -199,23 +190,15 @@ struct OnlineSoftmax {
         }
         new_a = quad_max(new_a);
         new_b = quad_max(new_b);
-        // -inf - -inf is NaN, and NaN > slack is false: a row that has seen no key keeps
-        // -inf until it sees one (max_a == -inf then makes the difference +inf).
-        const bool grows = (new_a - max_a) * scale_log2 > kRescaleSlack || (new_b - max_b) * scale_log2 > kRescaleSlack;
-        const bool rescale = __any_sync(0xffffffffu, grows);
-        if (rescale) {
-            // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
-            const float off_a = new_a == -INFINITY ? 0.0f : new_a * scale_log2;
-            const float off_b = new_b == -INFINITY ? 0.0f : new_b * scale_log2;
-            rescale_a = exp2_ftz(max_a * scale_log2 - off_a);
-            rescale_b = exp2_ftz(max_b * scale_log2 - off_b);
-            max_a = new_a;
-            max_b = new_b;
-            sum_a *= rescale_a;
-            sum_b *= rescale_b;
-        }
-        const float off_a = max_a == -INFINITY ? 0.0f : max_a * scale_log2;
-        const float off_b = max_b == -INFINITY ? 0.0f : max_b * scale_log2;
+        // A row that has seen no key yet keeps max -inf; offset 0 keeps exp2 away from NaN.
+        const float off_a = new_a == -INFINITY ? 0.0f : new_a * scale_log2;
+        const float off_b = new_b == -INFINITY ? 0.0f : new_b * scale_log2;
+        rescale_a = exp2_ftz(max_a * scale_log2 - off_a);
+        rescale_b = exp2_ftz(max_b * scale_log2 - off_b);
+        max_a = new_a;
+        max_b = new_b;
+        sum_a *= rescale_a;
+        sum_b *= rescale_b;
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j) {
             s[j][0] = exp2_ftz(fmaf(s[j][0], scale_log2, -off_a));
@@ -225,7 +208,6 @@ struct OnlineSoftmax {
             sum_a += s[j][0] + s[j][1];
             sum_b += s[j][2] + s[j][3];
         }
-        return rescale;
     }
 };
 
@@ -294,13 +276,13 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     };
     // Masks tile j's scores (only tiles not wholly visible to the block's rows: the window's
     // edges) and runs the softmax on them.
-    const auto softmax_step = [&](int j, float& rescale_a, float& rescale_b) -> bool {
+    const auto softmax_step = [&](int j, float& rescale_a, float& rescale_b) {
         const int s0 = lo + j * kTile;
         if (!tile_wholly_visible(P, t0, s0)) {
             const ColumnWindow wa(key_lo_a, key_hi_a, s0, tig), wb(key_lo_b, key_hi_b, s0, tig);
             hide_unseen<kTile>(s, wa, wb, -INFINITY);
         }
-        return softmax.step(s, P.scale_log2, rescale_a, rescale_b);
+        softmax.step(s, P.scale_log2, rescale_a, rescale_b);
     };
     const auto pack_p = [&] {
 #pragma unroll
@@ -322,17 +304,15 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
         issue_pv(j - 1);
         wgmma::wait_group<1>();  // S_j is done; P_{j-1} V_{j-1} may still run
         wgmma::pin(s);
-        const bool rescale = softmax_step(j, rescale_a, rescale_b);
+        softmax_step(j, rescale_a, rescale_b);
         wgmma::wait_group<0>();  // now O and pf are free
         wgmma::pin(acc);
-        if (rescale) {  // warp-uniform
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                acc[n][0] *= rescale_a;
-                acc[n][1] *= rescale_a;
-                acc[n][2] *= rescale_b;
-                acc[n][3] *= rescale_b;
-            }
+        for (int n = 0; n < D / 8; ++n) {
+            acc[n][0] *= rescale_a;
+            acc[n][1] *= rescale_a;
+            acc[n][2] *= rescale_b;
+            acc[n][3] *= rescale_b;
         }
         pack_p();
     }
@@ -620,19 +600,15 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
         const float* lse_s = lse_of(stage) + half * kHalf;
         const float* delta_s = lse_s + kTile;
 #pragma unroll
-        for (int jj = 0; jj < kHalf / 8; ++jj) {
-            // Columns 2 tig, 2 tig + 1 of the n-tile: one 8-byte shared load each.
-            const float2 l2 = *reinterpret_cast<const float2*>(lse_s + 8 * jj + 2 * tig);
-            const float2 dl2 = *reinterpret_cast<const float2*>(delta_s + 8 * jj + 2 * tig);
+        for (int jj = 0; jj < kHalf / 8; ++jj)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float l = e ? l2.y : l2.x, dl = e ? dl2.y : dl2.x;
+                const float l = lse_s[8 * jj + 2 * tig + e], dl = delta_s[8 * jj + 2 * tig + e];
                 pt[jj][e] = exp2_ftz(fmaf(pt[jj][e], P.scale_log2, -l));
                 pt[jj][2 + e] = exp2_ftz(fmaf(pt[jj][2 + e], P.scale_log2, -l));
                 dpt[jj][e] = pt[jj][e] * (dpt[jj][e] - dl);
                 dpt[jj][2 + e] = pt[jj][2 + e] * (dpt[jj][2 + e] - dl);
             }
-        }
         if (!whole) {  // block-uniform: free on whole tiles
             const ColumnWindow wa(query_lo_a, query_hi_a, t0 + half * kHalf, tig);
             const ColumnWindow wb(query_lo_b, query_hi_b, t0 + half * kHalf, tig);
