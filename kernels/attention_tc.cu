@@ -235,7 +235,8 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + (j & 1) * kTileBytes; };
-    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo, P.T, k_tile(0));
+    const wgmma::SwizzledTileCopier<kTile, kThreadsHere> copier(kv_stride, P.T);
+    copier.start(k_base, lo, k_tile(0));
     cp_async_commit();
     // Waits for K_j and V_{j-1}, then starts the copies of K_{j+1} and V_j.
     const auto next_tiles = [&](int j) {
@@ -243,10 +244,9 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
         wgmma::fence_shared_for_async_proxy();
         __syncthreads();  // everyone's copies have landed; all are done with K_{j-1}, V_{j-2}
         if (j + 1 < tiles)
-            wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo + (j + 1) * kTile, P.T,
-                                                                 k_tile(j + 1));
+            copier.start(k_base, lo + (j + 1) * kTile, k_tile(j + 1));
         if (j < tiles)
-            wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(v_base, kv_stride, lo + j * kTile, P.T, v_tile(j));
+            copier.start(v_base, lo + j * kTile, v_tile(j));
         cp_async_commit();
     };
 
@@ -371,9 +371,10 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backwar
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
     const auto k_tile = [&](int j) { return k_tiles + static_cast<uint32_t>(j % 3) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + static_cast<uint32_t>(j & 1) * kTileBytes; };
+    const wgmma::SwizzledTileCopier<kTile, kThreadsHere> copier(kv_stride, P.T);
     const auto start_copies = [&](int j) {
-        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(k_base, kv_stride, lo + j * kTile, P.T, k_tile(j));
-        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(v_base, kv_stride, lo + j * kTile, P.T, v_tile(j));
+        copier.start(k_base, lo + j * kTile, k_tile(j));
+        copier.start(v_base, lo + j * kTile, v_tile(j));
     };
     start_copies(0);
     cp_async_commit();
@@ -538,11 +539,11 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
     const int tiles_per_head = (hi - lo) / kTile + 1;
     const int pairs = heads * tiles_per_head;
     // Starts the copies of pair (head, t0) into `stage`.
+    const wgmma::SwizzledTileCopier<kTile, kThreadsHere> q_copier(q_stride, P.T), kv_copier(kv_stride, P.T);
     const auto start_pair = [&](int head, int t0, int stage) {
         const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + head) * D;
-        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.q16 + q_offset, q_stride, t0, P.T, q_tile(stage));
-        wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.grad_out16 + q_offset, q_stride, t0, P.T,
-                                                             do_tile(stage));
+        q_copier.start(P.q16 + q_offset, t0, q_tile(stage));
+        q_copier.start(P.grad_out16 + q_offset, t0, do_tile(stage));
         // lse and delta of the tile: 16 chunks of 4 floats each, always inside the padded
         // [B, H, Tp] arrays (t0 + 64 <= Tp).
         if (x < 2 * kTile / 4) {
@@ -553,8 +554,8 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
             cp_async_16(values + static_cast<uint32_t>((stage * 2 * kTile + (is_lse ? 0 : kTile) + c) * 4), src, true);
         }
     };
-    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.k16 + kv_offset, kv_stride, s0, P.T, k_rows);
-    wgmma::start_swizzled_tile_copy<kTile, kThreadsHere>(P.v16 + kv_offset, kv_stride, s0, P.T, v_rows);
+    kv_copier.start(P.k16 + kv_offset, s0, k_rows);
+    kv_copier.start(P.v16 + kv_offset, s0, v_rows);
     start_pair(first_head, lo, 0);
     cp_async_commit();
 

@@ -154,26 +154,47 @@ __device__ __forceinline__ void store_a_fragments_swizzled(const uint32_t (&a)[D
         }
 }
 
-// Starts the cp.async copy of rows first .. first + kRows - 1 of a [rows][64] bf16 matrix
-// (row r at base + r * stride) into a swizzled shared tile, rows at or past T zero-filled.
-// All kThreads threads of the block take part; the caller commits and waits.
+// A thread's part in copying kRows-row tiles of [rows][64] bf16 matrices (row r at base + r *
+// stride) into swizzled shared tiles by cp.async, all kThreads threads of the block taking
+// part (the caller commits and waits). The thread's rows, columns and destinations are fixed
+// at construction, so a tile's copies cost one address computation and then an add each; a
+// tile wholly inside T copies without predicates, rows at or past T are zero-filled (reading
+// nothing) otherwise.
 template <int kRows, int kThreads>
-__device__ __forceinline__ void start_swizzled_tile_copy(const __nv_bfloat16* __restrict__ base, int64_t stride,
-                                                         int first, int T, uint32_t tile) {
-    constexpr int kChunksPerRow = 8;  // 16-byte chunks of a 64-dim row
+struct SwizzledTileCopier {
+    static constexpr int kChunksPerRow = 8;  // 16-byte chunks of a 64-dim row
     static_assert(kThreads % kChunksPerRow == 0 && kRows * kChunksPerRow % kThreads == 0, "whole rows a pass");
-    constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+    static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
     static_assert(kRowsPerPass % 8 == 0, "a thread's rows share their swizzle phase");
-    const int x = static_cast<int>(threadIdx.x);
-    const int row0 = x / kChunksPerRow, col = (x % kChunksPerRow) * 8;
-    const uint32_t dst0 = tile + swizzled_offset(row0, col);
-    const __nv_bfloat16* src = base + static_cast<int64_t>(first + row0) * stride + col;
-#pragma unroll
-    for (int i = 0; i < kRows / kRowsPerPass; ++i) {
-        const bool valid = first + row0 + i * kRowsPerPass < T;
-        mma::cp_async_16(dst0 + static_cast<uint32_t>(i * kRowsPerPass * 128),
-                         valid ? src + static_cast<int64_t>(i) * kRowsPerPass * stride : base, valid);
+    static constexpr int kPasses = kRows / kRowsPerPass;
+
+    int64_t stride, thread_offset, pass_stride;  // elements
+    uint32_t dst_offset;                         // bytes into a tile
+    int row0, T;
+
+    __device__ __forceinline__ SwizzledTileCopier(int64_t stride_, int T_) : stride(stride_), T(T_) {
+        const int x = static_cast<int>(threadIdx.x);
+        row0 = x / kChunksPerRow;
+        const int col = (x % kChunksPerRow) * 8;
+        thread_offset = row0 * stride + col;
+        pass_stride = kRowsPerPass * stride;
+        dst_offset = swizzled_offset(row0, col);
     }
-}
+    // Starts the copy of rows first .. first + kRows - 1 of the matrix at base into `tile`.
+    __device__ __forceinline__ void start(const __nv_bfloat16* __restrict__ base, int first, uint32_t tile) const {
+        const __nv_bfloat16* src = base + first * stride + thread_offset;
+        const uint32_t dst = tile + dst_offset;
+        if (first + kRows <= T) {
+#pragma unroll
+            for (int i = 0; i < kPasses; ++i) mma::cp_async_16(dst + i * kRowsPerPass * 128, src + i * pass_stride, true);
+        } else {
+#pragma unroll
+            for (int i = 0; i < kPasses; ++i) {
+                const bool valid = first + row0 + i * kRowsPerPass < T;
+                mma::cp_async_16(dst + i * kRowsPerPass * 128, valid ? src + i * pass_stride : base, valid);
+            }
+        }
+    }
+};
 
 }  // namespace hsa::wgmma
