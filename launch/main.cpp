@@ -191,7 +191,7 @@ options:
 exit codes: 0 success, 1 runtime failure (e.g. a damaged checkpoint), 2 bad arguments
 )";
 
-const char* kBenchHelp = R"(usage: hsa bench hsa | swa [--shape NxL[xd]] [--kv-heads N] | train
+const char* kBenchHelp = R"(usage: hsa bench hsa | swa [--shape NxL[xd]] [--kv-heads N] | gemm | train
 
 Times CUDA kernels with CUDA events (median of repeats after warm-up) on random inputs:
   hsa   the HSA operator at the shapes of shared/design/TARGETS.md (H 16, Hk 1, S 64,
@@ -199,6 +199,8 @@ Times CUDA kernels with CUDA events (median of repeats after warm-up) on random 
         peak memory, beside the public Triton kernel's figures
   swa   sliding-window attention (window 512, 16 q heads) at 8x4K and 1x64K, beside
         flex_attention; --kv-heads 1|2|4|8|16 (default 16, flex's MHA runs; the model has 1)
+  gemm  the bf16 products of a paper-scale training step (cuBLASLt), ms and TFLOP/s each,
+        with grouped alternatives for the MLP's products
   train one training step of the paper-scale model (287.7M parameters, batch 8 x 4096):
         ms/step, tokens/s, MFU, peak memory and device time by backend method
 --shape NxL or NxLxd (e.g. 8x4096x64) keeps only the matching rows of hsa / swa, e.g. to

@@ -175,6 +175,59 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter, int64_t kv_heads) {
     return 0;
 }
 
+// The bf16 products of one training step of the paper-scale model (8 x 4096 tokens, d 1024,
+// MLP 2752, vocabulary 50304), through the backend's gemm at bf16 precision with bf16
+// operands (cuBLASLt, f32 accumulation and output), with the grouped alternatives of the MLP
+// beside them: gate and up as one product of width 2F, the input gradient as one product of
+// depth 2F instead of two with the second accumulating, the weight gradients as one.
+int bench_gemm(std::ostream& out) {
+    struct Case {
+        const char* what;
+        int64_t M, N, K;
+        bool ta, tb, accumulate;
+        int per_step;  // products of this shape a step (0: an alternative, not in the step)
+    };
+    const int64_t T = 8 * 4096, D = 1024, F = 2752, V = 50304;
+    const std::vector<Case> cases = {
+        {"MLP gate / up: x w1", T, F, D, false, false, false, 32},
+        {"  grouped: x [w1 | w3]", T, 2 * F, D, false, false, false, 0},
+        {"MLP down: h w2", T, D, F, false, false, false, 16},
+        {"MLP dx: d_gate w1^T (+ d_up w3^T, accumulating)", T, D, F, false, true, true, 32},
+        {"  grouped: [d_gate | d_up] [w1 | w3]^T", T, D, 2 * F, false, true, false, 0},
+        {"MLP dw1: x^T d_gate", D, F, T, true, false, false, 32},
+        {"  grouped: x^T [d_gate | d_up]", D, 2 * F, T, true, false, false, 0},
+        {"MLP dh: g w2^T", T, F, D, false, true, false, 16},
+        {"MLP dw2: h^T g", F, D, T, true, false, false, 16},
+        {"projection: x w (d x d)", T, D, D, false, false, false, 34},
+        {"projection dx: g w^T", T, D, D, false, true, false, 34},
+        {"projection dw: x^T g", D, D, T, true, false, false, 34},
+        {"head: x w_vocab", T, V, D, false, false, false, 1},
+    };
+    Backend& gpu = backend_for(Device::CUDA);
+    MatmulPrecisionScope precision(MatmulPrecision::BF16);
+    Rng rng(2028);
+    out << "bf16 products of the paper-scale step (8 x 4096 tokens), cuBLASLt via the backend's gemm, bf16 operands, "
+           "f32 output; 'grouped' rows are alternatives to the row above them, not part of the step today.\n"
+        << "| product | M x N x K | ms | TFLOP/s | per step |\n|---|---|---|---|---|\n";
+    for (const Case& c : cases) {
+        const Tensor a = gpu.product_operand(rng.normal(c.ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, 1.0f, Device::CUDA),
+                                             c.M, c.N, c.K);
+        const Tensor b = gpu.product_operand(rng.normal(c.tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, 1.0f, Device::CUDA),
+                                             c.M, c.N, c.K);
+        Tensor result = Tensor::zeros({c.M, c.N}, DType::F32, Device::CUDA);
+        auto body = [&] { gpu.gemm(a, c.ta, b, c.tb, result, c.accumulate); };
+        const double ms = median_ms(body, 2, repeats_for(body));
+        const double tflops = 2.0 * static_cast<double>(c.M) * static_cast<double>(c.N) * static_cast<double>(c.K) /
+                              (ms * 1e-3) / 1e12;
+        out << "| " << c.what << " | " << c.M << " x " << c.N << " x " << c.K << " | " << std::fixed
+            << std::setprecision(3) << ms << " | " << std::setprecision(1) << tflops << " | ";
+        if (c.per_step > 0) out << c.per_step << " |\n";
+        else out << "- |\n";
+        out << std::flush;
+    }
+    return 0;
+}
+
 #endif  // HSA_WITH_CUDA
 
 }  // namespace
@@ -203,12 +256,12 @@ ShapeFilter parse_shape_filter(const std::string& what, const std::string& text)
 }  // namespace
 
 int run_bench(const std::string& what, const std::vector<std::string>& args, std::ostream& out) {
-    if (what != "hsa" && what != "swa" && what != "train")
-        throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa, train)");
+    if (what != "hsa" && what != "swa" && what != "train" && what != "gemm")
+        throw ConfigError("bench: unknown benchmark '" + what + "' (known: hsa, swa, gemm, train)");
     ShapeFilter filter;
     int64_t kv_heads = 16;
     for (size_t i = 0; i < args.size(); ++i) {
-        if (args[i] == "--shape" && what != "train") {
+        if (args[i] == "--shape" && (what == "hsa" || what == "swa")) {
             if (i + 1 == args.size()) throw ConfigError("bench " + what + ": --shape needs a value (NxL or NxLxd)");
             filter = parse_shape_filter(what, args[++i]);
         } else if (args[i] == "--kv-heads" && what == "swa") {
@@ -224,6 +277,7 @@ int run_bench(const std::string& what, const std::vector<std::string>& args, std
     if (what == "train") return bench_train(out);
 #ifdef HSA_WITH_CUDA
     HSA_CHECK(cuda_available(), "bench " << what << ": no GPU visible; benchmarks time CUDA kernels");
+    if (what == "gemm") return bench_gemm(out);
     return what == "hsa" ? bench_hsa(out, filter) : bench_swa(out, filter, kv_heads);
 #else
     (void)out;
