@@ -36,8 +36,9 @@ enum class WeightKind { Softmax, StickBreak };
 // them: x and h = silu(gate) * up. x_operand has x's dtype (f32, or bf16 where the backend
 // takes bf16 operands); gate, up and h are f32 by default and bf16 on the CUDA backend's
 // fused path at bf16 precision, where h is never stored in f32. That path also keeps its
-// bf16 copies of the three weights (the backward multiplies by the same values; undefined
-// by default).
+// bf16 copies of the weights (the backward multiplies by the same values; undefined by
+// default), and groups: gate holds [gate | up] as one [N, 2F] tensor and w1_operand
+// [w1 | w3] as one [D, 2F] (one product each way), up and w3_operand staying undefined.
 struct MlpSaved {
     Tensor gate, up;
     Tensor x_operand, hidden_operand;

@@ -1,15 +1,16 @@
 // SwiGLU for the CUDA backend: out = silu(g) * u, silu(g) = g * sigmoid(g);
 // d silu / dg = s (1 + g (1 - s)), s = sigmoid(g).
-// Elementwise, 4-element accesses when every pointer is 16-byte aligned (scalar tail). Inputs
-// and outputs are f32, or bf16 in the fused MLP at bf16 precision (load4 / store4 convert).
-// The f32 kernels evaluate the formulas in double exactly as the CPU reference writes them;
-// the bf16 ones in float with the fast exp and division (a few ulp of f32, far below the
-// 2^-9 of the bf16 result): double math made those passes (90M elements each at 8 x 4096)
-// limited by the FP64 units rather than by memory.
+// Elementwise, 4-element accesses. The f32 op (swiglu_forward / backward: 16-byte aligned
+// pointers, scalar tail) evaluates the formulas in double exactly as the CPU reference writes
+// them. The fused MLP at bf16 precision reads and writes bf16 in its grouped layout and
+// evaluates them in float with the fast exp and division (a few ulp of f32, far below the
+// 2^-9 of its bf16 results): in double, those passes (90M elements each a layer at 8 x 4096)
+// were bound by the FP64 units rather than by memory (docs/PERF.md version 48).
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
-#include <type_traits>
+#include <utility>
 
 #include "core/precision.h"
 #include "kernels/cuda_backend.h"
@@ -42,6 +43,7 @@ __device__ inline void swiglu_grad(float gate, float up, float grad, float* gg, 
     if (gu) *gu = static_cast<float>(go * g * s);
 }
 
+// The same in float for the bf16 fused MLP (see the top of the file).
 __device__ inline float swiglu_value_fast(float g, float up) {
     const float s = __fdividef(1.0f, 1.0f + __expf(-g));
     return g * s * up;
@@ -53,21 +55,7 @@ __device__ inline void swiglu_grad_fast(float g, float up, float grad, float* gg
     if (gu) *gu = grad * g * s;
 }
 
-// The bf16 kernels (the fused MLP) take the float formulas, the f32 ones the double ones.
-template <class In>
-__device__ inline float swiglu_value_of(float g, float up) {
-    if constexpr (std::is_same_v<In, __nv_bfloat16>) return swiglu_value_fast(g, up);
-    else return swiglu_value(g, up);
-}
-
-template <class In>
-__device__ inline void swiglu_grad_of(float g, float up, float grad, float* gg, float* gu) {
-    if constexpr (std::is_same_v<In, __nv_bfloat16>) swiglu_grad_fast(g, up, grad, gg, gu);
-    else swiglu_grad(g, up, grad, gg, gu);
-}
-
-template <class In, class Out>
-__global__ void swiglu_forward_kernel(const In* gate, const In* up, Out* out, int64_t n, bool vec) {
+__global__ void swiglu_forward_kernel(const float* gate, const float* up, float* out, int64_t n, bool vec) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t tail_start = 0;
@@ -76,19 +64,16 @@ __global__ void swiglu_forward_kernel(const In* gate, const In* up, Out* out, in
         for (int64_t k = tid; k < n4; k += stride) {
             const float4 g = load4(gate, k);
             const float4 u = load4(up, k);
-            store4(out, k,
-                   make_float4(swiglu_value_of<In>(g.x, u.x), swiglu_value_of<In>(g.y, u.y),
-                               swiglu_value_of<In>(g.z, u.z), swiglu_value_of<In>(g.w, u.w)));
+            store4(out, k, make_float4(swiglu_value(g.x, u.x), swiglu_value(g.y, u.y), swiglu_value(g.z, u.z),
+                                       swiglu_value(g.w, u.w)));
         }
         tail_start = n4 << 2;
     }
-    for (int64_t k = tail_start + tid; k < n; k += stride)
-        store1(out, k, swiglu_value_of<In>(load1(gate, k), load1(up, k)));
+    for (int64_t k = tail_start + tid; k < n; k += stride) store1(out, k, swiglu_value(load1(gate, k), load1(up, k)));
 }
 
-template <class In, class Out>
-__global__ void swiglu_backward_kernel(const In* gate, const In* up, const In* grad, Out* grad_gate,
-                                       Out* grad_up, int64_t n, bool vec) {
+__global__ void swiglu_backward_kernel(const float* gate, const float* up, const float* grad, float* grad_gate,
+                                       float* grad_up, int64_t n, bool vec) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t tail_start = 0;
@@ -99,10 +84,10 @@ __global__ void swiglu_backward_kernel(const In* gate, const In* up, const In* g
             const float4 u = load4(up, k);
             const float4 d = load4(grad, k);
             float4 rg, ru;
-            swiglu_grad_of<In>(g.x, u.x, d.x, &rg.x, &ru.x);
-            swiglu_grad_of<In>(g.y, u.y, d.y, &rg.y, &ru.y);
-            swiglu_grad_of<In>(g.z, u.z, d.z, &rg.z, &ru.z);
-            swiglu_grad_of<In>(g.w, u.w, d.w, &rg.w, &ru.w);
+            swiglu_grad(g.x, u.x, d.x, &rg.x, &ru.x);
+            swiglu_grad(g.y, u.y, d.y, &rg.y, &ru.y);
+            swiglu_grad(g.z, u.z, d.z, &rg.z, &ru.z);
+            swiglu_grad(g.w, u.w, d.w, &rg.w, &ru.w);
             if (grad_gate) store4(grad_gate, k, rg);
             if (grad_up) store4(grad_up, k, ru);
         }
@@ -110,9 +95,89 @@ __global__ void swiglu_backward_kernel(const In* gate, const In* up, const In* g
     }
     for (int64_t k = tail_start + tid; k < n; k += stride) {
         float rg, ru;
-        swiglu_grad_of<In>(load1(gate, k), load1(up, k), load1(grad, k), &rg, &ru);
+        swiglu_grad(load1(gate, k), load1(up, k), load1(grad, k), &rg, &ru);
         if (grad_gate) store1(grad_gate, k, rg);
         if (grad_up) store1(grad_up, k, ru);
+    }
+}
+
+// The fused MLP's grouped layout: gate and up as one [rows, 2F] bf16 tensor, row r holding
+// gate then up (the product x [w1 | w3]); F a multiple of 4. A block takes whole rows.
+__global__ void swiglu_forward_grouped_kernel(const __nv_bfloat16* __restrict__ gate_up,
+                                              __nv_bfloat16* __restrict__ out, int64_t rows, int F) {
+    const int quads = F / 4;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const __nv_bfloat16* gate = gate_up + r * 2 * F;
+        const __nv_bfloat16* up = gate + F;
+        __nv_bfloat16* o = out + r * F;
+        for (int c = static_cast<int>(threadIdx.x); c < quads; c += static_cast<int>(blockDim.x)) {
+            const float4 g = load4(gate, c), u = load4(up, c);
+            store4(o, c,
+                   make_float4(swiglu_value_fast(g.x, u.x), swiglu_value_fast(g.y, u.y), swiglu_value_fast(g.z, u.z),
+                               swiglu_value_fast(g.w, u.w)));
+        }
+    }
+}
+
+// grad_gate_up [rows, 2F] (the grouped layout) from gate_up and the hidden gradient [rows, F].
+__global__ void swiglu_backward_grouped_kernel(const __nv_bfloat16* __restrict__ gate_up,
+                                               const __nv_bfloat16* __restrict__ grad,
+                                               __nv_bfloat16* __restrict__ grad_gate_up, int64_t rows, int F) {
+    const int quads = F / 4;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const __nv_bfloat16* gate = gate_up + r * 2 * F;
+        const __nv_bfloat16* up = gate + F;
+        const __nv_bfloat16* d = grad + r * F;
+        __nv_bfloat16* grad_gate = grad_gate_up + r * 2 * F;
+        __nv_bfloat16* grad_up = grad_gate + F;
+        for (int c = static_cast<int>(threadIdx.x); c < quads; c += static_cast<int>(blockDim.x)) {
+            const float4 g = load4(gate, c), u = load4(up, c), dv = load4(d, c);
+            float4 rg, ru;
+            swiglu_grad_fast(g.x, u.x, dv.x, &rg.x, &ru.x);
+            swiglu_grad_fast(g.y, u.y, dv.y, &rg.y, &ru.y);
+            swiglu_grad_fast(g.z, u.z, dv.z, &rg.z, &ru.z);
+            swiglu_grad_fast(g.w, u.w, dv.w, &rg.w, &ru.w);
+            store4(grad_gate, c, rg);
+            store4(grad_up, c, ru);
+        }
+    }
+}
+
+// out [rows, 2F] bf16 = [a | b] rounded, a and b [rows, F] f32 (F a multiple of 4).
+__global__ void group_columns_bf16_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                                          __nv_bfloat16* __restrict__ out, int64_t rows, int F) {
+    const int quads = F / 4;
+    const int64_t total = rows * 2 * quads;
+    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
+         q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = q / (2 * quads);
+        const int c = static_cast<int>(q % (2 * quads));
+        const float4 v = c < quads ? load4(a + r * F, c) : load4(b + r * F, c - quads);
+        store4(out + r * 2 * F, c, v);
+    }
+}
+
+// dst1 (+)= src[:, :F], dst3 (+)= src[:, F:] for src [rows, 2F] f32; a null dst is skipped.
+// The add is the one rounding cuBLASLt's beta = 1 epilogue makes: the same bits.
+__global__ void split_columns_kernel(const float* __restrict__ src, float* dst1, float* dst3, bool accumulate1,
+                                     bool accumulate3, int64_t rows, int F) {
+    const int quads = F / 4;
+    const int64_t total = rows * 2 * quads;
+    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
+         q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = q / (2 * quads);
+        const int c = static_cast<int>(q % (2 * quads));
+        const bool first = c < quads;
+        float* dst = first ? dst1 : dst3;
+        if (!dst) continue;
+        float4 v = load4(src + r * 2 * F, c);
+        float* row = dst + r * F;
+        const int k = first ? c : c - quads;
+        if (first ? accumulate1 : accumulate3) {
+            const float4 old = load4(row, k);
+            v = make_float4(old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w);
+        }
+        store4(row, k, v);
     }
 }
 
@@ -125,7 +190,7 @@ void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& o
     float* po = out.data<float>();
     if (n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(po);
-    swiglu_forward_kernel<float, float><<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, po, n, vec);
+    swiglu_forward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, po, n, vec);
     HSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
 
@@ -139,7 +204,7 @@ void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Te
     float* pgu = grad_up.defined() ? grad_up.data<float>() : nullptr;
     if ((!pgg && !pgu) || n == 0) return;
     const bool vec = aligned16(pg) && aligned16(pu) && aligned16(pgo) && aligned16(pgg) && aligned16(pgu);
-    swiglu_backward_kernel<float, float><<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, pgo, pgg, pgu, n, vec);
+    swiglu_backward_kernel<<<grid_for(vec ? (n + 3) / 4 : n), kThreads>>>(pg, pu, pgo, pgg, pgu, n, vec);
     HSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
 }
 
@@ -170,33 +235,36 @@ void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Te
         Backend::swiglu_mlp_forward(x, w1, w3, w2, residual, out, saved);
         return;
     }
-    const int64_t N = x.size(0), F = w1.size(1);
-    // Once, for the two products here and the two weight gradients (x may come rounded).
+    const int64_t N = x.size(0), D = x.size(1), F = w1.size(1);
+    HSA_CHECK(F <= (int64_t{1} << 28), "swiglu_mlp: hidden width " << F << " is too large for the fused kernels");
+    // Once, for the product here and the weight gradients (x may come rounded).
     const Tensor x16 = x.dtype() == DType::BF16 ? x : rounded_bf16_copy(x);
-    // gate and up leave the products in bf16 (what autocast stores): half the bytes written,
-    // read by the SwiGLU here and kept for the backward (16 layers x 2 x N x F at the
-    // paper's scale: 5.8 GB less than f32 at 8 x 4096 tokens).
-    saved.gate = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    saved.up = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    saved.w1_operand = rounded_bf16_copy(w1);
-    saved.w3_operand = rounded_bf16_copy(w3);
+    // gate and up as one product x [w1 | w3] (MlpSaved: gate holds [gate | up], w1_operand
+    // [w1 | w3]), so the backward's input gradient is one product of depth 2F rather than two
+    // of depth F, the second accumulating (docs/PERF.md version 49). They leave the product in
+    // bf16 (what autocast stores): half the bytes written, read by the SwiGLU here and kept for
+    // the backward (16 layers x 2 x N x F at the paper's scale: 5.8 GB less than f32).
+    saved.w1_operand = Tensor::empty({D, 2 * F}, DType::BF16, Device::CUDA);
+    group_columns_bf16_kernel<<<grid_for(D * F / 2), kThreads>>>(w1.data<float>(), w3.data<float>(),
+                                                                  bf16_ptr(saved.w1_operand), D, static_cast<int>(F));
+    HSA_CUDA_CHECK_LAUNCH("group_columns_bf16_kernel");
     saved.w2_operand = rounded_bf16_copy(w2);
+    saved.gate = Tensor::empty({N, 2 * F}, DType::BF16, Device::CUDA);
     gemm_of_bf16(x16, false, saved.w1_operand, false, saved.gate, false);
-    gemm_of_bf16(x16, false, saved.w3_operand, false, saved.up, false);
     Tensor h16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    const int64_t n = N * F;
-    swiglu_forward_kernel<<<grid_for((n + 3) / 4), kThreads>>>(bf16_ptr(saved.gate), bf16_ptr(saved.up),
-                                                               bf16_ptr(h16), n, /*vec=*/true);
-    HSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel (bf16)");
+    swiglu_forward_grouped_kernel<<<static_cast<unsigned>(std::min<int64_t>(N, kMaxBlocks)), kThreads>>>(
+        bf16_ptr(saved.gate), bf16_ptr(h16), N, static_cast<int>(F));
+    HSA_CUDA_CHECK_LAUNCH("swiglu_forward_grouped_kernel");
     gemm_of_bf16(h16, false, saved.w2_operand, false, out, false, residual);
     saved.x_operand = x16;
     saved.hidden_operand = h16;
 }
 
-// The separate ops' products in the same arrangement (a, transposes) as gemm_backward's.
-// Not bit-identical to the separate ops: gate, up and the hidden gradient are bf16 here
-// (f32 there), so the SwiGLU sees values rounded once more (tests/test_cuda_ops.cpp bounds
-// the difference by the bf16 path's own error).
+// The separate ops' products, grouped where that is faster (the input gradient: one product
+// of depth 2F). Not bit-identical to the separate ops: gate, up and the hidden gradient are
+// bf16 here (f32 there), so the SwiGLU sees values rounded once more, and the input gradient
+// sums the gate and up terms inside one product (tests/test_cuda_ops.cpp bounds the
+// difference by the bf16 path's own error).
 void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
                                       const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3,
                                       Tensor& grad_w2, bool accumulate_x, bool accumulate_w1, bool accumulate_w3,
@@ -208,7 +276,7 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
     }
     const Tensor& x16 = saved.x_operand;
     const Tensor& h16 = saved.hidden_operand;
-    const int64_t N = x16.size(0), F = w1.size(1);
+    const int64_t N = x16.size(0), D = x16.size(1), F = w1.size(1);
     checks::check_tensor("swiglu_mlp_backward", "grad_out", grad_out, {N, w2.size(1)}, DType::F32, Device::CUDA);
     const Tensor g16 = rounded_bf16_copy(grad_out);
     if (grad_w2.defined()) gemm_of_bf16(h16, true, g16, false, grad_w2, accumulate_w2);  // h^T g
@@ -216,19 +284,24 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
     // operands: it leaves its product in bf16 too.
     Tensor grad_hidden16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
     gemm_of_bf16(g16, false, saved.w2_operand, true, grad_hidden16, false);  // g w2^T
-    Tensor grad_gate16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    Tensor grad_up16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    const int64_t n = N * F;
-    swiglu_backward_kernel<<<grid_for((n + 3) / 4), kThreads>>>(
-        bf16_ptr(saved.gate), bf16_ptr(saved.up), bf16_ptr(grad_hidden16), bf16_ptr(grad_gate16),
-        bf16_ptr(grad_up16), n, /*vec=*/true);
-    HSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel (bf16)");
-    if (grad_w1.defined()) gemm_of_bf16(x16, true, grad_gate16, false, grad_w1, accumulate_w1);  // x^T d gate
-    if (grad_w3.defined()) gemm_of_bf16(x16, true, grad_up16, false, grad_w3, accumulate_w3);    // x^T d up
-    if (grad_x.defined()) {
-        gemm_of_bf16(grad_gate16, false, saved.w1_operand, true, grad_x, accumulate_x);  // d gate w1^T
-        gemm_of_bf16(grad_up16, false, saved.w3_operand, true, grad_x, true);            // + d up w3^T
+    Tensor grad_gate_up16 = Tensor::empty({N, 2 * F}, DType::BF16, Device::CUDA);  // [d gate | d up]
+    swiglu_backward_grouped_kernel<<<static_cast<unsigned>(std::min<int64_t>(N, kMaxBlocks)), kThreads>>>(
+        bf16_ptr(saved.gate), bf16_ptr(grad_hidden16), bf16_ptr(grad_gate_up16), N, static_cast<int>(F));
+    HSA_CUDA_CHECK_LAUNCH("swiglu_backward_grouped_kernel");
+    for (const auto& [name, grad] : {std::pair{"grad_w1", &grad_w1}, std::pair{"grad_w3", &grad_w3}})
+        if (grad->defined()) checks::check_tensor("swiglu_mlp_backward", name, *grad, {D, F}, DType::F32, Device::CUDA);
+    if (grad_w1.defined() || grad_w3.defined()) {
+        // x^T [d gate | d up] in one product, then split: grouped or not, the weight gradients
+        // cost the same (hsa bench gemm), and one product needs no strided outputs.
+        Tensor grad_w13 = Tensor::empty({D, 2 * F}, DType::F32, Device::CUDA);
+        gemm_of_bf16(x16, true, grad_gate_up16, false, grad_w13, false);
+        split_columns_kernel<<<grid_for(D * F / 2), kThreads>>>(
+            grad_w13.data<float>(), grad_w1.defined() ? grad_w1.data<float>() : nullptr,
+            grad_w3.defined() ? grad_w3.data<float>() : nullptr, accumulate_w1, accumulate_w3, D, static_cast<int>(F));
+        HSA_CUDA_CHECK_LAUNCH("split_columns_kernel");
     }
+    // [d gate | d up] [w1 | w3]^T: one product of depth 2F.
+    if (grad_x.defined()) gemm_of_bf16(grad_gate_up16, false, saved.w1_operand, true, grad_x, accumulate_x);
 }
 
 }  // namespace hsa

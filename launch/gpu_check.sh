@@ -42,6 +42,7 @@ train_s=$(( $(date +%s) - start ))
 tail -3 "$out/train_cuda.log"
 for b in hsa swa train; do ./build/launch/hsa bench $b 2>&1 | tee -a "$out/bench.log"; done
 ./build/launch/hsa bench swa --kv-heads 1 2>&1 | tee -a "$out/bench.log"  # the model's GQA
+./build/launch/hsa bench gemm 2>&1 | tee -a "$out/bench.log"
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"

@@ -782,6 +782,45 @@ TEST(CudaOps, SwigluMlpEqualsSeparateOps) {
     }
 }
 
+// The fused MLP's gradient bookkeeping on the GPU at bf16 precision (the grouped path, which
+// adds into existing gradients by its own split pass for w1 / w3 and by beta = 1 for x and
+// w2): a second backward into the same leaves must give exactly twice the first's gradients
+// (x + x is exact), and a w1 that wants no gradient must leave w3's bits unchanged (F 96 on
+// the grouped path, F 36 off it).
+TEST(CudaOps, SwigluMlpAccumulatesAndSkipsGradients) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    MatmulPrecisionScope scope(MatmulPrecision::BF16);
+    for (int64_t F : {96, 36}) {
+        SCOPED_TRACE("F " + std::to_string(F));
+        const int64_t B = 2, T = 40, D = 32;
+        const Tensor x0 = rng.normal({B, T, D}), w1_0 = rng.normal({D, F}), w3_0 = rng.normal({D, F});
+        const Tensor w2_0 = rng.normal({F, D}), projection = on_gpu(rng.normal({B, T, D}));
+        // Gradients of x, w1, w3, w2 after `passes` backwards (w1's only when wanted).
+        auto gradients = [&](int passes, bool want_w1) {
+            std::vector<Tensor> in{on_gpu(x0), on_gpu(w1_0), on_gpu(w3_0), on_gpu(w2_0)};
+            for (size_t i = 0; i < in.size(); ++i) in[i].set_requires_grad(i != 1 || want_w1);
+            for (int p = 0; p < passes; ++p)
+                backward(ops::sum(ops::mul(ops::swiglu_mlp(in[0], in[1], in[2], in[3]), projection)));
+            std::vector<std::vector<float>> grads;
+            for (const Tensor& t : in) grads.push_back(t.grad().defined() ? t.grad().to_vector() : std::vector<float>{});
+            return grads;
+        };
+        const auto once = gradients(1, true), twice = gradients(2, true), no_w1 = gradients(1, false);
+        const char* names[] = {"x", "w1", "w3", "w2"};
+        for (size_t i = 0; i < 4; ++i) {
+            std::vector<float> doubled = once[i];
+            for (float& v : doubled) v *= 2.0f;
+            EXPECT_EQ(twice[i], doubled) << names[i];
+        }
+        EXPECT_TRUE(no_w1[1].empty());
+        EXPECT_EQ(no_w1[2], once[2]) << "w3";
+        EXPECT_EQ(no_w1[3], once[3]) << "w2";
+        EXPECT_EQ(no_w1[0], once[0]) << "x";
+    }
+}
+
 // ops::linear on the GPU against reshape -> matmul on the GPU, both precisions, dims on and
 // off the bf16 product path (k 40 / 36): linear rounds an f32 input once and keeps the copy
 // for the weight gradient (Backend::product_operand), and adds a second product's input
