@@ -218,7 +218,6 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     constexpr uint32_t kTileBytes = kTile * D * 2;
     __shared__ __align__(1024) __nv_bfloat16 Ks[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
-    __shared__ __align__(1024) __nv_bfloat16 dOs[kRows * D];
     const int x = static_cast<int>(threadIdx.x);
     const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
     const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
@@ -232,7 +231,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     int lo, hi;  // the block's key range
     keys_of_queries(P, t0, lo, hi);
     const int tiles = (hi - lo) / kTile + 1;
-    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
+    const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + (j & 1) * kTileBytes; };
     const wgmma::SwizzledTileCopier<kTile, kThreadsHere> copier(kv_stride, P.T);
@@ -338,13 +337,13 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
 
 // Blocks of one warpgroup own 64 query rows, as in the forward, and stream 64-key K / V
 // tiles through swizzled shared memory, each in two steps of 32 keys: S = Q K^T and dP =
-// dO V^T (wgmma.m64n32k16, A = the q and dO rows in registers, B = K and V K-major), dS =
-// P (dP - delta) with P = exp(S - lse), then dQ += dS K (wgmma.m64n64k16, A = dS re-packed,
-// B = K MN-major). As in the forward the dQ product of step u - 1 runs while step u's dS is
+// dO V^T (wgmma.m64n32k16, A = the q rows in registers and the dO rows in shared memory, B =
+// K and V K-major), dS = P (dP - delta) with P = exp(S - lse), then dQ += dS K
+// (wgmma.m64n64k16, A = dS re-packed, B = K MN-major). As in the forward the dQ product of step u - 1 runs while step u's dS is
 // computed; it reads the previous tile's K at a tile's first step, so K has three buffers
 // (tiles j - 1, j, and j + 1 being copied) and V two. The dO rows are rounded into a swizzled
-// shared tile, the A operand of dP from there: 16 registers fewer, 124 in all, so 4 blocks
-// an SM fit (48 KB of shared memory each). When q16_out is set, the block also leaves bf16
+// shared tile, the A operand of dP from there: 16 registers fewer, so 4 blocks an SM fit
+// (48 KB of shared memory each). When q16_out is set, the block also leaves bf16
 // copies of its q and dO rows for the dK/dV kernel (no extra read pass).
 template <int D>
 __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backward_dq_wgmma_kernel(TcParams P) {
@@ -502,7 +501,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backwar
 // With head_splits > 1 the G heads are split over that many blocks of one key tile, each
 // writing a partial dK / dV (grid balance: at Hk 1 there are only B T / 64 key tiles).
 constexpr int kDkdvStages = 3;
-constexpr int kDkdvBlocksPerSm = 3;  // its __launch_bounds__: 154 registers, 66.5 KB of shared memory
+constexpr int kDkdvBlocksPerSm = 3;  // its __launch_bounds__: ~155 registers, 66.5 KB of shared memory
 
 template <int D>
 __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) attention_backward_dkdv_wgmma_kernel(TcParams P) {
@@ -726,9 +725,9 @@ __global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const fl
 // ---------------------------------------------------------------- host side
 
 // The supported D: the model's, and one 64-dim bf16 row is one 128-byte swizzled line.
-// Occupancy (ptxas, no spills): forward 126 registers and dQ 122 (dO from shared memory; with
-// it in registers, 140 at 3 blocks, or wgmmas serialised at 4), 4 blocks an SM; dK/dV 154
-// registers, 3 blocks an SM.
+// Occupancy (ptxas of nvcc 13.0, no spills): forward 128 registers and dQ 124 (dO from shared
+// memory; with it in registers, 140 at 3 blocks, or wgmmas serialised at 4), 4 blocks an SM;
+// dK/dV 158 registers, 3 blocks an SM.
 constexpr int kHeadDim = 64;
 
 // How many blocks the dK/dV kernel splits a key tile's G heads over (1, 2 or 4, dividing

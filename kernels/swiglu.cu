@@ -158,7 +158,8 @@ __global__ void group_columns_bf16_kernel(const float* __restrict__ a, const flo
 }
 
 // dst1 (+)= src[:, :F], dst3 (+)= src[:, F:] for src [rows, 2F] f32; a null dst is skipped.
-// The add is the one rounding cuBLASLt's beta = 1 epilogue makes: the same bits.
+// The add makes the one f32 rounding cuBLASLt's beta = 1 epilogue would make on the same
+// product value. dst1 / dst3 16-byte aligned (float4 accesses; the caller checks).
 __global__ void split_columns_kernel(const float* __restrict__ src, float* dst1, float* dst3, bool accumulate1,
                                      bool accumulate3, int64_t rows, int F) {
     const int quads = F / 4;
@@ -288,8 +289,13 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
     swiglu_backward_grouped_kernel<<<static_cast<unsigned>(std::min<int64_t>(N, kMaxBlocks)), kThreads>>>(
         bf16_ptr(saved.gate), bf16_ptr(grad_hidden16), bf16_ptr(grad_gate_up16), N, static_cast<int>(F));
     HSA_CUDA_CHECK_LAUNCH("swiglu_backward_grouped_kernel");
-    for (const auto& [name, grad] : {std::pair{"grad_w1", &grad_w1}, std::pair{"grad_w3", &grad_w3}})
-        if (grad->defined()) checks::check_tensor("swiglu_mlp_backward", name, *grad, {D, F}, DType::F32, Device::CUDA);
+    for (const auto& [name, grad] : {std::pair{"grad_w1", &grad_w1}, std::pair{"grad_w3", &grad_w3}}) {
+        if (!grad->defined()) continue;
+        checks::check_tensor("swiglu_mlp_backward", name, *grad, {D, F}, DType::F32, Device::CUDA);
+        // The forward took this path only for 16-byte aligned weights, whose gradients are
+        // aligned alike; a gradient view at another offset is refused rather than misread.
+        HSA_CHECK(all_16_byte_aligned({grad}), "swiglu_mlp_backward: " << name << " is not 16-byte aligned");
+    }
     if (grad_w1.defined() || grad_w3.defined()) {
         // x^T [d gate | d up] in one product, then split: grouped or not, the weight gradients
         // cost the same (hsa bench gemm), and one product needs no strided outputs.

@@ -1,7 +1,8 @@
 // Hopper warpgroup matrix products (wgmma.mma_async, sm_90a) for the bf16 kernels: shared
-// tiles in the 128-byte swizzled layout wgmma reads, their matrix descriptors, the
-// m64n64k16 product with A from registers, and the fences and commit / wait of the async
-// groups. PTX ISA: "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions".
+// tiles in the 128-byte swizzled layout wgmma reads (filled by cp.async, SwizzledTileCopier,
+// or from A fragments in registers), their matrix descriptors, the m64n64k16 and m64n32k16
+// products with A from registers or from shared memory, and the fences and commit / wait of
+// the async groups. PTX ISA: "Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions".
 //
 // A warpgroup is 4 consecutive warps (128 threads); wgmma computes a 64-row product, warp w
 // of the group holding rows 16 w .. 16 w + 15. Within a warp the A registers and the f32
