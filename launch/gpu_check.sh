@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build (sm_90), print `hsa info`, run every test (GPU tests
+# One call on the GPU machine: build (sm_90a), print `hsa info`, run every test (GPU tests
 # included), and print a short summary table last. Logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ for b in hsa swa train; do ./build/launch/hsa bench $b 2>&1 | tee -a "$out/bench
 echo
 echo "| step | result | seconds |"
 echo "|---|---|---|"
-echo "| build (sm_90) | ok | $build_s |"
+echo "| build (sm_90a) | ok | $build_s |"
 echo "| ctest | rc=$ctest_rc, $(grep -E 'tests passed' "$out/ctest.log" | tail -1), skipped $skipped | $test_s |"
 echo "| compute-sanitizer | $sanitizer | |"
 echo "| train tiny on cuda | rc=$train_rc, $(grep -E '^final' "$out/train_cuda.log") | $train_s |"
