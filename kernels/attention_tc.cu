@@ -159,6 +159,38 @@ __device__ __forceinline__ void queries_of_keys(const TcParams& P, int s0, int& 
     hi = P.window > 0 ? min(P.T - 1, s0 + kRows - 1 + P.window - 1) : P.T - 1;
 }
 
+// Where a forward / dQ block (one warpgroup, the kRows queries from t0 of head h of batch b)
+// stands: this lane's rows ta and ta + 8, the q / out and K / V rows it reads, and the keys
+// [lo, lo + 64 tiles) its queries see.
+template <int D>
+struct QueryBlock {
+    int warp, gid, tig, b, h, t0, ta, tb, lo, tiles;
+    int64_t q_stride, kv_stride, q_offset;  // q / out rows of (b, h) start at q_offset
+    const __nv_bfloat16* k_base;
+    const __nv_bfloat16* v_base;
+
+    __device__ __forceinline__ explicit QueryBlock(const TcParams& P) {
+        const int x = static_cast<int>(threadIdx.x), lane = x % kWarpSize;
+        warp = x / kWarpSize;
+        gid = lane >> 2;
+        tig = lane & 3;
+        b = static_cast<int>(blockIdx.x) / P.H;
+        h = static_cast<int>(blockIdx.x) % P.H;
+        const int g = h / P.G;
+        t0 = static_cast<int>(blockIdx.y) * kRows;
+        ta = t0 + 16 * warp + gid;
+        tb = ta + 8;
+        q_stride = static_cast<int64_t>(P.H) * D;
+        kv_stride = static_cast<int64_t>(P.Hk) * D;
+        q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
+        k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+        v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
+        int hi;
+        keys_of_queries(P, t0, lo, hi);
+        tiles = (hi - lo) / kTile + 1;
+    }
+};
+
 // ---------------------------------------------------------------- forward (wgmma)
 
 // Blocks of one warpgroup own 64 query rows and stream 64-key K / V tiles through 128-byte
@@ -218,19 +250,11 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     constexpr uint32_t kTileBytes = kTile * D * 2;
     __shared__ __align__(1024) __nv_bfloat16 Ks[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
-    const int x = static_cast<int>(threadIdx.x);
-    const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kRows;
-    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
-    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
-    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-
-    int lo, hi;  // the block's key range
-    keys_of_queries(P, t0, lo, hi);
-    const int tiles = (hi - lo) / kTile + 1;
+    const QueryBlock<D> Q(P);
+    const int tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int lo = Q.lo, tiles = Q.tiles;
+    const int64_t q_stride = Q.q_stride, kv_stride = Q.kv_stride, q_offset = Q.q_offset;
+    const __nv_bfloat16 *k_base = Q.k_base, *v_base = Q.v_base;
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]);
     const auto k_tile = [&](int j) { return k_tiles + (j & 1) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + (j & 1) * kTileBytes; };
@@ -354,19 +378,11 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backwar
     __shared__ __align__(1024) __nv_bfloat16 Ks[3][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 dOs[kRows * D];
-    const int x = static_cast<int>(threadIdx.x);
-    const int warp = x / kWarpSize, lane = x % kWarpSize, gid = lane >> 2, tig = lane & 3;
-    const int b = static_cast<int>(blockIdx.x) / P.H, h = static_cast<int>(blockIdx.x) % P.H, g = h / P.G;
-    const int t0 = static_cast<int>(blockIdx.y) * kRows;
-    const int ta = t0 + 16 * warp + gid, tb = ta + 8;
-    const int64_t q_stride = static_cast<int64_t>(P.H) * D, kv_stride = static_cast<int64_t>(P.Hk) * D;
-    const int64_t q_offset = (static_cast<int64_t>(b) * P.T * P.H + h) * D;
-    const __nv_bfloat16* k_base = P.k16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-    const __nv_bfloat16* v_base = P.v16 + (static_cast<int64_t>(b) * P.T * P.Hk + g) * D;
-
-    int lo, hi;  // the block's key range
-    keys_of_queries(P, t0, lo, hi);
-    const int tiles = (hi - lo) / kTile + 1;
+    const QueryBlock<D> Q(P);
+    const int warp = Q.warp, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int lo = Q.lo, tiles = Q.tiles;
+    const int64_t q_stride = Q.q_stride, kv_stride = Q.kv_stride, q_offset = Q.q_offset;
+    const __nv_bfloat16 *k_base = Q.k_base, *v_base = Q.v_base;
     const uint32_t k_tiles = shared_address(Ks[0]), v_tiles = shared_address(Vs[0]), do_rows = shared_address(dOs);
     const auto k_tile = [&](int j) { return k_tiles + static_cast<uint32_t>(j % 3) * kTileBytes; };
     const auto v_tile = [&](int j) { return v_tiles + static_cast<uint32_t>(j & 1) * kTileBytes; };

@@ -143,18 +143,25 @@ __global__ void swiglu_backward_grouped_kernel(const __nv_bfloat16* __restrict__
     }
 }
 
+// Calls visit(r, c) for every 4-column group c of the rows of a [rows, 2F] grouped tensor
+// (F a multiple of 4; c < F / 4 in the first half), grid-stride.
+template <class Visit>
+__device__ __forceinline__ void for_each_grouped_quad(int64_t rows, int F, Visit visit) {
+    const int quads = F / 4;
+    const int64_t total = rows * 2 * quads;
+    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
+         q += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        visit(q / (2 * quads), static_cast<int>(q % (2 * quads)));
+}
+
 // out [rows, 2F] bf16 = [a | b] rounded, a and b [rows, F] f32 (F a multiple of 4).
 __global__ void group_columns_bf16_kernel(const float* __restrict__ a, const float* __restrict__ b,
                                           __nv_bfloat16* __restrict__ out, int64_t rows, int F) {
     const int quads = F / 4;
-    const int64_t total = rows * 2 * quads;
-    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
-         q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        const int64_t r = q / (2 * quads);
-        const int c = static_cast<int>(q % (2 * quads));
+    for_each_grouped_quad(rows, F, [&](int64_t r, int c) {
         const float4 v = c < quads ? load4(a + r * F, c) : load4(b + r * F, c - quads);
         store4(out + r * 2 * F, c, v);
-    }
+    });
 }
 
 // dst1 (+)= src[:, :F], dst3 (+)= src[:, F:] for src [rows, 2F] f32; a null dst is skipped.
@@ -163,14 +170,10 @@ __global__ void group_columns_bf16_kernel(const float* __restrict__ a, const flo
 __global__ void split_columns_kernel(const float* __restrict__ src, float* dst1, float* dst3, bool accumulate1,
                                      bool accumulate3, int64_t rows, int F) {
     const int quads = F / 4;
-    const int64_t total = rows * 2 * quads;
-    for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
-         q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        const int64_t r = q / (2 * quads);
-        const int c = static_cast<int>(q % (2 * quads));
+    for_each_grouped_quad(rows, F, [&](int64_t r, int c) {
         const bool first = c < quads;
         float* dst = first ? dst1 : dst3;
-        if (!dst) continue;
+        if (!dst) return;
         float4 v = load4(src + r * 2 * F, c);
         float* row = dst + r * F;
         const int k = first ? c : c - quads;
@@ -179,7 +182,7 @@ __global__ void split_columns_kernel(const float* __restrict__ src, float* dst1,
             v = make_float4(old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w);
         }
         store4(row, k, v);
-    }
+    });
 }
 
 }  // namespace
