@@ -751,13 +751,8 @@ constexpr int kHeadDim = 64;
 // 3 blocks on 132 SMs (the second 29% full). A split is taken when it fills the waves at
 // least 10% better; its partials cost a write and a read of dK / dV each (8 MB at that shape).
 int dkdv_head_splits(int64_t key_tiles, int G) {
-    static const int64_t slots = [] {
-        int device = 0, sms = 0;
-        HSA_CUDA_CHECK(cudaGetDevice(&device));
-        HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-        return static_cast<int64_t>(sms) * kDkdvBlocksPerSm;
-    }();
-    const auto wave_fill = [](int64_t blocks) {
+    const int64_t slots = static_cast<int64_t>(multiprocessor_count()) * kDkdvBlocksPerSm;
+    const auto wave_fill = [slots](int64_t blocks) {
         return static_cast<double>(blocks) / static_cast<double>((blocks + slots - 1) / slots * slots);
     };
     int best = 1;
@@ -882,12 +877,7 @@ void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tens
             }
         }
         constexpr int kShared = attention_dkdv_shared_bytes(kHeadDim);
-        static const bool shared_set = [] {
-            HSA_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_wgmma_kernel<kHeadDim>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize, kShared));
-            return true;
-        }();
-        (void)shared_set;
+        allow_shared_bytes("attention_backward", attention_backward_dkdv_wgmma_kernel<kHeadDim>, kShared);
         attention_backward_dkdv_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads, kShared>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_wgmma_kernel");
         if (P.head_splits > 1) {

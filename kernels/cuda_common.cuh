@@ -72,6 +72,14 @@ inline int max_shared_bytes() {
     return bytes;
 }
 
+// Streaming multiprocessors of the current device (grid sizing against waves of blocks).
+inline int multiprocessor_count() {
+    int device = 0, sms = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+}
+
 // Opts `kernel` in to `bytes` of dynamic shared memory when that exceeds the default 48 KB
 // (the caller has checked `bytes` against max_shared_bytes()).
 template <class Kernel>

@@ -209,10 +209,7 @@ ChunkWorkItems plan_chunk_work_items(const char* op, const int32_t* segment_star
 }
 
 int64_t chunk_work_per_item(int64_t work, int blocks_per_sm, int64_t min_per_item) {
-    int device = 0, sms = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    HSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t slots = static_cast<int64_t>(sms) * blocks_per_sm;
+    const int64_t slots = static_cast<int64_t>(multiprocessor_count()) * blocks_per_sm;
     return std::max(min_per_item, (work + 2 * slots - 1) / (2 * slots));
 }
 
