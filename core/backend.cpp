@@ -31,6 +31,13 @@ void Backend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, 
     }
 }
 
+Tensor Backend::head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) {
+    const int64_t V = transpose_weight ? weight.size(0) : weight.size(1);
+    Tensor logits = Tensor::empty({x.size(0), V}, DType::F32, x.device());
+    gemm(x, false, weight, transpose_weight, logits, false);
+    return logits;
+}
+
 void Backend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
                                              const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                              const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,

@@ -211,9 +211,16 @@ public:
                                        Tensor& lse) = 0;
     virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                         const Tensor& lse, float grad_loss, Tensor& grad_logits) = 0;
+    // The head's logits for linear_cross_entropy: x [N, D] . op(weight) (weight [D, V], or
+    // [V, D] when transpose_weight) -> [N, V]. This default writes them in f32 (gemm); the
+    // CUDA backend at bf16 precision stores them in bf16, as autocast does (the product's f32
+    // accumulator rounded once; the loss then reads the rounded values): the step's largest
+    // tensor in half the bytes, written once and read by the loss and its backward.
+    virtual Tensor head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight);
     // The head's backward: for loss = cross_entropy(logits = op(a) . op(b), ...) with the
     // forward's logits and lse, grad_a (shaped as a) and grad_b (as b), either undefined;
     // written (=), or added (+=) when accumulate_a / accumulate_b. Batch-1 products only.
+    // logits are the forward's (head_logits: f32, or bf16 on the CUDA backend).
     // This default writes the f32 logits gradient (cross_entropy_backward) and calls
     // gemm_backward; the CUDA backend at bf16 precision writes that gradient once, directly
     // in bf16 (the products' operand), with the same values: the largest tensor of the

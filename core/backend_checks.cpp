@@ -181,10 +181,11 @@ EmbeddingDims check_embedding_backward(const Tensor& ids, const Tensor& grad_out
 // gemm
 
 GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& out,
-                    Device device) {
+                    Device device, bool out_may_be_bf16) {
     check_operand(a, "gemm", "a", device);
     check_operand(b, "gemm", "b", device);
-    f32_data(out, "gemm", "out", device);
+    if (out_may_be_bf16) check_operand(out, "gemm", "out", device);
+    else f32_data(out, "gemm", "out", device);
     const MatShape sa = mat_shape(a, "a"), sb = mat_shape(b, "b"), so = mat_shape(out, "out");
     const int64_t M = transpose_a ? sa.cols : sa.rows;
     const int64_t K = transpose_a ? sa.rows : sa.cols;
@@ -296,9 +297,14 @@ int64_t check_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor
 // cross-entropy
 
 CrossEntropyInputs check_cross_entropy_inputs(const char* op, const Tensor& logits, const Tensor& targets,
-                                              const Tensor& mask, Device device) {
+                                              const Tensor& mask, Device device, bool allow_bf16_logits) {
     CrossEntropyInputs in{};
-    in.logits = f32_data(logits, op, "logits", device);
+    if (allow_bf16_logits && logits.defined() && logits.dtype() == DType::BF16) {
+        check_operand(logits, op, "logits", device);
+        in.logits_bf16 = logits.raw_data();
+    } else {
+        in.logits = f32_data(logits, op, "logits", device);
+    }
     in.targets = i32_data(targets, op, "targets", device);
     HSA_CHECK(logits.ndim() == 2, op << ": logits " << shape_string(logits.shape()) << " must be [N, V]");
     in.N = logits.size(0);

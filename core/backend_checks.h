@@ -60,8 +60,10 @@ struct GemmDims {
     int64_t batch;                        // B: the largest of the three batch counts
     int64_t a_batch, b_batch, out_batch;  // each 1 or B (leading dims flattened)
 };
+// out is f32; or also bf16 when out_may_be_bf16 (the CUDA head's stored logits, checked
+// as the shape of the product whose gradient is taken).
 GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& out,
-                    Device device);
+                    Device device, bool out_may_be_bf16 = false);
 
 // ---- RMSNorm over the last dim: N rows of D ----
 struct RmsNormDims {
@@ -86,14 +88,16 @@ int64_t check_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor
 
 // ---- cross-entropy (targets' range is the backend's) ----
 struct CrossEntropyInputs {
-    const float* logits;     // [N, V]
+    const float* logits;     // [N, V] f32, or null when the logits are bf16
+    const void* logits_bf16; // [N, V] bf16 (allowed by the caller), or null
     const int32_t* targets;  // N elements
     const float* mask;       // N elements, or null: all ones
     int64_t N, V;
 };
-// logits [N, V], targets i32 with N elements, mask undefined or N elements.
+// logits [N, V] (f32; or bf16 when allow_bf16_logits: the CUDA head's stored logits),
+// targets i32 with N elements, mask undefined or N elements.
 CrossEntropyInputs check_cross_entropy_inputs(const char* op, const Tensor& logits, const Tensor& targets,
-                                              const Tensor& mask, Device device);
+                                              const Tensor& mask, Device device, bool allow_bf16_logits = false);
 // Forward outputs: loss one element, lse N elements, and V > 0 unless N = 0.
 void check_cross_entropy_outputs(const CrossEntropyInputs& in, const Tensor& logits, const Tensor& loss,
                                  const Tensor& lse, Device device);

@@ -715,14 +715,13 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpos
     HSA_CHECK(weight.ndim() == 2, op << ": weight must be 2-D, got " << shape_string(weight.shape()));
     const int64_t D = x.size(1), N = x.size(0);
     const int64_t weight_in = transpose_weight ? weight.size(1) : weight.size(0);
-    const int64_t V = transpose_weight ? weight.size(0) : weight.size(1);
     HSA_CHECK(weight_in == D, op << ": x " << shape_string(x.shape()) << " does not match weight "
                                  << shape_string(weight.shape()) << (transpose_weight ? " (transposed)" : ""));
     const LossTargets t = flat_loss_targets(op, N, targets, mask);
     Tensor flat_targets = t.targets, flat_mask = t.mask;
     Backend& backend = backend_of(x);
-    Tensor logits = Tensor::empty({N, V}, DType::F32, x.device());
-    backend.gemm(x, false, weight, transpose_weight, logits, false);
+    // f32, or bf16 at the CUDA backend's bf16 precision (Backend::head_logits).
+    Tensor logits = backend.head_logits(x, weight, transpose_weight);
     Tensor loss = Tensor::empty({}, DType::F32, x.device());
     Tensor lse = Tensor::empty({N}, DType::F32, x.device());
     backend.cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);

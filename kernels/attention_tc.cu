@@ -577,12 +577,10 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
     int query_lo_a, query_hi_a, query_lo_b, query_hi_b;  // the queries that see keys sa, sb
     visible_interval(P, sa, /*of_query=*/false, query_lo_a, query_hi_a);
     visible_interval(P, sb, /*of_query=*/false, query_lo_b, query_hi_b);
+    // dK and dV are not zeroed: the first accumulate (peeled, below) overwrites them. Zeroed
+    // registers between the fence and the wgmma that reads them made ptxas inject a warpgroup
+    // arrive (C7519).
     float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
-        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
-    }
     float pt[kHalf / 8][4], dpt[kHalf / 8][4];   // [key][query]
     uint32_t ptf[kHalf / 16][4], dsf[kHalf / 16][4];  // P^T and dS^T of the previous step, bf16
 
@@ -598,15 +596,19 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
             wgmma::mma_m64n32k16_ss<0>(dpt, wgmma::advanced(v_desc, 32u * kk), wgmma::advanced(dod, 32u * kk), kk > 0);
         wgmma::commit_group();
     };
-    const auto issue_accumulate = [&](int stage, int half) {
+    // first: the block's first accumulate, which writes dK / dV instead of adding (a
+    // compile-time constant at each call, so no wgmma is predicated at run time).
+    const auto issue_accumulate = [&](int stage, int half, bool first) {
         const uint64_t qd = wgmma::swizzled_descriptor(q_tile(stage) + half * kHalfBytes);
         const uint64_t dod = wgmma::swizzled_descriptor(do_tile(stage) + half * kHalfBytes);
 #pragma unroll
         for (int ks = 0; ks < kHalf / 16; ++ks)
-            wgmma::mma_m64n64k16<1>(dv, ptf[ks], wgmma::advanced(dod, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+            wgmma::mma_m64n64k16<1>(dv, ptf[ks], wgmma::advanced(dod, 2u * wgmma::kSwizzleAtomBytes * ks),
+                                    !first || ks > 0);
 #pragma unroll
         for (int ks = 0; ks < kHalf / 16; ++ks)
-            wgmma::mma_m64n64k16<1>(dk, dsf[ks], wgmma::advanced(qd, 2u * wgmma::kSwizzleAtomBytes * ks), true);
+            wgmma::mma_m64n64k16<1>(dk, dsf[ks], wgmma::advanced(qd, 2u * wgmma::kSwizzleAtomBytes * ks),
+                                    !first || ks > 0);
         wgmma::commit_group();
     };
     // P^T and dS^T of step (pair at t0 in `stage`, half): P^T stays in pt, dS^T goes to dpt.
@@ -639,10 +641,11 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
             pack_c_as_a(dsf[ks], dpt[2 * ks], dpt[2 * ks + 1]);
         }
     };
-    const auto overlapped_step = [&](int stage, int t0, bool whole, int half, int prev_stage, int prev_half) {
+    const auto overlapped_step = [&](int stage, int t0, bool whole, int half, int prev_stage, int prev_half,
+                                     bool first = false) {
         wgmma::fence();
         issue_scores(stage, half);
-        issue_accumulate(prev_stage, prev_half);
+        issue_accumulate(prev_stage, prev_half, first);
         wgmma::wait_group<1>();  // P^T and dP^T are done; dK / dV may still accumulate
         elementwise(stage, t0, whole, half);
         wgmma::wait_group<0>();
@@ -675,7 +678,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
         wgmma::wait_group<0>();
         elementwise(0, t0, whole, 0);
         pack();
-        overlapped_step(0, t0, whole, 1, 0, 0);
+        overlapped_step(0, t0, whole, 1, 0, 0, /*first=*/true);
         advance();
     }
     for (int i = 1; i < pairs; ++i) {
@@ -687,7 +690,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, kDkdvBlocksPerSm) at
         advance();
     }
     wgmma::fence();
-    issue_accumulate((pairs - 1) % kDkdvStages, 1);
+    issue_accumulate((pairs - 1) % kDkdvStages, 1, false);
     wgmma::wait_group<0>();
     wgmma::pin(dk);
     wgmma::pin(dv);

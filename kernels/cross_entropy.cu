@@ -1,5 +1,6 @@
-// Cross-entropy for the CUDA backend. logits [N, V], targets i32 [N] (negative = ignored),
-// mask [N] or undefined (all ones).
+// Cross-entropy for the CUDA backend. logits [N, V] f32 or bf16 (the head's logits as
+// ops::linear_cross_entropy stores them at bf16 precision), targets i32 [N] (negative =
+// ignored), mask [N] or undefined (all ones).
 //   lse_i = max_i + log sum_v exp(logits[i, v] - max_i)
 //   loss  = sum_i mask_i (lse_i - logits[i, t_i]) / sum_i mask_i   (over t_i >= 0; 0 if that sum is 0)
 //   d loss / d logits[i, v] = grad_loss * mask_i / denom * (softmax_iv - [v == t_i])
@@ -75,34 +76,57 @@ __device__ inline void lse_add4(LseState& st, float a, float b, float c, float d
     part += expf(a - st.m) + expf(b - st.m) + expf(c - st.m) + expf(d - st.m);
 }
 
+// Logits are f32, or bf16 (the CUDA head's stored logits, ops::linear_cross_entropy at bf16
+// precision): a thread reads 16 bytes at a time, 4 or 8 elements, as float4 groups.
+template <class L>
+constexpr int kElementsPer16Bytes = 16 / static_cast<int>(sizeof(L));
+__device__ inline void load16(const float* row, int64_t k, float4* out) { out[0] = load4(row, k); }
+__device__ inline void load16(const __nv_bfloat16* row, int64_t k, float4* out) {
+    const uint4 raw = reinterpret_cast<const uint4*>(row)[k];
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[2 * h]));
+        const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[2 * h + 1]));
+        out[h] = make_float4(lo.x, lo.y, hi.x, hi.y);
+    }
+}
+__device__ inline float load1(const float* row, int64_t v) { return row[v]; }
+__device__ inline float load1(const __nv_bfloat16* row, int64_t v) { return __bfloat162float(row[v]); }
+
 // Per row: lse[i]; nll[i] = mask_i (lse_i - logits[i, t_i]) and weight[i] = mask_i when
-// t_i >= 0, else both 0. One pass over the row with an online max (float4 loads when the
+// t_i >= 0, else both 0. One pass over the row with an online max (16-byte loads when the
 // rows are 16-byte aligned); exp in f32 (relative error ~1e-7 per term, far inside the
 // tests' 2e-5), each thread's terms added in f32 in groups of up to 64 and the groups in
 // double, and the threads' states combined in a fixed tree: deterministic.
-__global__ void ce_rows_kernel(const float* logits, const int32_t* targets, const float* mask, int64_t N, int64_t V,
+template <class L>
+__global__ void ce_rows_kernel(const L* logits, const int32_t* targets, const float* mask, int64_t N, int64_t V,
                                bool vectorised, float* lse, double* nll, double* weight, unsigned long long* bad) {
+    constexpr int E = kElementsPer16Bytes<L>;
     __shared__ float shared_m[32];
     __shared__ double shared_s[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
-        const float* row = logits + i * V;
+        const L* row = logits + i * V;
         LseState st{-INFINITY, 0.0};
         float part = 0.0f;
         int pending = 0;
-        const int64_t vec_end = vectorised ? V / 4 * 4 : 0;
-        const float4* row4 = reinterpret_cast<const float4*>(row);
-        for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) {
-            const float4 v = row4[k];
-            lse_add4(st, v.x, v.y, v.z, v.w, part);
-            if (++pending == 16) {
-                st.s += part;
-                part = 0.0f;
-                pending = 0;
+        const int64_t vec_end = vectorised ? V / E * E : 0;
+        for (int64_t k = threadIdx.x; k < vec_end / E; k += blockDim.x) {
+            float4 groups[E / 4];
+            load16(row, k, groups);
+#pragma unroll
+            for (int h = 0; h < E / 4; ++h) {
+                lse_add4(st, groups[h].x, groups[h].y, groups[h].z, groups[h].w, part);
+                if (++pending == 16) {
+                    st.s += part;
+                    part = 0.0f;
+                    pending = 0;
+                }
             }
         }
         for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x)
-            lse_add4(st, row[v], -INFINITY, -INFINITY, -INFINITY, part);
+            lse_add4(st, load1(row, v), -INFINITY, -INFINITY, -INFINITY, part);
         st.s += part;
         for (int o = 16; o > 0; o >>= 1) {
             LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
@@ -124,7 +148,7 @@ __global__ void ce_rows_kernel(const float* logits, const int32_t* targets, cons
                 atomicMin(bad, static_cast<unsigned long long>(i));
             } else if (t >= 0) {
                 row_weight = mask_of(mask, i);
-                row_nll = (l - static_cast<double>(row[t])) * row_weight;
+                row_nll = (l - static_cast<double>(load1(row, t))) * row_weight;
             }
             nll[i] = row_nll;
             weight[i] = row_weight;
@@ -161,13 +185,15 @@ __global__ void ce_denominator_kernel(const int32_t* targets, const float* mask,
 }
 
 // d logits = w (softmax - onehot), w = grad_loss mask_i / denom; p = exp(x - lse) in f32
-// (float4 loads and 4-element stores when the rows are 16-byte aligned).
-template <class T>
-__global__ void ce_backward_kernel(const float* logits, const int32_t* targets, const float* mask, const float* lse,
+// (16-byte loads and 4-element stores when the rows are aligned). Logits L and gradient T
+// each f32 or bf16.
+template <class L, class T>
+__global__ void ce_backward_kernel(const L* logits, const int32_t* targets, const float* mask, const float* lse,
                                    const double* denom_ptr, float grad_loss, int64_t N, int64_t V, bool vectorised,
                                    T* grad) {
+    constexpr int E = kElementsPer16Bytes<L>;
     const double denom = denom_ptr[0];
-    const int64_t vec_end = vectorised ? V / 4 * 4 : 0;
+    const int64_t vec_end = vectorised ? V / E * E : 0;
     for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
         T* g = grad + i * V;
         const int32_t t = targets[i];
@@ -175,25 +201,37 @@ __global__ void ce_backward_kernel(const float* logits, const int32_t* targets, 
         const float w = (t < 0 || t >= V || denom == 0.0)
                             ? 0.0f
                             : static_cast<float>(static_cast<double>(grad_loss) * mask_of(mask, i) / denom);
-        const float* row = logits + i * V;
+        const L* row = logits + i * V;
         const float l = lse[i];
-        const float4* row4 = reinterpret_cast<const float4*>(row);
         if (w == 0.0f) {
             for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) store4(g, k, make_float4(0.f, 0.f, 0.f, 0.f));
             for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, 0.0f);
             continue;
         }
-        for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) {
-            const float4 x = row4[k];
-            store4(g, k, make_float4(w * expf(x.x - l), w * expf(x.y - l), w * expf(x.z - l), w * expf(x.w - l)));
+        for (int64_t k = threadIdx.x; k < vec_end / E; k += blockDim.x) {
+            float4 groups[E / 4];
+            load16(row, k, groups);
+#pragma unroll
+            for (int h = 0; h < E / 4; ++h) {
+                const float4 x = groups[h];
+                store4(g, k * (E / 4) + h,
+                       make_float4(w * expf(x.x - l), w * expf(x.y - l), w * expf(x.z - l), w * expf(x.w - l)));
+            }
         }
-        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, w * expf(row[v] - l));
+        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, w * expf(load1(row, v) - l));
         __syncthreads();  // the target's element is rewritten below by thread 0
-        if (threadIdx.x == 0) store1(g, t, w * (expf(row[t] - l) - 1.0f));
+        if (threadIdx.x == 0) store1(g, t, w * (expf(load1(row, t) - l) - 1.0f));
     }
 }
 
-// The denominator, then the gradient rows into grad (f32 or bf16).
+const __nv_bfloat16* bf16_logits(const Inputs& in) { return static_cast<const __nv_bfloat16*>(in.logits_bf16); }
+
+// Whole rows of 16-byte loads: V a multiple of a load's elements, the logits 16-byte aligned.
+bool logits_vectorisable(const Inputs& in) {
+    return in.logits_bf16 ? in.V % 8 == 0 && aligned16(in.logits_bf16) : in.V % 4 == 0 && aligned16(in.logits);
+}
+
+// The denominator, then the gradient rows into grad (f32 or bf16) from f32 or bf16 logits.
 template <class T>
 void launch_ce_backward(const Inputs& in, const float* plse, float grad_loss, T* pgrad, bool vectorised) {
     Tensor flag = make_error_flag();
@@ -202,8 +240,12 @@ void launch_ce_backward(const Inputs& in, const float* plse, float grad_loss, T*
     ce_denominator_kernel<<<1, kReduceThreads>>>(in.targets, in.mask, in.N, in.V, denom, flag_ptr(flag));
     HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_denominator_kernel");
     if (in.V > 0) {
-        ce_backward_kernel<T><<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, plse, denom, grad_loss,
-                                                              in.N, in.V, vectorised, pgrad);
+        if (in.logits_bf16)
+            ce_backward_kernel<<<row_grid(in.N), kRowThreads>>>(bf16_logits(in), in.targets, in.mask, plse, denom,
+                                                                grad_loss, in.N, in.V, vectorised, pgrad);
+        else
+            ce_backward_kernel<<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, plse, denom, grad_loss,
+                                                                in.N, in.V, vectorised, pgrad);
         HSA_CUDA_CHECK_LAUNCH("cross_entropy_backward ce_backward_kernel");
     }
     throw_if_bad_target(flag, in, "cross_entropy_backward");
@@ -213,7 +255,8 @@ void launch_ce_backward(const Inputs& in, const float* plse, float grad_loss, T*
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
                                         Tensor& lse) {
-    const Inputs in = checks::check_cross_entropy_inputs("cross_entropy", logits, targets, mask, Device::CUDA);
+    const Inputs in = checks::check_cross_entropy_inputs("cross_entropy", logits, targets, mask, Device::CUDA,
+                                                         /*allow_bf16_logits=*/true);
     checks::check_cross_entropy_outputs(in, logits, loss, lse, Device::CUDA);
     float* ploss = loss.data<float>();
     float* plse = lse.data<float>();
@@ -222,9 +265,13 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
     double* nll = static_cast<double*>(scratch.raw_data());
     double* weight = nll + in.N;
     if (in.N > 0) {
-        const bool vectorised = in.V % 4 == 0 && aligned16(in.logits);
-        ce_rows_kernel<<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, in.N, in.V, vectorised, plse,
-                                                       nll, weight, flag_ptr(flag));
+        const bool vectorised = logits_vectorisable(in);
+        if (in.logits_bf16)
+            ce_rows_kernel<<<row_grid(in.N), kRowThreads>>>(bf16_logits(in), in.targets, in.mask, in.N, in.V,
+                                                            vectorised, plse, nll, weight, flag_ptr(flag));
+        else
+            ce_rows_kernel<<<row_grid(in.N), kRowThreads>>>(in.logits, in.targets, in.mask, in.N, in.V, vectorised,
+                                                            plse, nll, weight, flag_ptr(flag));
         HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_rows_kernel");
     }
     ce_loss_kernel<<<1, kReduceThreads>>>(nll, weight, in.N, ploss);
@@ -235,24 +282,25 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                          const Tensor& lse, float grad_loss, Tensor& grad_logits) {
     if (!grad_logits.defined()) return;
-    const Inputs in =
-        checks::check_cross_entropy_inputs("cross_entropy_backward", logits, targets, mask, Device::CUDA);
+    const Inputs in = checks::check_cross_entropy_inputs("cross_entropy_backward", logits, targets, mask,
+                                                         Device::CUDA, /*allow_bf16_logits=*/true);
     checks::check_cross_entropy_grad(in, logits, lse, grad_logits, Device::CUDA);
     float* pgrad = grad_logits.data<float>();
     if (in.N == 0) return;
-    const bool vectorised = in.V % 4 == 0 && aligned16(in.logits) && aligned16(pgrad);
+    const bool vectorised = logits_vectorisable(in) && aligned16(pgrad);
     launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
 }
 
 void cross_entropy_backward_bf16(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor& lse,
                                  float grad_loss, Tensor& grad16) {
     const char* op = "cross_entropy_backward";
-    const Inputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, Device::CUDA);
+    const Inputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, Device::CUDA,
+                                                         /*allow_bf16_logits=*/true);
     checks::check_tensor(op, "lse", lse, {in.N}, DType::F32, Device::CUDA);
     checks::check_tensor(op, "grad_logits (bf16)", grad16, {in.N, in.V}, DType::BF16, Device::CUDA);
     auto* pgrad = static_cast<__nv_bfloat16*>(grad16.raw_data());
     if (in.N == 0) return;
-    const bool vectorised = in.V % 4 == 0 && aligned16(in.logits) && reinterpret_cast<uintptr_t>(pgrad) % 8 == 0;
+    const bool vectorised = logits_vectorisable(in) && reinterpret_cast<uintptr_t>(pgrad) % 8 == 0;
     launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
 }
 

@@ -22,6 +22,7 @@ public:
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
                        Tensor& grad_a, Tensor& grad_b, bool accumulate_a, bool accumulate_b) override;
+    Tensor head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) override;  // gemm.cu
     void cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
                                         const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                         const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,

@@ -450,15 +450,33 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
     }
 }
 
+// The head at bf16 precision: logits [N, V] in bf16, the product's f32 accumulator rounded
+// once by cuBLASLt's epilogue (what autocast stores; the loss and its backward read them
+// widened to f32). Half the bytes of the step's largest tensor (6.6 GB f32 at the paper's
+// 32768 x 50304), written once and read twice. Off the bf16 path (f32 precision, a dim not a
+// multiple of 8, a non-contiguous operand): the f32 default.
+Tensor CudaBackend::head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) {
+    const int64_t N = x.size(0), D = x.size(1), V = transpose_weight ? weight.size(0) : weight.size(1);
+    if (!bf16_product(N, V, D) || x.ndim() != 2 || weight.ndim() != 2 || !x.is_contiguous() ||
+        !weight.is_contiguous() || x.device() != Device::CUDA || weight.device() != Device::CUDA ||
+        weight.dtype() != DType::F32)
+        return Backend::head_logits(x, weight, transpose_weight);
+    const Tensor x16 = x.dtype() == DType::BF16 ? x : rounded_bf16_copy(x);
+    Tensor logits = Tensor::empty({N, V}, DType::BF16, Device::CUDA);
+    gemm_of_bf16(x16, false, rounded_bf16_copy(weight), transpose_weight, logits, false);
+    return logits;
+}
+
 // The head at bf16 precision: the logits gradient is written once, in bf16, by the
-// cross-entropy kernel (the value gemm_backward would round), and both products read it;
-// logits stands in for g's shape (the bf16 path never reads it). Otherwise, and for
-// shapes off the bf16 path, the base class's f32 gradient + gemm_backward.
+// cross-entropy kernel (the value gemm_backward would round from the f32 gradient), and
+// both products read it. Otherwise, and for shapes off the bf16 path, the base class's f32
+// gradient + gemm_backward. logits: the forward's, f32 or bf16 (head_logits).
 void CudaBackend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
                                                  const Tensor& logits, const Tensor& targets, const Tensor& mask,
                                                  const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
                                                  bool accumulate_a, bool accumulate_b) {
-    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, logits, Device::CUDA);
+    const checks::GemmDims dims =
+        checks::check_gemm(a, transpose_a, b, transpose_b, logits, Device::CUDA, /*out_may_be_bf16=*/true);
     const bool direct = grad_a.defined() && grad_b.defined() && dims.batch == 1 &&
                         bf16_product(dims.M, dims.N, dims.K) && logits.numel() > 0;
     if (!direct) {
@@ -468,11 +486,11 @@ void CudaBackend::cross_entropy_product_backward(const Tensor& a, bool transpose
     }
     Tensor g16 = Tensor::empty(logits.shape(), DType::BF16, Device::CUDA);
     cross_entropy_backward_bf16(logits, targets, mask, lse, grad_loss, g16);
-    const Tensor& g = logits;
-    if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor());
-    else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), g16);
-    if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), g16);
-    else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, g16, Tensor());
+    // g16 is a bf16 operand: the products take it as it is (gemm_on_device's bf16 inputs).
+    if (!transpose_a) gemm_on_device(g16, false, b, !transpose_b, grad_a, accumulate_a, Tensor(), Tensor());
+    else gemm_on_device(b, transpose_b, g16, true, grad_a, accumulate_a, Tensor(), Tensor());
+    if (!transpose_b) gemm_on_device(a, !transpose_a, g16, false, grad_b, accumulate_b, Tensor(), Tensor());
+    else gemm_on_device(g16, true, a, transpose_a, grad_b, accumulate_b, Tensor(), Tensor());
 }
 
 }  // namespace hsa

@@ -367,6 +367,44 @@ TEST(CudaOps, CrossEntropyAndAdamW) {
     EXPECT_CLOSE(v_gpu, v, kElementwiseTol);
 }
 
+// The loss and its gradient from bf16 logits (the head's logits at bf16 precision,
+// Backend::head_logits) against the CPU reference on the same values in f32, with the f32
+// kernel's tolerance: reading bf16 loses nothing beyond the rounding the values already
+// carry. V 11 and 1028: the scalar path (bf16 rows load 16 bytes = 8 elements when V % 8 == 0);
+// 1032 and 50304: 16-byte loads. The gradient is written in f32 here and in bf16 by the fused
+// head (LinearCrossEntropyEqualsMatmulThenCrossEntropy).
+TEST(CudaOps, CrossEntropyOnBf16Logits) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {33, 1028}, {64, 1032}, {257, 50304}}) {
+        if (small_only() && V > 2000) continue;
+        SCOPED_TRACE("N " + std::to_string(N) + " V " + std::to_string(V));
+        const Tensor logits = test::rounded_to_bf16(rng.normal({N, V}, 3.0f));  // bf16 values, held in f32
+        const Tensor logits16 = on_gpu(logits).to(DType::BF16);             // exact
+        std::vector<int32_t> t(static_cast<size_t>(N));
+        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
+        t[1] = -1;  // ignored
+        Tensor targets = Tensor::from_vector_i32(t, {N});
+        Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
+        Tensor loss_want = Tensor::empty({}), lse_want = Tensor::empty({N});
+        Tensor loss_got = poisoned({}), lse_got = poisoned({N});
+        cpu().cross_entropy_forward(logits, targets, mask, loss_want, lse_want);
+        gpu().cross_entropy_forward(logits16, on_gpu(targets), on_gpu(mask), loss_got, lse_got);
+        EXPECT_CLOSE(loss_got, loss_want, kReductionTol);
+        EXPECT_CLOSE(lse_got, lse_want, kReductionTol);
+        Tensor g_want = Tensor::empty({N, V}), g_got = poisoned({N, V});
+        cpu().cross_entropy_backward(logits, targets, mask, lse_want, 1.5f, g_want);
+        gpu().cross_entropy_backward(logits16, on_gpu(targets), on_gpu(mask), on_gpu(lse_want), 1.5f, g_got);
+        EXPECT_CLOSE(g_got, g_want, kReductionTol);
+    }
+    // The CPU backend takes f32 logits only.
+    Tensor loss = Tensor::empty({}), lse = Tensor::empty({2});
+    EXPECT_THROW(cpu().cross_entropy_forward(Tensor::zeros({2, 8}, DType::BF16), Tensor::from_vector_i32({0, 1}, {2}),
+                                             Tensor(), loss, lse),
+                 Error);
+}
+
 // adamw_step_many (one launch, the gradient scale folded in) against scale then adamw_step
 // per tensor on the GPU: bit-identical parameters and moments, gradients untouched. Sizes
 // below, at and above one block's chunk (4096), with ragged tails (the scalar path of a
@@ -877,13 +915,26 @@ TEST(CudaOps, SwigluMlpResidualEqualsAdd) {
 // ------------------------------------------------------------------ head + loss fused
 
 // ops::linear_cross_entropy on the GPU against matmul then cross_entropy on the GPU, at both
-// precisions, tied and untied heads: the fused backward writes the logits gradient in bf16
-// directly (dims multiples of 8) with the value the unfused path rounds, or falls back to
-// the composition (V = 203): loss and both gradients must be bit-identical either way.
+// precisions, tied and untied heads. The fused backward writes the logits gradient in bf16
+// directly (dims multiples of 8) with the value the unfused path rounds, or falls back to the
+// composition (V = 203, or only one gradient wanted).
+// - At bf16 precision with every dim a multiple of 8 (V = 200) the fused op stores its logits
+//   in bf16 (Backend::head_logits): it sees z' with |z'_v - z_v| <= u |z_v| (u = 2^-8, bf16's
+//   unit roundoff) where the unfused path sees the f32 product z. Each row's nll then moves by
+//   at most 2 u max|z| (its lse and its target's logit by u max|z| each), so the loss does;
+//   each probability moves by a factor within exp(+-2 u max|z|), which bounds the gradients'
+//   relative difference by exp(2 u max|z|) - 1, plus 2u for the bf16 rounding of the logits
+//   gradient that both paths apply (at different points). Logits are ~N(0, 1) here.
+// - Elsewhere (f32 precision, or V = 203, off the bf16 path) the fused op's logits are the f32
+//   ones: loss and gradients bit-identical.
+// - With x frozen (only the weight's gradient) the fused op takes the default composition
+//   (f32 logits gradient, rounded by gemm_backward): the weight gradient of the fused run,
+//   bit for bit, since the bf16 gradient is that rounding.
 TEST(CudaOps, LinearCrossEntropyEqualsMatmulThenCrossEntropy) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
+    constexpr double u = 1.0 / 256.0;
     for (int64_t V : {200, 203}) {
         for (bool tied : {false, true}) {
             for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
@@ -891,15 +942,16 @@ TEST(CudaOps, LinearCrossEntropyEqualsMatmulThenCrossEntropy) {
                              matmul_precision_name(precision));
                 MatmulPrecisionScope scope(precision);
                 const int64_t N = 64, D = 32;
-                Tensor x0 = rng.normal({N, D}), w0 = tied ? rng.normal({V, D}) : rng.normal({D, V});
+                const float w_scale = 1.0f / std::sqrt(static_cast<float>(D));
+                Tensor x0 = rng.normal({N, D}), w0 = tied ? rng.normal({V, D}, w_scale) : rng.normal({D, V}, w_scale);
                 std::vector<int32_t> ids(static_cast<size_t>(N));
                 for (auto& id : ids) id = static_cast<int32_t>(rng.next_int(0, V));
                 ids[5] = -1;  // ignored
                 Tensor targets = Tensor::from_vector_i32(ids, {N});
                 Tensor mask = on_gpu(rng.uniform({N}, 0.1f, 2.0f)), gpu_targets = on_gpu(targets);
-                auto run = [&](bool fused, Tensor& gx, Tensor& gw) {
+                auto run = [&](bool fused, bool x_grad, Tensor& gx, Tensor& gw) {
                     Tensor x = on_gpu(x0), w = on_gpu(w0);
-                    x.set_requires_grad(true);
+                    x.set_requires_grad(x_grad);
                     w.set_requires_grad(true);
                     Tensor loss = fused ? ops::linear_cross_entropy(x, w, tied, gpu_targets, mask)
                                         : ops::cross_entropy(ops::matmul(x, w, false, tied), gpu_targets, mask);
@@ -908,11 +960,36 @@ TEST(CudaOps, LinearCrossEntropyEqualsMatmulThenCrossEntropy) {
                     gw = w.grad();
                     return loss.item();
                 };
-                Tensor gx_fused, gw_fused, gx_plain, gw_plain;
-                const float fused = run(true, gx_fused, gw_fused), plain = run(false, gx_plain, gw_plain);
-                EXPECT_EQ(fused, plain);
-                EXPECT_EQ(gx_fused.to_vector(), gx_plain.to_vector());
-                EXPECT_EQ(gw_fused.to_vector(), gw_plain.to_vector());
+                Tensor gx_fused, gw_fused, gx_plain, gw_plain, gx_frozen, gw_frozen;
+                const float fused = run(true, true, gx_fused, gw_fused), plain = run(false, true, gx_plain, gw_plain);
+                run(true, false, gx_frozen, gw_frozen);
+                EXPECT_FALSE(gx_frozen.defined());
+                EXPECT_EQ(gw_frozen.to_vector(), gw_fused.to_vector());
+                const Tensor logits = gpu().head_logits(on_gpu(x0), on_gpu(w0), tied);
+                const bool bf16_logits = precision == MatmulPrecision::BF16 && V % 8 == 0;
+                EXPECT_EQ(logits.dtype(), bf16_logits ? DType::BF16 : DType::F32);
+                if (!bf16_logits) {
+                    EXPECT_EQ(fused, plain);
+                    EXPECT_EQ(gx_fused.to_vector(), gx_plain.to_vector());
+                    EXPECT_EQ(gw_fused.to_vector(), gw_plain.to_vector());
+                    continue;
+                }
+                float max_logit = 0.0f;
+                for (float z : ops::matmul(on_gpu(x0), on_gpu(w0), false, tied).to_vector())
+                    max_logit = std::max(max_logit, std::fabs(z));
+                const double loss_bound = 2 * u * max_logit + 1e-6 * std::fabs(plain);
+                const double grad_bound = std::expm1(2 * u * max_logit) + 2 * u;
+                std::printf("  V %d %s: max |logit| %.2f, loss diff %.2e (bound %.2e), grad x %.2e, grad w %.2e "
+                            "(bound %.2e)\n",
+                            static_cast<int>(V), tied ? "tied" : "untied", max_logit, std::fabs(fused - plain),
+                            loss_bound, relative_error(gx_fused, gx_plain), relative_error(gw_fused, gw_plain),
+                            grad_bound);
+                EXPECT_LE(std::fabs(fused - plain), loss_bound);
+                EXPECT_LE(relative_error(gx_fused, gx_plain), grad_bound);
+                EXPECT_LE(relative_error(gw_fused, gw_plain), grad_bound);
+                // The stored logits: the f32 product's values rounded once (and the product's
+                // own accumulation-order differences, ~1e-6 at D = 32).
+                EXPECT_LE(relative_error(logits, ops::matmul(on_gpu(x0), on_gpu(w0), false, tied)), u + 1e-5);
             }
         }
     }
