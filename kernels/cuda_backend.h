@@ -9,6 +9,8 @@
 // shape checks are shared with the CPU backend (core/backend_checks.h).
 #pragma once
 
+#include <vector>
+
 #include "core/backend.h"
 
 namespace hsa {
@@ -49,6 +51,12 @@ public:
 // gemm's bf16 path (kernels/gemm.cu).
 void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
                   bool accumulate, const Tensor& addend = Tensor());
+
+// For `hsa bench gemm`: the median ms of each algorithm (up to max_algorithms) that
+// cuBLASLt's heuristic offers for out = op(a16) . op(b16) (out f32 or bf16), in the
+// heuristic's order; the first is the one gemm runs (kernels/gemm.cu).
+std::vector<double> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b,
+                                         Tensor& out, int max_algorithms, int repeats);
 
 // cross_entropy_backward's logits gradient written as bf16 (round to nearest even of the
 // f32 value cross_entropy_backward writes) into grad16 [N, V] (kernels/cross_entropy.cu).

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "core/precision.h"
 #include "kernels/cuda_backend.h"
@@ -121,20 +122,12 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t co
     return layout;
 }
 
-Plan& find_plan(const DeviceState& state, const PlanKey& key) {
-    auto found = g_plans.find(key);
-    if (found != g_plans.end()) return found->second;
-    if (g_plans.size() >= kMaxCachedPlans) {
-        for (auto& entry : g_plans) destroy_plan(entry.second);
-        g_plans.clear();
-    }
+// The descriptors and layouts of a key's problem (no algorithm yet).
+Plan make_plan(const PlanKey& key) {
     const bool trans_a = key[1] != 0, trans_b = key[2] != 0;
     const int64_t m = key[3], n = key[4], k = key[5], lda = key[6], ldb = key[7], ldc = key[8];
     const int batch = static_cast<int>(key[9]);
     const int64_t stride_a = key[10], stride_b = key[11], stride_c = key[12];
-    const uint32_t align_a = static_cast<uint32_t>(key[13]), align_b = static_cast<uint32_t>(key[14]),
-                   align_c = static_cast<uint32_t>(key[15]);
-
     Plan plan;
     try {
         // Accumulation is f32 in every mode; the output is f32 or (gemm_of_bf16's bf16 out)
@@ -153,35 +146,61 @@ Plan& find_plan(const DeviceState& state, const PlanKey& key) {
         plan.layout_b = trans_b ? make_layout(operand_type, n, k, ldb, batch, stride_b)
                                 : make_layout(operand_type, k, n, ldb, batch, stride_b);
         plan.layout_c = make_layout(output_type, m, n, ldc, batch, stride_c);
+    } catch (...) {
+        destroy_plan(plan);
+        throw;
+    }
+    return plan;
+}
 
-        cublasLtMatmulPreference_t pref = nullptr;
-        HSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        cublasLtMatmulHeuristicResult_t result{};
-        int found_count = 0;
-        cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
-        const uint64_t workspace = kWorkspaceBytes;
-        const std::array<std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t>, 4> aligns{
-            {{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
-             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
-             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
-             {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}}};
-        status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                                                      sizeof(workspace));
-        for (const auto& [attr, value] : aligns)
-            if (status == CUBLAS_STATUS_SUCCESS)
-                status = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
-        if (status == CUBLAS_STATUS_SUCCESS)
-            status = cublasLtMatmulAlgoGetHeuristic(state.handle, plan.desc, plan.layout_a, plan.layout_b,
-                                                    plan.layout_c, plan.layout_c, pref, 1, &result, &found_count);
-        cublasLtMatmulPreferenceDestroy(pref);
-        HSA_CHECK(status == CUBLAS_STATUS_SUCCESS, "gemm: cuBLASLt preference/heuristic failed: "
-                                                       << cublasLtGetStatusName(status) << " ("
-                                                       << cublasLtGetStatusString(status) << ")");
-        HSA_CHECK(found_count > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-                  "gemm: cuBLASLt found no " << (key[16] != kF32Exact ? "bf16" : "f32") << " algorithm for m " << m << " n " << n << " k " << k << " batch "
-                                                                 << batch << " (alignments " << align_a << "/"
-                                                                 << align_b << "/" << align_c << " bytes)");
-        plan.algo = result.algo;
+// Up to `count` algorithms cuBLASLt's heuristic offers for the plan's problem, best first
+// (by its own model), within the workspace and the key's alignments.
+std::vector<cublasLtMatmulAlgo_t> heuristic_algorithms(const DeviceState& state, const Plan& plan, const PlanKey& key,
+                                                       int count) {
+    const uint32_t align_a = static_cast<uint32_t>(key[13]), align_b = static_cast<uint32_t>(key[14]),
+                   align_c = static_cast<uint32_t>(key[15]);
+    cublasLtMatmulPreference_t pref = nullptr;
+    HSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
+    int found_count = 0;
+    cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+    const uint64_t workspace = kWorkspaceBytes;
+    const std::array<std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t>, 4> aligns{
+        {{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}}};
+    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                  sizeof(workspace));
+    for (const auto& [attr, value] : aligns)
+        if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
+    if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulAlgoGetHeuristic(state.handle, plan.desc, plan.layout_a, plan.layout_b, plan.layout_c,
+                                                plan.layout_c, pref, count, results.data(), &found_count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    HSA_CHECK(status == CUBLAS_STATUS_SUCCESS, "gemm: cuBLASLt preference/heuristic failed: "
+                                                   << cublasLtGetStatusName(status) << " ("
+                                                   << cublasLtGetStatusString(status) << ")");
+    std::vector<cublasLtMatmulAlgo_t> algos;
+    for (int i = 0; i < found_count; ++i)
+        if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[static_cast<size_t>(i)].algo);
+    HSA_CHECK(!algos.empty(), "gemm: cuBLASLt found no " << (key[16] != kF32Exact ? "bf16" : "f32") << " algorithm for m "
+                                                         << key[3] << " n " << key[4] << " k " << key[5] << " batch "
+                                                         << key[9] << " (alignments " << align_a << "/" << align_b
+                                                         << "/" << align_c << " bytes)");
+    return algos;
+}
+
+Plan& find_plan(const DeviceState& state, const PlanKey& key) {
+    auto found = g_plans.find(key);
+    if (found != g_plans.end()) return found->second;
+    if (g_plans.size() >= kMaxCachedPlans) {
+        for (auto& entry : g_plans) destroy_plan(entry.second);
+        g_plans.clear();
+    }
+    Plan plan = make_plan(key);
+    try {
+        plan.algo = heuristic_algorithms(state, plan, key, 1).front();
     } catch (...) {
         destroy_plan(plan);
         throw;
@@ -213,14 +232,8 @@ void check_int_range(int64_t value, const char* what) {
     HSA_CHECK(value <= INT_MAX, "gemm: " << what << " " << value << " exceeds cuBLASLt's int32 limit " << INT_MAX);
 }
 
-void run_gemm(const RowMajorGemm& g, float beta) {
-    check_int_range(g.M, "M");
-    check_int_range(g.N, "N");
-    check_int_range(g.K, "K");
-    int device = 0;
-    HSA_CUDA_CHECK(cudaGetDevice(&device));
-    std::lock_guard<std::mutex> lock(g_mutex);
-    DeviceState& state = device_state(device);
+// The plan key of a product: its cuBLASLt problem and the alignments every call shares.
+PlanKey plan_key(const RowMajorGemm& g, int device) {
     // cuBLASLt operands: A = our b (column-major N x K, or K x N stored when tb),
     // B = our a (column-major K x M, or M x K stored when ta), C = out^T (N x M, ld N).
     const int64_t lda = g.tb ? g.K : g.N;
@@ -235,13 +248,29 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     const void* c_in = g.c_in ? g.c_in : g.c;
     const uint32_t align_c = std::min({alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb),
                                        alignment_of(c_in, sc, cb), alignment_of(c_in, g.loop_stride_c, cb)});
-    const PlanKey key{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                      align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0};
-    const Plan& plan = find_plan(state, key);
+    return PlanKey{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
+                   align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0};
+}
+
+void enqueue_matmul(const DeviceState& state, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
+                    const RowMajorGemm& g, float beta) {
     const float alpha = 1.0f;
+    const void* c_in = g.c_in ? g.c_in : g.c;
     HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,
-                                    c_in, plan.layout_c, g.c, plan.layout_c, &plan.algo, state.workspace,
+                                    c_in, plan.layout_c, g.c, plan.layout_c, &algo, state.workspace,
                                     kWorkspaceBytes, /*stream=*/0));
+}
+
+void run_gemm(const RowMajorGemm& g, float beta) {
+    check_int_range(g.M, "M");
+    check_int_range(g.N, "N");
+    check_int_range(g.K, "K");
+    int device = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(g_mutex);
+    DeviceState& state = device_state(device);
+    const Plan& plan = find_plan(state, plan_key(g, device));
+    enqueue_matmul(state, plan, plan.algo, g, beta);
 }
 
 // f32 -> bf16 (round to nearest even), 4 elements a thread when both are 16/8-byte aligned.
@@ -417,6 +446,59 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
     g.c_bf16 = out_bf16;
     if (addend.defined()) g.c_in = addend.raw_data();
     run_gemm(g, accumulate || addend.defined() ? 1.0f : 0.0f);
+}
+
+// For `hsa bench gemm`: the median ms (over `repeats` runs, after 2 warm-up runs) of each
+// algorithm cuBLASLt's heuristic offers for out = op(a16) . op(b16), up to max_algorithms, in
+// the heuristic's order; the first is the one gemm uses. Operands as gemm_of_bf16's.
+std::vector<double> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b,
+                                         Tensor& out, int max_algorithms, int repeats) {
+    const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
+    const int64_t N = transpose_b ? b16.size(0) : b16.size(1);
+    HSA_CHECK(a16.dtype() == DType::BF16 && b16.dtype() == DType::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
+              "time_gemm_algorithms: bf16 operands with every dim a multiple of 8");
+    checks::check_tensor("time_gemm_algorithms", "out", out, {M, N}, out.dtype() == DType::BF16 ? DType::BF16 : DType::F32,
+                         Device::CUDA);
+    RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
+    g.element_bytes = 2;
+    g.mode = kBf16Copies;
+    g.c_bf16 = out.dtype() == DType::BF16;
+    int device = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    std::lock_guard<std::mutex> lock(g_mutex);
+    DeviceState& state = device_state(device);
+    const PlanKey key = plan_key(g, device);
+    Plan plan = make_plan(key);
+    std::vector<double> ms;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    try {
+        HSA_CUDA_CHECK(cudaEventCreate(&start));
+        HSA_CUDA_CHECK(cudaEventCreate(&stop));
+        for (const cublasLtMatmulAlgo_t& algo : heuristic_algorithms(state, plan, key, max_algorithms)) {
+            for (int i = 0; i < 2; ++i) enqueue_matmul(state, plan, algo, g, 0.0f);
+            std::vector<float> runs;
+            for (int i = 0; i < repeats; ++i) {
+                HSA_CUDA_CHECK(cudaEventRecord(start, 0));
+                enqueue_matmul(state, plan, algo, g, 0.0f);
+                HSA_CUDA_CHECK(cudaEventRecord(stop, 0));
+                HSA_CUDA_CHECK(cudaEventSynchronize(stop));
+                float t = 0;
+                HSA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+                runs.push_back(t);
+            }
+            std::sort(runs.begin(), runs.end());
+            ms.push_back(runs[runs.size() / 2]);
+        }
+    } catch (...) {
+        if (start) cudaEventDestroy(start);
+        if (stop) cudaEventDestroy(stop);
+        destroy_plan(plan);
+        throw;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    destroy_plan(plan);
+    return ms;
 }
 
 Tensor CudaBackend::product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) {

@@ -180,6 +180,13 @@ public:
     }
     // The head's backward (logits gradient and both products) is one entry of its own: its
     // products are not in the gemm row's TFLOP/s.
+    Tensor head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) override {
+        Tensor logits;
+        timed("head_logits", [&] { logits = inner_.head_logits(x, weight, transpose_weight); },
+              "head_logits " + shape_string(x.shape()) + " x " + shape_string(weight.shape()) +
+                  (transpose_weight ? "T" : ""));
+        return logits;
+    }
     void cross_entropy_product_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& logits,
                                         const Tensor& targets, const Tensor& mask, const Tensor& lse, float grad_loss,
                                         Tensor& ga, Tensor& gb, bool accumulate_a, bool accumulate_b) override {
