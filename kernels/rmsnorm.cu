@@ -223,22 +223,10 @@ __global__ void __launch_bounds__(kWideWarps * 32, kWideBackwardMinBlocks)
         for (int m = 0; m < M; ++m)
             if (lane + 32 * m < D4) mine[lane + 32 * m] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    // Accumulating, the old dx is read only after the row's dot product: a second DRAM round
-    // trip a row. Each warp asks L2 for its next row's dx one row ahead (and for its first
-    // row's before it starts), so that read finds it in L2.
-    auto prefetch_dx_row = [&](int64_t row) {
-        if (!accumulate || row >= end) return;
-        const float4* p = reinterpret_cast<const float4*>(dx + row * D);
-#pragma unroll
-        for (int m = 0; m < M; ++m)
-            if (lane + 32 * m < D4) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + lane + 32 * m));
-    };
-    prefetch_dx_row(begin + warp);
     for (int64_t n = begin + warp; n < end; n += kWideWarps) {
         const float4* xr = reinterpret_cast<const float4*>(x + n * D);
         const float4* gr = reinterpret_cast<const float4*>(g + n * D);
         float4* dr = reinterpret_cast<float4*>(dx + n * D);
-        prefetch_dx_row(n + kWideWarps);
         float4 xv[M], gv[M];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
