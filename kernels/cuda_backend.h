@@ -52,11 +52,22 @@ public:
 void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
                   bool accumulate, const Tensor& addend = Tensor());
 
-// For `hsa bench gemm`: the median ms of each algorithm (up to max_algorithms) that
-// cuBLASLt's heuristic offers for out = op(a16) . op(b16) (out f32 or bf16), in the
-// heuristic's order; the first is the one gemm runs (kernels/gemm.cu).
-std::vector<double> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b,
-                                         Tensor& out, int max_algorithms, int repeats);
+// For `hsa bench gemm`: each algorithm (up to max_algorithms) that cuBLASLt's heuristic
+// offers for out = op(a16) . op(b16) (out f32 or bf16, overwritten), in the heuristic's
+// order: median ms (< 0 if cuBLASLt refused it) and whether its output has the first one's
+// bits (kernels/gemm.cu).
+struct GemmAlgorithmTiming {
+    double ms;
+    bool same_bits;
+};
+std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16,
+                                                      bool transpose_b, Tensor& out, int max_algorithms, int repeats);
+
+// GEMM autotuning (kernels/gemm.cu): on a bf16 product's first use, the fastest of the
+// heuristic's algorithms whose output has the bits of its first choice. On unless the
+// environment sets HSA_GEMM_AUTOTUNE=0; plans chosen either way are kept per setting.
+void set_gemm_autotuning(bool on);
+bool gemm_autotuning();
 
 // cross_entropy_backward's logits gradient written as bf16 (round to nearest even of the
 // f32 value cross_entropy_backward writes) into grad16 [N, V] (kernels/cross_entropy.cu).

@@ -36,7 +36,9 @@
 #include <climits>
 #include <cstdint>
 #include <map>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/precision.h"
@@ -71,8 +73,9 @@ struct DeviceState {
 
 // Column-major problem as cuBLASLt sees it: D (m x n) = op(A) (m x k) . op(B) (k x n).
 // Key fields: device, transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB,
-// strideC, alignA, alignB, alignC, operand mode (OperandMode), output type (0 f32, 1 bf16).
-using PlanKey = std::array<int64_t, 18>;
+// strideC, alignA, alignB, alignC, operand mode (OperandMode), output type (0 f32, 1 bf16),
+// whether the algorithm is tuned (1) or the heuristic's first choice (0).
+using PlanKey = std::array<int64_t, 19>;
 
 struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -191,23 +194,6 @@ std::vector<cublasLtMatmulAlgo_t> heuristic_algorithms(const DeviceState& state,
     return algos;
 }
 
-Plan& find_plan(const DeviceState& state, const PlanKey& key) {
-    auto found = g_plans.find(key);
-    if (found != g_plans.end()) return found->second;
-    if (g_plans.size() >= kMaxCachedPlans) {
-        for (auto& entry : g_plans) destroy_plan(entry.second);
-        g_plans.clear();
-    }
-    Plan plan = make_plan(key);
-    try {
-        plan.algo = heuristic_algorithms(state, plan, key, 1).front();
-    } catch (...) {
-        destroy_plan(plan);
-        throw;
-    }
-    return g_plans.emplace(key, plan).first->second;
-}
-
 // Row-major out[M, N] (= or += per beta) = op(a)[M, K] . op(b)[K, N], for `batch` matrices
 // stride_* elements apart. a is stored [M, K] ([K, M] when ta), b [K, N] ([N, K] when tb).
 // loop_stride_*: when the caller loops over this call with advancing pointers, the stride
@@ -233,7 +219,7 @@ void check_int_range(int64_t value, const char* what) {
 }
 
 // The plan key of a product: its cuBLASLt problem and the alignments every call shares.
-PlanKey plan_key(const RowMajorGemm& g, int device) {
+PlanKey plan_key(const RowMajorGemm& g, int device, bool tuned) {
     // cuBLASLt operands: A = our b (column-major N x K, or K x N stored when tb),
     // B = our a (column-major K x M, or M x K stored when ta), C = out^T (N x M, ld N).
     const int64_t lda = g.tb ? g.K : g.N;
@@ -249,16 +235,134 @@ PlanKey plan_key(const RowMajorGemm& g, int device) {
     const uint32_t align_c = std::min({alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb),
                                        alignment_of(c_in, sc, cb), alignment_of(c_in, g.loop_stride_c, cb)});
     return PlanKey{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                   align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0};
+                   align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0, tuned ? 1 : 0};
+}
+
+cublasStatus_t try_matmul(const DeviceState& state, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
+                          const RowMajorGemm& g, float beta) {
+    const float alpha = 1.0f;
+    const void* c_in = g.c_in ? g.c_in : g.c;
+    return cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta, c_in,
+                          plan.layout_c, g.c, plan.layout_c, &algo, state.workspace, kWorkspaceBytes, /*stream=*/0);
 }
 
 void enqueue_matmul(const DeviceState& state, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
                     const RowMajorGemm& g, float beta) {
-    const float alpha = 1.0f;
-    const void* c_in = g.c_in ? g.c_in : g.c;
-    HSA_CUBLAS_CHECK(cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta,
-                                    c_in, plan.layout_c, g.c, plan.layout_c, &algo, state.workspace,
-                                    kWorkspaceBytes, /*stream=*/0));
+    HSA_CUBLAS_CHECK(try_matmul(state, plan, algo, g, beta));
+}
+
+// ---- autotuning ----
+// cuBLASLt's heuristic picks an algorithm from its model of the GPU; for the paper-scale
+// step's products on the H200 its first choice was up to 17% slower than another one it
+// offers (hsa bench gemm, docs/PERF.md version 50). So on a plan's first use, a bf16 product
+// of at least kTuneMinFlops runs each of the heuristic's first kTuneCandidates algorithms on
+// the call's own operands, and keeps the fastest whose output has the same bits as the first
+// choice's. The same bits on a full-size product mean the same summation order, so tuning
+// changes no result, only the time: runs stay reproducible whatever the timings say, and a
+// tuned run equals an untuned one bit for bit. HSA_GEMM_AUTOTUNE=0 (or
+// set_gemm_autotuning(false)) keeps the heuristic's first choice.
+constexpr double kTuneMinFlops = 1e10;
+constexpr int kTuneCandidates = 8;
+constexpr int kTuneRuns = 3;  // timed runs a candidate (median), after one warm-up
+constexpr size_t kTuneMaxScratchBytes = size_t{1} << 30;
+
+int g_autotune = -1;  // -1: not yet read from HSA_GEMM_AUTOTUNE; guarded by g_mutex
+
+bool autotuning_on() {
+    if (g_autotune < 0) {
+        const char* env = std::getenv("HSA_GEMM_AUTOTUNE");
+        g_autotune = env != nullptr && std::string(env) == "0" ? 0 : 1;
+    }
+    return g_autotune == 1;
+}
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {  // splitmix64's finaliser
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// hash += sum over i of mix64(i, words[i]) mod 2^64: addition commutes, so the atomics'
+// order does not matter; outputs differing anywhere collide with probability ~2^-64.
+__global__ void output_hash_kernel(const uint32_t* __restrict__ words, int64_t n, unsigned long long* hash) {
+    unsigned long long acc = 0;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+        acc += mix64(static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull ^ words[i]);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(hash, acc);
+}
+
+// One candidate's trial: median ms, and whether its output has the first candidate's bits.
+struct AlgorithmTrial {
+    double ms = -1;  // < 0: cuBLASLt refused to run it
+    bool same_bits = false;
+};
+
+// Runs each algorithm on g (into g.c, which must be safe to overwrite: the caller points it
+// at scratch when the call is not idempotent), hashing each output once after a warm-up.
+std::vector<AlgorithmTrial> try_algorithms(const DeviceState& state, const Plan& plan, const RowMajorGemm& g,
+                                           float beta, const std::vector<cublasLtMatmulAlgo_t>& algos, int runs) {
+    const int64_t words = g.M * g.N * (g.c_bf16 ? 2 : 4) / 4;
+    Tensor hashes = Tensor::zeros({static_cast<int64_t>(algos.size())}, DType::I64, Device::CUDA);
+    auto* hash = static_cast<unsigned long long*>(hashes.raw_data());
+    std::vector<AlgorithmTrial> trials(algos.size());
+    cudaEvent_t start = nullptr, stop = nullptr;
+    try {
+        HSA_CUDA_CHECK(cudaEventCreate(&start));
+        HSA_CUDA_CHECK(cudaEventCreate(&stop));
+        for (size_t i = 0; i < algos.size(); ++i) {
+            if (try_matmul(state, plan, algos[i], g, beta) != CUBLAS_STATUS_SUCCESS) continue;
+            const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + 255) / 256, 4096));
+            output_hash_kernel<<<blocks, 256>>>(static_cast<const uint32_t*>(g.c), words, hash + i);
+            HSA_CUDA_CHECK_LAUNCH("output_hash_kernel");
+            std::vector<float> ms;
+            for (int r = 0; r < runs; ++r) {
+                HSA_CUDA_CHECK(cudaEventRecord(start, 0));
+                HSA_CUBLAS_CHECK(try_matmul(state, plan, algos[i], g, beta));
+                HSA_CUDA_CHECK(cudaEventRecord(stop, 0));
+                HSA_CUDA_CHECK(cudaEventSynchronize(stop));
+                float t = 0;
+                HSA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+                ms.push_back(t);
+            }
+            std::sort(ms.begin(), ms.end());
+            trials[i].ms = ms[ms.size() / 2];
+        }
+    } catch (...) {
+        if (start) cudaEventDestroy(start);
+        if (stop) cudaEventDestroy(stop);
+        throw;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::vector<unsigned long long> host(algos.size());
+    HSA_CUDA_CHECK(cudaMemcpy(host.data(), hash, host.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < algos.size(); ++i) trials[i].same_bits = trials[i].ms >= 0 && host[i] == host[0];
+    return trials;
+}
+
+// The algorithm for a new plan: the heuristic's first, or the tuned choice (above).
+cublasLtMatmulAlgo_t choose_algorithm(const DeviceState& state, const Plan& plan, const PlanKey& key,
+                                      const RowMajorGemm& g, float beta, bool tune) {
+    const std::vector<cublasLtMatmulAlgo_t> algos = heuristic_algorithms(state, plan, key, tune ? kTuneCandidates : 1);
+    if (!tune || algos.size() < 2) return algos.front();
+    RowMajorGemm trial = g;
+    Tensor scratch;
+    // A product that reads its own output (beta != 0 with C = D) would add up over the trial
+    // runs: those go to scratch, reading C from the real output.
+    if (beta != 0.0f && (g.c_in == nullptr || g.c_in == g.c)) {
+        const size_t bytes = static_cast<size_t>(g.M * g.N) * (g.c_bf16 ? 2 : 4);
+        if (bytes > kTuneMaxScratchBytes) return algos.front();
+        scratch = Tensor::empty({static_cast<int64_t>(bytes / 4)}, DType::F32, Device::CUDA);
+        trial.c_in = g.c;
+        trial.c = scratch.raw_data();
+    }
+    const std::vector<AlgorithmTrial> trials = try_algorithms(state, plan, trial, beta, algos, kTuneRuns);
+    size_t best = 0;
+    for (size_t i = 1; i < trials.size(); ++i)
+        if (trials[i].same_bits && trials[i].ms < trials[best].ms) best = i;
+    return algos[best];
 }
 
 void run_gemm(const RowMajorGemm& g, float beta) {
@@ -269,8 +373,29 @@ void run_gemm(const RowMajorGemm& g, float beta) {
     HSA_CUDA_CHECK(cudaGetDevice(&device));
     std::lock_guard<std::mutex> lock(g_mutex);
     DeviceState& state = device_state(device);
-    const Plan& plan = find_plan(state, plan_key(g, device));
-    enqueue_matmul(state, plan, plan.algo, g, beta);
+    // Tuned: bf16 products (the training path) big enough for a few percent to matter,
+    // single matrices called as such (not a batch or a caller's loop of them).
+    const bool tune = autotuning_on() && g.mode == kBf16Copies && g.batch == 1 && g.loop_stride_a == 0 &&
+                      g.loop_stride_b == 0 && g.loop_stride_c == 0 &&
+                      2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) >=
+                          kTuneMinFlops;
+    const PlanKey key = plan_key(g, device, tune);
+    auto found = g_plans.find(key);
+    if (found == g_plans.end()) {
+        if (g_plans.size() >= kMaxCachedPlans) {
+            for (auto& entry : g_plans) destroy_plan(entry.second);
+            g_plans.clear();
+        }
+        Plan plan = make_plan(key);
+        try {
+            plan.algo = choose_algorithm(state, plan, key, g, beta, tune);
+        } catch (...) {
+            destroy_plan(plan);
+            throw;
+        }
+        found = g_plans.emplace(key, plan).first;
+    }
+    enqueue_matmul(state, found->second, found->second.algo, g, beta);
 }
 
 // f32 -> bf16 (round to nearest even), 4 elements a thread when both are 16/8-byte aligned.
@@ -448,11 +573,12 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
     run_gemm(g, accumulate || addend.defined() ? 1.0f : 0.0f);
 }
 
-// For `hsa bench gemm`: the median ms (over `repeats` runs, after 2 warm-up runs) of each
-// algorithm cuBLASLt's heuristic offers for out = op(a16) . op(b16), up to max_algorithms, in
-// the heuristic's order; the first is the one gemm uses. Operands as gemm_of_bf16's.
-std::vector<double> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b,
-                                         Tensor& out, int max_algorithms, int repeats) {
+// For `hsa bench gemm`: each algorithm cuBLASLt's heuristic offers for out = op(a16) .
+// op(b16), up to max_algorithms, in the heuristic's order (the first is its choice): median ms
+// of `repeats` runs after a warm-up, and whether its output has the first one's bits (what
+// autotuning requires). Operands as gemm_of_bf16's; out is overwritten.
+std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16,
+                                                      bool transpose_b, Tensor& out, int max_algorithms, int repeats) {
     const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
     const int64_t N = transpose_b ? b16.size(0) : b16.size(1);
     HSA_CHECK(a16.dtype() == DType::BF16 && b16.dtype() == DType::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
@@ -467,38 +593,29 @@ std::vector<double> time_gemm_algorithms(const Tensor& a16, bool transpose_a, co
     HSA_CUDA_CHECK(cudaGetDevice(&device));
     std::lock_guard<std::mutex> lock(g_mutex);
     DeviceState& state = device_state(device);
-    const PlanKey key = plan_key(g, device);
+    const PlanKey key = plan_key(g, device, false);
     Plan plan = make_plan(key);
-    std::vector<double> ms;
-    cudaEvent_t start = nullptr, stop = nullptr;
+    std::vector<GemmAlgorithmTiming> timings;
     try {
-        HSA_CUDA_CHECK(cudaEventCreate(&start));
-        HSA_CUDA_CHECK(cudaEventCreate(&stop));
-        for (const cublasLtMatmulAlgo_t& algo : heuristic_algorithms(state, plan, key, max_algorithms)) {
-            for (int i = 0; i < 2; ++i) enqueue_matmul(state, plan, algo, g, 0.0f);
-            std::vector<float> runs;
-            for (int i = 0; i < repeats; ++i) {
-                HSA_CUDA_CHECK(cudaEventRecord(start, 0));
-                enqueue_matmul(state, plan, algo, g, 0.0f);
-                HSA_CUDA_CHECK(cudaEventRecord(stop, 0));
-                HSA_CUDA_CHECK(cudaEventSynchronize(stop));
-                float t = 0;
-                HSA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-                runs.push_back(t);
-            }
-            std::sort(runs.begin(), runs.end());
-            ms.push_back(runs[runs.size() / 2]);
-        }
+        for (const AlgorithmTrial& t :
+             try_algorithms(state, plan, g, 0.0f, heuristic_algorithms(state, plan, key, max_algorithms), repeats))
+            timings.push_back({t.ms, t.same_bits});
     } catch (...) {
-        if (start) cudaEventDestroy(start);
-        if (stop) cudaEventDestroy(stop);
         destroy_plan(plan);
         throw;
     }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
     destroy_plan(plan);
-    return ms;
+    return timings;
+}
+
+void set_gemm_autotuning(bool on) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_autotune = on ? 1 : 0;
+}
+
+bool gemm_autotuning() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return autotuning_on();
 }
 
 Tensor CudaBackend::product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) {

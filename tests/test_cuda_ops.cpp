@@ -28,6 +28,10 @@
 #include "cuda_test_util.h"
 #include "op_test_harness.h"
 
+#ifdef HSA_WITH_CUDA_KERNELS
+#include "kernels/cuda_backend.h"  // gemm autotuning, gemm_of_bf16
+#endif
+
 namespace hsa {
 namespace {
 
@@ -910,6 +914,48 @@ TEST(CudaOps, SwigluMlpResidualEqualsAdd) {
                 on_gpu(rng.normal({B, T, D})), {"x", "w1", "w3", "w2", "residual"});
         }
     }
+}
+
+// GEMM autotuning (kernels/gemm.cu) keeps only algorithms whose output has the bits of
+// cuBLASLt's first choice, so a product big enough to be tuned (2 M N K >= 1e10) gives the
+// same bits with tuning on and off: writing in place, accumulating (whose trials run into
+// scratch, so the output is added to exactly once), and with a bf16 output. The shape is used by no other test, so the plans are new.
+TEST(CudaOps, GemmAutotuningKeepsTheHeuristicsBits) {
+#ifndef HSA_WITH_CUDA_KERNELS
+    GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
+#else
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    MatmulPrecisionScope scope(MatmulPrecision::BF16);
+    const bool was_on = gemm_autotuning();
+    const int64_t M = 2056, N = 1544, K = 2048;  // 2 M N K = 1.3e10
+    const Tensor a = on_gpu(rng.normal({M, K})), b = on_gpu(rng.normal({N, K}));  // b used transposed
+    const Tensor a16 = on_gpu(rng.normal({M, K})).to(DType::BF16), b16 = on_gpu(rng.normal({K, N})).to(DType::BF16);
+    const Tensor start = on_gpu(rng.normal({M, N}));
+    std::vector<float> out[2], sum[2], out16[2];
+    for (bool tuned : {false, true}) {
+        set_gemm_autotuning(tuned);
+        Tensor o = poisoned({M, N}), acc = start.clone(), o16 = poisoned({M, N}, DType::BF16);
+        gpu().gemm(a, false, b, true, o, false);
+        gpu().gemm(a, false, b, true, acc, true);
+        gemm_of_bf16(a16, false, b16, false, o16, false);
+        out[tuned] = o.to_vector();
+        sum[tuned] = acc.to_vector();
+        out16[tuned] = o16.to_vector();
+    }
+    set_gemm_autotuning(was_on);
+    EXPECT_EQ(out[1], out[0]);
+    EXPECT_EQ(sum[1], sum[0]);
+    EXPECT_EQ(out16[1], out16[0]);
+    const std::vector<float> begin = start.to_vector();
+    // Within f32 rounding of start + out (an algorithm may add C to partial sums): a trial
+    // that reached the real output would have added the product 2 or more times.
+    size_t wrong = 0;
+    for (size_t i = 0; i < begin.size(); ++i)
+        wrong += std::fabs(sum[1][i] - (begin[i] + out[1][i])) > 1e-5f * (std::fabs(begin[i]) + std::fabs(out[1][i]));
+    EXPECT_EQ(wrong, 0u) << "accumulating products must add the product to the output once";
+#endif
 }
 
 // ------------------------------------------------------------------ head + loss fused

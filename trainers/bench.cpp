@@ -210,12 +210,19 @@ int bench_gemm(std::ostream& out) {
     MatmulPrecisionScope precision(MatmulPrecision::BF16);
     Rng rng(2028);
     constexpr int kAlgorithms = 16;
+#ifdef HSA_WITH_CUDA_KERNELS
+    const bool tuning = gemm_autotuning();
+#else
+    const bool tuning = false;
+#endif
     out << "bf16 products of the paper-scale step (8 x 4096 tokens), cuBLASLt via the backend's gemm, bf16 operands, "
            "f32 output; 'grouped' rows are alternatives to the row above them, not part of the step today.\n"
         << "Last columns: the algorithms cuBLASLt's heuristic offers (up to " << kAlgorithms
-        << "), its first choice's ms and the fastest's (median of 9, not accumulating).\n"
-        << "| product | M x N x K | ms | TFLOP/s | per step | algorithms | first ms | best ms (#) | best TFLOP/s "
-           "|\n|---|---|---|---|---|---|---|---|---|\n";
+        << "), the ms of its first choice, of the fastest, and of the fastest whose output has the first one's bits "
+           "(median of 9, not accumulating). 'ms' is gemm's own, with autotuning "
+        << (tuning ? "on" : "off (HSA_GEMM_AUTOTUNE=0)") << ".\n"
+        << "| product | M x N x K | ms | TFLOP/s | per step | algorithms | first ms | fastest ms (#) | fastest same-bits "
+           "ms (#) |\n|---|---|---|---|---|---|---|---|---|\n";
     for (const Case& c : cases) {
         const Tensor a = gpu.product_operand(rng.normal(c.ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, 1.0f, Device::CUDA),
                                              c.M, c.N, c.K);
@@ -225,20 +232,26 @@ int bench_gemm(std::ostream& out) {
         auto body = [&] { gpu.gemm(a, c.ta, b, c.tb, result, c.accumulate); };
         const double ms = median_ms(body, 2, repeats_for(body));
         const double flops = 2.0 * static_cast<double>(c.M) * static_cast<double>(c.N) * static_cast<double>(c.K);
-        // The other algorithms cuBLASLt's heuristic offers for the same product (not
-        // accumulating): the best of them against its first choice, which gemm runs.
+        // The algorithms cuBLASLt's heuristic offers for the same product (not accumulating):
+        // its first choice, the fastest, and the fastest with the first one's bits (what gemm's
+        // autotuning picks).
 #ifdef HSA_WITH_CUDA_KERNELS
-        const std::vector<double> algos = time_gemm_algorithms(a, c.ta, b, c.tb, result, kAlgorithms, 9);
+        const std::vector<GemmAlgorithmTiming> algos = time_gemm_algorithms(a, c.ta, b, c.tb, result, kAlgorithms, 9);
 #else
-        const std::vector<double> algos = {ms};
+        const std::vector<GemmAlgorithmTiming> algos = {{ms, true}};
 #endif
-        const auto best = std::min_element(algos.begin(), algos.end());
+        size_t best = 0, best_same = 0;
+        for (size_t i = 1; i < algos.size(); ++i) {
+            if (algos[i].ms < 0) continue;
+            if (algos[i].ms < algos[best].ms) best = i;
+            if (algos[i].same_bits && algos[i].ms < algos[best_same].ms) best_same = i;
+        }
         out << "| " << c.what << " | " << c.M << " x " << c.N << " x " << c.K << " | " << std::fixed
             << std::setprecision(3) << ms << " | " << std::setprecision(1) << flops / (ms * 1e-3) / 1e12 << " | ";
         if (c.per_step > 0) out << c.per_step << " | ";
         else out << "- | ";
-        out << algos.size() << " | " << std::setprecision(3) << algos.front() << " | " << *best << " (#"
-            << best - algos.begin() << ") | " << std::setprecision(1) << flops / (*best * 1e-3) / 1e12 << " |\n"
+        out << algos.size() << " | " << std::setprecision(3) << algos.front().ms << " | " << algos[best].ms << " (#"
+            << best << ") | " << algos[best_same].ms << " (#" << best_same << ") |\n"
             << std::flush;
     }
     return 0;
