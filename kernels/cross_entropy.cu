@@ -64,16 +64,33 @@ __device__ inline LseState lse_combine(LseState a, LseState b) {
     return {a.m, a.s + b.s * static_cast<double>(expf(b.m - a.m))};
 }
 
-// Adds 4 values to a thread's state: at most one rescale per 4 (the row is read once).
-__device__ inline void lse_add4(LseState& st, float a, float b, float c, float d, float& part) {
-    const float local = fmaxf(fmaxf(a, b), fmaxf(c, d));
+// exp(x - m) as 2^(x log2 e - m log2 e): one FMA and the SFU's ex2.approx (relative error
+// ~2^-22, plus the FMA's rounding of the exponent: ~1e-7 relative at |x| ~ 10), for
+// x - m <= 0. The accurate expf cost ~3x the instructions, and the bf16 rows, half the
+// bytes of f32 ones, made the passes instruction-bound (docs/PERF.md version 50).
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float exp_shifted(float x, float m_log2e) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(fmaf(x, kLog2e, -m_log2e)));
+    return r;
+}
+
+// Adds a group of N values to a thread's state: at most one rescale a group (the row is
+// read once).
+template <int N>
+__device__ inline void lse_add(LseState& st, const float (&v)[N], float& part) {
+    float local = v[0];
+#pragma unroll
+    for (int i = 1; i < N; ++i) local = fmaxf(local, v[i]);
     if (local > st.m) {
         st.s = (st.s + part) * (st.m == -INFINITY ? 0.0 : static_cast<double>(expf(st.m - local)));
         part = 0.0f;
         st.m = local;
     }
     if (st.m == -INFINITY) return;
-    part += expf(a - st.m) + expf(b - st.m) + expf(c - st.m) + expf(d - st.m);
+    const float m_log2e = st.m * kLog2e;
+#pragma unroll
+    for (int i = 0; i < N; ++i) part += exp_shifted(v[i], m_log2e);
 }
 
 // Logits are f32, or bf16 (the CUDA head's stored logits, ops::linear_cross_entropy at bf16
@@ -96,8 +113,8 @@ __device__ inline float load1(const __nv_bfloat16* row, int64_t v) { return __bf
 
 // Per row: lse[i]; nll[i] = mask_i (lse_i - logits[i, t_i]) and weight[i] = mask_i when
 // t_i >= 0, else both 0. One pass over the row with an online max (16-byte loads when the
-// rows are 16-byte aligned); exp in f32 (relative error ~1e-7 per term, far inside the
-// tests' 2e-5), each thread's terms added in f32 in groups of up to 64 and the groups in
+// rows are 16-byte aligned); exp in f32 (exp_shifted: relative error ~1e-7 per term, far
+// inside the tests' 2e-5), each thread's terms added in f32 in groups of 64 and the groups in
 // double, and the threads' states combined in a fixed tree: deterministic.
 template <class L>
 __global__ void ce_rows_kernel(const L* logits, const int32_t* targets, const float* mask, int64_t N, int64_t V,
@@ -115,18 +132,26 @@ __global__ void ce_rows_kernel(const L* logits, const int32_t* targets, const fl
         for (int64_t k = threadIdx.x; k < vec_end / E; k += blockDim.x) {
             float4 groups[E / 4];
             load16(row, k, groups);
+            float v[E];
 #pragma unroll
             for (int h = 0; h < E / 4; ++h) {
-                lse_add4(st, groups[h].x, groups[h].y, groups[h].z, groups[h].w, part);
-                if (++pending == 16) {
-                    st.s += part;
-                    part = 0.0f;
-                    pending = 0;
-                }
+                v[4 * h] = groups[h].x;
+                v[4 * h + 1] = groups[h].y;
+                v[4 * h + 2] = groups[h].z;
+                v[4 * h + 3] = groups[h].w;
+            }
+            lse_add(st, v, part);
+            pending += E;
+            if (pending >= 64) {
+                st.s += part;
+                part = 0.0f;
+                pending = 0;
             }
         }
-        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x)
-            lse_add4(st, load1(row, v), -INFINITY, -INFINITY, -INFINITY, part);
+        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) {
+            const float one[1] = {load1(row, v)};
+            lse_add(st, one, part);
+        }
         st.s += part;
         for (int o = 16; o > 0; o >>= 1) {
             LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
@@ -185,8 +210,8 @@ __global__ void ce_denominator_kernel(const int32_t* targets, const float* mask,
 }
 
 // d logits = w (softmax - onehot), w = grad_loss mask_i / denom; p = exp(x - lse) in f32
-// (16-byte loads and 4-element stores when the rows are aligned). Logits L and gradient T
-// each f32 or bf16.
+// (16-byte loads and 4-element stores when the rows are aligned; exp as exp_shifted). Logits L
+// and gradient T each f32 or bf16.
 template <class L, class T>
 __global__ void ce_backward_kernel(const L* logits, const int32_t* targets, const float* mask, const float* lse,
                                    const double* denom_ptr, float grad_loss, int64_t N, int64_t V, bool vectorised,
@@ -202,7 +227,7 @@ __global__ void ce_backward_kernel(const L* logits, const int32_t* targets, cons
                             ? 0.0f
                             : static_cast<float>(static_cast<double>(grad_loss) * mask_of(mask, i) / denom);
         const L* row = logits + i * V;
-        const float l = lse[i];
+        const float l_log2e = lse[i] * kLog2e;
         if (w == 0.0f) {
             for (int64_t k = threadIdx.x; k < vec_end / 4; k += blockDim.x) store4(g, k, make_float4(0.f, 0.f, 0.f, 0.f));
             for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, 0.0f);
@@ -215,12 +240,14 @@ __global__ void ce_backward_kernel(const L* logits, const int32_t* targets, cons
             for (int h = 0; h < E / 4; ++h) {
                 const float4 x = groups[h];
                 store4(g, k * (E / 4) + h,
-                       make_float4(w * expf(x.x - l), w * expf(x.y - l), w * expf(x.z - l), w * expf(x.w - l)));
+                       make_float4(w * exp_shifted(x.x, l_log2e), w * exp_shifted(x.y, l_log2e),
+                                   w * exp_shifted(x.z, l_log2e), w * exp_shifted(x.w, l_log2e)));
             }
         }
-        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, w * expf(load1(row, v) - l));
+        for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x)
+            store1(g, v, w * exp_shifted(load1(row, v), l_log2e));
         __syncthreads();  // the target's element is rewritten below by thread 0
-        if (threadIdx.x == 0) store1(g, t, w * (expf(load1(row, t) - l) - 1.0f));
+        if (threadIdx.x == 0) store1(g, t, w * (exp_shifted(load1(row, t), l_log2e) - 1.0f));
     }
 }
 
