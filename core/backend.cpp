@@ -38,14 +38,23 @@ Tensor Backend::head_logits(const Tensor& x, const Tensor& weight, bool transpos
     return logits;
 }
 
-void Backend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                                             const Tensor& logits, const Tensor& targets, const Tensor& mask,
-                                             const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
-                                             bool accumulate_a, bool accumulate_b) {
+bool Backend::cross_entropy_forward_with_gradient(Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                                  Tensor& loss, Tensor& lse) {
+    cross_entropy_forward(logits, targets, mask, loss, lse);
+    return false;
+}
+
+void Backend::scaled_gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                   const Tensor& g, float grad_scale, Tensor& grad_a, Tensor& grad_b,
+                                   bool accumulate_a, bool accumulate_b) {
     if (!grad_a.defined() && !grad_b.defined()) return;
-    Tensor grad_logits = Tensor::empty(logits.shape(), DType::F32, logits.device());
-    cross_entropy_backward(logits, targets, mask, lse, grad_loss, grad_logits);
-    gemm_backward(a, transpose_a, b, transpose_b, grad_logits, grad_a, grad_b, accumulate_a, accumulate_b);
+    if (grad_scale == 1.0f) {
+        gemm_backward(a, transpose_a, b, transpose_b, g, grad_a, grad_b, accumulate_a, accumulate_b);
+        return;
+    }
+    Tensor scaled = Tensor::empty(g.shape(), DType::F32, g.device());
+    scale(g, grad_scale, scaled);
+    gemm_backward(a, transpose_a, b, transpose_b, scaled, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 
 void Backend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,

@@ -217,18 +217,23 @@ public:
     // accumulator rounded once; the loss then reads the rounded values): the step's largest
     // tensor in half the bytes, written once and read by the loss and its backward.
     virtual Tensor head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight);
-    // The head's backward: for loss = cross_entropy(logits = op(a) . op(b), ...) with the
-    // forward's logits and lse, grad_a (shaped as a) and grad_b (as b), either undefined;
-    // written (=), or added (+=) when accumulate_a / accumulate_b. Batch-1 products only.
-    // logits are the forward's (head_logits: f32, or bf16 on the CUDA backend).
-    // This default writes the f32 logits gradient (cross_entropy_backward) and calls
-    // gemm_backward; the CUDA backend at bf16 precision writes that gradient once, directly
-    // in bf16 (the products' operand), with the same values: the largest tensor of the
-    // step (tokens x vocabulary) is then never written in f32 or re-read for rounding.
-    virtual void cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                                                const Tensor& logits, const Tensor& targets, const Tensor& mask,
-                                                const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
-                                                bool accumulate_a, bool accumulate_b);
+    // The head's loss when its gradient will be taken (linear_cross_entropy): loss and lse
+    // as cross_entropy_forward. A backend may also write d loss / d logits at grad_loss 1 over
+    // the logits, in their dtype, and return true: the backward then scales by its grad_loss
+    // (the loss is linear in it) and only multiplies (scaled_gemm_backward). This default
+    // returns false after cross_entropy_forward (the backward then runs cross_entropy_backward
+    // and gemm_backward, as the unfused ops do); the CUDA backend does so for bf16 logits,
+    // staging each row in shared memory once: the [N, V] logits are read once, not twice.
+    virtual bool cross_entropy_forward_with_gradient(Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                                     Tensor& loss, Tensor& lse);
+    // Both gradients of out = op(a) . op(b) when d loss / d out = grad_scale * g: g is the
+    // head's logits gradient at grad_loss 1 (f32, or bf16 from the CUDA backend's bf16
+    // logits), grad_scale the backward's grad_loss. As gemm_backward otherwise (this default:
+    // gemm_backward of g, scaled first unless grad_scale is 1); the CUDA backend multiplies a
+    // bf16 g as it is, scaling in the products (cuBLASLt's alpha).
+    virtual void scaled_gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                      const Tensor& g, float grad_scale, Tensor& grad_a, Tensor& grad_b,
+                                      bool accumulate_a, bool accumulate_b);
 
     // ---- optimiser: AdamW with decoupled weight decay, bias-corrected, step counts from 1 ----
     // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat) + eps) + wd p)

@@ -724,18 +724,29 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpos
     Tensor logits = backend.head_logits(x, weight, transpose_weight);
     Tensor loss = Tensor::empty({}, DType::F32, x.device());
     Tensor lse = Tensor::empty({N}, DType::F32, x.device());
-    backend.cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);
-    if (Tape::current().should_record({&x, &weight})) {
-        Tape::current().record({loss}, [x, weight, transpose_weight, logits, flat_targets, flat_mask,
-                                         lse](const std::vector<Tensor>& g) {
-            GradTarget gx(x), gw(weight);
-            backend_of(x).cross_entropy_product_backward(x, false, weight, transpose_weight, logits, flat_targets,
-                                                         flat_mask, lse, g[0].item(), gx.grad, gw.grad,
-                                                         gx.accumulate, gw.accumulate);
-            gx.deliver(x);
-            gw.deliver(weight);
-        });
+    if (!Tape::current().should_record({&x, &weight})) {
+        backend.cross_entropy_forward(logits, flat_targets, flat_mask, loss, lse);
+        return loss;
     }
+    // True: logits now hold d loss / d logits at grad_loss 1 (the CUDA backend's bf16 logits).
+    const bool gradient_in_place =
+        backend.cross_entropy_forward_with_gradient(logits, flat_targets, flat_mask, loss, lse);
+    Tape::current().record({loss}, [x, weight, transpose_weight, logits, flat_targets, flat_mask, lse,
+                                     gradient_in_place](const std::vector<Tensor>& g) {
+        GradTarget gx(x), gw(weight);
+        Backend& b = backend_of(x);
+        if (gradient_in_place) {
+            b.scaled_gemm_backward(x, false, weight, transpose_weight, logits, g[0].item(), gx.grad, gw.grad,
+                                   gx.accumulate, gw.accumulate);
+        } else if (gx.grad.defined() || gw.grad.defined()) {  // as cross_entropy then matmul would
+            Tensor grad_logits = Tensor::empty(logits.shape(), DType::F32, logits.device());
+            b.cross_entropy_backward(logits, flat_targets, flat_mask, lse, g[0].item(), grad_logits);
+            b.gemm_backward(x, false, weight, transpose_weight, grad_logits, gx.grad, gw.grad, gx.accumulate,
+                            gw.accumulate);
+        }
+        gx.deliver(x);
+        gw.deliver(weight);
+    });
     return loss;
 }
 

@@ -72,8 +72,10 @@ Tensor hsa_attention(const Tensor& q, const Tensor& kmem, const Tensor& vmem, co
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask = Tensor());
 // The LM head and its loss as one op: cross_entropy(x . op(weight), targets, mask), x [N, D],
 // weight [D, V] (or [V, D] with transpose_weight: a tied embedding). The same values as
-// matmul then cross_entropy; its backward is Backend::cross_entropy_product_backward, so
-// the CUDA backend at bf16 precision never writes the [N, V] logits gradient in f32.
+// matmul then cross_entropy (up to the CUDA backend's bf16 logits, Backend::head_logits).
+// When a gradient will be taken the forward also writes the logits gradient over the logits
+// (Backend::cross_entropy_forward_with_gradient) and the backward only multiplies
+// (Backend::scaled_gemm_backward): the [N, V] tensor is read once by the loss.
 Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, bool transpose_weight, const Tensor& targets,
                             const Tensor& mask = Tensor());
 

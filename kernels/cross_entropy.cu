@@ -17,6 +17,7 @@
 
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/mma_bf16.cuh"  // cp_async_16
 
 namespace hsa {
 
@@ -209,6 +210,12 @@ __global__ void ce_denominator_kernel(const int32_t* targets, const float* mask,
     if (threadIdx.x == 0) denom[0] = acc;
 }
 
+// One element of d logits: w (p - [target]), p = exp(x - lse).
+__device__ __forceinline__ float softmax_gradient(float x, float lse_log2e, float w, bool target) {
+    const float p = exp_shifted(x, lse_log2e);
+    return target ? w * (p - 1.0f) : w * p;
+}
+
 // d logits = w (softmax - onehot), w = grad_loss mask_i / denom; p = exp(x - lse) in f32
 // (16-byte loads and 4-element stores when the rows are aligned; exp as exp_shifted). Logits L
 // and gradient T each f32 or bf16.
@@ -233,21 +240,124 @@ __global__ void ce_backward_kernel(const L* logits, const int32_t* targets, cons
             for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) store1(g, v, 0.0f);
             continue;
         }
+        // Each element is read and written by one thread, the target's too, so grad may be
+        // logits itself (cross_entropy_forward_with_gradient's in-place gradient).
         for (int64_t k = threadIdx.x; k < vec_end / E; k += blockDim.x) {
             float4 groups[E / 4];
             load16(row, k, groups);
 #pragma unroll
             for (int h = 0; h < E / 4; ++h) {
                 const float4 x = groups[h];
+                const int64_t v = (k * (E / 4) + h) * 4;
                 store4(g, k * (E / 4) + h,
-                       make_float4(w * exp_shifted(x.x, l_log2e), w * exp_shifted(x.y, l_log2e),
-                                   w * exp_shifted(x.z, l_log2e), w * exp_shifted(x.w, l_log2e)));
+                       make_float4(softmax_gradient(x.x, l_log2e, w, v == t), softmax_gradient(x.y, l_log2e, w, v + 1 == t),
+                                   softmax_gradient(x.z, l_log2e, w, v + 2 == t),
+                                   softmax_gradient(x.w, l_log2e, w, v + 3 == t)));
             }
         }
         for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x)
-            store1(g, v, w * exp_shifted(load1(row, v), l_log2e));
-        __syncthreads();  // the target's element is rewritten below by thread 0
-        if (threadIdx.x == 0) store1(g, t, w * (exp_shifted(load1(row, t), l_log2e) - 1.0f));
+            store1(g, v, softmax_gradient(load1(row, v), l_log2e, w, v == t));
+    }
+}
+
+// The loss and its gradient at grad_loss 1 in one pass over bf16 logits, the gradient
+// written over them (cross_entropy_forward_with_gradient): each block stages its row in
+// shared memory (cp.async, the whole row in flight), computes its lse as ce_rows_kernel does,
+// then writes w (p - [target]) from the staged copy, as ce_backward_kernel computes it. The
+// logits are read from memory once, where the separate kernels read them twice. V % 8 == 0,
+// 16-byte aligned rows, 2 V bytes of shared memory (two 512-thread blocks an SM at V 50304).
+constexpr int kFusedRowThreads = 512;
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&v)[8]) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[h]));
+        v[2 * h] = f.x;
+        v[2 * h + 1] = f.y;
+    }
+}
+
+__global__ void __launch_bounds__(kFusedRowThreads)
+    ce_forward_gradient_bf16_kernel(__nv_bfloat16* logits, const int32_t* targets, const float* mask,
+                                    const double* denom_ptr, int64_t N, int64_t V, float* lse, double* nll,
+                                    double* weight, unsigned long long* bad) {
+    extern __shared__ uint4 staged[];  // the row: V / 8 chunks of 8 bf16
+    __shared__ float shared_m[32];
+    __shared__ double shared_s[32];
+    __shared__ float row_lse;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int64_t chunks = V / 8;
+    const uint32_t staged_address = mma::shared_address(staged);
+    const double denom = denom_ptr[0];
+    for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+        __nv_bfloat16* row = logits + i * V;
+        for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x)
+            mma::cp_async_16(staged_address + static_cast<uint32_t>(16 * k), row + 8 * k, true);
+        mma::cp_async_commit();
+        mma::cp_async_wait<0>();
+        __syncthreads();
+        LseState st{-INFINITY, 0.0};
+        float part = 0.0f;
+        int pending = 0;
+        for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
+            float v[8];
+            unpack_bf16x8(staged[k], v);
+            lse_add(st, v, part);
+            pending += 8;
+            if (pending >= 64) {
+                st.s += part;
+                part = 0.0f;
+                pending = 0;
+            }
+        }
+        st.s += part;
+        for (int o = 16; o > 0; o >>= 1) {
+            LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
+            st = lse_combine(st, other);
+        }
+        if (lane == 0) {
+            shared_m[warp] = st.m;
+            shared_s[warp] = st.s;
+        }
+        __syncthreads();
+        const int32_t t = targets[i];
+        if (threadIdx.x == 0) {
+            LseState total{shared_m[0], shared_s[0]};
+            for (int w = 1; w < warps; ++w) total = lse_combine(total, LseState{shared_m[w], shared_s[w]});
+            const double l = static_cast<double>(total.m) + log(total.s);
+            lse[i] = static_cast<float>(l);
+            row_lse = static_cast<float>(l);
+            double row_nll = 0.0, row_weight = 0.0;
+            if (t >= V) {
+                atomicMin(bad, static_cast<unsigned long long>(i));
+            } else if (t >= 0) {
+                row_weight = mask_of(mask, i);
+                const float x_t = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(staged)[t]);
+                row_nll = (l - static_cast<double>(x_t)) * row_weight;
+            }
+            nll[i] = row_nll;
+            weight[i] = row_weight;
+        }
+        __syncthreads();
+        // As ce_backward_kernel at grad_loss 1 (its w, its zero rows).
+        const float w = (t < 0 || t >= V || denom == 0.0) ? 0.0f : static_cast<float>(1.0 * mask_of(mask, i) / denom);
+        const float l_log2e = row_lse * kLog2e;
+        for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
+            float v[8];
+            unpack_bf16x8(staged[k], v);
+            uint32_t packed[4];
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+                const int64_t e = 8 * k + 2 * h;
+                const float g0 = w == 0.0f ? 0.0f : softmax_gradient(v[2 * h], l_log2e, w, e == t);
+                const float g1 = w == 0.0f ? 0.0f : softmax_gradient(v[2 * h + 1], l_log2e, w, e + 1 == t);
+                const __nv_bfloat162 pair = __floats2bfloat162_rn(g0, g1);
+                packed[h] = *reinterpret_cast<const uint32_t*>(&pair);
+            }
+            reinterpret_cast<uint4*>(row)[k] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        }
+        __syncthreads();  // the next row is staged over this one
     }
 }
 
@@ -318,17 +428,42 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
 }
 
-void cross_entropy_backward_bf16(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor& lse,
-                                 float grad_loss, Tensor& grad16) {
-    const char* op = "cross_entropy_backward";
+bool CudaBackend::cross_entropy_forward_with_gradient(Tensor& logits, const Tensor& targets, const Tensor& mask,
+                                                      Tensor& loss, Tensor& lse) {
+    const char* op = "cross_entropy";
+    if (logits.dtype() != DType::BF16 || !logits.is_contiguous()) {  // f32: as the unfused ops
+        cross_entropy_forward(logits, targets, mask, loss, lse);
+        return false;
+    }
     const Inputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, Device::CUDA,
                                                          /*allow_bf16_logits=*/true);
-    checks::check_tensor(op, "lse", lse, {in.N}, DType::F32, Device::CUDA);
-    checks::check_tensor(op, "grad_logits (bf16)", grad16, {in.N, in.V}, DType::BF16, Device::CUDA);
-    auto* pgrad = static_cast<__nv_bfloat16*>(grad16.raw_data());
-    if (in.N == 0) return;
-    const bool vectorised = logits_vectorisable(in) && reinterpret_cast<uintptr_t>(pgrad) % 8 == 0;
-    launch_ce_backward(in, lse.data<float>(), grad_loss, pgrad, vectorised);
+    checks::check_cross_entropy_outputs(in, logits, loss, lse, Device::CUDA);
+    const size_t row_bytes = static_cast<size_t>(in.V) * 2;
+    const bool fused = in.N > 0 && in.V % 8 == 0 && aligned16(in.logits_bf16) &&
+                       row_bytes <= static_cast<size_t>(max_shared_bytes()) - 1024;
+    if (!fused) {  // the two kernels, the gradient written over the logits they read
+        cross_entropy_forward(logits, targets, mask, loss, lse);
+        if (in.N > 0)
+            launch_ce_backward(in, lse.data<float>(), 1.0f, static_cast<__nv_bfloat16*>(logits.raw_data()),
+                               logits_vectorisable(in));
+        return true;
+    }
+    Tensor flag = make_error_flag();
+    Tensor scratch = Tensor::empty({2 * in.N + 1}, DType::I64, Device::CUDA);
+    double* nll = static_cast<double*>(scratch.raw_data());
+    double* weight = nll + in.N;
+    double* denom = weight + in.N;
+    ce_denominator_kernel<<<1, kReduceThreads>>>(in.targets, in.mask, in.N, in.V, denom, flag_ptr(flag));
+    HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_denominator_kernel");
+    allow_shared_bytes(op, ce_forward_gradient_bf16_kernel, row_bytes);
+    ce_forward_gradient_bf16_kernel<<<row_grid(in.N), kFusedRowThreads, row_bytes>>>(
+        static_cast<__nv_bfloat16*>(logits.raw_data()), in.targets, in.mask, denom, in.N, in.V, lse.data<float>(), nll,
+        weight, flag_ptr(flag));
+    HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_forward_gradient_bf16_kernel");
+    ce_loss_kernel<<<1, kReduceThreads>>>(nll, weight, in.N, loss.data<float>());
+    HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_loss_kernel");
+    throw_if_bad_target(flag, in, op);
+    return true;
 }
 
 }  // namespace hsa

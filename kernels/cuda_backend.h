@@ -25,10 +25,11 @@ public:
     void gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
                        Tensor& grad_a, Tensor& grad_b, bool accumulate_a, bool accumulate_b) override;
     Tensor head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) override;  // gemm.cu
-    void cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                                        const Tensor& logits, const Tensor& targets, const Tensor& mask,
-                                        const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
-                                        bool accumulate_a, bool accumulate_b) override;
+    bool cross_entropy_forward_with_gradient(Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
+                                             Tensor& lse) override;  // cross_entropy.cu
+    void scaled_gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
+                              float grad_scale, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
+                              bool accumulate_b) override;  // gemm.cu
     void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) override;
     void add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
@@ -69,10 +70,6 @@ std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool tr
 void set_gemm_autotuning(bool on);
 bool gemm_autotuning();
 
-// cross_entropy_backward's logits gradient written as bf16 (round to nearest even of the
-// f32 value cross_entropy_backward writes) into grad16 [N, V] (kernels/cross_entropy.cu).
-void cross_entropy_backward_bf16(const Tensor& logits, const Tensor& targets, const Tensor& mask, const Tensor& lse,
-                                 float grad_loss, Tensor& grad16);
 
 // Installs the CUDA backend for Device::CUDA (core/backend.h). Called once at start-up by
 // the hsa binary and the test binary; harmless without a GPU (calls then fail clearly).

@@ -212,6 +212,7 @@ struct RowMajorGemm {
     OperandMode mode = kF32Exact;
     bool c_bf16 = false;
     const void* c_in = nullptr;  // cuBLASLt's C (c = product + beta C) when not c itself
+    float alpha = 1.0f;          // c = alpha product (+ beta C)
 };
 
 void check_int_range(int64_t value, const char* what) {
@@ -240,7 +241,7 @@ PlanKey plan_key(const RowMajorGemm& g, int device, bool tuned) {
 
 cublasStatus_t try_matmul(const DeviceState& state, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
                           const RowMajorGemm& g, float beta) {
-    const float alpha = 1.0f;
+    const float alpha = g.alpha;
     const void* c_in = g.c_in ? g.c_in : g.c;
     return cublasLtMatmul(state.handle, plan.desc, &alpha, g.b, plan.layout_a, g.a, plan.layout_b, &beta, c_in,
                           plan.layout_c, g.c, plan.layout_c, &algo, state.workspace, kWorkspaceBytes, /*stream=*/0);
@@ -463,7 +464,8 @@ static bool bf16_product(int64_t M, int64_t N, int64_t K) {
 // may themselves be bf16 (already rounded by their producer): used as they are on the bf16
 // path, widened to f32 (exact) off it.
 static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b_in, bool transpose_b, Tensor& out,
-                           bool accumulate, const Tensor& a_rounded_in, const Tensor& b_rounded_in) {
+                           bool accumulate, const Tensor& a_rounded_in, const Tensor& b_rounded_in,
+                           float alpha = 1.0f) {
     const checks::GemmDims dims = checks::check_gemm(a_in, transpose_a, b_in, transpose_b, out, Device::CUDA);
     const int64_t M = dims.M, N = dims.N, K = dims.K, B = dims.batch, Bo = dims.out_batch;
     float* po = out.data<float>();
@@ -498,6 +500,7 @@ static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b
     RowMajorGemm g{pa, transpose_a, pb, transpose_b, po, M, N, K};
     g.element_bytes = eb;
     g.mode = bf16 ? kBf16Copies : bf16_precision ? kF32Fast16bf : kF32Exact;
+    g.alpha = alpha;
     if (B == 1) {
         run_gemm(g, beta0);
         return;
@@ -666,30 +669,32 @@ Tensor CudaBackend::head_logits(const Tensor& x, const Tensor& weight, bool tran
     return logits;
 }
 
-// The head at bf16 precision: the logits gradient is written once, in bf16, by the
-// cross-entropy kernel (the value gemm_backward would round from the f32 gradient), and
-// both products read it. Otherwise, and for shapes off the bf16 path, the base class's f32
-// gradient + gemm_backward. logits: the forward's, f32 or bf16 (head_logits).
-void CudaBackend::cross_entropy_product_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
-                                                 const Tensor& logits, const Tensor& targets, const Tensor& mask,
-                                                 const Tensor& lse, float grad_loss, Tensor& grad_a, Tensor& grad_b,
-                                                 bool accumulate_a, bool accumulate_b) {
-    const checks::GemmDims dims =
-        checks::check_gemm(a, transpose_a, b, transpose_b, logits, Device::CUDA, /*out_may_be_bf16=*/true);
-    const bool direct = grad_a.defined() && grad_b.defined() && dims.batch == 1 &&
-                        bf16_product(dims.M, dims.N, dims.K) && logits.numel() > 0;
-    if (!direct) {
-        Backend::cross_entropy_product_backward(a, transpose_a, b, transpose_b, logits, targets, mask, lse, grad_loss,
-                                                grad_a, grad_b, accumulate_a, accumulate_b);
+// The head's backward from its bf16 logits gradient (cross_entropy_forward_with_gradient over
+// head_logits' bf16 logits): both products read it as it is, the grad_loss scale applied as
+// cuBLASLt's alpha; the [N, V] gradient is never rounded or copied. An f32 gradient takes the
+// default (gemm_backward, which rounds it once for both products at bf16 precision).
+void CudaBackend::scaled_gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
+                                       const Tensor& g, float grad_scale, Tensor& grad_a, Tensor& grad_b,
+                                       bool accumulate_a, bool accumulate_b) {
+    if (g.dtype() != DType::BF16) {
+        Backend::scaled_gemm_backward(a, transpose_a, b, transpose_b, g, grad_scale, grad_a, grad_b, accumulate_a,
+                                      accumulate_b);
         return;
     }
-    Tensor g16 = Tensor::empty(logits.shape(), DType::BF16, Device::CUDA);
-    cross_entropy_backward_bf16(logits, targets, mask, lse, grad_loss, g16);
-    // g16 is a bf16 operand: the products take it as it is (gemm_on_device's bf16 inputs).
-    if (!transpose_a) gemm_on_device(g16, false, b, !transpose_b, grad_a, accumulate_a, Tensor(), Tensor());
-    else gemm_on_device(b, transpose_b, g16, true, grad_a, accumulate_a, Tensor(), Tensor());
-    if (!transpose_b) gemm_on_device(a, !transpose_a, g16, false, grad_b, accumulate_b, Tensor(), Tensor());
-    else gemm_on_device(g16, true, a, transpose_a, grad_b, accumulate_b, Tensor(), Tensor());
+    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA, /*out_may_be_bf16=*/true);
+    if (dims.batch != 1 || !bf16_product(dims.M, dims.N, dims.K)) {  // off the bf16 path since the forward
+        Backend::scaled_gemm_backward(a, transpose_a, b, transpose_b, widened_f32_copy(g), grad_scale, grad_a, grad_b,
+                                      accumulate_a, accumulate_b);
+        return;
+    }
+    if (grad_a.defined()) {
+        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, Tensor(), Tensor(), grad_scale);
+        else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), Tensor(), grad_scale);
+    }
+    if (grad_b.defined()) {
+        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), Tensor(), grad_scale);
+        else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, Tensor(), Tensor(), grad_scale);
+    }
 }
 
 }  // namespace hsa

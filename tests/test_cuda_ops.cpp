@@ -409,6 +409,42 @@ TEST(CudaOps, CrossEntropyOnBf16Logits) {
                  Error);
 }
 
+// The head's loss with its gradient written over bf16 logits (the forward of
+// linear_cross_entropy when a gradient will be taken) against the CPU's forward, then
+// backward at grad_loss 1, on the same values: loss and lse with the f32 kernel's tolerance,
+// the gradient within its bf16 rounding (u = 2^-8 relative an element). V 1032 and 50304 take
+// the fused kernel (each row staged in shared memory once); V 1028 and 11 the two kernels, the
+// gradient written in place. f32 logits get the loss only (false; the unfused backward follows).
+TEST(CudaOps, CrossEntropyWithGradientInPlace) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {33, 1028}, {64, 1032}, {257, 50304}}) {
+        if (small_only() && V > 2000) continue;
+        const Tensor logits = test::rounded_to_bf16(rng.normal({N, V}, 3.0f));
+        std::vector<int32_t> t(static_cast<size_t>(N));
+        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
+        t[1] = -1;  // ignored
+        const Tensor targets = Tensor::from_vector_i32(t, {N});
+        const Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
+        Tensor loss_want = Tensor::empty({}), lse_want = Tensor::empty({N}), g_want = Tensor::empty({N, V});
+        cpu().cross_entropy_forward(logits, targets, mask, loss_want, lse_want);
+        cpu().cross_entropy_backward(logits, targets, mask, lse_want, 1.0f, g_want);
+        for (DType dtype : {DType::F32, DType::BF16}) {
+            SCOPED_TRACE("N " + std::to_string(N) + " V " + std::to_string(V) + " " + dtype_name(dtype));
+            Tensor in_place = on_gpu(logits).to(dtype), loss = poisoned({}), lse = poisoned({N});
+            const bool wrote =
+                gpu().cross_entropy_forward_with_gradient(in_place, on_gpu(targets), on_gpu(mask), loss, lse);
+            EXPECT_CLOSE(loss, loss_want, kReductionTol);
+            EXPECT_CLOSE(lse, lse_want, kReductionTol);
+            EXPECT_EQ(in_place.dtype(), dtype);
+            EXPECT_EQ(wrote, dtype == DType::BF16);
+            if (wrote) EXPECT_CLOSE(in_place, g_want, 1.0 / 256 + kReductionTol);
+            else EXPECT_EQ(in_place.to_vector(), logits.to_vector());
+        }
+    }
+}
+
 // adamw_step_many (one launch, the gradient scale folded in) against scale then adamw_step
 // per tensor on the GPU: bit-identical parameters and moments, gradients untouched. Sizes
 // below, at and above one block's chunk (4096), with ragged tails (the scalar path of a
@@ -961,9 +997,10 @@ TEST(CudaOps, GemmAutotuningKeepsTheHeuristicsBits) {
 // ------------------------------------------------------------------ head + loss fused
 
 // ops::linear_cross_entropy on the GPU against matmul then cross_entropy on the GPU, at both
-// precisions, tied and untied heads. The fused backward writes the logits gradient in bf16
-// directly (dims multiples of 8) with the value the unfused path rounds, or falls back to the
-// composition (V = 203, or only one gradient wanted).
+// precisions, tied and untied heads. The fused op writes the logits gradient (at grad_loss 1)
+// over its logits in the forward and only multiplies in the backward, in bf16 when its logits
+// are (dims multiples of 8 at bf16 precision), else in f32 through gemm_backward like the
+// unfused path.
 // - At bf16 precision with every dim a multiple of 8 (V = 200) the fused op stores its logits
 //   in bf16 (Backend::head_logits): it sees z' with |z'_v - z_v| <= u |z_v| (u = 2^-8, bf16's
 //   unit roundoff) where the unfused path sees the f32 product z. Each row's nll then moves by
@@ -973,9 +1010,8 @@ TEST(CudaOps, GemmAutotuningKeepsTheHeuristicsBits) {
 //   gradient that both paths apply (at different points). Logits are ~N(0, 1) here.
 // - Elsewhere (f32 precision, or V = 203, off the bf16 path) the fused op's logits are the f32
 //   ones: loss and gradients bit-identical.
-// - With x frozen (only the weight's gradient) the fused op takes the default composition
-//   (f32 logits gradient, rounded by gemm_backward): the weight gradient of the fused run,
-//   bit for bit, since the bf16 gradient is that rounding.
+// - With x frozen (only the weight's gradient wanted) the weight gradient is the fused run's,
+//   bit for bit: the same gradient, the same product.
 TEST(CudaOps, LinearCrossEntropyEqualsMatmulThenCrossEntropy) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();

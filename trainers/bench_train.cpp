@@ -187,16 +187,17 @@ public:
                   (transpose_weight ? "T" : ""));
         return logits;
     }
-    void cross_entropy_product_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& logits,
-                                        const Tensor& targets, const Tensor& mask, const Tensor& lse, float grad_loss,
-                                        Tensor& ga, Tensor& gb, bool accumulate_a, bool accumulate_b) override {
-        timed("cross_entropy_product_backward",
-              [&] {
-                  inner_.cross_entropy_product_backward(a, ta, b, tb, logits, targets, mask, lse, grad_loss, ga, gb,
-                                                        accumulate_a, accumulate_b);
-              },
-              "cross_entropy_product_backward " + shape_string(a.shape()) + " x " + shape_string(b.shape()) +
-                  (tb ? "T" : ""));
+    bool cross_entropy_forward_with_gradient(Tensor& logits, const Tensor& targets, const Tensor& mask, Tensor& loss,
+                                             Tensor& lse) override {
+        bool in_place = false;
+        timed("cross_entropy", [&] { in_place = inner_.cross_entropy_forward_with_gradient(logits, targets, mask, loss, lse); });
+        return in_place;
+    }
+    void scaled_gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, float grad_scale,
+                              Tensor& ga, Tensor& gb, bool accumulate_a, bool accumulate_b) override {
+        timed("head_backward",
+              [&] { inner_.scaled_gemm_backward(a, ta, b, tb, g, grad_scale, ga, gb, accumulate_a, accumulate_b); },
+              "head_backward " + shape_string(a.shape()) + " x " + shape_string(b.shape()) + (tb ? "T" : ""));
     }
     void gemm_backward(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& g, Tensor& ga, Tensor& gb,
                        bool accumulate_a, bool accumulate_b) override {
