@@ -13,7 +13,6 @@
 // flag, the launcher reads it back and throws naming the target and row.
 #include <cuda_bf16.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda_backend.h"
@@ -262,14 +261,12 @@ __global__ void ce_backward_kernel(const L* logits, const int32_t* targets, cons
 }
 
 // The loss and its gradient at grad_loss 1 in one pass over bf16 logits, the gradient
-// written over them (cross_entropy_forward_with_gradient). One persistent 1024-thread block an
-// SM walks rows with two row buffers in shared memory: while row i's lse is computed (as
-// ce_rows_kernel does) and its gradient w (p - [target]) written from the staged copy (as
-// ce_backward_kernel computes it), row i + 1 is already streaming in by cp.async. The logits
-// are read from memory once, where the separate kernels read them twice. V % 8 == 0, 16-byte
-// aligned rows, 4 V bytes of shared memory (201 KB at V 50304). A single-buffered version,
-// two 512-thread blocks an SM, reached only 2.6 TB/s (docs/PERF.md version 52).
-constexpr int kFusedRowThreads = 1024;
+// written over them (cross_entropy_forward_with_gradient): each block stages its row in
+// shared memory (cp.async, the whole row in flight), computes its lse as ce_rows_kernel does,
+// then writes w (p - [target]) from the staged copy, as ce_backward_kernel computes it. The
+// logits are read from memory once, where the separate kernels read them twice. V % 8 == 0,
+// 16-byte aligned rows, 2 V bytes of shared memory (two 512-thread blocks an SM at V 50304).
+constexpr int kFusedRowThreads = 512;
 
 __device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&v)[8]) {
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -281,39 +278,31 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&v)[8]) {
     }
 }
 
-__global__ void __launch_bounds__(kFusedRowThreads, 1)
+__global__ void __launch_bounds__(kFusedRowThreads)
     ce_forward_gradient_bf16_kernel(__nv_bfloat16* logits, const int32_t* targets, const float* mask,
                                     const double* denom_ptr, int64_t N, int64_t V, float* lse, double* nll,
                                     double* weight, unsigned long long* bad) {
-    extern __shared__ uint4 staged[];  // two rows of V / 8 chunks of 8 bf16
+    extern __shared__ uint4 staged[];  // the row: V / 8 chunks of 8 bf16
     __shared__ float shared_m[32];
     __shared__ double shared_s[32];
     __shared__ float row_lse;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int64_t chunks = V / 8;
+    const uint32_t staged_address = mma::shared_address(staged);
     const double denom = denom_ptr[0];
-    const auto stage_row = [&](int64_t i, int buffer) {  // one cp.async group, possibly empty
-        if (i < N) {
-            const uint32_t dst = mma::shared_address(staged + buffer * chunks);
-            const __nv_bfloat16* row = logits + i * V;
-            for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x)
-                mma::cp_async_16(dst + static_cast<uint32_t>(16 * k), row + 8 * k, true);
-        }
+    for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+        __nv_bfloat16* row = logits + i * V;
+        for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x)
+            mma::cp_async_16(staged_address + static_cast<uint32_t>(16 * k), row + 8 * k, true);
         mma::cp_async_commit();
-    };
-    stage_row(blockIdx.x, 0);
-    int buffer = 0;
-    for (int64_t i = blockIdx.x; i < N; i += gridDim.x, buffer ^= 1) {
-        stage_row(i + gridDim.x, buffer ^ 1);  // the next row streams in behind this one
-        mma::cp_async_wait<1>();                // this row's group has landed (for this thread)
-        __syncthreads();                        // ... and everyone's
-        const uint4* row_staged = staged + buffer * chunks;
+        mma::cp_async_wait<0>();
+        __syncthreads();
         LseState st{-INFINITY, 0.0};
         float part = 0.0f;
         int pending = 0;
         for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
             float v[8];
-            unpack_bf16x8(row_staged[k], v);
+            unpack_bf16x8(staged[k], v);
             lse_add(st, v, part);
             pending += 8;
             if (pending >= 64) {
@@ -344,7 +333,7 @@ __global__ void __launch_bounds__(kFusedRowThreads, 1)
                 atomicMin(bad, static_cast<unsigned long long>(i));
             } else if (t >= 0) {
                 row_weight = mask_of(mask, i);
-                const float x_t = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row_staged)[t]);
+                const float x_t = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(staged)[t]);
                 row_nll = (l - static_cast<double>(x_t)) * row_weight;
             }
             nll[i] = row_nll;
@@ -354,10 +343,9 @@ __global__ void __launch_bounds__(kFusedRowThreads, 1)
         // As ce_backward_kernel at grad_loss 1 (its w, its zero rows).
         const float w = (t < 0 || t >= V || denom == 0.0) ? 0.0f : static_cast<float>(1.0 * mask_of(mask, i) / denom);
         const float l_log2e = row_lse * kLog2e;
-        uint4* row_out = reinterpret_cast<uint4*>(logits + i * V);
         for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
             float v[8];
-            unpack_bf16x8(row_staged[k], v);
+            unpack_bf16x8(staged[k], v);
             uint32_t packed[4];
 #pragma unroll
             for (int h = 0; h < 4; ++h) {
@@ -367,11 +355,10 @@ __global__ void __launch_bounds__(kFusedRowThreads, 1)
                 const __nv_bfloat162 pair = __floats2bfloat162_rn(g0, g1);
                 packed[h] = *reinterpret_cast<const uint32_t*>(&pair);
             }
-            row_out[k] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            reinterpret_cast<uint4*>(row)[k] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
         }
-        __syncthreads();  // this buffer is restaged with row i + 2 gridDim.x next iteration
+        __syncthreads();  // the next row is staged over this one
     }
-    mma::cp_async_wait<0>();  // the last (empty) group
 }
 
 const __nv_bfloat16* bf16_logits(const Inputs& in) { return static_cast<const __nv_bfloat16*>(in.logits_bf16); }
@@ -451,9 +438,9 @@ bool CudaBackend::cross_entropy_forward_with_gradient(Tensor& logits, const Tens
     const Inputs in = checks::check_cross_entropy_inputs(op, logits, targets, mask, Device::CUDA,
                                                          /*allow_bf16_logits=*/true);
     checks::check_cross_entropy_outputs(in, logits, loss, lse, Device::CUDA);
-    const size_t staged_bytes = static_cast<size_t>(in.V) * 2 * 2;  // two rows
+    const size_t row_bytes = static_cast<size_t>(in.V) * 2;
     const bool fused = in.N > 0 && in.V % 8 == 0 && aligned16(in.logits_bf16) &&
-                       staged_bytes <= static_cast<size_t>(max_shared_bytes()) - 1024;
+                       row_bytes <= static_cast<size_t>(max_shared_bytes()) - 1024;
     if (!fused) {  // the two kernels, the gradient written over the logits they read
         cross_entropy_forward(logits, targets, mask, loss, lse);
         if (in.N > 0)
@@ -468,9 +455,8 @@ bool CudaBackend::cross_entropy_forward_with_gradient(Tensor& logits, const Tens
     double* denom = weight + in.N;
     ce_denominator_kernel<<<1, kReduceThreads>>>(in.targets, in.mask, in.N, in.V, denom, flag_ptr(flag));
     HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_denominator_kernel");
-    allow_shared_bytes(op, ce_forward_gradient_bf16_kernel, staged_bytes);
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(in.N, multiprocessor_count()));
-    ce_forward_gradient_bf16_kernel<<<blocks, kFusedRowThreads, staged_bytes>>>(
+    allow_shared_bytes(op, ce_forward_gradient_bf16_kernel, row_bytes);
+    ce_forward_gradient_bf16_kernel<<<row_grid(in.N), kFusedRowThreads, row_bytes>>>(
         static_cast<__nv_bfloat16*>(logits.raw_data()), in.targets, in.mask, denom, in.N, in.V, lse.data<float>(), nll,
         weight, flag_ptr(flag));
     HSA_CUDA_CHECK_LAUNCH("cross_entropy ce_forward_gradient_bf16_kernel");
