@@ -29,7 +29,11 @@ sanitizer="not run"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   HSA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*:CudaAttentionTensorCore.*' > "$out/sanitizer.log" 2>&1
   mem_rc=$?
-  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*:CudaAttentionTensorCore.*' >> "$out/sanitizer.log" 2>&1
+  # Racecheck leaves out the GEMM autotuning test: it runs cuBLAS's alternative Hopper
+  # kernels (nvjet_sm90_*, warp-specialised, synchronised through TMA / mbarriers), on which
+  # racecheck reports shared-memory hazards in NVIDIA's code (100+ at 2026-11-29, none in
+  # ours); memcheck still runs it, and the heuristic's own kernels in the other tests are clean.
+  HSA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/tests/hsa_tests --gtest_filter='CudaOps.*:CudaHsaV1.*:CudaAttentionTensorCore.*:-CudaOps.GemmAutotuningKeepsTheHeuristicsBits' >> "$out/sanitizer.log" 2>&1
   race_rc=$?
   sanitizer="memcheck rc=$mem_rc, racecheck rc=$race_rc ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' '))"
 fi
