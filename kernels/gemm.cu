@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <map>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -74,8 +75,10 @@ struct DeviceState {
 // Column-major problem as cuBLASLt sees it: D (m x n) = op(A) (m x k) . op(B) (k x n).
 // Key fields: device, transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB,
 // strideC, alignA, alignB, alignC, operand mode (OperandMode), output type (0 f32, 1 bf16),
-// whether the algorithm is tuned (1) or the heuristic's first choice (0).
-using PlanKey = std::array<int64_t, 19>;
+// whether the algorithm is tuned (1) or the heuristic's first choice (0), and for tuned plans
+// whether the call adds C (beta != 0): algorithms with the same bits at beta 0 may differ
+// where C joins partial sums (split-K), so the two are tuned and cached apart.
+using PlanKey = std::array<int64_t, 20>;
 
 struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
@@ -220,7 +223,7 @@ void check_int_range(int64_t value, const char* what) {
 }
 
 // The plan key of a product: its cuBLASLt problem and the alignments every call shares.
-PlanKey plan_key(const RowMajorGemm& g, int device, bool tuned) {
+PlanKey plan_key(const RowMajorGemm& g, int device, bool tuned, bool reads_c = false) {
     // cuBLASLt operands: A = our b (column-major N x K, or K x N stored when tb),
     // B = our a (column-major K x M, or M x K stored when ta), C = out^T (N x M, ld N).
     const int64_t lda = g.tb ? g.K : g.N;
@@ -236,7 +239,7 @@ PlanKey plan_key(const RowMajorGemm& g, int device, bool tuned) {
     const uint32_t align_c = std::min({alignment_of(g.c, sc, cb), alignment_of(g.c, g.loop_stride_c, cb),
                                        alignment_of(c_in, sc, cb), alignment_of(c_in, g.loop_stride_c, cb)});
     return PlanKey{device, g.tb ? 1 : 0, g.ta ? 1 : 0, g.N, g.M, g.K, lda, ldb, ldc, g.batch, sa, sb, sc,
-                   align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0, tuned ? 1 : 0};
+                   align_a, align_b, align_c, g.mode, g.c_bf16 ? 1 : 0, tuned ? 1 : 0, tuned && reads_c ? 1 : 0};
 }
 
 cublasStatus_t try_matmul(const DeviceState& state, const Plan& plan, const cublasLtMatmulAlgo_t& algo,
@@ -284,30 +287,56 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {  // 
 }
 
 // hash += sum over i of mix64(i, words[i]) mod 2^64: addition commutes, so the atomics'
-// order does not matter; outputs differing anywhere collide with probability ~2^-64.
-__global__ void output_hash_kernel(const uint32_t* __restrict__ words, int64_t n, unsigned long long* hash) {
-    unsigned long long acc = 0;
+// order does not matter; outputs differing anywhere collide with probability ~2^-64. Also
+// counts the words holding a non-zero value and flags non-finite values (bf16: two a word),
+// so that a degenerate output (all zero, or NaN / Inf), which any summation order reproduces,
+// is not taken as evidence.
+struct OutputSummary {
+    unsigned long long hash, nonzero, nonfinite;
+};
+__global__ void output_hash_kernel(const uint32_t* __restrict__ words, int64_t n, bool bf16, OutputSummary* out) {
+    unsigned long long acc = 0, nonzero = 0, nonfinite = 0;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-        acc += mix64(static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull ^ words[i]);
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-    if ((threadIdx.x & 31) == 0) atomicAdd(hash, acc);
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const uint32_t w = words[i];
+        acc += mix64(static_cast<unsigned long long>(i) * 0x9e3779b97f4a7c15ull ^ w);
+        nonzero += (w & (bf16 ? 0x7fff7fffu : 0x7fffffffu)) != 0;
+        nonfinite += bf16 ? ((w & 0x7f80u) == 0x7f80u || (w & 0x7f800000u) == 0x7f800000u)
+                          : (w & 0x7f800000u) == 0x7f800000u;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_down_sync(0xffffffffu, acc, o);
+        nonzero += __shfl_down_sync(0xffffffffu, nonzero, o);
+        nonfinite += __shfl_down_sync(0xffffffffu, nonfinite, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(&out->hash, acc);
+        atomicAdd(&out->nonzero, nonzero);
+        atomicAdd(&out->nonfinite, nonfinite);
+    }
 }
 
-// One candidate's trial: median ms, and whether its output has the first candidate's bits.
+// One candidate's trial: median ms, and whether its output has the reference's bits (the
+// first candidate cuBLASLt ran: the heuristic's choice unless it refused it).
 struct AlgorithmTrial {
     double ms = -1;  // < 0: cuBLASLt refused to run it
     bool same_bits = false;
 };
+struct AlgorithmTrials {
+    std::vector<AlgorithmTrial> trials;
+    bool degenerate = false;  // the reference output is all zero or not finite: no evidence
+};
 
 // Runs each algorithm on g (into g.c, which must be safe to overwrite: the caller points it
 // at scratch when the call is not idempotent), hashing each output once after a warm-up.
-std::vector<AlgorithmTrial> try_algorithms(const DeviceState& state, const Plan& plan, const RowMajorGemm& g,
-                                           float beta, const std::vector<cublasLtMatmulAlgo_t>& algos, int runs) {
+AlgorithmTrials try_algorithms(const DeviceState& state, const Plan& plan, const RowMajorGemm& g, float beta,
+                               const std::vector<cublasLtMatmulAlgo_t>& algos, int runs) {
     const int64_t words = g.M * g.N * (g.c_bf16 ? 2 : 4) / 4;
-    Tensor hashes = Tensor::zeros({static_cast<int64_t>(algos.size())}, DType::I64, Device::CUDA);
-    auto* hash = static_cast<unsigned long long*>(hashes.raw_data());
-    std::vector<AlgorithmTrial> trials(algos.size());
+    constexpr int64_t kSummaryWords = sizeof(OutputSummary) / sizeof(int64_t);
+    Tensor summaries = Tensor::zeros({static_cast<int64_t>(algos.size()) * kSummaryWords}, DType::I64, Device::CUDA);
+    auto* summary = static_cast<OutputSummary*>(summaries.raw_data());
+    AlgorithmTrials result;
+    result.trials.resize(algos.size());
     cudaEvent_t start = nullptr, stop = nullptr;
     try {
         HSA_CUDA_CHECK(cudaEventCreate(&start));
@@ -315,7 +344,7 @@ std::vector<AlgorithmTrial> try_algorithms(const DeviceState& state, const Plan&
         for (size_t i = 0; i < algos.size(); ++i) {
             if (try_matmul(state, plan, algos[i], g, beta) != CUBLAS_STATUS_SUCCESS) continue;
             const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + 255) / 256, 4096));
-            output_hash_kernel<<<blocks, 256>>>(static_cast<const uint32_t*>(g.c), words, hash + i);
+            output_hash_kernel<<<blocks, 256>>>(static_cast<const uint32_t*>(g.c), words, g.c_bf16, summary + i);
             HSA_CUDA_CHECK_LAUNCH("output_hash_kernel");
             std::vector<float> ms;
             for (int r = 0; r < runs; ++r) {
@@ -328,7 +357,7 @@ std::vector<AlgorithmTrial> try_algorithms(const DeviceState& state, const Plan&
                 ms.push_back(t);
             }
             std::sort(ms.begin(), ms.end());
-            trials[i].ms = ms[ms.size() / 2];
+            result.trials[i].ms = ms[ms.size() / 2];
         }
     } catch (...) {
         if (start) cudaEventDestroy(start);
@@ -337,33 +366,53 @@ std::vector<AlgorithmTrial> try_algorithms(const DeviceState& state, const Plan&
     }
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
-    std::vector<unsigned long long> host(algos.size());
-    HSA_CUDA_CHECK(cudaMemcpy(host.data(), hash, host.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < algos.size(); ++i) trials[i].same_bits = trials[i].ms >= 0 && host[i] == host[0];
-    return trials;
+    std::vector<OutputSummary> host(algos.size());
+    HSA_CUDA_CHECK(cudaMemcpy(host.data(), summary, host.size() * sizeof(OutputSummary), cudaMemcpyDeviceToHost));
+    size_t reference = 0;
+    while (reference < algos.size() && result.trials[reference].ms < 0) ++reference;
+    if (reference == algos.size()) return result;
+    result.degenerate = host[reference].nonzero == 0 || host[reference].nonfinite != 0;
+    for (size_t i = 0; i < algos.size(); ++i)
+        result.trials[i].same_bits = result.trials[i].ms >= 0 && host[i].hash == host[reference].hash;
+    return result;
 }
 
-// The algorithm for a new plan: the heuristic's first, or the tuned choice (above).
+// The algorithm for a new plan: the heuristic's first, or the tuned choice (above). Tuning
+// falls back to the heuristic's first choice, rather than fail the product, when it cannot
+// decide soundly: no scratch for a call that reads its output, a degenerate output, a bf16
+// output too small for its rounding to show a different summation order (below
+// kTuneMinBf16Outputs elements: an f32 difference of one ulp changes a bf16 value about once
+// in 2^16 elements), or any error while trying (out of memory for the scratch, say).
+constexpr int64_t kTuneMinBf16Outputs = int64_t{1} << 26;
+
 cublasLtMatmulAlgo_t choose_algorithm(const DeviceState& state, const Plan& plan, const PlanKey& key,
                                       const RowMajorGemm& g, float beta, bool tune) {
     const std::vector<cublasLtMatmulAlgo_t> algos = heuristic_algorithms(state, plan, key, tune ? kTuneCandidates : 1);
-    if (!tune || algos.size() < 2) return algos.front();
-    RowMajorGemm trial = g;
-    Tensor scratch;
-    // A product that reads its own output (beta != 0 with C = D) would add up over the trial
-    // runs: those go to scratch, reading C from the real output.
-    if (beta != 0.0f && (g.c_in == nullptr || g.c_in == g.c)) {
-        const size_t bytes = static_cast<size_t>(g.M * g.N) * (g.c_bf16 ? 2 : 4);
-        if (bytes > kTuneMaxScratchBytes) return algos.front();
-        scratch = Tensor::empty({static_cast<int64_t>(bytes / 4)}, DType::F32, Device::CUDA);
-        trial.c_in = g.c;
-        trial.c = scratch.raw_data();
+    if (!tune || algos.size() < 2 || (g.c_bf16 && g.M * g.N < kTuneMinBf16Outputs)) return algos.front();
+    try {
+        RowMajorGemm trial = g;
+        Tensor scratch;
+        // A product that reads its own output (beta != 0 with C = D) would add up over the
+        // trial runs: those go to scratch, reading C from the real output.
+        if (beta != 0.0f && (g.c_in == nullptr || g.c_in == g.c)) {
+            const size_t bytes = static_cast<size_t>(g.M * g.N) * (g.c_bf16 ? 2 : 4);
+            if (bytes > kTuneMaxScratchBytes) return algos.front();
+            scratch = Tensor::empty({static_cast<int64_t>(bytes / 4)}, DType::F32, Device::CUDA);
+            trial.c_in = g.c;
+            trial.c = scratch.raw_data();
+        }
+        const AlgorithmTrials tried = try_algorithms(state, plan, trial, beta, algos, kTuneRuns);
+        if (tried.degenerate) return algos.front();
+        size_t best = 0;
+        while (best < algos.size() && tried.trials[best].ms < 0) ++best;
+        if (best == algos.size()) return algos.front();
+        for (size_t i = best + 1; i < algos.size(); ++i)
+            if (tried.trials[i].same_bits && tried.trials[i].ms < tried.trials[best].ms) best = i;
+        return algos[best];
+    } catch (const std::exception&) {
+        cudaGetLastError();  // a failed launch's error is not left for the next check to report
+        return algos.front();
     }
-    const std::vector<AlgorithmTrial> trials = try_algorithms(state, plan, trial, beta, algos, kTuneRuns);
-    size_t best = 0;
-    for (size_t i = 1; i < trials.size(); ++i)
-        if (trials[i].same_bits && trials[i].ms < trials[best].ms) best = i;
-    return algos[best];
 }
 
 void run_gemm(const RowMajorGemm& g, float beta) {
@@ -380,7 +429,7 @@ void run_gemm(const RowMajorGemm& g, float beta) {
                       g.loop_stride_b == 0 && g.loop_stride_c == 0 &&
                       2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) >=
                           kTuneMinFlops;
-    const PlanKey key = plan_key(g, device, tune);
+    const PlanKey key = plan_key(g, device, tune, beta != 0.0f);
     auto found = g_plans.find(key);
     if (found == g_plans.end()) {
         if (g_plans.size() >= kMaxCachedPlans) {
@@ -584,8 +633,12 @@ std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool tr
                                                       bool transpose_b, Tensor& out, int max_algorithms, int repeats) {
     const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
     const int64_t N = transpose_b ? b16.size(0) : b16.size(1);
-    HSA_CHECK(a16.dtype() == DType::BF16 && b16.dtype() == DType::BF16 && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
-              "time_gemm_algorithms: bf16 operands with every dim a multiple of 8");
+    HSA_CHECK(max_algorithms >= 1 && repeats >= 1, "time_gemm_algorithms: needs at least one algorithm and one run");
+    for (const Tensor* t : {&a16, &b16})
+        HSA_CHECK(t->dtype() == DType::BF16 && t->device() == Device::CUDA && t->ndim() == 2 && t->is_contiguous(),
+                  "time_gemm_algorithms: operands must be contiguous 2-D bf16 CUDA tensors");
+    HSA_CHECK(M % 8 == 0 && N % 8 == 0 && K % 8 == 0 && (transpose_b ? b16.size(1) : b16.size(0)) == K,
+              "time_gemm_algorithms: op(a) and op(b) must agree, every dim a multiple of 8");
     checks::check_tensor("time_gemm_algorithms", "out", out, {M, N}, out.dtype() == DType::BF16 ? DType::BF16 : DType::F32,
                          Device::CUDA);
     RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
@@ -601,7 +654,7 @@ std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool tr
     std::vector<GemmAlgorithmTiming> timings;
     try {
         for (const AlgorithmTrial& t :
-             try_algorithms(state, plan, g, 0.0f, heuristic_algorithms(state, plan, key, max_algorithms), repeats))
+             try_algorithms(state, plan, g, 0.0f, heuristic_algorithms(state, plan, key, max_algorithms), repeats).trials)
             timings.push_back({t.ms, t.same_bits});
     } catch (...) {
         destroy_plan(plan);
@@ -658,10 +711,11 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
 // 32768 x 50304), written once and read twice. Off the bf16 path (f32 precision, a dim not a
 // multiple of 8, a non-contiguous operand): the f32 default.
 Tensor CudaBackend::head_logits(const Tensor& x, const Tensor& weight, bool transpose_weight) {
+    if (x.ndim() != 2 || weight.ndim() != 2) return Backend::head_logits(x, weight, transpose_weight);
     const int64_t N = x.size(0), D = x.size(1), V = transpose_weight ? weight.size(0) : weight.size(1);
-    if (!bf16_product(N, V, D) || x.ndim() != 2 || weight.ndim() != 2 || !x.is_contiguous() ||
-        !weight.is_contiguous() || x.device() != Device::CUDA || weight.device() != Device::CUDA ||
-        weight.dtype() != DType::F32)
+    // D = 0 (empty sums) and N or V = 0 take the default, which writes zeros / nothing.
+    if (!bf16_product(N, V, D) || N == 0 || V == 0 || D == 0 || !x.is_contiguous() || !weight.is_contiguous() ||
+        x.device() != Device::CUDA || weight.device() != Device::CUDA || weight.dtype() != DType::F32)
         return Backend::head_logits(x, weight, transpose_weight);
     const Tensor x16 = x.dtype() == DType::BF16 ? x : rounded_bf16_copy(x);
     Tensor logits = Tensor::empty({N, V}, DType::BF16, Device::CUDA);

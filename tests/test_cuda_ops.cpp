@@ -954,8 +954,11 @@ TEST(CudaOps, SwigluMlpResidualEqualsAdd) {
 
 // GEMM autotuning (kernels/gemm.cu) keeps only algorithms whose output has the bits of
 // cuBLASLt's first choice, so a product big enough to be tuned (2 M N K >= 1e10) gives the
-// same bits with tuning on and off: writing in place, accumulating (whose trials run into
-// scratch, so the output is added to exactly once), and with a bf16 output. The shape is used by no other test, so the plans are new.
+// same bits with tuning on and off: writing in place; accumulating (a plan of its own, whose
+// trials run into scratch, so the output is added to exactly once); and with a bf16 output
+// of at least 2^26 elements (smaller bf16 outputs are not tuned). The shapes are used by no
+// other test, so the plans are new.
+
 TEST(CudaOps, GemmAutotuningKeepsTheHeuristicsBits) {
 #ifndef HSA_WITH_CUDA_KERNELS
     GTEST_SKIP() << "no GPU: this build has no CUDA kernels";
@@ -967,12 +970,13 @@ TEST(CudaOps, GemmAutotuningKeepsTheHeuristicsBits) {
     const bool was_on = gemm_autotuning();
     const int64_t M = 2056, N = 1544, K = 2048;  // 2 M N K = 1.3e10
     const Tensor a = on_gpu(rng.normal({M, K})), b = on_gpu(rng.normal({N, K}));  // b used transposed
-    const Tensor a16 = on_gpu(rng.normal({M, K})).to(DType::BF16), b16 = on_gpu(rng.normal({K, N})).to(DType::BF16);
+    const int64_t M16 = 8192, N16 = 8200, K16 = 256;  // 67.2M bf16 outputs, 2 M N K = 3.4e10
+    const Tensor a16 = on_gpu(rng.normal({M16, K16})).to(DType::BF16), b16 = on_gpu(rng.normal({K16, N16})).to(DType::BF16);
     const Tensor start = on_gpu(rng.normal({M, N}));
     std::vector<float> out[2], sum[2], out16[2];
     for (bool tuned : {false, true}) {
         set_gemm_autotuning(tuned);
-        Tensor o = poisoned({M, N}), acc = start.clone(), o16 = poisoned({M, N}, DType::BF16);
+        Tensor o = poisoned({M, N}), acc = start.clone(), o16 = poisoned({M16, N16}, DType::BF16);
         gpu().gemm(a, false, b, true, o, false);
         gpu().gemm(a, false, b, true, acc, true);
         gemm_of_bf16(a16, false, b16, false, o16, false);
