@@ -94,6 +94,58 @@ __device__ inline void lse_add(LseState& st, const float (&v)[N], float& part) {
     for (int i = 0; i < N; ++i) part += exp_shifted(v[i], m_log2e);
 }
 
+// lse_add, counting the terms: each thread's terms are added in f32 in groups of 64 and the
+// groups in double.
+template <int N>
+__device__ inline void lse_add_grouped(LseState& st, const float (&v)[N], float& part, int& pending) {
+    lse_add(st, v, part);
+    pending += N;
+    if (pending >= 64) {
+        st.s += part;
+        part = 0.0f;
+        pending = 0;
+    }
+}
+
+// The row's lse from every thread's state: warp shuffles, then thread 0 adds the warps'
+// states in warp order (deterministic). The value is thread 0's (0 elsewhere); shared_m /
+// shared_s may be rewritten only after the block's next barrier.
+__device__ inline double block_row_lse(LseState st, float* shared_m, double* shared_s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
+        st = lse_combine(st, other);
+    }
+    if (lane == 0) {
+        shared_m[warp] = st.m;
+        shared_s[warp] = st.s;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return 0.0;
+    LseState total{shared_m[0], shared_s[0]};
+    for (int w = 1; w < warps; ++w) total = lse_combine(total, LseState{shared_m[w], shared_s[w]});
+    return static_cast<double>(total.m) + log(total.s);
+}
+
+// Thread 0's record of row i with log-sum-exp l: lse[i], nll[i] = mask_i (l - x_t) and
+// weight[i] = mask_i for a target t in [0, V) (target_logit() reads x_t, only then); both 0
+// for an ignored target (t < 0); a target >= V is flagged in `bad`.
+template <class TargetLogit>
+__device__ inline void record_row(int64_t i, double l, int32_t t, int64_t V, const float* mask,
+                                  TargetLogit target_logit, float* lse, double* nll, double* weight,
+                                  unsigned long long* bad) {
+    lse[i] = static_cast<float>(l);
+    double row_nll = 0.0, row_weight = 0.0;
+    if (t >= V) {
+        atomicMin(bad, static_cast<unsigned long long>(i));
+    } else if (t >= 0) {
+        row_weight = mask_of(mask, i);
+        row_nll = (l - static_cast<double>(target_logit())) * row_weight;
+    }
+    nll[i] = row_nll;
+    weight[i] = row_weight;
+}
+
 // Logits are f32, or bf16 (the CUDA head's stored logits, ops::linear_cross_entropy at bf16
 // precision): a thread reads 16 bytes at a time, 4 or 8 elements, as float4 groups.
 template <class L>
@@ -123,7 +175,6 @@ __global__ void ce_rows_kernel(const L* logits, const int32_t* targets, const fl
     constexpr int E = kElementsPer16Bytes<L>;
     __shared__ float shared_m[32];
     __shared__ double shared_s[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
         const L* row = logits + i * V;
         LseState st{-INFINITY, 0.0};
@@ -141,43 +192,17 @@ __global__ void ce_rows_kernel(const L* logits, const int32_t* targets, const fl
                 v[4 * h + 2] = groups[h].z;
                 v[4 * h + 3] = groups[h].w;
             }
-            lse_add(st, v, part);
-            pending += E;
-            if (pending >= 64) {
-                st.s += part;
-                part = 0.0f;
-                pending = 0;
-            }
+            lse_add_grouped(st, v, part, pending);
         }
         for (int64_t v = vec_end + threadIdx.x; v < V; v += blockDim.x) {
             const float one[1] = {load1(row, v)};
             lse_add(st, one, part);
         }
         st.s += part;
-        for (int o = 16; o > 0; o >>= 1) {
-            LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
-            st = lse_combine(st, other);
-        }
-        if (lane == 0) {
-            shared_m[warp] = st.m;
-            shared_s[warp] = st.s;
-        }
-        __syncthreads();
+        const double l = block_row_lse(st, shared_m, shared_s);
         if (threadIdx.x == 0) {
-            LseState total{shared_m[0], shared_s[0]};
-            for (int w = 1; w < warps; ++w) total = lse_combine(total, LseState{shared_m[w], shared_s[w]});
-            const double l = static_cast<double>(total.m) + log(total.s);
-            lse[i] = static_cast<float>(l);
             const int32_t t = targets[i];
-            double row_nll = 0.0, row_weight = 0.0;
-            if (t >= V) {
-                atomicMin(bad, static_cast<unsigned long long>(i));
-            } else if (t >= 0) {
-                row_weight = mask_of(mask, i);
-                row_nll = (l - static_cast<double>(load1(row, t))) * row_weight;
-            }
-            nll[i] = row_nll;
-            weight[i] = row_weight;
+            record_row(i, l, t, V, mask, [&] { return load1(row, t); }, lse, nll, weight, bad);
         }
         __syncthreads();  // shared_m/shared_s are rewritten by the next row
     }
@@ -286,7 +311,6 @@ __global__ void __launch_bounds__(kFusedRowThreads)
     __shared__ float shared_m[32];
     __shared__ double shared_s[32];
     __shared__ float row_lse;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int64_t chunks = V / 8;
     const uint32_t staged_address = mma::shared_address(staged);
     const double denom = denom_ptr[0];
@@ -303,41 +327,16 @@ __global__ void __launch_bounds__(kFusedRowThreads)
         for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
             float v[8];
             unpack_bf16x8(staged[k], v);
-            lse_add(st, v, part);
-            pending += 8;
-            if (pending >= 64) {
-                st.s += part;
-                part = 0.0f;
-                pending = 0;
-            }
+            lse_add_grouped(st, v, part, pending);
         }
         st.s += part;
-        for (int o = 16; o > 0; o >>= 1) {
-            LseState other{__shfl_down_sync(0xffffffffu, st.m, o), __shfl_down_sync(0xffffffffu, st.s, o)};
-            st = lse_combine(st, other);
-        }
-        if (lane == 0) {
-            shared_m[warp] = st.m;
-            shared_s[warp] = st.s;
-        }
-        __syncthreads();
+        const double l = block_row_lse(st, shared_m, shared_s);
         const int32_t t = targets[i];
         if (threadIdx.x == 0) {
-            LseState total{shared_m[0], shared_s[0]};
-            for (int w = 1; w < warps; ++w) total = lse_combine(total, LseState{shared_m[w], shared_s[w]});
-            const double l = static_cast<double>(total.m) + log(total.s);
-            lse[i] = static_cast<float>(l);
             row_lse = static_cast<float>(l);
-            double row_nll = 0.0, row_weight = 0.0;
-            if (t >= V) {
-                atomicMin(bad, static_cast<unsigned long long>(i));
-            } else if (t >= 0) {
-                row_weight = mask_of(mask, i);
-                const float x_t = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(staged)[t]);
-                row_nll = (l - static_cast<double>(x_t)) * row_weight;
-            }
-            nll[i] = row_nll;
-            weight[i] = row_weight;
+            record_row(i, l, t, V, mask,
+                       [&] { return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(staged)[t]); }, lse, nll,
+                       weight, bad);
         }
         __syncthreads();
         // As ce_backward_kernel at grad_loss 1 (its w, its zero rows).

@@ -46,6 +46,14 @@ using test::test_rng;
 // Under compute-sanitizer (100x slower) HSA_TEST_SMALL=1 skips the largest shapes.
 bool small_only() { return std::getenv("HSA_TEST_SMALL") != nullptr; }
 
+// Cross-entropy targets: N random classes in [0, V), row 1 ignored (-1). N >= 2.
+Tensor targets_with_one_ignored(Rng& rng, int64_t N, int64_t V) {
+    std::vector<int32_t> t(static_cast<size_t>(N));
+    for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
+    t[1] = -1;
+    return Tensor::from_vector_i32(t, {N});
+}
+
 constexpr double kElementwiseTol = 1e-6;
 constexpr double kReductionTol = 2e-5;
 
@@ -341,10 +349,7 @@ TEST(CudaOps, CrossEntropyAndAdamW) {
     for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {33, 1028}, {257, 50304}}) {
         if (small_only() && V > 1000) continue;
         Tensor logits = rng.normal({N, V}, 3.0f);
-        std::vector<int32_t> t(static_cast<size_t>(N));
-        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
-        t[1] = -1;  // ignored
-        Tensor targets = Tensor::from_vector_i32(t, {N});
+        Tensor targets = targets_with_one_ignored(rng, N, V);
         Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
         for (bool with_mask : {true, false}) {
             Tensor m = with_mask ? mask : Tensor();
@@ -386,10 +391,7 @@ TEST(CudaOps, CrossEntropyOnBf16Logits) {
         SCOPED_TRACE("N " + std::to_string(N) + " V " + std::to_string(V));
         const Tensor logits = test::rounded_to_bf16(rng.normal({N, V}, 3.0f));  // bf16 values, held in f32
         const Tensor logits16 = on_gpu(logits).to(DType::BF16);             // exact
-        std::vector<int32_t> t(static_cast<size_t>(N));
-        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
-        t[1] = -1;  // ignored
-        Tensor targets = Tensor::from_vector_i32(t, {N});
+        Tensor targets = targets_with_one_ignored(rng, N, V);
         Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
         Tensor loss_want = Tensor::empty({}), lse_want = Tensor::empty({N});
         Tensor loss_got = poisoned({}), lse_got = poisoned({N});
@@ -422,10 +424,7 @@ TEST(CudaOps, CrossEntropyWithGradientInPlace) {
     for (auto [N, V] : std::vector<std::array<int64_t, 2>>{{9, 11}, {33, 1028}, {64, 1032}, {257, 50304}}) {
         if (small_only() && V > 2000) continue;
         const Tensor logits = test::rounded_to_bf16(rng.normal({N, V}, 3.0f));
-        std::vector<int32_t> t(static_cast<size_t>(N));
-        for (auto& v : t) v = static_cast<int32_t>(rng.next_int(0, V));
-        t[1] = -1;  // ignored
-        const Tensor targets = Tensor::from_vector_i32(t, {N});
+        const Tensor targets = targets_with_one_ignored(rng, N, V);
         const Tensor mask = rng.uniform({N}, 0.0f, 2.0f);
         Tensor loss_want = Tensor::empty({}), lse_want = Tensor::empty({N}), g_want = Tensor::empty({N, V});
         cpu().cross_entropy_forward(logits, targets, mask, loss_want, lse_want);
