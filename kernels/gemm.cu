@@ -257,8 +257,8 @@ void enqueue_matmul(const DeviceState& state, const Plan& plan, const cublasLtMa
 
 // ---- autotuning ----
 // cuBLASLt's heuristic picks an algorithm from its model of the GPU; for the paper-scale
-// step's products on the H200 its first choice was up to 17% slower than another one it
-// offers (hsa bench gemm, docs/PERF.md version 50). So on a plan's first use, a bf16 product
+// step's products on the H200 its first choice was 10-24% slower than another one it offers
+// for several of them (hsa bench gemm, docs/PERF.md version 53). So on a plan's first use, a bf16 product
 // of at least kTuneMinFlops runs each of the heuristic's first kTuneCandidates algorithms on
 // the call's own operands, and keeps the fastest whose output has the same bits as the first
 // choice's. The same bits on a full-size product mean the same summation order, so tuning
@@ -600,27 +600,35 @@ static void gemm_on_device(const Tensor& a_in, bool transpose_a, const Tensor& b
 // same cuBLASLt call as gemm's bf16 path for the same (a, transpose) arrangement. out is
 // f32, or bf16 (the f32 accumulator rounded to nearest even by cuBLASLt's epilogue; not
 // with accumulate, which would add in bf16) for products whose consumer wants bf16.
-void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
-                  bool accumulate, const Tensor& addend) {
+// out = op(a16) . op(b16) as cuBLASLt's bf16 problem, after checking (named `op` in errors):
+// contiguous 2-D bf16 CUDA operands that agree, every dim a multiple of 8, out [M, N] f32 or bf16.
+static RowMajorGemm bf16_operand_gemm(const char* op, const Tensor& a16, bool transpose_a, const Tensor& b16,
+                                      bool transpose_b, Tensor& out) {
     for (const auto* t : {&a16, &b16})
         HSA_CHECK(t->dtype() == DType::BF16 && t->device() == Device::CUDA && t->ndim() == 2 && t->is_contiguous(),
-                  "gemm_of_bf16: operands must be contiguous 2-D bf16 CUDA tensors, got "
-                      << dtype_name(t->dtype()) << " " << shape_string(t->shape()));
+                  op << ": operands must be contiguous 2-D bf16 CUDA tensors, got " << dtype_name(t->dtype()) << " "
+                     << shape_string(t->shape()));
     const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
     const int64_t Kb = transpose_b ? b16.size(1) : b16.size(0), N = transpose_b ? b16.size(0) : b16.size(1);
     HSA_CHECK(K == Kb && M % 8 == 0 && N % 8 == 0 && K % 8 == 0,
-              "gemm_of_bf16: op(a) " << M << " x " << K << " and op(b) " << Kb << " x " << N
-                                     << " must agree and be multiples of 8");
+              op << ": op(a) " << M << " x " << K << " and op(b) " << Kb << " x " << N
+                 << " must agree and be multiples of 8");
     const bool out_bf16 = out.dtype() == DType::BF16;
-    checks::check_tensor("gemm_of_bf16", "out", out, {M, N}, out_bf16 ? DType::BF16 : DType::F32, Device::CUDA);
-    HSA_CHECK(!(out_bf16 && (accumulate || addend.defined())), "gemm_of_bf16: a bf16 output cannot be added to");
-    HSA_CHECK(!(accumulate && addend.defined()), "gemm_of_bf16: accumulate and an addend exclude each other");
-    if (addend.defined()) checks::check_tensor("gemm_of_bf16", "addend", addend, {M, N}, DType::F32, Device::CUDA);
-    if (M == 0 || N == 0) return;
+    checks::check_tensor(op, "out", out, {M, N}, out_bf16 ? DType::BF16 : DType::F32, Device::CUDA);
     RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
     g.element_bytes = 2;
     g.mode = kBf16Copies;
     g.c_bf16 = out_bf16;
+    return g;
+}
+
+void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool transpose_b, Tensor& out,
+                  bool accumulate, const Tensor& addend) {
+    RowMajorGemm g = bf16_operand_gemm("gemm_of_bf16", a16, transpose_a, b16, transpose_b, out);
+    HSA_CHECK(!(g.c_bf16 && (accumulate || addend.defined())), "gemm_of_bf16: a bf16 output cannot be added to");
+    HSA_CHECK(!(accumulate && addend.defined()), "gemm_of_bf16: accumulate and an addend exclude each other");
+    if (addend.defined()) checks::check_tensor("gemm_of_bf16", "addend", addend, {g.M, g.N}, DType::F32, Device::CUDA);
+    if (g.M == 0 || g.N == 0) return;
     if (addend.defined()) g.c_in = addend.raw_data();
     run_gemm(g, accumulate || addend.defined() ? 1.0f : 0.0f);
 }
@@ -631,20 +639,8 @@ void gemm_of_bf16(const Tensor& a16, bool transpose_a, const Tensor& b16, bool t
 // autotuning requires). Operands as gemm_of_bf16's; out is overwritten.
 std::vector<GemmAlgorithmTiming> time_gemm_algorithms(const Tensor& a16, bool transpose_a, const Tensor& b16,
                                                       bool transpose_b, Tensor& out, int max_algorithms, int repeats) {
-    const int64_t M = transpose_a ? a16.size(1) : a16.size(0), K = transpose_a ? a16.size(0) : a16.size(1);
-    const int64_t N = transpose_b ? b16.size(0) : b16.size(1);
     HSA_CHECK(max_algorithms >= 1 && repeats >= 1, "time_gemm_algorithms: needs at least one algorithm and one run");
-    for (const Tensor* t : {&a16, &b16})
-        HSA_CHECK(t->dtype() == DType::BF16 && t->device() == Device::CUDA && t->ndim() == 2 && t->is_contiguous(),
-                  "time_gemm_algorithms: operands must be contiguous 2-D bf16 CUDA tensors");
-    HSA_CHECK(M % 8 == 0 && N % 8 == 0 && K % 8 == 0 && (transpose_b ? b16.size(1) : b16.size(0)) == K,
-              "time_gemm_algorithms: op(a) and op(b) must agree, every dim a multiple of 8");
-    checks::check_tensor("time_gemm_algorithms", "out", out, {M, N}, out.dtype() == DType::BF16 ? DType::BF16 : DType::F32,
-                         Device::CUDA);
-    RowMajorGemm g{a16.raw_data(), transpose_a, b16.raw_data(), transpose_b, out.raw_data(), M, N, K};
-    g.element_bytes = 2;
-    g.mode = kBf16Copies;
-    g.c_bf16 = out.dtype() == DType::BF16;
+    const RowMajorGemm g = bf16_operand_gemm("time_gemm_algorithms", a16, transpose_a, b16, transpose_b, out);
     int device = 0;
     HSA_CUDA_CHECK(cudaGetDevice(&device));
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -684,6 +680,22 @@ void CudaBackend::gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool 
     gemm_on_device(a, transpose_a, b, transpose_b, out, accumulate, Tensor(), Tensor());
 }
 
+// Both gradients of out = op(a) . op(b) from d out = alpha g, each undefined one skipped:
+// grad_a = alpha g op(b)^T (as a is stored), grad_b = alpha op(a)^T g. g16: g's bf16 copy when
+// the caller made one for both products (or undefined; a bf16 g is used as it is).
+static void gradient_products(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& g,
+                              const Tensor& g16, float alpha, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
+                              bool accumulate_b) {
+    if (grad_a.defined()) {
+        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor(), alpha);
+        else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), g16, alpha);
+    }
+    if (grad_b.defined()) {
+        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), g16, alpha);
+        else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, g16, Tensor(), alpha);
+    }
+}
+
 // The output gradient feeds both products; at bf16 precision it is rounded once here
 // rather than once inside each product (a linear layer's g is the size of its output:
 // this halves the rounding traffic of the backward's largest operand, the logits' g).
@@ -695,14 +707,7 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
     const bool share = grad_a.defined() && grad_b.defined() && bf16_product(dims.M, dims.N, dims.K) && g.numel() > 0;
     const Tensor g16 = share ? rounded_bf16_copy(g) : Tensor();
-    if (grad_a.defined()) {
-        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, g16, Tensor());
-        else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), g16);
-    }
-    if (grad_b.defined()) {
-        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), g16);
-        else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, g16, Tensor());
-    }
+    gradient_products(a, transpose_a, b, transpose_b, g, g16, 1.0f, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 
 // The head at bf16 precision: logits [N, V] in bf16, the product's f32 accumulator rounded
@@ -741,14 +746,8 @@ void CudaBackend::scaled_gemm_backward(const Tensor& a, bool transpose_a, const 
                                       accumulate_a, accumulate_b);
         return;
     }
-    if (grad_a.defined()) {
-        if (!transpose_a) gemm_on_device(g, false, b, !transpose_b, grad_a, accumulate_a, Tensor(), Tensor(), grad_scale);
-        else gemm_on_device(b, transpose_b, g, true, grad_a, accumulate_a, Tensor(), Tensor(), grad_scale);
-    }
-    if (grad_b.defined()) {
-        if (!transpose_b) gemm_on_device(a, !transpose_a, g, false, grad_b, accumulate_b, Tensor(), Tensor(), grad_scale);
-        else gemm_on_device(g, true, a, transpose_a, grad_b, accumulate_b, Tensor(), Tensor(), grad_scale);
-    }
+    gradient_products(a, transpose_a, b, transpose_b, g, Tensor(), grad_scale, grad_a, grad_b, accumulate_a,
+                      accumulate_b);
 }
 
 }  // namespace hsa
