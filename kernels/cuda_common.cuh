@@ -2,7 +2,7 @@
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
 // cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum,
-// store4 / store1 and load4 / load1 (f32 or bf16 elements), task_of_block (multi-tensor launches).
+// store4 / store1 and load4 / load1 (f32 or bf16 elements), load8 / store8 (bf16), task_of_block (multi-tensor launches).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -136,6 +136,32 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p, int64_t k) {
 }
 __device__ __forceinline__ float load1(const float* p, int64_t k) { return p[k]; }
 __device__ __forceinline__ float load1(const __nv_bfloat16* p, int64_t k) { return __bfloat162float(p[k]); }
+// Eight bf16 elements 8k..8k+7 as one 16-byte access, widened to / rounded from f32 (to
+// nearest even): the bf16 elementwise passes, whose 8-byte accesses left DRAM bandwidth unused.
+struct Float8 {
+    float v[8];
+};
+__device__ __forceinline__ Float8 load8(const __nv_bfloat16* p, int64_t k) {
+    const uint4 raw = reinterpret_cast<const uint4*>(p)[k];
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    Float8 f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 pair = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[i]));
+        f.v[2 * i] = pair.x;
+        f.v[2 * i + 1] = pair.y;
+    }
+    return f;
+}
+__device__ __forceinline__ void store8(__nv_bfloat16* p, int64_t k, const Float8& f) {
+    uint32_t words[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(f.v[2 * i], f.v[2 * i + 1]);
+        words[i] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+    reinterpret_cast<uint4*>(p)[k] = make_uint4(words[0], words[1], words[2], words[3]);
+}
 
 // Multi-tensor launches: block b belongs to task t with block_start[t] <= b <
 // block_start[t + 1] (block_start: prefix sums of the tasks' block counts, count + 1 entries).

@@ -102,45 +102,55 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
 }
 
 // The fused MLP's grouped layout: gate and up as one [rows, 2F] bf16 tensor, row r holding
-// gate then up (the product x [w1 | w3]); F a multiple of 4. A block takes whole rows.
+// gate then up (the product x [w1 | w3]); F a multiple of 8. The work is flattened over
+// (row, 8-column group) so every thread moves 16 bytes an access and none idles at a row's
+// end (a block a row left F / 8 = 344 groups on 256 threads at the paper's F; docs/PERF.md
+// version 55). Index: 32-bit when rows x F / 8 fits, for the division.
+template <class Index>
 __global__ void swiglu_forward_grouped_kernel(const __nv_bfloat16* __restrict__ gate_up,
-                                              __nv_bfloat16* __restrict__ out, int64_t rows, int F) {
-    const int quads = F / 4;
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const __nv_bfloat16* gate = gate_up + r * 2 * F;
-        const __nv_bfloat16* up = gate + F;
-        __nv_bfloat16* o = out + r * F;
-        for (int c = static_cast<int>(threadIdx.x); c < quads; c += static_cast<int>(blockDim.x)) {
-            const float4 g = load4(gate, c), u = load4(up, c);
-            store4(o, c,
-                   make_float4(swiglu_value_fast(g.x, u.x), swiglu_value_fast(g.y, u.y), swiglu_value_fast(g.z, u.z),
-                               swiglu_value_fast(g.w, u.w)));
-        }
+                                              __nv_bfloat16* __restrict__ out, Index rows, Index octets) {
+    const Index total = rows * octets;
+    const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+    for (Index q = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; q < total; q += stride) {
+        const Index r = q / octets, c = q - r * octets;
+        const __nv_bfloat16* gate = gate_up + static_cast<int64_t>(r) * 16 * octets;
+        const Float8 g = load8(gate, c), u = load8(gate, c + octets);
+        Float8 h;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) h.v[i] = swiglu_value_fast(g.v[i], u.v[i]);
+        store8(out, q, h);  // out [rows, F]: group q
     }
 }
 
-// grad_gate_up [rows, 2F] (the grouped layout) from gate_up and the hidden gradient [rows, F].
+// grad_gate_up [rows, 2F] (the grouped layout) from gate_up and the hidden gradient [rows, F],
+// flattened as the forward.
+template <class Index>
 __global__ void swiglu_backward_grouped_kernel(const __nv_bfloat16* __restrict__ gate_up,
                                                const __nv_bfloat16* __restrict__ grad,
-                                               __nv_bfloat16* __restrict__ grad_gate_up, int64_t rows, int F) {
-    const int quads = F / 4;
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const __nv_bfloat16* gate = gate_up + r * 2 * F;
-        const __nv_bfloat16* up = gate + F;
-        const __nv_bfloat16* d = grad + r * F;
-        __nv_bfloat16* grad_gate = grad_gate_up + r * 2 * F;
-        __nv_bfloat16* grad_up = grad_gate + F;
-        for (int c = static_cast<int>(threadIdx.x); c < quads; c += static_cast<int>(blockDim.x)) {
-            const float4 g = load4(gate, c), u = load4(up, c), dv = load4(d, c);
-            float4 rg, ru;
-            swiglu_grad_fast(g.x, u.x, dv.x, &rg.x, &ru.x);
-            swiglu_grad_fast(g.y, u.y, dv.y, &rg.y, &ru.y);
-            swiglu_grad_fast(g.z, u.z, dv.z, &rg.z, &ru.z);
-            swiglu_grad_fast(g.w, u.w, dv.w, &rg.w, &ru.w);
-            store4(grad_gate, c, rg);
-            store4(grad_up, c, ru);
-        }
+                                               __nv_bfloat16* __restrict__ grad_gate_up, Index rows, Index octets) {
+    const Index total = rows * octets;
+    const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+    for (Index q = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; q < total; q += stride) {
+        const Index r = q / octets, c = q - r * octets;
+        const int64_t row = static_cast<int64_t>(r) * 16 * octets;
+        const Float8 g = load8(gate_up + row, c), u = load8(gate_up + row, c + octets), d = load8(grad, q);
+        Float8 rg, ru;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) swiglu_grad_fast(g.v[i], u.v[i], d.v[i], &rg.v[i], &ru.v[i]);
+        store8(grad_gate_up + row, c, rg);
+        store8(grad_gate_up + row, c + octets, ru);
     }
+}
+
+// Launches a grouped kernel, launch(blocks, rows, octets), over rows x F / 8 groups, with
+// 32-bit indices where the group count (and a grid stride past it) fits.
+template <class Launch>
+void launch_grouped(int64_t rows, int64_t F, Launch launch) {
+    const int64_t octets = F / 8, total = rows * octets;
+    if (total == 0) return;
+    const unsigned blocks = grid_for(total);
+    if (total < (int64_t{1} << 31)) launch(blocks, static_cast<uint32_t>(rows), static_cast<uint32_t>(octets));
+    else launch(blocks, rows, octets);
 }
 
 // Calls visit(r, c) for every 4-column group c of the rows of a [rows, 2F] grouped tensor
@@ -256,8 +266,10 @@ void CudaBackend::swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Te
     saved.gate = Tensor::empty({N, 2 * F}, DType::BF16, Device::CUDA);
     gemm_of_bf16(x16, false, saved.w1_operand, false, saved.gate, false);
     Tensor h16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
-    swiglu_forward_grouped_kernel<<<static_cast<unsigned>(std::min<int64_t>(N, kMaxBlocks)), kThreads>>>(
-        bf16_ptr(saved.gate), bf16_ptr(h16), N, static_cast<int>(F));
+    const auto forward = [&](unsigned blocks, auto rows, auto octets) {
+        swiglu_forward_grouped_kernel<<<blocks, kThreads>>>(bf16_ptr(saved.gate), bf16_ptr(h16), rows, octets);
+    };
+    launch_grouped(N, F, forward);
     HSA_CUDA_CHECK_LAUNCH("swiglu_forward_grouped_kernel");
     gemm_of_bf16(h16, false, saved.w2_operand, false, out, false, residual);
     saved.x_operand = x16;
@@ -289,8 +301,11 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
     Tensor grad_hidden16 = Tensor::empty({N, F}, DType::BF16, Device::CUDA);
     gemm_of_bf16(g16, false, saved.w2_operand, true, grad_hidden16, false);  // g w2^T
     Tensor grad_gate_up16 = Tensor::empty({N, 2 * F}, DType::BF16, Device::CUDA);  // [d gate | d up]
-    swiglu_backward_grouped_kernel<<<static_cast<unsigned>(std::min<int64_t>(N, kMaxBlocks)), kThreads>>>(
-        bf16_ptr(saved.gate), bf16_ptr(grad_hidden16), bf16_ptr(grad_gate_up16), N, static_cast<int>(F));
+    const auto backward = [&](unsigned blocks, auto rows, auto octets) {
+        swiglu_backward_grouped_kernel<<<blocks, kThreads>>>(bf16_ptr(saved.gate), bf16_ptr(grad_hidden16),
+                                                             bf16_ptr(grad_gate_up16), rows, octets);
+    };
+    launch_grouped(N, F, backward);
     HSA_CUDA_CHECK_LAUNCH("swiglu_backward_grouped_kernel");
     for (const auto& [name, grad] : {std::pair{"grad_w1", &grad_w1}, std::pair{"grad_w3", &grad_w3}}) {
         if (!grad->defined()) continue;
