@@ -384,14 +384,19 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     // x in the form the product takes it (on CUDA at bf16: rounded once), kept for the
     // weight gradient only when there is one to compute.
     const Tensor operand = backend_of(x).product_operand(x.view({m, k}), m, n, k);
-    backend_of(x).gemm(operand, false, weight, false, out, false);
+    // The weight likewise, kept for the input gradient's product: rounded once a step rather
+    // than again in the backward (~65 passes a step at the paper's scale; docs/PERF.md
+    // version 55), for a bf16 copy of each weight held until the backward.
+    const Tensor weight_operand = backend_of(x).product_operand(weight, m, n, k);
+    backend_of(x).gemm(operand, false, weight_operand, false, out, false);
     out = out.view(out_shape);
     if (Tape::current().should_record({&x, &weight})) {
         const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
-        Tape::current().record({out}, [x, weight, saved, k, n](const std::vector<Tensor>& g) {
+        const Tensor saved_weight = x.requires_grad() ? weight_operand : weight;
+        Tape::current().record({out}, [x, weight, saved, saved_weight, k, n](const std::vector<Tensor>& g) {
             GradTarget gx(x), gw(weight);
             Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
-            backend_of(x).gemm_backward(saved, false, weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
+            backend_of(x).gemm_backward(saved, false, saved_weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
                                         gx.accumulate, gw.accumulate);
             gx.deliver(x);
             gw.deliver(weight);

@@ -91,18 +91,37 @@ __device__ inline float4 vscale(float alpha, float4 a) {
     return make_float4(__fmul_rn(alpha, a.x), __fmul_rn(alpha, a.y), __fmul_rn(alpha, a.z), __fmul_rn(alpha, a.w));
 }
 
-template <class T>
-__global__ void copy_rows_kernel(const T* src, T* dst, int64_t outer, int64_t src_len, int64_t src_start,
-                                 int64_t dst_len, int64_t dst_start, int64_t length, int64_t inner, bool accumulate) {
-    const int64_t total = outer * length * inner;
-    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
-        const int64_t i = e % inner, r = e / inner;
-        const int64_t o = r / length, j = r % length;
-        const T s = src[(o * src_len + src_start + j) * inner + i];
-        T* d = dst + (o * dst_len + dst_start + j) * inner + i;
+// copy_rows as `segments` contiguous runs of `run` elements: run o goes from src + o *
+// src_pitch + src_offset to dst + o * dst_pitch + dst_offset (added when accumulating).
+// Index: 32-bit when segments x run fits, for the division. In float4 units when every
+// count and offset is a multiple of 4 (the caller divides them): a slice along the last
+// dim (the model's k / v of one kv product: 64 of 128 floats a row, inner 1) then moves 16
+// bytes a thread, where an element a thread with 64-bit divisions ran at ~0.6 TB/s.
+template <class T, class Index>
+__global__ void copy_rows_kernel(const T* __restrict__ src, T* __restrict__ dst, Index segments, Index run,
+                                 int64_t src_pitch, int64_t src_offset, int64_t dst_pitch, int64_t dst_offset,
+                                 bool accumulate) {
+    const Index total = segments * run;
+    const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+    for (Index e = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const Index o = e / run, i = e - o * run;
+        const T s = src[static_cast<int64_t>(o) * src_pitch + src_offset + i];
+        T* d = dst + static_cast<int64_t>(o) * dst_pitch + dst_offset + i;
         *d = accumulate ? vadd(*d, s) : s;
     }
+}
+
+template <class T>
+void launch_copy_rows(const T* src, T* dst, int64_t segments, int64_t run, int64_t src_pitch, int64_t src_offset,
+                      int64_t dst_pitch, int64_t dst_offset, bool accumulate) {
+    const int64_t total = segments * run;
+    if (total < (int64_t{1} << 31))
+        copy_rows_kernel<T, uint32_t><<<grid_for(total), kThreads>>>(
+            src, dst, static_cast<uint32_t>(segments), static_cast<uint32_t>(run), src_pitch, src_offset, dst_pitch,
+            dst_offset, accumulate);
+    else
+        copy_rows_kernel<T, int64_t><<<grid_for(total), kThreads>>>(src, dst, segments, run, src_pitch, src_offset,
+                                                                    dst_pitch, dst_offset, accumulate);
 }
 
 template <class T>
@@ -329,15 +348,17 @@ void CudaBackend::copy_rows(const Tensor& src, int64_t outer, int64_t src_len, i
     const float* ps = src.data<float>();
     float* pd = dst.data<float>();
     if (outer == 0 || length == 0 || inner == 0) return;
-    if (inner % 4 == 0 && aligned16(ps) && aligned16(pd)) {
-        const int64_t inner4 = inner / 4;
-        copy_rows_kernel<float4><<<grid_for(outer * length * inner4), kThreads>>>(
-            reinterpret_cast<const float4*>(ps), reinterpret_cast<float4*>(pd), outer, src_len, src_start, dst_len,
-            dst_start, length, inner4, accumulate);
-    } else {
-        copy_rows_kernel<float><<<grid_for(outer * length * inner), kThreads>>>(
-            ps, pd, outer, src_len, src_start, dst_len, dst_start, length, inner, accumulate);
-    }
+    // For each of the outer indices, rows [start, start + length) of inner elements each are
+    // one contiguous run of length x inner elements in both tensors.
+    const int64_t run = length * inner, src_pitch = src_len * inner, dst_pitch = dst_len * inner;
+    const int64_t src_offset = src_start * inner, dst_offset = dst_start * inner;
+    const bool vectorised = run % 4 == 0 && src_pitch % 4 == 0 && dst_pitch % 4 == 0 && src_offset % 4 == 0 &&
+                            dst_offset % 4 == 0 && aligned16(ps) && aligned16(pd);
+    if (vectorised)
+        launch_copy_rows(reinterpret_cast<const float4*>(ps), reinterpret_cast<float4*>(pd), outer, run / 4,
+                         src_pitch / 4, src_offset / 4, dst_pitch / 4, dst_offset / 4, accumulate);
+    else
+        launch_copy_rows(ps, pd, outer, run, src_pitch, src_offset, dst_pitch, dst_offset, accumulate);
     HSA_CUDA_CHECK_LAUNCH("copy_rows_kernel");
 }
 

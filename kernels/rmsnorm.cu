@@ -13,6 +13,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
@@ -552,43 +555,58 @@ __global__ void rmsnorm_grad_weight_partial_kernel(const float* x, const float* 
     partial[s * D + j] = acc;
 }
 
-// dw[j] = sum over s of partial[s, j]. A block owns 32 columns (lane = column, so each
-// warp's loads are coalesced); its 32 warps take the splits w, w + 32, ..., and warp 0 then
-// adds the 32 warp sums in warp order: a fixed order, so bit-identical run to run. One
-// thread per column summing all splits in a chain was latency-bound: ~0.25 ms for 1024
-// splits, more than the fused pass itself.
-constexpr int kCombineWarps = 32;
+// dw[j] = sum over s of partial[s, j]. A block owns C columns (C a power of two, from
+// combine_columns: at least ~128 blocks for the hidden 1024, so every SM reads) and its
+// 1024 threads are (split lane r, column c): thread r*C + c sums splits r, r + R, r + 2R,
+// ... (R = 1024 / C) in four chains, then the block adds its R sums a column in a fixed
+// tree: bit-identical run to run. With 32 columns a block the 1024 x 1024 combine ran on
+// 32 SMs at ~0.5 TB/s (16 us, 42 calls a step; docs/PERF.md version 55).
+constexpr int kCombineThreads = 1024;
 
-__global__ void __launch_bounds__(kCombineWarps * 32)
-    rmsnorm_grad_weight_combine_kernel(const double* partial, int64_t splits, int64_t D, float* dw) {
-    __shared__ double warp_sums[kCombineWarps][33];
-    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-    const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+__global__ void __launch_bounds__(kCombineThreads)
+    rmsnorm_grad_weight_combine_kernel(const double* partial, int64_t splits, int64_t D, int columns, float* dw) {
+    __shared__ double sums[kCombineThreads];
+    const int c = static_cast<int>(threadIdx.x) & (columns - 1), r = static_cast<int>(threadIdx.x) / columns;
+    const int lanes = kCombineThreads / columns;
+    const int64_t j = static_cast<int64_t>(blockIdx.x) * columns + c;
     double acc = 0.0;
     if (j < D) {
         // Four independent chains keep four loads in flight; added in a fixed order.
         double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
-        constexpr int64_t W = kCombineWarps;
-        int64_t s = warp;
-        for (; s + 3 * W < splits; s += 4 * W) {
+        const int64_t R = lanes;
+        int64_t s = r;
+        for (; s + 3 * R < splits; s += 4 * R) {
             c0 += partial[s * D + j];
-            c1 += partial[(s + W) * D + j];
-            c2 += partial[(s + 2 * W) * D + j];
-            c3 += partial[(s + 3 * W) * D + j];
+            c1 += partial[(s + R) * D + j];
+            c2 += partial[(s + 2 * R) * D + j];
+            c3 += partial[(s + 3 * R) * D + j];
         }
-        for (; s < splits; s += W) c0 += partial[s * D + j];
+        for (; s < splits; s += R) c0 += partial[s * D + j];
         acc = (c0 + c1) + (c2 + c3);
     }
-    warp_sums[warp][lane] = acc;
+    sums[threadIdx.x] = acc;
     __syncthreads();
-    if (warp == 0 && j < D) {
-        double total = 0.0;
-        for (int w = 0; w < kCombineWarps; ++w) total += warp_sums[w][lane];
-        dw[j] = static_cast<float>(total);
+    for (int half = lanes / 2; half > 0; half /= 2) {  // lane r adds lane r + half, same column
+        if (r < half) sums[threadIdx.x] += sums[threadIdx.x + half * columns];
+        __syncthreads();
     }
+    if (r == 0 && j < D) dw[j] = static_cast<float>(sums[c]);
 }
 
-unsigned combine_grid(int64_t D) { return static_cast<unsigned>((D + 31) / 32); }
+// Columns a combine block owns: 8 (64-byte runs of each split's row) for wide rows, fewer
+// for narrow ones so that D / C blocks still spread over the SMs (one for D <= 128).
+int combine_columns(int64_t D) {
+    int columns = 1;
+    while (columns < 8 && D / (2 * columns) >= 128) columns *= 2;
+    return columns;
+}
+
+void launch_combine(const double* partial, int64_t splits, int64_t D, float* dw) {
+    const int columns = combine_columns(D);
+    rmsnorm_grad_weight_combine_kernel<<<static_cast<unsigned>((D + columns - 1) / columns), kCombineThreads>>>(
+        partial, splits, D, columns, dw);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+}
 
 // Widest row of the fused backward (16 columns a lane). Wider rows (the hidden 1024) held
 // x, g and the old dx in 96 registers a lane, which left one block per SM (255 registers,
@@ -625,8 +643,7 @@ struct ColumnPartials {
     }
     void combine(int64_t D, float* grad_weight) const {
         if (partial == nullptr) return;
-        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, blocks, D, grad_weight);
-        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        launch_combine(partial, blocks, D, grad_weight);
     }
 };
 
@@ -658,12 +675,37 @@ bool rmsnorm_rope_fused(const Tensor& x, const Tensor& weight, std::initializer_
     return aligned16(x.raw_data());
 }
 
+// The tables by (device, T, half, offset, base), each a pure function of its key: computed
+// once rather than on every call (56 calls a step at the paper's shape, 5.5 us each in
+// double; docs/PERF.md version 55). Dropped all at once past kRopeCacheBytes (evaluation
+// with ever-new offsets then recomputes, as before); a caller's Tensor keeps its table alive
+// and the stream orders any reuse of the memory. Heap-held and never destroyed, so no CUDA
+// memory is freed during static destruction, after the runtime may have shut down.
+constexpr size_t kRopeCacheBytes = size_t{64} << 20;
+
 Tensor rope_table(int64_t T, int64_t half, int64_t position_offset, float base) {
+    using Key = std::tuple<int, int64_t, int64_t, int64_t, float>;
+    static std::mutex mutex;
+    static auto* cache = new std::map<Key, Tensor>();
+    static size_t cached_bytes = 0;
+    int device = 0;
+    HSA_CUDA_CHECK(cudaGetDevice(&device));
+    const Key key{device, T, half, position_offset, base};
+    std::lock_guard<std::mutex> lock(mutex);
+    if (const auto found = cache->find(key); found != cache->end()) return found->second;
     Tensor table = Tensor::empty({T * half * 2}, DType::F32, Device::CUDA);
     const int64_t n = T * half;
     rope_table_kernel<<<blocks_for(n, 256), 256>>>(reinterpret_cast<float2*>(table.raw_data()), T, half,
                                                    position_offset, static_cast<double>(base));
     HSA_CUDA_CHECK_LAUNCH("rope_table_kernel");
+    if (cached_bytes + table.nbytes() > kRopeCacheBytes) {
+        cache->clear();
+        cached_bytes = 0;
+    }
+    if (table.nbytes() <= kRopeCacheBytes) {
+        cache->emplace(key, table);
+        cached_bytes += table.nbytes();
+    }
     return table;
 }
 
@@ -789,8 +831,7 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         const dim3 grid(blocks_for(D, threads), static_cast<unsigned>(splits));
         rmsnorm_grad_weight_partial_kernel<<<grid, threads>>>(px, pr, pg, N, D, chunk, partial);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_partial_kernel");
-        rmsnorm_grad_weight_combine_kernel<<<combine_grid(D), kCombineWarps * 32>>>(partial, splits, D, pgw);
-        HSA_CUDA_CHECK_LAUNCH("rmsnorm_grad_weight_combine_kernel");
+        launch_combine(partial, splits, D, pgw);
     }
 }
 

@@ -93,16 +93,29 @@ TEST(CudaOps, ElementwiseAndDataMovement) {
         EXPECT_NEAR(gpu().sum(on_gpu(a)), cpu().sum(a), 1e-5 * std::sqrt(static_cast<double>(n)) + 1e-6);
         EXPECT_NEAR(gpu().sum_of_squares(on_gpu(a)), cpu().sum_of_squares(a), 1e-5 * static_cast<double>(n) * 1e-2 + 1e-6);
     }
-    // copy_rows (slice / concat), sum_middle (mean), broadcast_middle (repeat), accumulate.
-    const int64_t outer = 3, src_len = 11, dst_len = 7, inner = 5, length = 4;
-    Tensor src = rng.normal({outer, src_len, inner});
-    Tensor dst_base = rng.normal({outer, dst_len, inner});
-    for (bool accumulate : {false, true}) {
-        Tensor want = dst_base.clone(), got = on_gpu(dst_base);
-        cpu().copy_rows(src, outer, src_len, 6, want, dst_len, 2, length, inner, accumulate);
-        gpu().copy_rows(on_gpu(src), outer, src_len, 6, got, dst_len, 2, length, inner, accumulate);
-        EXPECT_CLOSE(got, want, kElementwiseTol);
+    // copy_rows (slice / concat): element runs (inner 5), runs of float4 (inner 4; inner 1 with
+    // every count and offset a multiple of 4, as the model's k / v slices of kv), and inner 1
+    // with an offset that is not (element path); then sum_middle (mean), broadcast_middle
+    // (repeat), accumulate.
+    struct CopyCase {
+        int64_t src_len, src_start, dst_len, dst_start, length, inner;
+    };
+    for (const CopyCase& c : {CopyCase{11, 6, 7, 2, 4, 5}, CopyCase{11, 6, 7, 2, 4, 4}, CopyCase{128, 64, 64, 0, 64, 1},
+                              CopyCase{128, 3, 68, 1, 64, 1}}) {
+        SCOPED_TRACE("copy_rows inner " + std::to_string(c.inner) + " src_start " + std::to_string(c.src_start));
+        const int64_t rows = 37;
+        Tensor from = rng.normal({rows, c.src_len, c.inner}), to = rng.normal({rows, c.dst_len, c.inner});
+        for (bool accumulate : {false, true}) {
+            Tensor want = to.clone(), got = on_gpu(to);
+            cpu().copy_rows(from, rows, c.src_len, c.src_start, want, c.dst_len, c.dst_start, c.length, c.inner,
+                            accumulate);
+            gpu().copy_rows(on_gpu(from), rows, c.src_len, c.src_start, got, c.dst_len, c.dst_start, c.length, c.inner,
+                            accumulate);
+            EXPECT_CLOSE(got, want, kElementwiseTol);
+        }
     }
+    const int64_t outer = 3, src_len = 11, inner = 5;
+    Tensor src = rng.normal({outer, src_len, inner});
     Tensor summed_want = Tensor::empty({outer, inner}), summed_got = poisoned({outer, inner});
     cpu().sum_middle(src, outer, src_len, inner, 0.25f, summed_want);
     gpu().sum_middle(on_gpu(src), outer, src_len, inner, 0.25f, summed_got);
@@ -494,7 +507,7 @@ TEST(CudaOps, LocalAttentionForwardBackward) {
     struct Case { int64_t B, T, H, Hk, d; AttentionSpan span; };
     for (const Case& c : {Case{2, 11, 4, 2, 8, {true, 4}}, Case{1, 300, 4, 1, 64, {true, 128}},
                           Case{2, 77, 2, 2, 32, {true, 0}}, Case{12, 65, 4, 1, 16, {false, 0}},
-                          Case{1, 130, 16, 1, 128, {true, 64}}}) {
+                          Case{1, 130, 16, 1, 128, {true, 64}}, Case{2, 19, 2, 1, 12, {true, 8}}}) {
         SCOPED_TRACE("T " + std::to_string(c.T) + " d " + std::to_string(c.d) + " window " + std::to_string(c.span.window));
         Tensor q = rng.normal({c.B, c.T, c.H, c.d}), k = rng.normal({c.B, c.T, c.Hk, c.d}), v = rng.normal({c.B, c.T, c.Hk, c.d});
         Tensor out_want = Tensor::empty(q.shape()), lse_want = Tensor::empty({c.B, c.T, c.H});
