@@ -137,6 +137,16 @@ public:
     // already owns, which saves a separate add of the whole activation).
     virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                   const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) = 0;
+    // rmsnorm_backward that also returns grad_x's values rounded to bf16 (a new tensor, for
+    // Tensor::set_rounded_copy) where the backend makes them in the same pass, for consumers
+    // that multiply the gradient in bf16 (the residual stream's gradient feeds the next
+    // products). The default returns undefined after rmsnorm_backward.
+    virtual Tensor rmsnorm_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                            const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                                            bool accumulate_x) {
+        rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, accumulate_x);
+        return Tensor();
+    }
 
     // ---- the residual add then RMSNorm: sum = x + a, out = rmsnorm(sum) over the last dim,
     // x, a, sum, out [N, D], inv_rms [N] ----
@@ -160,6 +170,14 @@ public:
     virtual void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                        int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
                                        Tensor& grad_weight, bool accumulate_x);
+    // With grad_x's values rounded to bf16, as rmsnorm_backward_rounded (q's gradient feeds
+    // the q projection's products). The default returns undefined after rmsnorm_rope_backward.
+    virtual Tensor rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                                 int64_t position_offset, float base, const Tensor& grad_out,
+                                                 Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
+        rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight, accumulate_x);
+        return Tensor();
+    }
 
     // ---- SwiGLU: out = silu(gate) * up, same shapes ----
     virtual void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) = 0;

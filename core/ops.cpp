@@ -109,7 +109,13 @@ void record_rmsnorm(const Tensor& x, const Tensor& weight, const Tensor& inv_rms
         const bool accumulate = existing.defined();
         Tensor gx = accumulate ? existing.view({-1, d}) : x.requires_grad() ? grad_buffer(flat_x) : Tensor();
         Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
-        backend_of(x).rmsnorm_backward(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw, accumulate);
+        // With gx's bf16 rounding where the backend writes it in the same pass: the residual
+        // stream's gradient is what the next products in the backward (the MLP's, the
+        // attention's output projection) take in bf16, and a rounding pass over it cost ~45
+        // us a call (docs/PERF.md version 56).
+        const Tensor rounded =
+            backend_of(x).rmsnorm_backward_rounded(flat_x, weight, inv_rms, g[0].view({-1, d}), gx, gw, accumulate);
+        if (rounded.defined()) gx.set_rounded_copy(rounded);
         Tensor tx = x, tw = weight;
         if (gx.defined() && !accumulate) tx.accumulate_grad(gx.view(x.shape()));
         if (gw.defined()) tw.accumulate_grad(gw);
@@ -508,7 +514,11 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t po
             const bool accumulate = existing.defined() && xc.id() == x.id();
             Tensor gx = accumulate ? existing : x.requires_grad() ? grad_buffer(xc) : Tensor();
             Tensor gw = weight.defined() && weight.requires_grad() ? grad_buffer(weight) : Tensor();
-            backend_of(x).rmsnorm_rope_backward(xc, weight, inv_rms, position_offset, base, g[0], gx, gw, accumulate);
+            // With gx's bf16 rounding where the backend writes it in the same pass (q's
+            // gradient is the q projection's product operand), as in rmsnorm's backward.
+            const Tensor rounded = backend_of(x).rmsnorm_rope_backward_rounded(xc, weight, inv_rms, position_offset,
+                                                                               base, g[0], gx, gw, accumulate);
+            if (rounded.defined()) gx.set_rounded_copy(rounded);
             Tensor tx = x, tw = weight;
             if (gx.defined() && !accumulate) tx.accumulate_grad(gx);
             if (gw.defined()) tw.accumulate_grad(gw);

@@ -310,6 +310,23 @@ void Tensor::zero_grad() const { impl_->grad = Tensor(); }
 bool Tensor::is_sole_reference() const {
     return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1;
 }
+bool Tensor::set_rounded_copy(const Tensor& copy) const {
+    HSA_CHECK(defined() && copy.defined() && copy.dtype() == DType::BF16 && copy.is_contiguous() &&
+                  copy.numel() == numel() && copy.device() == device(),
+              "set_rounded_copy: needs a contiguous bf16 copy of as many elements on the same device");
+    if (dtype() != DType::F32 || impl_->offset != 0 || !is_contiguous() ||
+        static_cast<size_t>(numel()) * sizeof(float) != impl_->storage->bytes)
+        return false;
+    impl_->storage->rounded_copy = copy.impl_;
+    return true;
+}
+Tensor Tensor::rounded_copy() const {
+    if (!defined() || !impl_->storage || !impl_->storage->rounded_copy) return Tensor();
+    if (dtype() != DType::F32 || impl_->offset != 0 || !is_contiguous() ||
+        static_cast<size_t>(numel()) * sizeof(float) != impl_->storage->bytes)
+        return Tensor();
+    return Tensor(impl_->storage->rounded_copy).view(shape());
+}
 const std::string& Tensor::name() const {
     static const std::string undefined_name = "<undefined>";
     return impl_ ? impl_->name : undefined_name;

@@ -43,17 +43,19 @@ int64_t shape_numel(const Shape& shape);
 
 // Owns raw memory. CPU memory is 64-byte aligned host memory; CUDA memory comes
 // from the caching allocator (core/cuda_allocator.h), never managed memory.
+struct TensorImpl;
+
 struct Storage {
     void* data = nullptr;
     size_t bytes = 0;
     Device device = Device::CPU;
+    // Tensor::rounded_copy's bf16 copy of this storage's f32 values, when one is held.
+    std::shared_ptr<TensorImpl> rounded_copy;
     Storage(size_t bytes, Device device);
     ~Storage();
     Storage(const Storage&) = delete;
     Storage& operator=(const Storage&) = delete;
 };
-
-struct TensorImpl;
 
 class Tensor {
 public:
@@ -114,6 +116,16 @@ public:
     // other TensorImpl (no views, no other handles): writing it in place is invisible to
     // everything else.
     bool is_sole_reference() const;
+    // A bf16 copy of this tensor's f32 values (rounded to nearest even, as the CUDA
+    // backend's rounded_bf16_copy makes), written by the kernel that wrote the values
+    // (rmsnorm's backward, for the residual stream's gradient) so that a consumer that
+    // multiplies them in bf16 need not round them again. Held by the storage, and returned
+    // only for a contiguous f32 tensor over all of it; dropped by the autograd API's in-place
+    // writers (accumulate_grad, grad_to_accumulate_into, writable_grad), the only ways a
+    // gradient is updated in place. rounded_copy() is undefined when none is held;
+    // set_rounded_copy holds nothing (and says so) for a tensor that is not all of its storage.
+    bool set_rounded_copy(const Tensor& copy) const;
+    Tensor rounded_copy() const;
 
     const std::string& name() const;
     const Tensor& set_name(const std::string& name) const;

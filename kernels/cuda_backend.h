@@ -32,6 +32,9 @@ public:
                               bool accumulate_b) override;  // gemm.cu
     void adamw_step_many(const std::vector<AdamWSlot>& slots, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) override;
+    Tensor rmsnorm_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                    const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                                    bool accumulate_x) override;  // rmsnorm.cu
     void add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Tensor& weight, float eps, Tensor& sum,
                              Tensor& out, Tensor& inv_rms) override;
     void rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base,
@@ -39,11 +42,21 @@ public:
     void rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, int64_t position_offset,
                                float base, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
                                bool accumulate_x) override;
+    Tensor rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                         int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
+                                         Tensor& grad_weight, bool accumulate_x) override;
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                             const Tensor& residual, Tensor& out, MlpSaved& saved) override;
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,
                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_w1, Tensor& grad_w3, Tensor& grad_w2,
                              bool accumulate_x, bool accumulate_w1, bool accumulate_w3, bool accumulate_w2) override;
+
+private:
+    // rmsnorm_rope_backward, also writing grad_x rounded to bf16 into grad_x16 when set
+    // (then the caller has checked that the fused path applies).
+    void rmsnorm_rope_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                    int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
+                                    Tensor& grad_weight, bool accumulate_x, void* grad_x16);  // bf16
 };
 
 // out (f32 [M, N]) = op(a16) . op(b16) for contiguous 2-D bf16 operands, every dim a

@@ -706,7 +706,10 @@ void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor&
                                 bool accumulate_b) {
     const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
     const bool share = grad_a.defined() && grad_b.defined() && bf16_product(dims.M, dims.N, dims.K) && g.numel() > 0;
-    const Tensor g16 = share ? rounded_bf16_copy(g) : Tensor();
+    // A bf16 copy written with g (Tensor::rounded_copy: the residual stream's gradient, by
+    // rmsnorm's backward) is the rounding this would make: the same bits without the pass.
+    const Tensor held = g.rounded_copy();
+    const Tensor g16 = held.defined() ? held : share ? rounded_bf16_copy(g) : Tensor();
     gradient_products(a, transpose_a, b, transpose_b, g, g16, 1.0f, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "core/precision.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -206,8 +207,9 @@ constexpr int kWideBackwardMinBlocks = 4;  // 128 registers, no spill (ptxas); 5
 
 __global__ void __launch_bounds__(kWideWarps * 32, kWideBackwardMinBlocks)
     rmsnorm_backward_wide_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                                 const float* __restrict__ inv_rms, const float* __restrict__ g, float* dx, int64_t N,
-                                 int64_t D, int64_t rows_per_block, double* partial, bool accumulate) {
+                                 const float* __restrict__ inv_rms, const float* __restrict__ g, float* dx,
+                                 __nv_bfloat16* __restrict__ dx16, int64_t N, int64_t D, int64_t rows_per_block,
+                                 double* partial, bool accumulate) {
     constexpr int M = kWideM;
     extern __shared__ float wide_columns[];  // [kWideWarps][D]
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
@@ -265,6 +267,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, kWideBackwardMinBlocks)
                 value.w += old.w;
             }
             dr[v] = value;
+            if (dx16) store4(dx16 + n * D, v, value);  // the rounding of the stored value
             if (partial) {
                 float4 cs = mine[v];
                 cs.x += gv[m].x * xv[m].x * r;
@@ -372,8 +375,8 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 template <int L, bool Rope>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_backward_narrow_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ inv_rms,
-                                   const float* g, NarrowRope rope, float* dx, int64_t N, int64_t rows_per_block,
-                                   double* partial, bool accumulate) {
+                                   const float* g, NarrowRope rope, float* dx, __nv_bfloat16* __restrict__ dx16,
+                                   int64_t N, int64_t rows_per_block, double* partial, bool accumulate) {
     constexpr int D = 4 * L, kRowsPerWarp = 32 / L, kSlots = kRowsPerBlock * kRowsPerWarp;
     __shared__ float4 slot_sums[kSlots][L];
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
@@ -412,6 +415,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
             value.w += old.w;
         }
         *dr = value;
+        if (dx16) store4(dx16 + n * D, part, value);  // the rounding of the stored value
         cs.x += gv.x * xv.x * r;
         cs.y += gv.y * xv.y * r;
         cs.z += gv.z * xv.z * r;
@@ -454,10 +458,10 @@ void narrow_forward(const float* px, const float* pw, float eps, const NarrowRop
 
 template <int L, bool Rope>
 void launch_narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, const NarrowRope& rope,
-                            float* pgx, int64_t N, int64_t blocks, int64_t rows_per_block, double* partial,
-                            bool accumulate) {
+                            float* pgx, __nv_bfloat16* pgx16, int64_t N, int64_t blocks, int64_t rows_per_block,
+                            double* partial, bool accumulate) {
     rmsnorm_backward_narrow_kernel<L, Rope><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32>>>(
-        px, pw, pr, pg, rope, pgx, N, rows_per_block, partial, accumulate);
+        px, pw, pr, pg, rope, pgx, pgx16, N, rows_per_block, partial, accumulate);
 }
 
 unsigned warp_row_grid(int64_t N) { return static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock); }
@@ -650,14 +654,14 @@ struct ColumnPartials {
 // Backward of narrow rows (N > 0): dx, and the weight gradient when pgw is set.
 template <bool Rope>
 void narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, const NarrowRope& rope,
-                     float* pgx, float* pgw, int64_t N, int64_t D, bool accumulate) {
+                     float* pgx, float* pgw, int64_t N, int64_t D, bool accumulate, __nv_bfloat16* pgx16 = nullptr) {
     const ColumnPartials cols(N, 256, D, pgw != nullptr);
     const int64_t blocks = cols.blocks, rows_per_block = cols.rows_per_block;
     double* partial = cols.partial;
-    if (D == 16) launch_narrow_backward<4, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
-    else if (D == 32) launch_narrow_backward<8, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
-    else if (D == 64) launch_narrow_backward<16, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
-    else launch_narrow_backward<32, Rope>(px, pw, pr, pg, rope, pgx, N, blocks, rows_per_block, partial, accumulate);
+    if (D == 16) launch_narrow_backward<4, Rope>(px, pw, pr, pg, rope, pgx, pgx16, N, blocks, rows_per_block, partial, accumulate);
+    else if (D == 32) launch_narrow_backward<8, Rope>(px, pw, pr, pg, rope, pgx, pgx16, N, blocks, rows_per_block, partial, accumulate);
+    else if (D == 64) launch_narrow_backward<16, Rope>(px, pw, pr, pg, rope, pgx, pgx16, N, blocks, rows_per_block, partial, accumulate);
+    else launch_narrow_backward<32, Rope>(px, pw, pr, pg, rope, pgx, pgx16, N, blocks, rows_per_block, partial, accumulate);
     HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_narrow_kernel");
     cols.combine(D, pgw);
 }
@@ -765,6 +769,44 @@ void CudaBackend::add_rmsnorm_forward(const Tensor& x, const Tensor& a, const Te
                               N, D);
 }
 
+namespace {
+// The wide rows' fused backward (D in (kFusedMax, 128 * kWideM], multiple of 4, 16-byte
+// aligned): true when it applies to these operands.
+bool wide_backward(const float* px, const float* pw, const float* pg, const float* pgx, int64_t N, int64_t D) {
+    return pgx && N > 0 && D > kFusedMax && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(pg) &&
+           aligned16(pgx) && (pw == nullptr || aligned16(pw));
+}
+}  // namespace
+
+// At bf16 precision, on the wide rows' path (the hidden size: the residual stream), the
+// kernel stores each dx value also rounded to bf16 (8 more bytes a row of 4): 67 MB more
+// written at 32768 x 1024, where a separate rounding pass reads the 134 MB dx again.
+Tensor CudaBackend::rmsnorm_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                             const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                                             bool accumulate_x) {
+    const checks::RmsNormDims dims =
+        checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
+    const int64_t D = dims.D, N = dims.N;
+    const float* px = x.data<float>();
+    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
+    const float* pg = grad_out.data<float>();
+    float* pgx = grad_x.defined() ? grad_x.data<float>() : nullptr;
+    if (matmul_precision() != MatmulPrecision::BF16 || !wide_backward(px, pw, pg, pgx, N, D)) {
+        rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, accumulate_x);
+        return Tensor();
+    }
+    Tensor rounded = Tensor::empty({N, D}, DType::BF16, Device::CUDA);
+    float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
+    const ColumnPartials cols(N, kWideWarps, D, pgw != nullptr);
+    const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
+    rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(cols.blocks), kWideWarps * 32, shared_bytes>>>(
+        px, pw, inv_rms.data<float>(), pg, pgx, static_cast<__nv_bfloat16*>(rounded.raw_data()), N, D,
+        cols.rows_per_block, cols.partial, accumulate_x);
+    HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
+    cols.combine(D, pgw);
+    return rounded;
+}
+
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                    const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
     const checks::RmsNormDims dims =
@@ -795,12 +837,11 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         cols.combine(D, pgw);
         return;
     }
-    if (pgx && N > 0 && D > kFusedMax && D <= 128 * kWideM && D % 4 == 0 && aligned16(px) && aligned16(pg) &&
-        aligned16(pgx) && (pw == nullptr || aligned16(pw))) {
+    if (wide_backward(px, pw, pg, pgx, N, D)) {
         const ColumnPartials cols(N, kWideWarps, D, pgw != nullptr);
         const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
         rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(cols.blocks), kWideWarps * 32, shared_bytes>>>(
-            px, pw, pr, pg, pgx, N, D, cols.rows_per_block, cols.partial, accumulate_x);
+            px, pw, pr, pg, pgx, nullptr, N, D, cols.rows_per_block, cols.partial, accumulate_x);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
         cols.combine(D, pgw);
         return;
@@ -855,6 +896,28 @@ void CudaBackend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, fl
 void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                         int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
                                         Tensor& grad_weight, bool accumulate_x) {
+    rmsnorm_rope_backward_into(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight, accumulate_x,
+                               nullptr);
+}
+
+// At bf16 precision on the fused path, dx also rounded to bf16 by the same kernel (see
+// rmsnorm_backward_rounded): the q projection's backward then skips its rounding pass.
+Tensor CudaBackend::rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                                  int64_t position_offset, float base, const Tensor& grad_out,
+                                                  Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
+    Tensor rounded;
+    if (matmul_precision() == MatmulPrecision::BF16 && grad_x.defined() &&
+        rmsnorm_rope_fused(x, weight, {&grad_out, &grad_x}) && inv_rms.is_contiguous() && x.numel() > 0)
+        rounded = Tensor::empty(grad_x.shape(), DType::BF16, Device::CUDA);
+    rmsnorm_rope_backward_into(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight, accumulate_x,
+                               rounded.defined() ? rounded.raw_data() : nullptr);
+    return rounded;
+}
+
+void CudaBackend::rmsnorm_rope_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                             int64_t position_offset, float base, const Tensor& grad_out,
+                                             Tensor& grad_x, Tensor& grad_weight, bool accumulate_x,
+                                             void* grad_x16) {
     const checks::RopeDims dims = checks::check_rope("rmsnorm_rope_backward", grad_out, base, grad_out, Device::CUDA);
     if (!grad_x.defined() || !rmsnorm_rope_fused(x, weight, {&grad_out, &grad_x}) || !inv_rms.is_contiguous()) {
         Backend::rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight,
@@ -873,7 +936,8 @@ void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, c
     const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     narrow_backward<true>(x.data<float>(), pw, inv_rms.data<float>(), grad_out.data<float>(),
-                          NarrowRope{pt, dims.T, dims.H}, grad_x.data<float>(), pgw, N, d, accumulate_x);
+                          NarrowRope{pt, dims.T, dims.H}, grad_x.data<float>(), pgw, N, d, accumulate_x,
+                          static_cast<__nv_bfloat16*>(grad_x16));
 }
 
 }  // namespace hsa

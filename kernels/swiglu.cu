@@ -294,7 +294,10 @@ void CudaBackend::swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const 
     const Tensor& h16 = saved.hidden_operand;
     const int64_t N = x16.size(0), D = x16.size(1), F = w1.size(1);
     checks::check_tensor("swiglu_mlp_backward", "grad_out", grad_out, {N, w2.size(1)}, DType::F32, Device::CUDA);
-    const Tensor g16 = rounded_bf16_copy(grad_out);
+    // grad_out rounded once for both products; the residual stream's gradient usually comes
+    // with its bf16 copy (Tensor::rounded_copy, written by rmsnorm's backward): the same bits.
+    const Tensor held = grad_out.rounded_copy();
+    const Tensor g16 = held.defined() ? held : rounded_bf16_copy(grad_out);
     if (grad_w2.defined()) gemm_of_bf16(h16, true, g16, false, grad_w2, accumulate_w2);  // h^T g
     // The hidden gradient only feeds the SwiGLU backward, whose outputs are bf16 product
     // operands: it leaves its product in bf16 too.

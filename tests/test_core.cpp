@@ -427,6 +427,48 @@ TEST_F(CoreAutograd, SharedGradientBuffersAreNeverWrittenInPlace) {
     for (float g : leaf_without_grad.writable_grad().to_vector()) EXPECT_EQ(g, 0.0f);
 }
 
+// Tensor::rounded_copy: a bf16 copy written with a gradient's values (rmsnorm's backward on
+// CUDA), which products take instead of rounding again. It must be seen through any view over
+// the whole storage and dropped by every in-place gradient write of the autograd API
+// (accumulate_grad's in-place add, grad_to_accumulate_into, writable_grad): a stale copy
+// would silently feed old values to the next product.
+TEST_F(CoreAutograd, RoundedCopyIsDroppedByInPlaceGradientWrites) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    auto with_copy = [&] {
+        Tensor g = rng.normal({4, 6});
+        EXPECT_FALSE(g.rounded_copy().defined());
+        EXPECT_TRUE(g.set_rounded_copy(g.to(DType::BF16)));
+        return g;
+    };
+    Tensor g = with_copy();
+    const Tensor seen = g.view({24}).rounded_copy();
+    ASSERT_TRUE(seen.defined());
+    EXPECT_EQ(seen.shape(), (Shape{24}));
+    EXPECT_EQ(seen.to_vector(), g.to(DType::BF16).to_vector());
+    EXPECT_THROW(g.set_rounded_copy(rng.normal({4, 5}).to(DType::BF16)), Error);  // element count differs
+    EXPECT_THROW(g.set_rounded_copy(g), Error);                                   // not bf16
+
+    Tensor x = rng.normal({4, 6});
+    x.set_requires_grad(true);
+    // writable_grad on a shared buffer writes a private copy, which holds none; the shared
+    // buffer (unchanged) keeps its copy.
+    x.set_grad(g);
+    x.writable_grad();
+    EXPECT_FALSE(x.grad().rounded_copy().defined());
+    EXPECT_TRUE(g.rounded_copy().defined());
+    // Sole-owner buffers are written in place: each writer drops the copy.
+    x.set_grad(with_copy());
+    x.writable_grad();
+    EXPECT_FALSE(x.grad().rounded_copy().defined()) << "writable_grad";
+    x.set_grad(with_copy());
+    EXPECT_TRUE(x.grad_to_accumulate_into().defined());
+    EXPECT_FALSE(x.grad().rounded_copy().defined()) << "grad_to_accumulate_into";
+    x.set_grad(with_copy());
+    x.accumulate_grad(rng.normal({4, 6}));
+    EXPECT_FALSE(x.grad().rounded_copy().defined()) << "accumulate_grad";
+}
+
 TEST_F(CoreAutograd, NoGradGuardRecordsNothing) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();

@@ -742,6 +742,98 @@ TEST(CudaOps, AddRmsnormMatchesCpuAndSeparateOps) {
     }
 }
 
+// rmsnorm_backward_rounded: on the wide rows' path at bf16 precision the CUDA backend
+// returns grad_x's values rounded to bf16 (written or accumulated, weighted or not), bit for
+// bit what rounding grad_x would give, and grad_x itself as rmsnorm_backward writes it;
+// elsewhere (narrow rows, f32 precision) nothing. Then, end to end: the attention output's
+// product takes the residual gradient's held copy, and its gradients must have the bits of
+// the same graph with the copy lost on the way (a multiply by one, whose gradient is a
+// fresh buffer, makes the product round the gradient itself).
+TEST(CudaOps, RmsnormBackwardRoundsTheResidualGradientOnce) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+        MatmulPrecisionScope scope(precision);
+        for (int64_t D : {1024, 64}) {
+            for (bool accumulate : {false, true}) {
+                SCOPED_TRACE("D " + std::to_string(D) + (accumulate ? " accumulate" : "") + " precision " +
+                             matmul_precision_name(precision));
+                const int64_t N = 45;
+                Tensor x = on_gpu(rng.normal({N, D})), w = on_gpu(rng.normal({D})), g = on_gpu(rng.normal({N, D}));
+                Tensor inv = poisoned({N}), normed = poisoned({N, D});
+                gpu().rmsnorm_forward(x, w, 1e-5f, normed, inv);
+                const Tensor start = rng.normal({N, D});
+                Tensor gx_want = accumulate ? on_gpu(start) : poisoned({N, D}), gw_want = poisoned({D});
+                Tensor gx_got = accumulate ? on_gpu(start) : poisoned({N, D}), gw_got = poisoned({D});
+                gpu().rmsnorm_backward(x, w, inv, g, gx_want, gw_want, accumulate);
+                const Tensor rounded = gpu().rmsnorm_backward_rounded(x, w, inv, g, gx_got, gw_got, accumulate);
+                EXPECT_EQ(gx_got.to_vector(), gx_want.to_vector());
+                EXPECT_EQ(gw_got.to_vector(), gw_want.to_vector());
+                if (D == 1024 && precision == MatmulPrecision::BF16) {
+                    ASSERT_TRUE(rounded.defined());
+                    EXPECT_EQ(rounded.dtype(), DType::BF16);
+                    EXPECT_EQ(rounded.to_vector(), test::rounded_to_bf16(gx_want).to_vector());
+                } else {
+                    EXPECT_FALSE(rounded.defined());
+                }
+            }
+        }
+    }
+    MatmulPrecisionScope bf16(MatmulPrecision::BF16);
+    const int64_t N = 64, D = 1024;
+    const Tensor o0 = rng.normal({N, D}), w0 = rng.normal({D, D}, 0.03f), x0 = rng.normal({N, D});
+    const Tensor nw0 = rng.normal({D}), proj0 = rng.normal({N, D});
+    auto run = [&](bool lose_copy) {
+        std::vector<Tensor> in{on_gpu(o0), on_gpu(w0), on_gpu(x0), on_gpu(nw0)};
+        for (auto& t : in) t.set_requires_grad(true);
+        Tensor a = ops::linear(in[0], in[1]);
+        if (lose_copy) a = ops::mul(a, on_gpu(Tensor::full({N, D}, 1.0f)));
+        const auto [sum, normed] = ops::add_rmsnorm(in[2], a, in[3], 1e-5f);
+        backward(ops::add(ops::sum(ops::mul(normed, on_gpu(proj0))), ops::sum(sum)));
+        std::vector<std::vector<float>> grads;
+        for (auto& t : in) grads.push_back(t.grad().to_vector());
+        return grads;
+    };
+    const auto held = run(false), rounded_again = run(true);
+    const char* names[] = {"o", "w", "x", "norm weight"};
+    for (size_t i = 0; i < held.size(); ++i) EXPECT_EQ(held[i], rounded_again[i]) << names[i];
+
+    // The q path: rmsnorm_rope's backward rounds q's gradient for the q projection.
+    const int64_t B = 2, T = 24, H = 4, d = 64;
+    const Tensor q0 = rng.normal({B, T, H, d}), qw0 = rng.normal({d}), gq0 = rng.normal({B, T, H, d});
+    for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(accumulate ? "rmsnorm_rope accumulate" : "rmsnorm_rope");
+        Tensor q = on_gpu(q0), qw = on_gpu(qw0), g = on_gpu(gq0), inv = poisoned({B * T * H});
+        Tensor out = poisoned({B, T, H, d});
+        gpu().rmsnorm_rope_forward(q, qw, 1e-5f, 0, 10000.0f, out, inv);
+        const Tensor start = rng.normal({B, T, H, d});
+        Tensor gx_want = accumulate ? on_gpu(start) : poisoned({B, T, H, d}), gw_want = poisoned({d});
+        Tensor gx_got = accumulate ? on_gpu(start) : poisoned({B, T, H, d}), gw_got = poisoned({d});
+        gpu().rmsnorm_rope_backward(q, qw, inv, 0, 10000.0f, g, gx_want, gw_want, accumulate);
+        const Tensor rounded =
+            gpu().rmsnorm_rope_backward_rounded(q, qw, inv, 0, 10000.0f, g, gx_got, gw_got, accumulate);
+        EXPECT_EQ(gx_got.to_vector(), gx_want.to_vector());
+        EXPECT_EQ(gw_got.to_vector(), gw_want.to_vector());
+        ASSERT_TRUE(rounded.defined());
+        EXPECT_EQ(rounded.to_vector(), test::rounded_to_bf16(gx_want).to_vector());
+    }
+    const Tensor xn0 = rng.normal({B, T, D}), wq0 = rng.normal({D, H * d}, 0.03f);
+    auto run_q = [&](bool lose_copy) {
+        std::vector<Tensor> in{on_gpu(xn0), on_gpu(wq0), on_gpu(qw0)};
+        for (auto& t : in) t.set_requires_grad(true);
+        Tensor q = ops::reshape(ops::linear(in[0], in[1]), {B, T, H, d});
+        if (lose_copy) q = ops::mul(q, on_gpu(Tensor::full({B, T, H, d}, 1.0f)));
+        backward(ops::sum(ops::mul(ops::rmsnorm_rope(q, in[2], 1e-5f, 0, 10000.0f), on_gpu(gq0))));
+        std::vector<std::vector<float>> grads;
+        for (auto& t : in) grads.push_back(t.grad().to_vector());
+        return grads;
+    };
+    const auto q_held = run_q(false), q_rounded_again = run_q(true);
+    const char* q_names[] = {"xn", "wq", "q norm weight"};
+    for (size_t i = 0; i < q_held.size(); ++i) EXPECT_EQ(q_held[i], q_rounded_again[i]) << q_names[i];
+}
+
 // ------------------------------------------------------------------ bf16 operands
 
 // A normalised activation stored as bf16 (rmsnorm / add_rmsnorm out_dtype bf16) must hold

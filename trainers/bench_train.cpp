@@ -161,6 +161,15 @@ public:
               [&] { inner_.rmsnorm_rope_backward(x, w, inv_rms, offset, base, g, gx, gw, accumulate_x); },
               "rmsnorm_rope_backward " + shape_string(x.shape()));
     }
+    Tensor rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor& w, const Tensor& inv_rms, int64_t offset,
+                                         float base, const Tensor& g, Tensor& gx, Tensor& gw,
+                                         bool accumulate_x) override {
+        Tensor rounded;
+        timed("rmsnorm_rope_backward",
+              [&] { rounded = inner_.rmsnorm_rope_backward_rounded(x, w, inv_rms, offset, base, g, gx, gw, accumulate_x); },
+              "rmsnorm_rope_backward " + shape_string(x.shape()));
+        return rounded;
+    }
     // The fused MLP (three products and the SwiGLU) is one entry of its own each way: its
     // products are not in the gemm row's TFLOP/s.
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
@@ -215,6 +224,14 @@ public:
                           Tensor& gw, bool accumulate_x) override {
         timed("rmsnorm_backward", [&] { inner_.rmsnorm_backward(x, w, inv_rms, g, gx, gw, accumulate_x); },
               "rmsnorm_backward " + shape_string(x.shape()) + (gw.defined() ? " weighted" : ""));
+    }
+    Tensor rmsnorm_backward_rounded(const Tensor& x, const Tensor& w, const Tensor& inv_rms, const Tensor& g,
+                                    Tensor& gx, Tensor& gw, bool accumulate_x) override {
+        Tensor rounded;
+        timed("rmsnorm_backward",
+              [&] { rounded = inner_.rmsnorm_backward_rounded(x, w, inv_rms, g, gx, gw, accumulate_x); },
+              "rmsnorm_backward " + shape_string(x.shape()) + (gw.defined() ? " weighted" : ""));
+        return rounded;
     }
     void rope_forward(const Tensor& x, int64_t offset, float base, Tensor& out) override {
         timed("rope", [&] { inner_.rope_forward(x, offset, base, out); });
