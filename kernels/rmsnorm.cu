@@ -346,26 +346,40 @@ __device__ __forceinline__ float4 rotate_narrow(float4 v, const NarrowRope& rope
                        v.z * c.z + sign * partner.z * s.z, v.w * c.w + sign * partner.w * s.w);
 }
 
+// Each lane group takes kNarrowRowsPerLane rows, loading all of them before reducing any:
+// with one 16-byte load in flight a thread the q passes ran at 2.7-3.0 TB/s (docs/PERF.md).
+constexpr int kNarrowRowsPerLane = 2;
+
 template <int L, bool Rope>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     rmsnorm_forward_narrow_kernel(const float* x, const float* __restrict__ w, float eps, NarrowRope rope, float* out,
                                   float* __restrict__ inv_rms, int64_t N) {
-    constexpr int D = 4 * L, kRowsPerWarp = 32 / L;
+    constexpr int D = 4 * L, kRowsPerWarp = 32 / L, R = kNarrowRowsPerLane;
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int part = lane % L;
-    const int64_t n = (static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp) * kRowsPerWarp + lane / L;
-    const bool valid = n < N;  // no early return: the whole warp takes part in the shuffles
-    float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (valid) xv = reinterpret_cast<const float4*>(x + n * D)[part];
-    const double ss = row_sum_double<L>(static_cast<double>(xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w));
-    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+    const int64_t first = (static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp) * R * kRowsPerWarp + lane / L;
+    float4 xv[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int64_t n = first + k * kRowsPerWarp;
+        xv[k] = n < N ? reinterpret_cast<const float4*>(x + n * D)[part] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     float4 wv = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
-    float4 y = make_float4(xv.x * r * wv.x, xv.y * r * wv.y, xv.z * r * wv.z, xv.w * r * wv.w);
-    if (Rope) y = rotate_narrow<L>(y, rope, n, valid, part, /*inverse=*/false);
-    if (!valid) return;  // every read of the row is done: out may alias x
-    if (part == 0) inv_rms[n] = r;
-    reinterpret_cast<float4*>(out + n * D)[part] = y;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+        const int64_t n = first + k * kRowsPerWarp;
+        const bool valid = n < N;  // no early exit: the whole warp takes part in the shuffles
+        const double ss =
+            row_sum_double<L>(static_cast<double>(xv[k].x * xv[k].x + xv[k].y * xv[k].y + xv[k].z * xv[k].z +
+                                                  xv[k].w * xv[k].w));
+        const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+        float4 y = make_float4(xv[k].x * r * wv.x, xv[k].y * r * wv.y, xv[k].z * r * wv.z, xv[k].w * r * wv.w);
+        if (Rope) y = rotate_narrow<L>(y, rope, n, valid, part, /*inverse=*/false);
+        if (!valid) continue;  // every row's reads are done (all loaded above): out may alias x
+        if (part == 0) inv_rms[n] = r;
+        reinterpret_cast<float4*>(out + n * D)[part] = y;
+    }
 }
 
 // Backward of the narrow rows (with Rope: of the inverse rotation of g first, in
@@ -387,39 +401,52 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
     if (w) wv = __ldg(reinterpret_cast<const float4*>(w) + part);
     float4 cs = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // Every lane runs the same number of iterations (rows past end are zeros), so the
-    // shuffles always see the whole warp.
-    for (int64_t first = begin; first < end; first += kSlots) {
-        const int64_t n = first + slot;
-        const bool valid = n < end;
-        float4 xv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), gv = xv;
-        float r = 0.0f;
-        if (valid) {
-            xv = reinterpret_cast<const float4*>(x + n * D)[part];
-            gv = reinterpret_cast<const float4*>(g + n * D)[part];
-            r = inv_rms[n];
+    // shuffles always see the whole warp. Two rows a lane an iteration, both loaded before
+    // either is reduced (twice the bytes in flight), processed in row order: the column sums
+    // add in the same order as one row an iteration.
+    constexpr int R = kNarrowRowsPerLane;
+    for (int64_t first = begin; first < end; first += R * kSlots) {
+        float4 xv[R], gv[R];
+        float r[R];
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int64_t n = first + k * kSlots + slot;
+            xv[k] = gv[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            r[k] = 0.0f;
+            if (n < end) {
+                xv[k] = reinterpret_cast<const float4*>(x + n * D)[part];
+                gv[k] = reinterpret_cast<const float4*>(g + n * D)[part];
+                r[k] = inv_rms[n];
+            }
         }
-        if (Rope) gv = rotate_narrow<L>(gv, rope, n, valid, part, /*inverse=*/true);
-        const double dot = row_sum_double<L>(static_cast<double>(gv.x * wv.x * xv.x + gv.y * wv.y * xv.y +
-                                                                 gv.z * wv.z * xv.z + gv.w * wv.w * xv.w));
-        if (!valid) continue;  // every read of the row is done: dx may alias x or g
-        const double rd = static_cast<double>(r);
-        const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
-        float4 value = make_float4(r * gv.x * wv.x - xv.x * c, r * gv.y * wv.y - xv.y * c,
-                                   r * gv.z * wv.z - xv.z * c, r * gv.w * wv.w - xv.w * c);
-        float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
-        if (accumulate) {
-            const float4 old = *dr;
-            value.x += old.x;
-            value.y += old.y;
-            value.z += old.z;
-            value.w += old.w;
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int64_t n = first + k * kSlots + slot;
+            const bool valid = n < end;
+            if (Rope) gv[k] = rotate_narrow<L>(gv[k], rope, n, valid, part, /*inverse=*/true);
+            const double dot = row_sum_double<L>(static_cast<double>(gv[k].x * wv.x * xv[k].x + gv[k].y * wv.y * xv[k].y +
+                                                                     gv[k].z * wv.z * xv[k].z + gv[k].w * wv.w * xv[k].w));
+            if (!valid) continue;  // every read of the rows is done: dx may alias x or g
+            const double rd = static_cast<double>(r[k]);
+            const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
+            const float rk = r[k];
+            float4 value = make_float4(rk * gv[k].x * wv.x - xv[k].x * c, rk * gv[k].y * wv.y - xv[k].y * c,
+                                       rk * gv[k].z * wv.z - xv[k].z * c, rk * gv[k].w * wv.w - xv[k].w * c);
+            float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
+            if (accumulate) {
+                const float4 old = *dr;
+                value.x += old.x;
+                value.y += old.y;
+                value.z += old.z;
+                value.w += old.w;
+            }
+            *dr = value;
+            if (dx16) store4(dx16 + n * D, part, value);  // the rounding of the stored value
+            cs.x += gv[k].x * xv[k].x * rk;
+            cs.y += gv[k].y * xv[k].y * rk;
+            cs.z += gv[k].z * xv[k].z * rk;
+            cs.w += gv[k].w * xv[k].w * rk;
         }
-        *dr = value;
-        if (dx16) store4(dx16 + n * D, part, value);  // the rounding of the stored value
-        cs.x += gv.x * xv.x * r;
-        cs.y += gv.y * xv.y * r;
-        cs.z += gv.z * xv.z * r;
-        cs.w += gv.w * xv.w * r;
     }
     if (partial == nullptr) return;  // dx only (no barrier follows)
     slot_sums[slot][part] = cs;
@@ -439,7 +466,7 @@ bool narrow_row(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 template <int L, bool Rope>
 void launch_narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, float* po, float* pr,
                            int64_t N) {
-    constexpr int64_t kRowsPerLaunchBlock = kRowsPerBlock * (32 / L);
+    constexpr int64_t kRowsPerLaunchBlock = kRowsPerBlock * (32 / L) * kNarrowRowsPerLane;
     rmsnorm_forward_narrow_kernel<L, Rope>
         <<<static_cast<unsigned>((N + kRowsPerLaunchBlock - 1) / kRowsPerLaunchBlock), kRowsPerBlock * 32>>>(
             px, pw, eps, rope, po, pr, N);
