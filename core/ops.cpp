@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/autograd.h"
+#include "core/precision.h"
 
 namespace hsa::ops {
 
@@ -402,8 +403,11 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
         Tape::current().record({out}, [x, weight, saved, saved_weight, k, n](const std::vector<Tensor>& g) {
             GradTarget gx(x), gw(weight);
             Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
-            backend_of(x).gemm_backward(saved, false, saved_weight, false, g[0].view({-1, n}), gx_flat, gw.grad,
-                                        gx.accumulate, gw.accumulate);
+            // The rounded weight only while the products still run in bf16 (a backward at
+            // another precision multiplies the weight as it is).
+            const bool bf16_now = matmul_precision() == MatmulPrecision::BF16;
+            backend_of(x).gemm_backward(saved, false, bf16_now ? saved_weight : weight, false, g[0].view({-1, n}),
+                                        gx_flat, gw.grad, gx.accumulate, gw.accumulate);
             gx.deliver(x);
             gw.deliver(weight);
         });

@@ -260,6 +260,7 @@ void Tensor::copy_from(const Tensor& source_in) {
     HSA_CHECK(source_in.shape() == shape(),
               "copy_from: shape " << shape_string(source_in.shape()) << " into " << shape_string(shape()));
     HSA_CHECK(is_contiguous(), "copy_from into a non-contiguous tensor");
+    impl_->storage->rounded_copy.reset();  // the values change: a held bf16 copy would go stale
     Tensor source = source_in.device() == Device::CPU ? source_in.contiguous() : source_in;
     HSA_CHECK(source.is_contiguous(), "copy_from a non-contiguous CUDA tensor");
     if (source.dtype() == dtype()) {
@@ -280,6 +281,7 @@ void Tensor::copy_from(const Tensor& source_in) {
 }
 
 void Tensor::fill(float value) {
+    if (impl_ && impl_->storage) impl_->storage->rounded_copy.reset();  // as copy_from
     Tensor host = device() == Device::CPU ? *this : empty(shape(), dtype(), Device::CPU);
     HSA_CHECK(host.is_contiguous(), "fill of a non-contiguous tensor");
     const int64_t n = numel();

@@ -49,7 +49,10 @@ struct Storage {
     void* data = nullptr;
     size_t bytes = 0;
     Device device = Device::CPU;
-    // Tensor::rounded_copy's bf16 copy of this storage's f32 values, when one is held.
+    // Tensor::rounded_copy's bf16 copy of this storage's f32 values, when one is held. Code
+    // that writes a storage in place must drop it (the autograd API's writers, copy_from and
+    // fill do); raw backend calls on a gradient handle (a future all-reduce of gradients, say)
+    // must go through writable_grad() or reset it themselves.
     std::shared_ptr<TensorImpl> rounded_copy;
     Storage(size_t bytes, Device device);
     ~Storage();

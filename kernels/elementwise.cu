@@ -98,7 +98,7 @@ __device__ inline float4 vscale(float alpha, float4 a) {
 // dim (the model's k / v of one kv product: 64 of 128 floats a row, inner 1) then moves 16
 // bytes a thread, where an element a thread with 64-bit divisions ran at ~0.6 TB/s.
 template <class T, class Index>
-__global__ void copy_rows_kernel(const T* __restrict__ src, T* __restrict__ dst, Index segments, Index run,
+__global__ void copy_rows_kernel(const T* src, T* dst, Index segments, Index run,
                                  int64_t src_pitch, int64_t src_offset, int64_t dst_pitch, int64_t dst_offset,
                                  bool accumulate) {
     const Index total = segments * run;

@@ -784,6 +784,14 @@ TEST(CudaOps, RmsnormBackwardRoundsTheResidualGradientOnce) {
     const int64_t N = 64, D = 1024;
     const Tensor o0 = rng.normal({N, D}), w0 = rng.normal({D, D}, 0.03f), x0 = rng.normal({N, D});
     const Tensor nw0 = rng.normal({D}), proj0 = rng.normal({N, D});
+    {  // the op attaches the copy: a leaf keeps its gradient (and the copy) after backward
+        Tensor x = on_gpu(x0);
+        x.set_requires_grad(true);
+        backward(ops::sum(ops::mul(ops::rmsnorm(x, on_gpu(nw0), 1e-5f), on_gpu(proj0))));
+        const Tensor held_copy = x.grad().rounded_copy();
+        ASSERT_TRUE(held_copy.defined()) << "rmsnorm's backward attached no bf16 copy";
+        EXPECT_EQ(held_copy.to_vector(), test::rounded_to_bf16(x.grad()).to_vector());
+    }
     auto run = [&](bool lose_copy) {
         std::vector<Tensor> in{on_gpu(o0), on_gpu(w0), on_gpu(x0), on_gpu(nw0)};
         for (auto& t : in) t.set_requires_grad(true);
