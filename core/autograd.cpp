@@ -63,7 +63,7 @@ void Tensor::accumulate_grad(const Tensor& g) const {
         return;
     }
     if (grad.is_sole_reference() && grad.is_contiguous()) {
-        if (grad.impl_->storage) grad.impl_->storage->rounded_copy.reset();  // its values change: the bf16 copy is stale
+        grad.drop_rounded_copy();
         backend_for(g.device()).axpy(1.0f, g, grad);
         return;
     }
@@ -78,7 +78,7 @@ Tensor Tensor::grad_to_accumulate_into() const {
     if (!requires_grad()) return Tensor();
     const Tensor& grad = impl_->grad;
     if (!grad.defined() || !grad.is_sole_reference() || !grad.is_contiguous() || grad.dtype() != DType::F32) return Tensor();
-    if (grad.impl_->storage) grad.impl_->storage->rounded_copy.reset();  // the caller writes it: the bf16 copy would go stale
+    grad.drop_rounded_copy();  // the caller writes it
     return grad;
 }
 
@@ -86,7 +86,7 @@ Tensor Tensor::writable_grad() const {
     Tensor& grad = impl_->grad;
     if (!grad.defined()) grad = Tensor::zeros(shape(), DType::F32, device());
     else if (!grad.is_sole_reference() || !grad.is_contiguous()) grad = grad.clone();
-    if (grad.impl_->storage) grad.impl_->storage->rounded_copy.reset();  // the caller writes it: the bf16 copy would go stale
+    grad.drop_rounded_copy();  // the caller writes it
     return grad;
 }
 

@@ -260,7 +260,7 @@ void Tensor::copy_from(const Tensor& source_in) {
     HSA_CHECK(source_in.shape() == shape(),
               "copy_from: shape " << shape_string(source_in.shape()) << " into " << shape_string(shape()));
     HSA_CHECK(is_contiguous(), "copy_from into a non-contiguous tensor");
-    impl_->storage->rounded_copy.reset();  // the values change: a held bf16 copy would go stale
+    drop_rounded_copy();
     Tensor source = source_in.device() == Device::CPU ? source_in.contiguous() : source_in;
     HSA_CHECK(source.is_contiguous(), "copy_from a non-contiguous CUDA tensor");
     if (source.dtype() == dtype()) {
@@ -281,7 +281,7 @@ void Tensor::copy_from(const Tensor& source_in) {
 }
 
 void Tensor::fill(float value) {
-    if (impl_ && impl_->storage) impl_->storage->rounded_copy.reset();  // as copy_from
+    drop_rounded_copy();
     Tensor host = device() == Device::CPU ? *this : empty(shape(), dtype(), Device::CPU);
     HSA_CHECK(host.is_contiguous(), "fill of a non-contiguous tensor");
     const int64_t n = numel();
@@ -312,21 +312,23 @@ void Tensor::zero_grad() const { impl_->grad = Tensor(); }
 bool Tensor::is_sole_reference() const {
     return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1;
 }
+bool Tensor::covers_storage_as_f32() const {
+    return dtype() == DType::F32 && impl_->offset == 0 && is_contiguous() &&
+           static_cast<size_t>(numel()) * sizeof(float) == impl_->storage->bytes;
+}
+void Tensor::drop_rounded_copy() const {
+    if (impl_ && impl_->storage) impl_->storage->rounded_copy.reset();  // the values are about to change
+}
 bool Tensor::set_rounded_copy(const Tensor& copy) const {
     HSA_CHECK(defined() && copy.defined() && copy.dtype() == DType::BF16 && copy.is_contiguous() &&
                   copy.numel() == numel() && copy.device() == device(),
               "set_rounded_copy: needs a contiguous bf16 copy of as many elements on the same device");
-    if (dtype() != DType::F32 || impl_->offset != 0 || !is_contiguous() ||
-        static_cast<size_t>(numel()) * sizeof(float) != impl_->storage->bytes)
-        return false;
+    if (!covers_storage_as_f32()) return false;
     impl_->storage->rounded_copy = copy.impl_;
     return true;
 }
 Tensor Tensor::rounded_copy() const {
-    if (!defined() || !impl_->storage || !impl_->storage->rounded_copy) return Tensor();
-    if (dtype() != DType::F32 || impl_->offset != 0 || !is_contiguous() ||
-        static_cast<size_t>(numel()) * sizeof(float) != impl_->storage->bytes)
-        return Tensor();
+    if (!defined() || !impl_->storage || !impl_->storage->rounded_copy || !covers_storage_as_f32()) return Tensor();
     return Tensor(impl_->storage->rounded_copy).view(shape());
 }
 const std::string& Tensor::name() const {

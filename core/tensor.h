@@ -123,9 +123,9 @@ public:
     // backend's rounded_bf16_copy makes), written by the kernel that wrote the values
     // (rmsnorm's backward, for the residual stream's gradient) so that a consumer that
     // multiplies them in bf16 need not round them again. Held by the storage, and returned
-    // only for a contiguous f32 tensor over all of it; dropped by the autograd API's in-place
-    // writers (accumulate_grad, grad_to_accumulate_into, writable_grad), the only ways a
-    // gradient is updated in place. rounded_copy() is undefined when none is held;
+    // only for a contiguous f32 tensor over all of it; dropped by the in-place writers
+    // (accumulate_grad, grad_to_accumulate_into, writable_grad: the only ways a gradient is
+    // updated in place; copy_from, fill). rounded_copy() is undefined when none is held;
     // set_rounded_copy holds nothing (and says so) for a tensor that is not all of its storage.
     bool set_rounded_copy(const Tensor& copy) const;
     Tensor rounded_copy() const;
@@ -138,6 +138,10 @@ public:
 
 private:
     explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+    // A contiguous f32 tensor over all of its storage: the tensors a rounded copy serves.
+    bool covers_storage_as_f32() const;
+    // Drops the storage's rounded copy: every in-place writer calls it before writing.
+    void drop_rounded_copy() const;
     std::shared_ptr<TensorImpl> impl_;
     friend struct TensorImpl;
 };
