@@ -531,30 +531,22 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     const int64_t rows = A.B * A.T * A.H;
     Tensor delta = Tensor::empty({A.B, A.T, A.H}, DType::F32, Device::CUDA);
     float* pdelta = delta.data<float>();
-    const bool out_bf16 = out.dtype() == DType::BF16;
-    if (A.d % 8 == 0 && aligned16(grad_out.raw_data()) && aligned16(out.raw_data())) {
+    // 16-byte loads where d and the rows allow (8 threads a row), else a warp a row; O in
+    // its stored dtype either way.
+    const bool vectorised = A.d % 8 == 0 && aligned16(grad_out.raw_data()) && aligned16(out.raw_data());
+    const auto launch_delta = [&](const auto* po) {
         constexpr int kThreads = 256;
-        const unsigned blocks = blocks_for(rows * kDeltaThreadsPerRow, kThreads);
-        if (out_bf16)
-            attention_delta_vec_kernel<<<blocks, kThreads>>>(grad_out.data<float>(),
-                                                             static_cast<const __nv_bfloat16*>(out.raw_data()), pdelta,
-                                                             rows, static_cast<int>(A.d));
+        const int d = static_cast<int>(A.d);
+        if (vectorised)
+            attention_delta_vec_kernel<<<blocks_for(rows * kDeltaThreadsPerRow, kThreads), kThreads>>>(
+                grad_out.data<float>(), po, pdelta, rows, d);
         else
-            attention_delta_vec_kernel<<<blocks, kThreads>>>(grad_out.data<float>(), out.data<float>(), pdelta, rows,
-                                                             static_cast<int>(A.d));
-        HSA_CUDA_CHECK_LAUNCH("attention_delta_vec_kernel");
-    } else {
-        constexpr int kThreads = 256;  // 8 rows per block, a warp each
-        const unsigned blocks = blocks_for(rows, kThreads / 32);
-        if (out_bf16)
-            attention_delta_kernel<<<blocks, kThreads>>>(grad_out.data<float>(),
-                                                         static_cast<const __nv_bfloat16*>(out.raw_data()), pdelta,
-                                                         rows, static_cast<int>(A.d));
-        else
-            attention_delta_kernel<<<blocks, kThreads>>>(grad_out.data<float>(), out.data<float>(), pdelta, rows,
-                                                         static_cast<int>(A.d));
-        HSA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
-    }
+            attention_delta_kernel<<<blocks_for(rows, kThreads / 32), kThreads>>>(grad_out.data<float>(), po, pdelta,
+                                                                                 rows, d);
+    };
+    if (out.dtype() == DType::BF16) launch_delta(static_cast<const __nv_bfloat16*>(out.raw_data()));
+    else launch_delta(out.data<float>());
+    HSA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
 
     if (matmul_precision() == MatmulPrecision::BF16 &&
         attention_tensor_core_eligible(A.d, {&q, &k, &v, &grad_out, want_q ? &grad_q : nullptr,

@@ -52,8 +52,10 @@ public:
                              bool accumulate_x, bool accumulate_w1, bool accumulate_w3, bool accumulate_w2) override;
 
 private:
-    // rmsnorm_rope_backward, also writing grad_x rounded to bf16 into grad_x16 when set
-    // (then the caller has checked that the fused path applies).
+    // rmsnorm_backward / rmsnorm_rope_backward, also writing grad_x rounded to bf16 into
+    // grad_x16 when set (then the caller has checked that the wide / fused path applies).
+    void rmsnorm_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms, const Tensor& grad_out,
+                               Tensor& grad_x, Tensor& grad_weight, bool accumulate_x, void* grad_x16);  // bf16
     void rmsnorm_rope_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                     int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
                                     Tensor& grad_weight, bool accumulate_x, void* grad_x16);  // bf16

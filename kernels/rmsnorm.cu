@@ -811,31 +811,27 @@ bool wide_backward(const float* px, const float* pw, const float* pg, const floa
 Tensor CudaBackend::rmsnorm_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
                                              bool accumulate_x) {
-    const checks::RmsNormDims dims =
-        checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
-    const int64_t D = dims.D, N = dims.N;
-    const float* px = x.data<float>();
-    const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    const float* pg = grad_out.data<float>();
-    float* pgx = grad_x.defined() ? grad_x.data<float>() : nullptr;
-    if (matmul_precision() != MatmulPrecision::BF16 || !wide_backward(px, pw, pg, pgx, N, D)) {
-        rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, accumulate_x);
-        return Tensor();
+    Tensor rounded;
+    if (matmul_precision() == MatmulPrecision::BF16 && grad_x.defined()) {
+        const checks::RmsNormDims dims =
+            checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
+        if (wide_backward(x.data<float>(), weight.defined() ? weight.data<float>() : nullptr, grad_out.data<float>(),
+                          grad_x.data<float>(), dims.N, dims.D))
+            rounded = Tensor::empty({dims.N, dims.D}, DType::BF16, Device::CUDA);
     }
-    Tensor rounded = Tensor::empty({N, D}, DType::BF16, Device::CUDA);
-    float* pgw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
-    const ColumnPartials cols(N, kWideWarps, D, pgw != nullptr);
-    const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
-    rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(cols.blocks), kWideWarps * 32, shared_bytes>>>(
-        px, pw, inv_rms.data<float>(), pg, pgx, static_cast<__nv_bfloat16*>(rounded.raw_data()), N, D,
-        cols.rows_per_block, cols.partial, accumulate_x);
-    HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
-    cols.combine(D, pgw);
+    rmsnorm_backward_into(x, weight, inv_rms, grad_out, grad_x, grad_weight, accumulate_x,
+                          rounded.defined() ? rounded.raw_data() : nullptr);
     return rounded;
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                    const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, bool accumulate_x) {
+    rmsnorm_backward_into(x, weight, inv_rms, grad_out, grad_x, grad_weight, accumulate_x, nullptr);
+}
+
+void CudaBackend::rmsnorm_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                                        bool accumulate_x, void* grad_x16) {
     const checks::RmsNormDims dims =
         checks::check_rmsnorm_backward(x, weight, inv_rms, grad_out, grad_x, grad_weight, Device::CUDA);
     const int64_t D = dims.D, N = dims.N;
@@ -868,7 +864,8 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
         const ColumnPartials cols(N, kWideWarps, D, pgw != nullptr);
         const size_t shared_bytes = sizeof(float) * kWideWarps * static_cast<size_t>(D);
         rmsnorm_backward_wide_kernel<<<static_cast<unsigned>(cols.blocks), kWideWarps * 32, shared_bytes>>>(
-            px, pw, pr, pg, pgx, nullptr, N, D, cols.rows_per_block, cols.partial, accumulate_x);
+            px, pw, pr, pg, pgx, static_cast<__nv_bfloat16*>(grad_x16), N, D, cols.rows_per_block, cols.partial,
+            accumulate_x);
         HSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_wide_kernel");
         cols.combine(D, pgw);
         return;
