@@ -189,7 +189,8 @@ public:
     // sum-exp of the scaled scores, what the backward needs instead of probabilities).
     // out is f32, or bf16 on a backend that takes_bf16_operands(): the f32 result rounded to
     // nearest even, for an output that only feeds a product (the layer's wo); the backward
-    // then reads that out for delta = dO . O.
+    // then reads that out for delta = dO . O. There q and k may also be bf16 (rounded by
+    // rmsnorm_rope: the values the bf16 products would round them to); gradients are f32.
     virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                    Tensor& out, Tensor& lse) = 0;
     virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

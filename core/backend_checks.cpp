@@ -254,9 +254,12 @@ RmsNormDims check_rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
 // ---------------------------------------------------------------------------------------
 // RoPE, SwiGLU
 
-RopeDims check_rope(const char* op, const Tensor& x, float base, const Tensor& out, Device device) {
+RopeDims check_rope(const char* op, const Tensor& x, float base, const Tensor& out, Device device,
+                    bool out_may_be_bf16) {
     f32_data(x, op, "x", device);
-    f32_data(out, op, "out", device);
+    // bf16 on CUDA only for rmsnorm_rope's q / k when the attention takes them so.
+    if (out_may_be_bf16) check_operand(out, op, "out", device);
+    else f32_data(out, op, "out", device);
     HSA_CHECK(x.ndim() == 4, op << ": x " << shape_string(x.shape()) << " must be [B, T, H, d]");
     const RopeDims dims{x.size(0), x.size(1), x.size(2), x.size(3)};
     HSA_CHECK(dims.d % 2 == 0,
@@ -351,6 +354,12 @@ int64_t check_adamw(const Tensor& param, const Tensor& grad, const Tensor& m, co
 // ---------------------------------------------------------------------------------------
 // local attention
 
+// The dtype an attention tensor may have: f32, or on CUDA also bf16 (an output that only
+// feeds a product, stored rounded; q / k rounded by their producer: core/backend.h).
+DType attention_dtype(const Tensor& t, Device device) {
+    return device == Device::CUDA && t.defined() && t.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
+}
+
 AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                              Device device) {
     check_rank(op, "q", q, 4, "[B, T, H, d]");
@@ -362,8 +371,10 @@ AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, c
               op << ": k has shape " << shape_string(k.shape()) << ", expected [B, T, Hk, d] with Hk dividing H = "
                  << dims.H);
     dims.group = dims.H / dims.Hk;
-    check_tensor(op, "q", q, {dims.B, dims.T, dims.H, dims.d}, DType::F32, device);
-    check_tensor(op, "k", k, {dims.B, dims.T, dims.Hk, dims.d}, DType::F32, device);
+    // q and k: f32, or on CUDA bf16 (rmsnorm_rope's rounded output: the attention's products
+    // take them in bf16 anyway).
+    check_tensor(op, "q", q, {dims.B, dims.T, dims.H, dims.d}, attention_dtype(q, device), device);
+    check_tensor(op, "k", k, {dims.B, dims.T, dims.Hk, dims.d}, attention_dtype(k, device), device);
     check_tensor(op, "v", v, {dims.B, dims.T, dims.Hk, dims.d}, DType::F32, device);
     HSA_CHECK(span.window >= 0, op << ": window " << span.window << " is negative, expected >= 0 (0 = unlimited)");
     HSA_CHECK(span.causal || span.window == 0, op << ": window " << span.window
@@ -371,17 +382,11 @@ AttentionDims attention_dims(const char* op, const Tensor& q, const Tensor& k, c
     return dims;
 }
 
-// The attention output's dtype: f32, or on CUDA also bf16 (an output that only feeds a
-// product, stored rounded: core/backend.h attention_forward).
-DType attention_out_dtype(const Tensor& out, Device device) {
-    return device == Device::CUDA && out.defined() && out.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
-}
-
 AttentionDims check_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                       const Tensor& out, const Tensor& lse, Device device) {
     const char* op = "attention_forward";
     const AttentionDims D = attention_dims(op, q, k, v, span, device);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_out_dtype(out, device), device);
+    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_dtype(out, device), device);
     check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32, device);
     return D;
 }
@@ -393,7 +398,7 @@ AttentionBackwardDims check_attention_backward(const Tensor& q, const Tensor& k,
     const char* op = "attention_backward";
     AttentionBackwardDims D{};
     static_cast<AttentionDims&>(D) = attention_dims(op, q, k, v, span, device);
-    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_out_dtype(out, device), device);
+    check_tensor(op, "out", out, {D.B, D.T, D.H, D.d}, attention_dtype(out, device), device);
     check_tensor(op, "lse", lse, {D.B, D.T, D.H}, DType::F32, device);
     check_tensor(op, "grad_out", grad_out, {D.B, D.T, D.H, D.d}, DType::F32, device);
     D.want_q = wanted(op, "grad_q", grad_q, {D.B, D.T, D.H, D.d}, device);

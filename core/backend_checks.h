@@ -79,7 +79,9 @@ RmsNormDims check_rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
 struct RopeDims {
     int64_t B, T, H, d;
 };
-RopeDims check_rope(const char* op, const Tensor& x, float base, const Tensor& out, Device device);
+// out f32; with out_may_be_bf16 also bf16 on CUDA (rmsnorm_rope's output for the attention).
+RopeDims check_rope(const char* op, const Tensor& x, float base, const Tensor& out, Device device,
+                    bool out_may_be_bf16 = false);
 
 // ---- SwiGLU: return n ----
 int64_t check_swiglu(const Tensor& gate, const Tensor& up, const Tensor& out, Device device);

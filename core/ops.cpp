@@ -500,15 +500,17 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
     return {sum, out};
 }
 
-Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base) {
+Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset, float base,
+                    DType out_dtype) {
     const char* op = "rmsnorm_rope";
     check_float(x, op, "x");
+    check_norm_dtype(x, out_dtype, op);
     HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0 && x.size(3) > 0,
               op << ": x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));
     const int64_t d = x.size(3);
     check_norm_weight(x, weight, d, op, "head dim");
     Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    Tensor out = empty_like(xc);
+    Tensor out = Tensor::empty(xc.shape(), out_dtype, x.device());
     Tensor inv_rms = Tensor::empty({xc.numel() / d}, DType::F32, x.device());
     backend_of(x).rmsnorm_rope_forward(xc, weight, eps, position_offset, base, out, inv_rms);
     if (Tape::current().should_record({&x, &weight})) {
@@ -568,8 +570,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 }
 
 Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, DType out_dtype) {
-    check_float(q, "attention", "q");
-    check_float(k, "attention", "k");
+    check_operand(q, "attention", "q");  // bf16 where the backend takes it: rmsnorm_rope's rounded q / k
+    check_operand(k, "attention", "k");
     check_float(v, "attention", "v");
     HSA_CHECK(q.ndim() == 4, "attention: q must be [B, T, H, d], got " << shape_string(q.shape()));
     HSA_CHECK(k.ndim() == 4 && k.shape() == v.shape(), "attention: k " << shape_string(k.shape()) << " and v "

@@ -42,9 +42,11 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
                                       DType normed_dtype = DType::F32);
 // rope(rmsnorm(x, weight, eps), position_offset, base) as one op (the q / k path), x
 // [B, T, H, d]: the same values as the two ops, through Backend::rmsnorm_rope_forward /
-// backward (one pass each way on CUDA).
+// backward (one pass each way on CUDA). out_dtype as rmsnorm's: bf16 (where the backend
+// takes bf16 operands) for q / k that only feed local_attention, which rounds them to bf16
+// for its products anyway (the same bits, half the bytes). Its gradient is f32.
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset = 0,
-                    float base = 10000.0f);
+                    float base = 10000.0f, DType out_dtype = DType::F32);
 // The SwiGLU MLP as one op: linear(swiglu(linear(x, w1), linear(x, w3)), w2), x [..., D],
 // w1 and w3 [D, F], w2 [F, D]. The same values as the separate ops; through
 // Backend::swiglu_mlp_forward / swiglu_mlp_backward, so a backend keeps its products'
@@ -56,7 +58,8 @@ Tensor swiglu_mlp(const Tensor& x, const Tensor& w1, const Tensor& w3, const Ten
                   const Tensor& residual = Tensor());
 // out_dtype bf16 (where Backend::takes_bf16_operands()): the output stored rounded, for an
 // output that only feeds a product (the layer's wo, which takes it as is); the backward
-// reads it for delta = dO . O. Its gradient is f32.
+// reads it for delta = dO . O. Its gradient is f32. q and k may likewise be bf16 there
+// (rmsnorm_rope's bf16 output); their gradients are f32.
 Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                        DType out_dtype = DType::F32);
 

@@ -485,6 +485,10 @@ void launch_backward(const AttentionDims& A, const float* q, const float* k, con
     }
 }
 
+// q or k as the f32 kernels take them: a bf16 tensor (rmsnorm_rope's rounded output, when
+// the tensor-core kernels do not apply) widened exactly.
+Tensor f32_of(const Tensor& t) { return t.dtype() == DType::BF16 ? widened_f32_copy(t) : t; }
+
 }  // namespace
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, Tensor& out,
@@ -496,6 +500,10 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     // bf16 out directly).
     if (matmul_precision() == MatmulPrecision::BF16 && attention_tensor_core_eligible(A.d, {&q, &k, &v, &out})) {
         attention_forward_tensor_core(q, k, v, span.causal, kernel_window(span, A.T), out, lse);
+        return;
+    }
+    if (q.dtype() == DType::BF16 || k.dtype() == DType::BF16) {  // the f32 kernels on exact f32 copies
+        attention_forward(f32_of(q), f32_of(k), v, span, out, lse);
         return;
     }
     if (out.dtype() == DType::BF16) {  // the f32 kernels' result, rounded once
@@ -528,6 +536,20 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     if (!want_q && !want_k && !want_v) return;
     if (A.B == 0 || A.T == 0) return;
 
+    // At bf16 precision the tensor-core kernels, which also sum delta = dO . O as they load dO.
+    if (matmul_precision() == MatmulPrecision::BF16 &&
+        attention_tensor_core_eligible(A.d, {&q, &k, &v, &out, &grad_out, want_q ? &grad_q : nullptr,
+                                             want_k ? &grad_k : nullptr, want_v ? &grad_v : nullptr})) {
+        attention_backward_tensor_core(q, k, v, out, grad_out, lse, span.causal, kernel_window(span, A.T),
+                                       want_q ? &grad_q : nullptr, want_k ? &grad_k : nullptr,
+                                       want_v ? &grad_v : nullptr);
+        return;
+    }
+    if (q.dtype() == DType::BF16 || k.dtype() == DType::BF16) {  // the f32 kernels on exact f32 copies
+        attention_backward(f32_of(q), f32_of(k), v, out, lse, grad_out, span, grad_q, grad_k, grad_v);
+        return;
+    }
+
     const int64_t rows = A.B * A.T * A.H;
     Tensor delta = Tensor::empty({A.B, A.T, A.H}, DType::F32, Device::CUDA);
     float* pdelta = delta.data<float>();
@@ -548,14 +570,6 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     else launch_delta(out.data<float>());
     HSA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
 
-    if (matmul_precision() == MatmulPrecision::BF16 &&
-        attention_tensor_core_eligible(A.d, {&q, &k, &v, &grad_out, want_q ? &grad_q : nullptr,
-                                             want_k ? &grad_k : nullptr, want_v ? &grad_v : nullptr})) {
-        attention_backward_tensor_core(q, k, v, grad_out, lse, delta, span.causal, kernel_window(span, A.T),
-                                       want_q ? &grad_q : nullptr, want_k ? &grad_k : nullptr,
-                                       want_v ? &grad_v : nullptr);
-        return;
-    }
     const float* pq = q.data<float>();
     const float* pk = k.data<float>();
     const float* pv = v.data<float>();

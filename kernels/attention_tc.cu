@@ -1,10 +1,11 @@
 // Local attention on Hopper tensor cores (FlashAttention-3 style, sm_90a): bf16 operands on
 // wgmma.mma_async (kernels/wgmma.cuh) with f32 accumulation, f32 online softmax, f32
-// tensors in and out (or a bf16 out). The streamed tiles come from bf16 copies (K and V
-// rounded by one pass each; q and dO by the dQ kernel, which reads them anyway) through
-// cp.async into 128-byte swizzled shared memory, so the copy of the next tile overlaps the
-// products of the current one; the register-held rows (q, dO in forward and dQ) are rounded
-// as they are loaded. Semantics and layouts: core/backend.h (Backend::attention_forward /
+// tensors in and out (or bf16 q, k and out, as the model stores them at bf16 precision). The
+// streamed tiles come from bf16 sources (K and V as stored or rounded by one pass each; q
+// and dO as stored or rounded by the dQ kernel, which reads them anyway) through cp.async
+// into 128-byte swizzled shared memory, so the copy of the next tile overlaps the products
+// of the current one; the register-held rows (q, dO in forward and dQ) are rounded as they
+// are loaded. The backward's delta = dO . O is summed by the dQ kernel as it loads dO. Semantics and layouts: core/backend.h (Backend::attention_forward /
 // attention_backward); the f32 CUDA-core version, used at f32 precision and for other head
 // dims: kernels/attention.cu.
 //
@@ -46,6 +47,7 @@ using mma::cp_async_commit;
 using mma::cp_async_wait;
 using mma::exp2_ftz;
 using mma::load_a_rows;
+using mma::load_a_rows_bf16;
 using mma::pack_c_as_a;
 using mma::quad_max;
 using mma::quad_sum;
@@ -59,18 +61,22 @@ constexpr int kTile = 64;  // rows of a streamed shared tile
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct TcParams {
-    const float* q;                 // [B, T, H, D] f32: the A rows of forward and dQ
+    const float* q;                 // [B, T, H, D] f32: the A rows of forward and dQ, or null
+                                    //   when q is bf16 (then q16 holds it)
     const float* grad_out;          // [B, T, H, D] f32 (dQ)
-    const __nv_bfloat16* k16;       // [B, T, Hk, D] bf16 copies: the streamed tiles and the
-    const __nv_bfloat16* v16;       //   A rows of dK/dV
-    const __nv_bfloat16* q16;       // [B, T, H, D] bf16 (dK/dV tiles)
+    const __nv_bfloat16* k16;       // [B, T, Hk, D] bf16 (copies, or k itself when bf16): the
+    const __nv_bfloat16* v16;       //   streamed tiles and the A rows of dK/dV
+    const __nv_bfloat16* q16;       // [B, T, H, D] bf16 (dK/dV tiles; forward / dQ rows when q is null)
     const __nv_bfloat16* grad_out16;
-    __nv_bfloat16* q16_out;         // written by the dQ kernel when not null (for dK/dV)
+    __nv_bfloat16* q16_out;         // written by the dQ / rows kernel when not null (for dK/dV)
     __nv_bfloat16* grad_out16_out;
+    const float* o;                 // the forward's out [B, T, H, D], f32 or (o16) bf16: the
+    const __nv_bfloat16* o16;       //   backward's delta = dO . O
     const float* lse;               // [B, T, H] (dQ)
-    const float* delta;             // [B, T, H] (dQ)
     const float* lse_by_head;       // [B, H, Tp] lse * log2(e), +inf past T (dK/dV)
     const float* delta_by_head;     // [B, H, Tp], 0 past T (dK/dV)
+    float* lse_by_head_out;         // those two, written by the dQ / rows kernel when not null
+    float* delta_by_head_out;
     float* out;                     // [B, T, H, D] (forward), or null when out16 is set
     __nv_bfloat16* out16;           // [B, T, H, D] bf16 (forward): out rounded, when the caller wants it so
     float* lse_out;                 // [B, T, H] (forward)
@@ -191,6 +197,95 @@ struct QueryBlock {
     }
 };
 
+// The q rows' A fragments: rounded from f32 as they are loaded, or bf16 as stored.
+template <int D>
+__device__ __forceinline__ void load_q_rows(const TcParams& P, int64_t q_offset, int64_t q_stride, int ta, int tig,
+                                            uint32_t (&qf)[D / 16][4]) {
+    if (P.q) load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
+    else load_a_rows_bf16<D>(P.q16 + q_offset, q_stride, ta, P.T, tig, qf);
+}
+
+__device__ __forceinline__ float2 load_pair(const float* p) { return __ldg(reinterpret_cast<const float2*>(p)); }
+__device__ __forceinline__ float2 load_pair(const __nv_bfloat16* p) {
+    return __bfloat1622float2(__ldg(reinterpret_cast<const __nv_bfloat162*>(p)));
+}
+
+// The dO rows' A fragments (rounded to bf16 as load_a_rows does) and, from the same f32
+// values, delta = dO . O of rows ra and ra + 8 (0 past T): each lane sums its 16 columns of
+// a row in f32, then the 4 lanes of the row add (quad_sum). This replaces a pass of its own
+// that read dO again (134 MB f32 a layer at the paper's shape; docs/PERF.md version 58).
+template <int D, typename OT>
+__device__ __forceinline__ void load_do_rows_with_delta(const float* __restrict__ dO, const OT* __restrict__ o,
+                                                        int64_t stride, int ra, int T, int tig,
+                                                        uint32_t (&f)[D / 16][4], float& delta_a, float& delta_b) {
+    const int rb = ra + 8;
+    const bool va = ra < T, vb = rb < T;
+    const int64_t ea = static_cast<int64_t>(va ? ra : 0) * stride + 2 * tig;
+    const int64_t eb = static_cast<int64_t>(vb ? rb : 0) * stride + 2 * tig;
+    const float2 zero = make_float2(0.0f, 0.0f);
+    float da = 0.0f, db = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const float2 a_lo = va ? load_pair(dO + ea + 16 * kk) : zero, a_hi = va ? load_pair(dO + ea + 16 * kk + 8) : zero;
+        const float2 b_lo = vb ? load_pair(dO + eb + 16 * kk) : zero, b_hi = vb ? load_pair(dO + eb + 16 * kk + 8) : zero;
+        const float2 oa_lo = va ? load_pair(o + ea + 16 * kk) : zero, oa_hi = va ? load_pair(o + ea + 16 * kk + 8) : zero;
+        const float2 ob_lo = vb ? load_pair(o + eb + 16 * kk) : zero, ob_hi = vb ? load_pair(o + eb + 16 * kk + 8) : zero;
+        da = fmaf(a_lo.x, oa_lo.x, fmaf(a_lo.y, oa_lo.y, fmaf(a_hi.x, oa_hi.x, fmaf(a_hi.y, oa_hi.y, da))));
+        db = fmaf(b_lo.x, ob_lo.x, fmaf(b_lo.y, ob_lo.y, fmaf(b_hi.x, ob_hi.x, fmaf(b_hi.y, ob_hi.y, db))));
+        f[kk][0] = mma::pack_bf16(a_lo.x, a_lo.y);
+        f[kk][1] = mma::pack_bf16(b_lo.x, b_lo.y);
+        f[kk][2] = mma::pack_bf16(a_hi.x, a_hi.y);
+        f[kk][3] = mma::pack_bf16(b_hi.x, b_hi.y);
+    }
+    delta_a = quad_sum(da);
+    delta_b = quad_sum(db);
+}
+
+// What a backward block needs of its 64 query rows before the key tiles, shared by the dQ
+// kernel and (when dQ is not wanted) the rows kernel: the q and dO A fragments, lse
+// (times log2 e) and delta of this lane's rows ta / tb, and the per-row side outputs the
+// dK/dV kernel reads: bf16 q and dO (q16_out / grad_out16_out) and lse / delta by head.
+struct RowValues {
+    float lse_a, lse_b, delta_a, delta_b;
+};
+
+template <int D>
+__device__ __forceinline__ RowValues backward_rows(const TcParams& P, const QueryBlock<D>& Q, uint32_t (&qf)[D / 16][4],
+                                                   uint32_t (&dof)[D / 16][4]) {
+    const int ta = Q.ta, tb = Q.tb, tig = Q.tig;
+    load_q_rows<D>(P, Q.q_offset, Q.q_stride, ta, tig, qf);
+    RowValues r;
+    if (P.o16)
+        load_do_rows_with_delta<D>(P.grad_out + Q.q_offset, P.o16 + Q.q_offset, Q.q_stride, ta, P.T, tig, dof,
+                                   r.delta_a, r.delta_b);
+    else
+        load_do_rows_with_delta<D>(P.grad_out + Q.q_offset, P.o + Q.q_offset, Q.q_stride, ta, P.T, tig, dof,
+                                   r.delta_a, r.delta_b);
+    if (P.q16_out) store_a_rows_bf16<D>(P.q16_out + Q.q_offset, Q.q_stride, ta, P.T, tig, qf);
+    if (P.grad_out16_out) store_a_rows_bf16<D>(P.grad_out16_out + Q.q_offset, Q.q_stride, ta, P.T, tig, dof);
+    const float* lse = P.lse + static_cast<int64_t>(Q.b) * P.T * P.H + Q.h;
+    r.lse_a = ta < P.T ? lse[static_cast<int64_t>(ta) * P.H] * kLog2e : 0.0f;
+    r.lse_b = tb < P.T ? lse[static_cast<int64_t>(tb) * P.H] * kLog2e : 0.0f;
+    // By head [B, H, Tp]: the blocks of (b, h) cover [0, Tp), rows past T get the padding
+    // (+inf: probability 0; delta 0), so the dK/dV tiles never read past.
+    if (P.lse_by_head_out && tig == 0) {
+        const int64_t row0 = (static_cast<int64_t>(Q.b) * P.H + Q.h) * P.Tp;
+        P.lse_by_head_out[row0 + ta] = ta < P.T ? r.lse_a : INFINITY;
+        P.lse_by_head_out[row0 + tb] = tb < P.T ? r.lse_b : INFINITY;
+        P.delta_by_head_out[row0 + ta] = ta < P.T ? r.delta_a : 0.0f;
+        P.delta_by_head_out[row0 + tb] = tb < P.T ? r.delta_b : 0.0f;
+    }
+    return r;
+}
+
+// When dQ is not wanted: backward_rows alone, for the dK/dV kernel's inputs.
+template <int D>
+__global__ void __launch_bounds__(wgmma::kWarpgroupThreads) attention_backward_rows_kernel(TcParams P) {
+    const QueryBlock<D> Q(P);
+    uint32_t qf[D / 16][4], dof[D / 16][4];
+    backward_rows<D>(P, Q, qf, dof);
+}
+
 // ---------------------------------------------------------------- forward (wgmma)
 
 // Blocks of one warpgroup own 64 query rows and stream 64-key K / V tiles through 128-byte
@@ -274,7 +369,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
     };
 
     uint32_t qf[D / 16][4];
-    load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
+    load_q_rows<D>(P, q_offset, q_stride, ta, tig, qf);
     int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
     visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
     visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
@@ -403,22 +498,16 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backwar
     };
 
     uint32_t qf[D / 16][4];
-    load_a_rows<D>(P.q + q_offset, q_stride, ta, P.T, tig, qf);
+    float lse_a, lse_b, delta_a, delta_b;
     {
         uint32_t dof[D / 16][4];
-        load_a_rows<D>(P.grad_out + q_offset, q_stride, ta, P.T, tig, dof);
-        if (P.q16_out) {
-            store_a_rows_bf16<D>(P.q16_out + q_offset, q_stride, ta, P.T, tig, qf);
-            store_a_rows_bf16<D>(P.grad_out16_out + q_offset, q_stride, ta, P.T, tig, dof);
-        }
+        const RowValues r = backward_rows<D>(P, Q, qf, dof);
+        lse_a = r.lse_a;
+        lse_b = r.lse_b;
+        delta_a = r.delta_a;
+        delta_b = r.delta_b;
         wgmma::store_a_fragments_swizzled<D>(dof, 16 * warp + gid, tig, do_rows);  // published by next_tiles(0)
     }
-    const float* lse = P.lse + static_cast<int64_t>(b) * P.T * P.H + h;
-    const float* delta = P.delta + static_cast<int64_t>(b) * P.T * P.H + h;
-    const float lse_a = ta < P.T ? lse[static_cast<int64_t>(ta) * P.H] * kLog2e : 0.0f;
-    const float lse_b = tb < P.T ? lse[static_cast<int64_t>(tb) * P.H] * kLog2e : 0.0f;
-    const float delta_a = ta < P.T ? delta[static_cast<int64_t>(ta) * P.H] : 0.0f;
-    const float delta_b = tb < P.T ? delta[static_cast<int64_t>(tb) * P.H] : 0.0f;
     int key_lo_a, key_hi_a, key_lo_b, key_hi_b;
     visible_interval(P, ta, /*of_query=*/true, key_lo_a, key_hi_a);
     visible_interval(P, tb, /*of_query=*/true, key_lo_b, key_hi_b);
@@ -720,27 +809,6 @@ constexpr int attention_dkdv_shared_bytes(int D) {
     return (2 + 2 * kDkdvStages) * kTile * D * 2 + kDkdvStages * 2 * kTile * 4 + 1024;
 }
 
-// lse and delta [B, T, H] -> by head [B, H, Tp] (Tp = T rounded up to 64), lse times
-// log2(e); the padding holds +inf (probability 0) and 0, so dK/dV tiles never read past.
-__global__ void lse_delta_by_head_kernel(const float* __restrict__ lse, const float* __restrict__ delta,
-                                         float* __restrict__ lse_by_head, float* __restrict__ delta_by_head, int T,
-                                         int Tp, int H, int64_t total) {
-    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    const int t = static_cast<int>(i % Tp);
-    const int64_t bh = i / Tp;
-    const int h = static_cast<int>(bh % H);
-    const int64_t b = bh / H;
-    if (t < T) {
-        const int64_t src = (b * T + t) * H + h;
-        lse_by_head[i] = lse[src] * kLog2e;
-        delta_by_head[i] = delta[src];
-    } else {
-        lse_by_head[i] = INFINITY;
-        delta_by_head[i] = 0.0f;
-    }
-}
-
 // ---------------------------------------------------------------- host side
 
 // The supported D: the model's, and one 64-dim bf16 row is one 128-byte swizzled line.
@@ -795,19 +863,28 @@ dim3 grid_for(int64_t heads_times_batch, int64_t T, const char* op) {
 const __nv_bfloat16* bf16_data(const Tensor& t) { return static_cast<const __nv_bfloat16*>(t.raw_data()); }
 __nv_bfloat16* bf16_data(Tensor& t) { return static_cast<__nv_bfloat16*>(t.raw_data()); }
 
+// K and V are small next to q (Hk of H heads), so one rounding pass each gives the tiles
+// a bf16 source that cp.async can stream without converting on the load path (none for a
+// K that rmsnorm_rope already wrote in bf16).
+Tensor bf16_operand(const Tensor& t) { return t.dtype() == DType::BF16 ? t : rounded_bf16_copy(t); }
+
+// q: f32 rows rounded as the kernels load them, or bf16 as stored.
+void set_q(TcParams& P, const Tensor& q) {
+    if (q.dtype() == DType::BF16) P.q16 = bf16_data(q);
+    else P.q = q.data<float>();
+}
+
 }  // namespace
 
 bool attention_tensor_core_eligible(int64_t head_dim, std::initializer_list<const Tensor*> tensors) {
     return head_dim == kHeadDim && all_16_byte_aligned(tensors);
 }
 
-// K and V are small next to q (Hk of H heads), so one rounding pass each gives the tiles
-// a bf16 source that cp.async can stream without converting on the load path.
 void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int window,
                                    Tensor& out, Tensor& lse) {
     TcParams P = make_params(q, k, causal, window);
-    const Tensor k16 = rounded_bf16_copy(k), v16 = rounded_bf16_copy(v);
-    P.q = q.data<float>();
+    const Tensor k16 = bf16_operand(k), v16 = bf16_operand(v);
+    set_q(P, q);
     P.k16 = bf16_data(k16);
     P.v16 = bf16_data(v16);
     if (out.dtype() == DType::BF16) P.out16 = bf16_data(out);
@@ -820,48 +897,53 @@ void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tenso
     // after the kernel, so reuse of their memory is safe.
 }
 
-void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_out,
-                                    const Tensor& lse, const Tensor& delta, bool causal, int window, Tensor* grad_q,
+void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                    const Tensor& grad_out, const Tensor& lse, bool causal, int window, Tensor* grad_q,
                                     Tensor* grad_k, Tensor* grad_v) {
     TcParams P = make_params(q, k, causal, window);
-    const Tensor k16 = rounded_bf16_copy(k), v16 = rounded_bf16_copy(v);
-    P.q = q.data<float>();
+    const Tensor k16 = bf16_operand(k), v16 = bf16_operand(v);
+    set_q(P, q);
     P.grad_out = grad_out.data<float>();
+    if (out.dtype() == DType::BF16) P.o16 = bf16_data(out);
+    else P.o = out.data<float>();
     P.k16 = bf16_data(k16);
     P.v16 = bf16_data(v16);
     P.lse = lse.data<float>();
-    P.delta = delta.data<float>();
     P.grad_q = grad_q ? grad_q->data<float>() : nullptr;
     P.grad_k = grad_k ? grad_k->data<float>() : nullptr;
     P.grad_v = grad_v ? grad_v->data<float>() : nullptr;
     const bool want_kv = P.grad_k || P.grad_v;
-    // bf16 q and dO for the dK/dV tiles: written by the dQ kernel as it reads them, or by
-    // a rounding pass when dQ is not wanted.
-    Tensor q16, grad_out16;
-    if (want_kv && P.grad_q) {
-        q16 = Tensor::empty(q.shape(), DType::BF16, Device::CUDA);
+    // What the dK/dV kernel reads besides K and V: bf16 q (q itself when bf16) and dO, and
+    // lse / delta by head, all written by the dQ kernel as it reads its rows (or, when dQ is
+    // not wanted, by the rows kernel doing only that part), so delta = dO . O costs no pass
+    // of its own and has the same bits either way.
+    Tensor q16, grad_out16, lse_by_head, delta_by_head;
+    if (want_kv) {
+        if (q.dtype() == DType::BF16) {
+            q16 = q;
+        } else {
+            q16 = Tensor::empty(q.shape(), DType::BF16, Device::CUDA);
+            P.q16_out = bf16_data(q16);
+        }
         grad_out16 = Tensor::empty(grad_out.shape(), DType::BF16, Device::CUDA);
-        P.q16_out = bf16_data(q16);
         P.grad_out16_out = bf16_data(grad_out16);
-    } else if (want_kv) {
-        q16 = rounded_bf16_copy(q);
-        grad_out16 = rounded_bf16_copy(grad_out);
+        const int64_t by_head = q.size(0) * q.size(2) * P.Tp;
+        lse_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
+        delta_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
+        P.lse_by_head_out = lse_by_head.data<float>();
+        P.delta_by_head_out = delta_by_head.data<float>();
     }
+    const dim3 row_grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
     if (P.grad_q) {
-        const dim3 grid = grid_for(q.size(0) * q.size(2), q.size(1), "attention_backward");
-        attention_backward_dq_wgmma_kernel<kHeadDim><<<grid, wgmma::kWarpgroupThreads>>>(P);
+        attention_backward_dq_wgmma_kernel<kHeadDim><<<row_grid, wgmma::kWarpgroupThreads>>>(P);
         HSA_CUDA_CHECK_LAUNCH("attention_backward_dq_wgmma_kernel");
+    } else if (want_kv) {
+        attention_backward_rows_kernel<kHeadDim><<<row_grid, wgmma::kWarpgroupThreads>>>(P);
+        HSA_CUDA_CHECK_LAUNCH("attention_backward_rows_kernel");
     }
     if (want_kv) {
         P.q16 = bf16_data(q16);
         P.grad_out16 = bf16_data(grad_out16);
-        const int64_t by_head = q.size(0) * q.size(2) * P.Tp;
-        Tensor lse_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
-        Tensor delta_by_head = Tensor::empty({by_head}, DType::F32, Device::CUDA);
-        lse_delta_by_head_kernel<<<blocks_for(by_head, 256), 256>>>(P.lse, P.delta, lse_by_head.data<float>(),
-                                                                    delta_by_head.data<float>(), P.T, P.Tp, P.H,
-                                                                    by_head);
-        HSA_CUDA_CHECK_LAUNCH("lse_delta_by_head_kernel");
         P.lse_by_head = lse_by_head.data<float>();
         P.delta_by_head = delta_by_head.data<float>();
         const int64_t key_tiles = q.size(0) * k.size(2) * ((P.T + kRows - 1) / kRows);

@@ -1,5 +1,6 @@
 // Local attention (sliding-window causal or bidirectional, GQA) on Hopper tensor cores: bf16
-// operands (wgmma, sm_90a), f32 accumulation, f32 online softmax, f32 storage (or a bf16 out). The
+// operands (wgmma, sm_90a), f32 accumulation, f32 online softmax, f32 storage (or bf16 q, k
+// and out). The
 // backend's attention_forward / attention_backward (kernels/attention.cu) use these when
 // the matrix-product precision is BF16 (core/precision.h; training's default) and the head
 // dim is supported, and the f32 CUDA-core kernels otherwise. Same semantics and layouts as
@@ -20,10 +21,10 @@ bool attention_tensor_core_eligible(int64_t head_dim, std::initializer_list<cons
 // Arguments already checked by the backend (core/backend_checks.h). window: 0 = unlimited.
 void attention_forward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int window,
                                    Tensor& out, Tensor& lse);
-// delta [B, T, H] = rowsum(grad_out * out), computed by the caller. grad_q / grad_k /
-// grad_v may be null (not wanted).
-void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_out,
-                                    const Tensor& lse, const Tensor& delta, bool causal, int window, Tensor* grad_q,
+// out: the forward's (f32 or bf16), read for delta = rowsum(grad_out * out) as the kernels
+// load dO. q and k may be f32 or bf16. grad_q / grad_k / grad_v may be null (not wanted).
+void attention_backward_tensor_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                    const Tensor& grad_out, const Tensor& lse, bool causal, int window, Tensor* grad_q,
                                     Tensor* grad_k, Tensor* grad_v);
 
 }  // namespace hsa

@@ -1,7 +1,7 @@
 // Shared CUDA helpers for the kernel files: error checks after every runtime call and
 // launch, argument checks for tensors, grid sizing, dynamic shared memory limits and a
 // fixed-order block sum. Defines: HSA_CUDA_CHECK, HSA_CUDA_CHECK_LAUNCH, cuda_f32,
-// cuda_i32, rounded_bf16_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum,
+// cuda_i32, rounded_bf16_copy, widened_f32_copy, blocks_for, aligned16, all_16_byte_aligned, max_shared_bytes, allow_shared_bytes, block_sum,
 // store4 / store1 and load4 / load1 (f32 or bf16 elements), load8 / store8 (bf16), task_of_block (multi-tensor launches).
 #pragma once
 
@@ -46,6 +46,8 @@ inline int32_t* cuda_i32(const Tensor& t, const char* op, const char* what) {
 // caching allocator; one vectorised pass (kernels/gemm.cu).
 Tensor rounded_bf16_copy(const Tensor& t);
 void round_into_bf16(const Tensor& t, Tensor& dst);  // dst: contiguous bf16, t's element count
+// An f32 copy (exact) of a contiguous bf16 CUDA tensor, same shape (kernels/gemm.cu).
+Tensor widened_f32_copy(const Tensor& t);
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

@@ -468,6 +468,8 @@ __global__ void widen_to_f32_kernel(const __nv_bfloat16* __restrict__ in, float*
         out[k] = __bfloat162float(in[k]);
 }
 
+}  // namespace
+
 // An f32 copy of a contiguous bf16 operand (exact): for products off the bf16 path.
 Tensor widened_f32_copy(const Tensor& t) {
     Tensor copy = Tensor::empty(t.shape(), DType::F32, Device::CUDA);
@@ -478,8 +480,6 @@ Tensor widened_f32_copy(const Tensor& t) {
     HSA_CUDA_CHECK_LAUNCH("widen_to_f32_kernel");
     return copy;
 }
-
-}  // namespace
 
 // A bf16 copy of a contiguous f32 tensor's data, new or into dst (kernels/cuda_common.cuh).
 Tensor rounded_bf16_copy(const Tensor& t) {

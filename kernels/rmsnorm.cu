@@ -350,9 +350,11 @@ __device__ __forceinline__ float4 rotate_narrow(float4 v, const NarrowRope& rope
 // with one 16-byte load in flight a thread the q passes ran at 2.7-3.0 TB/s (docs/PERF.md).
 constexpr int kNarrowRowsPerLane = 2;
 
-template <int L, bool Rope>
+// out: f32, or bf16 rounded to nearest even (q / k of the attention at bf16 precision, which
+// the attention kernels take as their operands: the bits they would round to themselves).
+template <int L, bool Rope, typename OutT>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
-    rmsnorm_forward_narrow_kernel(const float* x, const float* __restrict__ w, float eps, NarrowRope rope, float* out,
+    rmsnorm_forward_narrow_kernel(const float* x, const float* __restrict__ w, float eps, NarrowRope rope, OutT* out,
                                   float* __restrict__ inv_rms, int64_t N) {
     constexpr int D = 4 * L, kRowsPerWarp = 32 / L, R = kNarrowRowsPerLane;
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
@@ -378,7 +380,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
         if (Rope) y = rotate_narrow<L>(y, rope, n, valid, part, /*inverse=*/false);
         if (!valid) continue;  // every row's reads are done (all loaded above): out may alias x
         if (part == 0) inv_rms[n] = r;
-        reinterpret_cast<float4*>(out + n * D)[part] = y;
+        store4(out + n * D, part, y);
     }
 }
 
@@ -463,18 +465,18 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 
 bool narrow_row(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 
-template <int L, bool Rope>
-void launch_narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, float* po, float* pr,
+template <int L, bool Rope, typename OutT>
+void launch_narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, OutT* po, float* pr,
                            int64_t N) {
     constexpr int64_t kRowsPerLaunchBlock = kRowsPerBlock * (32 / L) * kNarrowRowsPerLane;
-    rmsnorm_forward_narrow_kernel<L, Rope>
+    rmsnorm_forward_narrow_kernel<L, Rope, OutT>
         <<<static_cast<unsigned>((N + kRowsPerLaunchBlock - 1) / kRowsPerLaunchBlock), kRowsPerBlock * 32>>>(
             px, pw, eps, rope, po, pr, N);
 }
 
 // Forward of narrow rows (D in {16, 32, 64, 128}), with the rotation when rope.table is set.
-template <bool Rope>
-void narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, float* po, float* pr,
+template <bool Rope, typename OutT>
+void narrow_forward(const float* px, const float* pw, float eps, const NarrowRope& rope, OutT* po, float* pr,
                     int64_t N, int64_t D) {
     if (D == 16) launch_narrow_forward<4, Rope>(px, pw, eps, rope, po, pr, N);
     else if (D == 32) launch_narrow_forward<8, Rope>(px, pw, eps, rope, po, pr, N);
@@ -902,8 +904,15 @@ void CudaBackend::rmsnorm_backward_into(const Tensor& x, const Tensor& weight, c
 
 void CudaBackend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset,
                                        float base, Tensor& out, Tensor& inv_rms) {
-    const checks::RopeDims dims = checks::check_rope("rmsnorm_rope", x, base, out, Device::CUDA);
+    const checks::RopeDims dims = checks::check_rope("rmsnorm_rope", x, base, out, Device::CUDA, /*out_may_be_bf16=*/true);
+    const bool to_bf16 = out.dtype() == DType::BF16;
     if (!rmsnorm_rope_fused(x, weight, {&out}) || !inv_rms.is_contiguous()) {
+        if (to_bf16) {  // the f32 composition's result, rounded once
+            Tensor f32 = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+            Backend::rmsnorm_rope_forward(x, weight, eps, position_offset, base, f32, inv_rms);
+            round_into_bf16(f32, out);
+            return;
+        }
         Backend::rmsnorm_rope_forward(x, weight, eps, position_offset, base, out, inv_rms);
         return;
     }
@@ -913,8 +922,12 @@ void CudaBackend::rmsnorm_rope_forward(const Tensor& x, const Tensor& weight, fl
     const Tensor table = rope_table(dims.T, d / 2, position_offset, base);
     const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
-    narrow_forward<true>(x.data<float>(), pw, eps, NarrowRope{pt, dims.T, dims.H}, out.data<float>(),
-                         inv_rms.data<float>(), N, d);
+    const NarrowRope rope{pt, dims.T, dims.H};
+    if (to_bf16)
+        narrow_forward<true>(x.data<float>(), pw, eps, rope, static_cast<__nv_bfloat16*>(out.raw_data()),
+                             inv_rms.data<float>(), N, d);
+    else
+        narrow_forward<true>(x.data<float>(), pw, eps, rope, out.data<float>(), inv_rms.data<float>(), N, d);
 }
 
 void CudaBackend::rmsnorm_rope_backward(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,

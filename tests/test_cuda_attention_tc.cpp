@@ -17,6 +17,8 @@
 // Without a GPU the comparisons skip with the reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -148,6 +150,63 @@ TEST(CudaAttentionTensorCore, Bf16OutputIsTheRoundedOutput) {
     }
 }
 
+// q and k stored in bf16 (what rmsnorm_rope writes for the model at bf16 precision) give
+// the same bits as f32 q and k holding the same values: the tensor-core kernels round q and
+// K to bf16 for every product, so only the loads change (and the dQ kernel leaves no q copy:
+// the dK/dV tiles read q itself). Off the tensor-core path (head dim 32, or f32 precision)
+// the f32 kernels take exact f32 copies. Every output and gradient, bit for bit, on
+// ragged lengths, GQA, a window and bidirectional spans; and with only dK / dV wanted
+// (their inputs then come from the rows kernel, which sums delta as the dQ kernel does).
+TEST(CudaAttentionTensorCore, Bf16QueryAndKeyGiveTheSameBits) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Backend& gpu = backend_for(Device::CUDA);
+    struct Variant {
+        int64_t d;
+        MatmulPrecision precision;
+    };
+    for (const Variant variant : {Variant{64, MatmulPrecision::BF16}, Variant{32, MatmulPrecision::BF16},
+                                  Variant{64, MatmulPrecision::F32}}) {
+        for (const AttentionCase& c : {AttentionCase{2, 300, 4, 1, {true, 128}}, AttentionCase{1, 37, 2, 2, {true, 16}},
+                                       AttentionCase{3, 65, 4, 1, {false, 0}}}) {
+            SCOPED_TRACE(describe(c) + " d " + std::to_string(variant.d) + " precision " +
+                         matmul_precision_name(variant.precision));
+            MatmulPrecisionScope precision(variant.precision);
+            const int64_t d = variant.d;
+            // Values bf16 holds exactly, in f32 tensors and in bf16 ones.
+            Tensor q32 = on_gpu(rounded_to_bf16(rng.normal({c.B, c.T, c.H, d})));
+            Tensor k32 = on_gpu(rounded_to_bf16(rng.normal({c.B, c.T, c.Hk, d})));
+            Tensor q16 = q32.to(DType::BF16), k16 = k32.to(DType::BF16);
+            Tensor v = on_gpu(rng.normal({c.B, c.T, c.Hk, d})), grad_out = on_gpu(rng.normal({c.B, c.T, c.H, d}));
+            const DType out_dtype = variant.precision == MatmulPrecision::BF16 ? DType::BF16 : DType::F32;
+            Tensor out32 = poisoned(q32.shape(), out_dtype), lse32 = poisoned({c.B, c.T, c.H});
+            Tensor out16 = poisoned(q32.shape(), out_dtype), lse16 = poisoned({c.B, c.T, c.H});
+            gpu.attention_forward(q32, k32, v, c.span, out32, lse32);
+            gpu.attention_forward(q16, k16, v, c.span, out16, lse16);
+            EXPECT_EQ(out16.to_vector(), out32.to_vector());
+            EXPECT_EQ(lse16.to_vector(), lse32.to_vector());
+            Gradients from32{poisoned(q32.shape()), poisoned(k32.shape()), poisoned(v.shape())};
+            Gradients from16{poisoned(q32.shape()), poisoned(k32.shape()), poisoned(v.shape())};
+            gpu.attention_backward(q32, k32, v, out32, lse32, grad_out, c.span, from32.q, from32.k, from32.v);
+            gpu.attention_backward(q16, k16, v, out16, lse16, grad_out, c.span, from16.q, from16.k, from16.v);
+            EXPECT_EQ(from16.q.to_vector(), from32.q.to_vector()) << "grad_q";
+            EXPECT_EQ(from16.k.to_vector(), from32.k.to_vector()) << "grad_k";
+            EXPECT_EQ(from16.v.to_vector(), from32.v.to_vector()) << "grad_v";
+            // Equal poison would compare equal: every element must also have been written.
+            for (const Tensor* t : {&out32, &lse32, &from32.q, &from32.k, &from32.v}) {
+                const std::vector<float> values = t->to_vector();
+                EXPECT_TRUE(std::all_of(values.begin(), values.end(),
+                                        [](float x) { return std::isfinite(x) && x != -7777.0f; }));
+            }
+            Tensor none, only_k = poisoned(k32.shape()), only_v = poisoned(v.shape());
+            gpu.attention_backward(q16, k16, v, out16, lse16, grad_out, c.span, none, only_k, only_v);
+            EXPECT_EQ(only_k.to_vector(), from32.k.to_vector()) << "grad_k without grad_q";
+            EXPECT_EQ(only_v.to_vector(), from32.v.to_vector()) << "grad_v without grad_q";
+        }
+    }
+}
+
 // Only the gradients asked for are written: the others stay as they were.
 TEST(CudaAttentionTensorCore, WritesOnlyRequestedGradients) {
     HSA_REQUIRE_GPU();
@@ -168,6 +227,11 @@ TEST(CudaAttentionTensorCore, WritesOnlyRequestedGradients) {
     Tensor only_q = poisoned(q.shape());
     gpu.attention_backward(q, k, v, out, lse, grad_out, span, only_q, none, none);
     EXPECT_EQ(relative_error(only_q, all_q), 0.0);
+    // dK alone: its q / dO copies and delta come from the rows kernel instead of the dQ
+    // kernel, the same values.
+    Tensor only_k = poisoned(k.shape());
+    gpu.attention_backward(q, k, v, out, lse, grad_out, span, none, only_k, none);
+    EXPECT_EQ(relative_error(only_k, all_k), 0.0) << "grad_k alone must equal grad_k computed with dQ";
 }
 
 }  // namespace

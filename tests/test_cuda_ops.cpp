@@ -686,6 +686,13 @@ TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
             gpu().rmsnorm_rope_forward(on_gpu(x), on_gpu(w), 1e-6f, offset, 10000.0f, out_got, inv_got);
             EXPECT_CLOSE(out_got, out_want, kReductionTol);
             EXPECT_CLOSE(inv_got, inv_want, kReductionTol);
+            // A bf16 out (q / k for the attention at bf16 precision): the f32 out rounded to
+            // nearest even, bit for bit, with the same inv_rms (the fused kernel's bf16 store,
+            // and at d 12 the composition rounded after).
+            Tensor out16 = poisoned(shape, DType::BF16), inv16 = poisoned({N});
+            gpu().rmsnorm_rope_forward(on_gpu(x), on_gpu(w), 1e-6f, offset, 10000.0f, out16, inv16);
+            EXPECT_EQ(out16.to_vector(), test::rounded_to_bf16(out_got).to_vector());
+            EXPECT_EQ(inv16.to_vector(), inv_got.to_vector());
             Tensor gx_got = on_gpu(base), gw_got = with_weight ? poisoned({d}) : Tensor();
             gpu().rmsnorm_rope_backward(on_gpu(x), on_gpu(w), on_gpu(inv_want), offset, 10000.0f, on_gpu(g), gx_got,
                                         gw_got, true);

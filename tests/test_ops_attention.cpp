@@ -217,10 +217,15 @@ TEST(OpsAttentionGrad, LocalCausalUnlimited) { check_attention_grad({2, 9, 3, 6}
 TEST(OpsAttentionGrad, Bidirectional) { check_attention_grad({3, 6, 4, 8}, 2, {false, 0}); }
 
 // A bf16 output is for backends that multiply bf16 operands (CUDA): the CPU refuses it.
+// Zeros are enough: only the refusals are under test.
 TEST(OpsAttention, Bf16OutputIsRefusedOnTheCpu) {
     Tensor q = Tensor::zeros({1, 4, 2, 8}), kv = Tensor::zeros({1, 4, 1, 8});
     EXPECT_THROW(ops::local_attention(q, kv, kv, {true, 2}, DType::BF16), Error);
     EXPECT_EQ(ops::local_attention(q, kv, kv, {true, 2}, DType::F32).dtype(), DType::F32);
+    // So are bf16 q / k (rmsnorm_rope's bf16 output, which the CPU refuses to make too).
+    EXPECT_THROW(ops::local_attention(q.to(DType::BF16), kv, kv, {true, 2}), Error);
+    EXPECT_THROW(ops::local_attention(q, kv.to(DType::BF16), kv, {true, 2}), Error);
+    EXPECT_THROW(ops::rmsnorm_rope(q, Tensor(), 1e-6f, 0, 10000.0f, DType::BF16), Error);
 }
 
 void check_chunk_weights_grad(WeightKind kind) {

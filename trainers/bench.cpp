@@ -139,7 +139,7 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter, int64_t kv_heads) {
     const bool reference_applies = Hk == H;
     out << "Sliding-window attention, window 512, 16 q / " << Hk << " kv heads, d 64, f32 storage (reference: torch flex_attention, "
            "TARGETS.md). f32: CUDA-core kernels (kernels/attention.cu, precision f32); bf16: tensor-core kernels "
-           "(kernels/attention_tc.cu, precision bf16, training's default). TFLOP/s count 4 T W' H d for the forward "
+           "(kernels/attention_tc.cu, precision bf16, training's default; q, k and out stored in bf16 as the model stores them). TFLOP/s count 4 T W' H d for the forward "
            "and 3.5x that for forward+backward (the backward recomputes 1 product and adds 4; W' = keys actually in the causal window).\n";
     out << "| N x L | f32 fwd ms | f32 fwd+bwd ms | bf16 fwd ms | bf16 fwd+bwd ms | bf16 fwd TFLOP/s | bf16 fwd+bwd TFLOP/s "
            "| ref fwd ms | ref fwd+bwd ms |\n|---|---|---|---|---|---|---|---|---|\n";
@@ -149,19 +149,27 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter, int64_t kv_heads) {
         Tensor k = rng.normal({s.batch, s.length, Hk, d}, 1.0f, Device::CUDA);
         Tensor v = rng.normal({s.batch, s.length, Hk, d}, 1.0f, Device::CUDA);
         Tensor grad_out = rng.normal({s.batch, s.length, H, d}, 1.0f, Device::CUDA);
-        Tensor o = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+        // The model's storage at bf16 precision: q and k as rmsnorm_rope leaves them, out as wo takes it.
+        const Tensor q16 = q.to(DType::BF16), k16 = k.to(DType::BF16);
+        Tensor o32 = Tensor::empty(q.shape(), DType::F32, Device::CUDA), o16 = Tensor::empty(q.shape(), DType::BF16, Device::CUDA);
         Tensor lse = Tensor::empty({s.batch, s.length, H}, DType::F32, Device::CUDA);
         Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(k.shape(), DType::F32, Device::CUDA),
                gv = Tensor::empty(k.shape(), DType::F32, Device::CUDA);
         const AttentionSpan span{true, W};
-        auto forward = [&] { gpu.attention_forward(q, k, v, span, o, lse); };
+        bool bf16 = false;
+        auto forward = [&] {
+            if (bf16) gpu.attention_forward(q16, k16, v, span, o16, lse);
+            else gpu.attention_forward(q, k, v, span, o32, lse);
+        };
         auto both = [&] {
             forward();
-            gpu.attention_backward(q, k, v, o, lse, grad_out, span, gq, gk, gv);
+            if (bf16) gpu.attention_backward(q16, k16, v, o16, lse, grad_out, span, gq, gk, gv);
+            else gpu.attention_backward(q, k, v, o32, lse, grad_out, span, gq, gk, gv);
         };
         double ms[2][2];  // [precision f32, bf16][fwd, fwd+bwd]
         for (int p = 0; p < 2; ++p) {
-            MatmulPrecisionScope precision(p == 0 ? MatmulPrecision::F32 : MatmulPrecision::BF16);
+            bf16 = p == 1;
+            MatmulPrecisionScope precision(bf16 ? MatmulPrecision::BF16 : MatmulPrecision::F32);
             ms[p][0] = median_ms(forward, 2, repeats_for(forward));
             ms[p][1] = median_ms(both, 1, repeats_for(both));
         }

@@ -143,9 +143,12 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     Tensor kv = ops::linear(xn, ops::concat({l.wk, l.wv}, 1));
     Tensor k = ops::reshape(ops::slice(kv, 2, 0, kv_width), {n, len, c.kv_heads, d});
     Tensor v = ops::reshape(ops::slice(kv, 2, kv_width, kv_width), {n, len, c.kv_heads, d});
-    // RMSNorm over the head dim then RoPE, as one op when the norm is on.
-    q = c.qk_norm ? ops::rmsnorm_rope(q, l.q_norm, c.norm_eps, 0, c.rope_base) : ops::rope(q, 0, c.rope_base);
-    k = c.qk_norm ? ops::rmsnorm_rope(k, l.k_norm, c.norm_eps, 0, c.rope_base) : ops::rope(k, 0, c.rope_base);
+    // RMSNorm over the head dim then RoPE, as one op when the norm is on; stored as the
+    // attention's products take them (bf16 on the GPU at bf16 precision: the same bits the
+    // attention would round to, half the bytes written and read).
+    const DType qk_dtype = operand_dtype();
+    q = c.qk_norm ? ops::rmsnorm_rope(q, l.q_norm, c.norm_eps, 0, c.rope_base, qk_dtype) : ops::rope(q, 0, c.rope_base);
+    k = c.qk_norm ? ops::rmsnorm_rope(k, l.k_norm, c.norm_eps, 0, c.rope_base, qk_dtype) : ops::rope(k, 0, c.rope_base);
     // Stored as the wo product takes it (bf16 on the GPU at bf16 precision): no f32 output
     // and no rounding pass before the product.
     Tensor o = ops::local_attention(q, k, v, span, operand_dtype());
