@@ -191,6 +191,37 @@ __device__ inline double sum_term(float v) {
     return Square ? d * d : d;
 }
 
+// A thread's terms of float4s tid, tid + stride, ... below n4, added in that order: kUnroll
+// loads are issued before any is added (one 16-byte load in flight a thread ran the
+// gradient norm at 2.0 TB/s; docs/PERF.md version 58), the order and so the bits as one at a time.
+constexpr int kSumUnroll = 4;
+
+template <bool Square>
+__device__ inline double sum_float4s(const float4* x4, int64_t n4, int64_t tid, int64_t stride) {
+    double acc = 0.0;
+    int64_t k = tid;
+    for (; k + (kSumUnroll - 1) * stride < n4; k += kSumUnroll * stride) {
+        float4 v[kSumUnroll];
+#pragma unroll
+        for (int u = 0; u < kSumUnroll; ++u) v[u] = x4[k + u * stride];
+#pragma unroll
+        for (int u = 0; u < kSumUnroll; ++u) {
+            acc += sum_term<Square>(v[u].x);
+            acc += sum_term<Square>(v[u].y);
+            acc += sum_term<Square>(v[u].z);
+            acc += sum_term<Square>(v[u].w);
+        }
+    }
+    for (; k < n4; k += stride) {
+        const float4 v = x4[k];
+        acc += sum_term<Square>(v.x);
+        acc += sum_term<Square>(v.y);
+        acc += sum_term<Square>(v.z);
+        acc += sum_term<Square>(v.w);
+    }
+    return acc;
+}
+
 template <bool Square>
 __global__ void partial_sum_kernel(const float* x, int64_t n, bool vec, double* partial) {
     __shared__ double shared[32];
@@ -200,14 +231,7 @@ __global__ void partial_sum_kernel(const float* x, int64_t n, bool vec, double* 
     int64_t tail_start = 0;
     if (vec) {
         const int64_t n4 = n >> 2;
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        for (int64_t k = tid; k < n4; k += stride) {
-            const float4 v = x4[k];
-            acc += sum_term<Square>(v.x);
-            acc += sum_term<Square>(v.y);
-            acc += sum_term<Square>(v.z);
-            acc += sum_term<Square>(v.w);
-        }
+        acc = sum_float4s<Square>(reinterpret_cast<const float4*>(x), n4, tid, stride);
         tail_start = n4 << 2;
     }
     for (int64_t k = tail_start + tid; k < n; k += stride) acc += sum_term<Square>(x[k]);
@@ -268,14 +292,7 @@ __global__ void partial_sum_of_squares_many_kernel(const SumTask* tasks, const i
     int64_t tail_start = 0;
     if (vec) {
         const int64_t n4 = task.n >> 2;
-        const float4* x4 = reinterpret_cast<const float4*>(task.x);
-        for (int64_t k = tid; k < n4; k += stride) {
-            const float4 v = x4[k];
-            acc += sum_term<true>(v.x);
-            acc += sum_term<true>(v.y);
-            acc += sum_term<true>(v.z);
-            acc += sum_term<true>(v.w);
-        }
+        acc = sum_float4s<true>(reinterpret_cast<const float4*>(task.x), n4, tid, stride);
         tail_start = n4 << 2;
     }
     for (int64_t k = tail_start + tid; k < task.n; k += stride) acc += sum_term<true>(task.x[k]);

@@ -87,6 +87,27 @@ __global__ void embedding_accumulate_kernel(const float* grad_out, const int32_t
     grad_table[v * D + j] = static_cast<float>(acc);
 }
 
+// The same sums four columns a thread (16-byte loads and stores; D % 4 == 0, aligned):
+// each column still adds its positions in ascending order in double, so the bits are those of
+// the kernel above. One float a thread ran at ~1 TB/s (docs/PERF.md version 58).
+__global__ void embedding_accumulate_vec_kernel(const float4* grad_out, const int32_t* sorted_pos, const int32_t* begin,
+                                                const int32_t* end, int64_t width, float4* grad_table) {
+    const int64_t v = blockIdx.x;
+    const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+    if (j >= width) return;
+    const int32_t b = begin[v], e = end[v];
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    for (int32_t p = b; p < e; ++p) {
+        const float4 g = grad_out[static_cast<int64_t>(sorted_pos[p]) * width + j];
+        a0 += static_cast<double>(g.x);
+        a1 += static_cast<double>(g.y);
+        a2 += static_cast<double>(g.z);
+        a3 += static_cast<double>(g.w);
+    }
+    grad_table[v * width + j] =
+        make_float4(static_cast<float>(a0), static_cast<float>(a1), static_cast<float>(a2), static_cast<float>(a3));
+}
+
 }  // namespace
 
 void CudaBackend::embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
@@ -171,8 +192,18 @@ void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, 
         HSA_CUDA_CHECK_LAUNCH("embedding_backward segment_bounds_kernel");
     }
 
-    // 4. One thread per (row, column), positions in ascending order.
-    {
+    // 4. One thread per (row, column or four columns), positions in ascending order.
+    if (D % 4 == 0 && aligned16(pg) && aligned16(pt)) {
+        const int64_t width = D / 4;
+        const int threads = width >= 256 ? 256 : static_cast<int>((width + 31) / 32 * 32);
+        const int64_t tiles = (width + threads - 1) / threads;
+        HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");
+        const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
+        embedding_accumulate_vec_kernel<<<grid, threads>>>(reinterpret_cast<const float4*>(pg),
+                                                           sorted_pos.data<int32_t>(), begin, end, width,
+                                                           reinterpret_cast<float4*>(pt));
+        HSA_CUDA_CHECK_LAUNCH("embedding_backward embedding_accumulate_vec_kernel");
+    } else {
         const int threads = D >= 128 ? 128 : static_cast<int>((D + 31) / 32 * 32);
         const int64_t tiles = (D + threads - 1) / threads;
         HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");

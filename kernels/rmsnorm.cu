@@ -248,23 +248,38 @@ __global__ void __launch_bounds__(kWideWarps * 32, kWideBackwardMinBlocks)
             lane_dot += gv[m].x * wv.x * xv[m].x + gv[m].y * wv.y * xv[m].y + gv[m].z * wv.z * xv[m].z +
                         gv[m].w * wv.w * xv[m].w;
         }
+        // The dx values being added to, in two groups of M / 2 loads in flight (the first
+        // issued before the row's reduction): loaded one at a time as each was written, the
+        // kernel ran at ~3.4 TB/s (docs/PERF.md version 58); all M at once would not fit the
+        // 128 registers of 4 blocks an SM.
+        constexpr int kGroup = M / 2;
+        float4 old[kGroup];
+        const auto load_old = [&](int first) {
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) {
+                const int64_t v = lane + 32 * (first + u);
+                old[u] = accumulate && v < D4 ? dr[v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        };
+        load_old(0);
         // Every lane holds its elements in registers before any write: dx may alias g or x.
         const double dot = warp_sum_double(static_cast<double>(lane_dot));
         const double rd = static_cast<double>(r);
         const float c = static_cast<float>(dot * rd * rd * rd / static_cast<double>(D));
 #pragma unroll
         for (int m = 0; m < M; ++m) {
+            if (m == kGroup) load_old(kGroup);  // x and g of the row are all in registers: dx may alias them
             const int64_t v = lane + 32 * m;
             if (v >= D4) continue;
             const float4 wv = w ? __ldg(w4 + v) : ones;
             float4 value = make_float4(r * gv[m].x * wv.x - xv[m].x * c, r * gv[m].y * wv.y - xv[m].y * c,
                                        r * gv[m].z * wv.z - xv[m].z * c, r * gv[m].w * wv.w - xv[m].w * c);
             if (accumulate) {
-                const float4 old = dr[v];
-                value.x += old.x;
-                value.y += old.y;
-                value.z += old.z;
-                value.w += old.w;
+                const float4 o = old[m % kGroup];
+                value.x += o.x;
+                value.y += o.y;
+                value.z += o.z;
+                value.w += o.w;
             }
             dr[v] = value;
             if (dx16) store4(dx16 + n * D, v, value);  // the rounding of the stored value

@@ -141,7 +141,9 @@ TEST(CudaOps, EmbeddingForwardBackward) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
-    for (auto [V, D, N] : std::vector<std::array<int64_t, 3>>{{13, 7, 29}, {300, 64, 1000}}) {
+    // D 7: one column a thread; D 64 and 1040: four (1040 / 4 = 260 columns a row: a second,
+    // ragged column tile of the 256-thread blocks).
+    for (auto [V, D, N] : std::vector<std::array<int64_t, 3>>{{13, 7, 29}, {300, 64, 1000}, {50, 1040, 300}}) {
         Tensor table = rng.normal({V, D});
         std::vector<int32_t> id_values(static_cast<size_t>(N));
         for (auto& id : id_values) id = static_cast<int32_t>(rng.next_int(0, V));
@@ -285,7 +287,10 @@ TEST(CudaOps, SumOfSquaresManyEqualsSingleCalls) {
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     std::vector<Tensor> cpu_xs, gpu_xs;
-    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1024}, int64_t{0}, int64_t{300001}, int64_t{4096 * 257}}) {
+    // The last is long enough for the 4-deep unrolled loads of each thread (4 strides of the
+    // 1024 blocks' 262144 float4s) and their remainder, plus a tail of odd elements.
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1024}, int64_t{0}, int64_t{300001}, int64_t{4096 * 257},
+                      int64_t{4 * 1048576 + 262144 * 4 + 4101}}) {
         cpu_xs.push_back(rng.normal({n}));
         gpu_xs.push_back(on_gpu(cpu_xs.back()));
     }

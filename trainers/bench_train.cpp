@@ -110,7 +110,8 @@ public:
     }
     void copy_rows(const Tensor& src, int64_t outer, int64_t src_len, int64_t src_start, Tensor& dst, int64_t dst_len,
                    int64_t dst_start, int64_t length, int64_t inner, bool accumulate) override {
-        timed("copy_rows", [&] { inner_.copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, accumulate); });
+        timed("copy_rows", [&] { inner_.copy_rows(src, outer, src_len, src_start, dst, dst_len, dst_start, length, inner, accumulate); },
+              "copy_rows " + shape_string(src.shape()) + " -> " + shape_string(dst.shape()) + (accumulate ? " accumulating" : ""));
     }
     void sum_middle(const Tensor& x, int64_t outer, int64_t n, int64_t inner, float alpha, Tensor& out) override {
         timed("sum_middle", [&] { inner_.sum_middle(x, outer, n, inner, alpha, out); });
@@ -380,15 +381,16 @@ int bench_train(std::ostream& out) {
     timing->take_call_count();
     timing->take_host_costs();
     cuda_allocator_reset_peak();
-    const int steps = 3;
-
-    // The figure: plain steps, no per-call events. Host time is the wall-clock time until
-    // step() returns (it includes the waits of the few device read-backs inside a step).
+    // The figure: the median of 10 plain steps, no per-call events (with 3 the median moved
+    // by 1-2 ms between calls, the size of the changes being measured). Host time is the
+    // wall-clock time until step() returns (it includes the waits of the few device
+    // read-backs inside a step). The breakdown then times 3 steps with per-call events.
+    const int plain_steps = 10, steps = 3;
     timing->set_recording(false);
     std::vector<double> wall, host;
     {
         GpuTimer timer;
-        for (int i = 0; i < steps; ++i) {
+        for (int i = 0; i < plain_steps; ++i) {
             auto host_start = std::chrono::steady_clock::now();
             timer.start();
             step();
@@ -397,7 +399,7 @@ int bench_train(std::ostream& out) {
             wall.push_back(timer.elapsed_ms());
         }
     }
-    const double calls_per_step = static_cast<double>(timing->take_call_count()) / steps;
+    const double calls_per_step = static_cast<double>(timing->take_call_count()) / plain_steps;
     const auto host_costs = timing->take_host_costs();
 
     // The breakdown: the same steps again with every backend call bracketed by events.
@@ -411,7 +413,7 @@ int bench_train(std::ostream& out) {
             for (auto& [name, t] : timing->collect()) totals[name] += t / steps;
         }
     }
-    const double gemm_flops = timing->take_gemm_flops() / (2 * steps);  // both loops counted
+    const double gemm_flops = timing->take_gemm_flops() / (plain_steps + steps);  // both loops counted
     const auto details = timing->take_details();
     const double ms = median(wall);
     const double tokens_per_s = static_cast<double>(tokens) / (ms * 1e-3);
@@ -444,15 +446,15 @@ int bench_train(std::ostream& out) {
         for (auto& [name, cost] : details) detail_rows.push_back({cost.ms / steps, name});
         std::sort(detail_rows.rbegin(), detail_rows.rend());
         out << "\nlargest calls by shape (device ms per step, calls per step)\n| call | ms | calls |\n|---|---|---|\n";
-        for (size_t i = 0; i < detail_rows.size() && i < 16; ++i)
+        for (size_t i = 0; i < detail_rows.size() && i < 40; ++i)
             out << "| " << detail_rows[i].second << " | " << std::setprecision(2) << detail_rows[i].first << " | "
                 << std::setprecision(0) << static_cast<double>(details.at(detail_rows[i].second).calls) / steps << " |\n";
     }
     std::vector<std::pair<double, std::string>> host_rows;
     double host_inside = 0;
     for (auto& [name, cost] : host_costs) {
-        host_rows.push_back({cost.ms / steps, name});
-        host_inside += cost.ms / steps;
+        host_rows.push_back({cost.ms / plain_steps, name});
+        host_inside += cost.ms / plain_steps;
     }
     std::sort(host_rows.rbegin(), host_rows.rend());
     out << "\nhost time per step inside backend calls (sum " << std::setprecision(1) << host_inside
@@ -460,7 +462,7 @@ int bench_train(std::ostream& out) {
     out << "| method | host ms | calls | us per call |\n|---|---|---|---|\n";
     for (size_t i = 0; i < host_rows.size() && i < 12; ++i) {
         const HostCostRow row{host_rows[i].second, host_rows[i].first,
-                              static_cast<double>(host_costs.at(host_rows[i].second).calls) / steps};
+                              static_cast<double>(host_costs.at(host_rows[i].second).calls) / plain_steps};
         out << "| " << row.name << " | " << std::setprecision(2) << row.ms << " | " << std::setprecision(0) << row.calls
             << " | " << std::setprecision(1) << 1000.0 * row.ms / std::max(1.0, row.calls) << " |\n";
     }
