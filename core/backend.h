@@ -178,6 +178,17 @@ public:
         rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight, accumulate_x);
         return Tensor();
     }
+    // x's gradient for a product that takes it next (ops::linear_rmsnorm_rope: the q
+    // projection's backward), returned in the form the backend multiplies it: the default
+    // writes f32 (rmsnorm_rope_backward into a fresh buffer); a backend whose products take
+    // bf16 may return only the bf16 rounding of those values.
+    virtual Tensor rmsnorm_rope_backward_operand(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                                 int64_t position_offset, float base, const Tensor& grad_out,
+                                                 Tensor& grad_weight) {
+        Tensor grad_x = Tensor::empty(x.shape(), DType::F32, x.device());
+        rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight, false);
+        return grad_x;
+    }
 
     // ---- SwiGLU: out = silu(gate) * up, same shapes ----
     virtual void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) = 0;

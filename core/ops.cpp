@@ -533,6 +533,57 @@ Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t po
     return out;
 }
 
+Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads, const Tensor& norm_weight, float eps,
+                           int64_t position_offset, float base, DType out_dtype) {
+    const char* op = "linear_rmsnorm_rope";
+    check_operand(x, op, "x");
+    check_operand(weight, op, "weight");
+    check_same_device(x, weight, op);
+    check_norm_dtype(x, out_dtype, op);
+    HSA_CHECK(x.ndim() == 3, op << ": x must be [B, T, Din], got " << shape_string(x.shape()));
+    HSA_CHECK(weight.ndim() == 2 && weight.size(0) == x.size(2),
+              op << ": weight " << shape_string(weight.shape()) << " must be [" << x.size(2) << ", heads * d]");
+    HSA_CHECK(heads > 0 && weight.size(1) % heads == 0 && (weight.size(1) / heads) % 2 == 0,
+              op << ": " << weight.size(1) << " output features do not split into " << heads << " heads of even size");
+    const int64_t B = x.size(0), T = x.size(1), k = x.size(2), n = weight.size(1), m = B * T, d = n / heads;
+    check_norm_weight(x, norm_weight, d, op, "head dim");
+    Backend& backend = backend_of(x);
+    // The product as linear makes it (operands rounded once, kept for the backward).
+    const Tensor operand = backend.product_operand(x.view({m, k}), m, n, k);
+    const Tensor weight_operand = backend.product_operand(weight, m, n, k);
+    Tensor projected = Tensor::empty({m, n}, DType::F32, x.device());
+    backend.gemm(operand, false, weight_operand, false, projected, false);
+    projected = projected.view({B, T, heads, d});
+    Tensor out = Tensor::empty(projected.shape(), out_dtype, x.device());
+    Tensor inv_rms = Tensor::empty({m * heads}, DType::F32, x.device());
+    backend.rmsnorm_rope_forward(projected, norm_weight, eps, position_offset, base, out, inv_rms);
+    if (Tape::current().should_record({&x, &weight, &norm_weight})) {
+        const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
+        const Tensor saved_weight = x.requires_grad() ? weight_operand : weight;
+        Tape::current().record({out}, [x, weight, norm_weight, saved, saved_weight, projected, inv_rms, position_offset,
+                                       base, m, k, n](const std::vector<Tensor>& g) {
+            Backend& be = backend_of(x);
+            Tensor gnorm = norm_weight.defined() && norm_weight.requires_grad() ? grad_buffer(norm_weight) : Tensor();
+            // The projection's output gradient in the form its products take it (bf16 on
+            // CUDA at bf16 precision: the rounding gemm_backward would make of the f32 one).
+            const Tensor g_projected =
+                be.rmsnorm_rope_backward_operand(projected, norm_weight, inv_rms, position_offset, base, g[0], gnorm);
+            if (gnorm.defined()) {
+                Tensor tn = norm_weight;
+                tn.accumulate_grad(gnorm);
+            }
+            GradTarget gx(x), gw(weight);
+            Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
+            const bool bf16_now = matmul_precision() == MatmulPrecision::BF16;
+            be.gemm_backward(saved, false, bf16_now ? saved_weight : weight, false, g_projected.view({m, n}), gx_flat,
+                             gw.grad, gx.accumulate, gw.accumulate);
+            gx.deliver(x);
+            gw.deliver(weight);
+        });
+    }
+    return out;
+}
+
 Tensor rope(const Tensor& x, int64_t position_offset, float base) {
     check_float(x, "rope", "x");
     HSA_CHECK(x.ndim() == 4 && x.size(3) % 2 == 0, "rope: x must be [B, T, H, d] with even d, got " << shape_string(x.shape()));

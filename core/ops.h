@@ -47,6 +47,14 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
 // for its products anyway (the same bits, half the bytes). Its gradient is f32.
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset = 0,
                     float base = 10000.0f, DType out_dtype = DType::F32);
+// rmsnorm_rope(reshape(linear(x, weight), [..., heads, d]), norm_weight, ...) as one op (the
+// attention's q path), x [B, T, Din], weight [Din, heads * d]: the same values and gradients
+// (bit for bit on CUDA). On CUDA at bf16 precision the norm's backward hands the projection's
+// backward only the bf16 rounding of the gradient it would write (Backend::
+// rmsnorm_rope_backward_operand): the f32 gradient between them, which nothing else reads, is
+// never stored. out_dtype as rmsnorm_rope's.
+Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads, const Tensor& norm_weight, float eps,
+                           int64_t position_offset = 0, float base = 10000.0f, DType out_dtype = DType::F32);
 // The SwiGLU MLP as one op: linear(swiglu(linear(x, w1), linear(x, w3)), w2), x [..., D],
 // w1 and w3 [D, F], w2 [F, D]. The same values as the separate ops; through
 // Backend::swiglu_mlp_forward / swiglu_mlp_backward, so a backend keeps its products'

@@ -45,6 +45,9 @@ public:
     Tensor rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                          int64_t position_offset, float base, const Tensor& grad_out, Tensor& grad_x,
                                          Tensor& grad_weight, bool accumulate_x) override;
+    Tensor rmsnorm_rope_backward_operand(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                         int64_t position_offset, float base, const Tensor& grad_out,
+                                         Tensor& grad_weight) override;
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                             const Tensor& residual, Tensor& out, MlpSaved& saved) override;
     void swiglu_mlp_backward(const Tensor& w1, const Tensor& w3, const Tensor& w2, const MlpSaved& saved,

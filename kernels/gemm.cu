@@ -704,12 +704,15 @@ static void gradient_products(const Tensor& a, bool transpose_a, const Tensor& b
 void CudaBackend::gemm_backward(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b,
                                 const Tensor& g, Tensor& grad_a, Tensor& grad_b, bool accumulate_a,
                                 bool accumulate_b) {
-    const checks::GemmDims dims = checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA);
+    // g may come in bf16 (ops::linear_rmsnorm_rope: the rounding this would make, written by
+    // the norm's backward without the f32 values); the products then take it as it is.
+    const checks::GemmDims dims =
+        checks::check_gemm(a, transpose_a, b, transpose_b, g, Device::CUDA, /*out_may_be_bf16=*/true);
     const bool share = grad_a.defined() && grad_b.defined() && bf16_product(dims.M, dims.N, dims.K) && g.numel() > 0;
     // A bf16 copy written with g (Tensor::rounded_copy: the residual stream's gradient, by
     // rmsnorm's backward) is the rounding this would make: the same bits without the pass.
     const Tensor held = g.rounded_copy();
-    const Tensor g16 = held.defined() ? held : share ? rounded_bf16_copy(g) : Tensor();
+    const Tensor g16 = g.dtype() == DType::BF16 ? g : held.defined() ? held : share ? rounded_bf16_copy(g) : Tensor();
     gradient_products(a, transpose_a, b, transpose_b, g, g16, 1.0f, grad_a, grad_b, accumulate_a, accumulate_b);
 }
 

@@ -449,15 +449,17 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
             const float rk = r[k];
             float4 value = make_float4(rk * gv[k].x * wv.x - xv[k].x * c, rk * gv[k].y * wv.y - xv[k].y * c,
                                        rk * gv[k].z * wv.z - xv[k].z * c, rk * gv[k].w * wv.w - xv[k].w * c);
-            float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
-            if (accumulate) {
-                const float4 old = *dr;
-                value.x += old.x;
-                value.y += old.y;
-                value.z += old.z;
-                value.w += old.w;
+            if (dx) {  // null: only the bf16 rounding is wanted (rmsnorm_rope_backward_operand)
+                float4* dr = reinterpret_cast<float4*>(dx + n * D) + part;
+                if (accumulate) {
+                    const float4 old = *dr;
+                    value.x += old.x;
+                    value.y += old.y;
+                    value.z += old.z;
+                    value.w += old.w;
+                }
+                *dr = value;
             }
-            *dr = value;
             if (dx16) store4(dx16 + n * D, part, value);  // the rounding of the stored value
             cs.x += gv[k].x * xv[k].x * rk;
             cs.y += gv[k].y * xv[k].y * rk;
@@ -966,12 +968,33 @@ Tensor CudaBackend::rmsnorm_rope_backward_rounded(const Tensor& x, const Tensor&
     return rounded;
 }
 
+// x's gradient as the q projection's backward takes it: at bf16 precision on the fused path
+// only its bf16 rounding is written (the f32 values, which nothing would read, are not:
+// 134 MB a layer at the paper's shape; docs/PERF.md version 58), elsewhere the default's f32.
+Tensor CudaBackend::rmsnorm_rope_backward_operand(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                                  int64_t position_offset, float base, const Tensor& grad_out,
+                                                  Tensor& grad_weight) {
+    if (matmul_precision() != MatmulPrecision::BF16 || !rmsnorm_rope_fused(x, weight, {&grad_out}) ||
+        !inv_rms.is_contiguous() || x.numel() == 0)
+        return Backend::rmsnorm_rope_backward_operand(x, weight, inv_rms, position_offset, base, grad_out,
+                                                      grad_weight);
+    Tensor rounded = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
+    Tensor no_f32;
+    rmsnorm_rope_backward_into(x, weight, inv_rms, position_offset, base, grad_out, no_f32, grad_weight, false,
+                               rounded.raw_data());
+    return rounded;
+}
+
 void CudaBackend::rmsnorm_rope_backward_into(const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
                                              int64_t position_offset, float base, const Tensor& grad_out,
                                              Tensor& grad_x, Tensor& grad_weight, bool accumulate_x,
                                              void* grad_x16) {
     const checks::RopeDims dims = checks::check_rope("rmsnorm_rope_backward", grad_out, base, grad_out, Device::CUDA);
-    if (!grad_x.defined() || !rmsnorm_rope_fused(x, weight, {&grad_out, &grad_x}) || !inv_rms.is_contiguous()) {
+    // grad_x undefined with grad_x16 set: the bf16 gradient alone (the caller has checked
+    // that the fused path applies).
+    const bool rounded_only = !grad_x.defined() && grad_x16 != nullptr;
+    if (!rounded_only &&
+        (!grad_x.defined() || !rmsnorm_rope_fused(x, weight, {&grad_out, &grad_x}) || !inv_rms.is_contiguous())) {
         Backend::rmsnorm_rope_backward(x, weight, inv_rms, position_offset, base, grad_out, grad_x, grad_weight,
                                        accumulate_x);
         return;
@@ -988,8 +1011,8 @@ void CudaBackend::rmsnorm_rope_backward_into(const Tensor& x, const Tensor& weig
     const auto* pt = reinterpret_cast<const float2*>(table.raw_data());
     const float* pw = weight.defined() ? weight.data<float>() : nullptr;
     narrow_backward<true>(x.data<float>(), pw, inv_rms.data<float>(), grad_out.data<float>(),
-                          NarrowRope{pt, dims.T, dims.H}, grad_x.data<float>(), pgw, N, d, accumulate_x,
-                          static_cast<__nv_bfloat16*>(grad_x16));
+                          NarrowRope{pt, dims.T, dims.H}, rounded_only ? nullptr : grad_x.data<float>(), pgw, N, d,
+                          accumulate_x && !rounded_only, static_cast<__nv_bfloat16*>(grad_x16));
 }
 
 }  // namespace hsa

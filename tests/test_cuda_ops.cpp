@@ -709,6 +709,56 @@ TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
     }
 }
 
+// ops::linear_rmsnorm_rope on the GPU against the composition rmsnorm_rope(reshape(linear))
+// on the GPU: the output and every gradient (x, W, the norm weight) bit for bit, at bf16
+// precision (where the fused op's backward writes only the bf16 gradient of the projection,
+// the rounding the composition's product makes of its f32 one; q stored in bf16 as the
+// model does) and at f32 precision; x f32 and, as the model's normalised input, bf16; head
+// dims 64 (the fused kernels) and 12 (the composed ones). x's gradient is accumulated
+// into (x feeds a second product).
+TEST(CudaOps, LinearRmsnormRopeEqualsTheComposition) {
+    HSA_REQUIRE_GPU();
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+        for (int64_t d : {64, 12}) {
+            for (DType x_dtype : {DType::F32, DType::BF16}) {
+                if (x_dtype == DType::BF16 && precision != MatmulPrecision::BF16) continue;
+                SCOPED_TRACE(std::string(matmul_precision_name(precision)) + " d " + std::to_string(d) + " x " +
+                             dtype_name(x_dtype));
+                MatmulPrecisionScope scope(precision);
+                const int64_t B = 2, T = 300, Din = 128, heads = 4;
+                const DType out_dtype = precision == MatmulPrecision::BF16 ? DType::BF16 : DType::F32;
+                Tensor x0 = on_gpu(test::rounded_to_bf16(rng.normal({B, T, Din})));
+                Tensor w0 = on_gpu(rng.normal({Din, heads * d}, 0.1f)), n0 = on_gpu(rng.normal({d}));
+                // The loss reads out through a product (which takes a bf16 out as the model's
+                // attention does) and x through a second one.
+                Tensor readout = on_gpu(rng.normal({heads * d, 8})), other = on_gpu(rng.normal({Din, 16}));
+                auto run = [&](bool fused, std::vector<Tensor>& grads) {
+                    Tensor x = x_dtype == DType::F32 ? x0.clone() : x0.to(x_dtype), w = w0.clone(), norm = n0.clone();
+                    for (Tensor* t : {&x, &w, &norm}) t->set_requires_grad(true);
+                    Tensor out = fused ? ops::linear_rmsnorm_rope(x, w, heads, norm, 1e-6f, 5, 500.0f, out_dtype)
+                                       : ops::rmsnorm_rope(ops::reshape(ops::linear(x, w), {B, T, heads, d}), norm,
+                                                           1e-6f, 5, 500.0f, out_dtype);
+                    const Tensor read = ops::linear(ops::reshape(out, {B * T, heads * d}), readout);
+                    const Tensor side = ops::linear(x, other);
+                    backward(ops::add(ops::sum(ops::mul(read, read)), ops::sum(ops::mul(side, side))));
+                    grads = {x.grad(), w.grad(), norm.grad()};
+                    return out;
+                };
+                std::vector<Tensor> fused_grads, plain_grads;
+                const Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
+                EXPECT_EQ(fused.dtype(), out_dtype);
+                EXPECT_EQ(fused.to_vector(), plain.to_vector());
+                for (size_t i = 0; i < fused_grads.size(); ++i) {
+                    ASSERT_TRUE(fused_grads[i].defined() && plain_grads[i].defined()) << i;
+                    EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << "gradient " << i;
+                }
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ residual add + RMSNorm fused
 
 // Backend::add_rmsnorm_forward on the GPU against the CPU's add then rmsnorm: wide rows

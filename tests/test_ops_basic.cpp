@@ -804,6 +804,52 @@ TEST(OpsBasicRmsnormRope, GradientsByFiniteDifferences) {
                     {x, w}, {true, true}, rng);
 }
 
+// linear_rmsnorm_rope against rmsnorm_rope(reshape(linear(x, W))): output and every gradient
+// (x, W, the norm weight) bit-identical on the CPU, with x's gradient accumulated into (x
+// feeds a second op, as the attention's normalised input feeds k / v's product too).
+TEST(OpsBasicRmsnormRope, LinearRmsnormRopeEqualsTheComposition) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    const int64_t B = 2, T = 5, Din = 7, heads = 3, d = 8;
+    Tensor x0 = rng.normal({B, T, Din}), w0 = rng.normal({Din, heads * d}), n0 = rng.normal({d});
+    Tensor projection = rng.normal({B, T, heads, d}), other = rng.normal({B, T, Din});
+    auto run = [&](bool fused, std::vector<Tensor>& grads) {
+        Tensor x = x0.clone(), w = w0.clone(), norm = n0.clone();
+        for (Tensor* t : {&x, &w, &norm}) t->set_requires_grad(true);
+        Tensor out = fused ? ops::linear_rmsnorm_rope(x, w, heads, norm, 1e-6f, 11, 500.0f)
+                           : ops::rmsnorm_rope(ops::reshape(ops::linear(x, w), {B, T, heads, d}), norm, 1e-6f, 11, 500.0f);
+        backward(ops::add(ops::sum(ops::mul(out, projection)), ops::sum(ops::mul(x, other))));
+        grads = {x.grad(), w.grad(), norm.grad()};
+        return out;
+    };
+    std::vector<Tensor> fused_grads, plain_grads;
+    const Tensor fused = run(true, fused_grads), plain = run(false, plain_grads);
+    EXPECT_EQ(fused.to_vector(), plain.to_vector());
+    for (size_t i = 0; i < fused_grads.size(); ++i) EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << i;
+}
+
+TEST(OpsBasicRmsnormRope, LinearRmsnormRopeGradientsByFiniteDifferences) {
+    HSA_SEED_TRACE();
+    Rng rng = test_rng();
+    Tensor x = rng.normal({1, 3, 5}), w = rng.normal({5, 12}), norm = rng.normal({6});
+    check_gradients(
+        [](const std::vector<Tensor>& in) { return ops::linear_rmsnorm_rope(in[0], in[1], 2, in[2], 1e-6f, 3, 100.0f); },
+        {x, w, norm}, {true, true, true}, rng);
+}
+
+TEST(OpsBasicRmsnormRope, LinearRmsnormRopeBadShapesThrow) {
+    const Tensor norm = Tensor::zeros({4});
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({2, 6}), Tensor::zeros({6, 8}), 2, norm, 1e-6f), Error);  // x not 3-D
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({1, 2, 5}), Tensor::zeros({6, 8}), 2, norm, 1e-6f), Error);  // Din
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({1, 2, 6}), Tensor::zeros({6, 8}), 3, norm, 1e-6f), Error);  // heads
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({1, 2, 6}), Tensor::zeros({6, 6}), 2, Tensor(), 1e-6f), Error);  // odd d
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({1, 2, 6}), Tensor::zeros({6, 8}), 2, Tensor::zeros({3}), 1e-6f),
+                 Error);  // norm weight != [d]
+    EXPECT_THROW(ops::linear_rmsnorm_rope(Tensor::zeros({1, 2, 6}), Tensor::zeros({6, 8}), 2, norm, 1e-6f, 0, 1e4f,
+                                          DType::BF16),
+                 Error);  // bf16 out on the CPU
+}
+
 TEST(OpsBasicRmsnormRope, BadShapesThrow) {
     EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({1, 2, 3, 5}), Tensor(), 1e-6f), Error);           // odd d
     EXPECT_THROW(ops::rmsnorm_rope(Tensor::zeros({2, 3, 4}), Tensor(), 1e-6f), Error);              // not 4-D

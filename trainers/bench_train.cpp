@@ -171,6 +171,14 @@ public:
               "rmsnorm_rope_backward " + shape_string(x.shape()));
         return rounded;
     }
+    Tensor rmsnorm_rope_backward_operand(const Tensor& x, const Tensor& w, const Tensor& inv_rms, int64_t offset,
+                                         float base, const Tensor& g, Tensor& gw) override {
+        Tensor operand;
+        timed("rmsnorm_rope_backward",
+              [&] { operand = inner_.rmsnorm_rope_backward_operand(x, w, inv_rms, offset, base, g, gw); },
+              "rmsnorm_rope_backward " + shape_string(x.shape()) + " to a product operand");
+        return operand;
+    }
     // The fused MLP (three products and the SwiGLU) is one entry of its own each way: its
     // products are not in the gemm row's TFLOP/s.
     void swiglu_mlp_forward(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,

@@ -135,7 +135,15 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     const ModelConfig& c = config_;
     const int64_t n = x.size(0), len = x.size(1), d = c.head_dim();
     Tensor xn = ops::rmsnorm(x, l.attn_norm, c.norm_eps, operand_dtype());  // feeds the q and k / v products only
-    Tensor q = ops::reshape(ops::linear(xn, l.wq), {n, len, c.heads, d});
+    // RMSNorm over the head dim then RoPE, as one op when the norm is on (for q also with its
+    // projection: no f32 gradient between the two in the backward); stored as the attention's
+    // products take them (bf16 on the GPU at bf16 precision: the same bits the attention
+    // would round to, half the bytes written and read). q before k / v: the backward then
+    // runs k / v's small product first, which writes xn's gradient, and q's accumulates
+    // into it inside its larger product, where the read of the sum costs least.
+    const DType qk_dtype = operand_dtype();
+    Tensor q = c.qk_norm ? ops::linear_rmsnorm_rope(xn, l.wq, c.heads, l.q_norm, c.norm_eps, 0, c.rope_base, qk_dtype)
+                         : ops::rope(ops::reshape(ops::linear(xn, l.wq), {n, len, c.heads, d}), 0, c.rope_base);
     // K and V in one product ([D, 2 Hk d]: with the model's single KV head two N = 64
     // products, each rounding xn again and badly shaped for the tensor cores, become one of
     // N = 128), then split.
@@ -143,11 +151,6 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     Tensor kv = ops::linear(xn, ops::concat({l.wk, l.wv}, 1));
     Tensor k = ops::reshape(ops::slice(kv, 2, 0, kv_width), {n, len, c.kv_heads, d});
     Tensor v = ops::reshape(ops::slice(kv, 2, kv_width, kv_width), {n, len, c.kv_heads, d});
-    // RMSNorm over the head dim then RoPE, as one op when the norm is on; stored as the
-    // attention's products take them (bf16 on the GPU at bf16 precision: the same bits the
-    // attention would round to, half the bytes written and read).
-    const DType qk_dtype = operand_dtype();
-    q = c.qk_norm ? ops::rmsnorm_rope(q, l.q_norm, c.norm_eps, 0, c.rope_base, qk_dtype) : ops::rope(q, 0, c.rope_base);
     k = c.qk_norm ? ops::rmsnorm_rope(k, l.k_norm, c.norm_eps, 0, c.rope_base, qk_dtype) : ops::rope(k, 0, c.rope_base);
     // Stored as the wo product takes it (bf16 on the GPU at bf16 precision): no f32 output
     // and no rounding pass before the product.
