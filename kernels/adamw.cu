@@ -82,7 +82,7 @@ struct AdamWTask {
     double wd;
 };
 
-constexpr int64_t kChunk = int64_t{kThreads} * 16;  // elements a block: 4 float4 a thread (kPer below)
+constexpr int64_t kChunk = int64_t{kThreads} * 16;  // elements a block: 4 float4 a thread
 
 __global__ void adamw_many_kernel(const AdamWTask* tasks, const int64_t* block_start, int count, AdamWParams a,
                                   float grad_scale) {
@@ -95,35 +95,10 @@ __global__ void adamw_many_kernel(const AdamWTask* tasks, const int64_t* block_s
     const uintptr_t any = reinterpret_cast<uintptr_t>(task.p) | reinterpret_cast<uintptr_t>(task.g) |
                           reinterpret_cast<uintptr_t>(task.m) | reinterpret_cast<uintptr_t>(task.v);
     if ((any & 15u) == 0 && last - first == kChunk) {
-        // Every load of the thread's 4 float4 of each tensor first, then the updates, then
-        // the stores: through adamw_update4 one at a time, the compiler could not move the
-        // next loads above the stores (the four pointers may alias, as far as it knows), and
-        // the step ran at ~3.3 TB/s. The arithmetic, and so the bits, are adamw_update4's.
-        constexpr int kPer = 4;
-        float4 p[kPer], g[kPer], m[kPer], v[kPer];
-        const int64_t k0 = first / 4 + static_cast<int>(threadIdx.x);
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int64_t k = k0 + i * kThreads;
-            p[i] = reinterpret_cast<const float4*>(task.p)[k];
-            g[i] = reinterpret_cast<const float4*>(task.g)[k];
-            m[i] = reinterpret_cast<const float4*>(task.m)[k];
-            v[i] = reinterpret_cast<const float4*>(task.v)[k];
-        }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            adamw_update(p[i].x, __fmul_rn(grad_scale, g[i].x), m[i].x, v[i].x, a);
-            adamw_update(p[i].y, __fmul_rn(grad_scale, g[i].y), m[i].y, v[i].y, a);
-            adamw_update(p[i].z, __fmul_rn(grad_scale, g[i].z), m[i].z, v[i].z, a);
-            adamw_update(p[i].w, __fmul_rn(grad_scale, g[i].w), m[i].w, v[i].w, a);
-        }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int64_t k = k0 + i * kThreads;
-            reinterpret_cast<float4*>(task.p)[k] = p[i];
-            reinterpret_cast<float4*>(task.m)[k] = m[i];
-            reinterpret_cast<float4*>(task.v)[k] = v[i];
-        }
+        for (int i = 0; i < 4; ++i)
+            adamw_update4(task.p, task.g, task.m, task.v, first / 4 + i * kThreads + static_cast<int>(threadIdx.x),
+                          grad_scale, a);
         return;
     }
     for (int64_t k = first + threadIdx.x; k < last; k += kThreads)
