@@ -701,7 +701,11 @@ struct ColumnPartials {
 template <bool Rope>
 void narrow_backward(const float* px, const float* pw, const float* pr, const float* pg, const NarrowRope& rope,
                      float* pgx, float* pgw, int64_t N, int64_t D, bool accumulate, __nv_bfloat16* pgx16 = nullptr) {
-    const ColumnPartials cols(N, 256, D, pgw != nullptr);
+    // Blocks of at least 64 rows (two passes of their 32-row slots at D 64), at most 1024
+    // blocks: with 256 rows a block the model's k norm (32768 rows, 8 MB) ran 128 blocks of
+    // 8 dependent passes, 28 us a call (docs/PERF.md version 58). q's 524288 rows fill the
+    // 1024 blocks either way.
+    const ColumnPartials cols(N, 64, D, pgw != nullptr);
     const int64_t blocks = cols.blocks, rows_per_block = cols.rows_per_block;
     double* partial = cols.partial;
     if (D == 16) launch_narrow_backward<4, Rope>(px, pw, pr, pg, rope, pgx, pgx16, N, blocks, rows_per_block, partial, accumulate);
