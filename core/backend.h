@@ -53,6 +53,10 @@ public:
     // rmsnorm / add_rmsnorm write a bf16 out: the CUDA backend, so at bf16 precision a
     // normalised activation that only feeds products is stored once, rounded, in half the bytes.
     virtual bool takes_bf16_operands() const { return false; }
+    // Whether local_attention multiplies q and k of this head dim as bf16 at the current
+    // precision (the CUDA tensor-core kernels: d 64 at bf16 precision), so that a producer may
+    // store them rounded (rmsnorm_rope's out_dtype) with no loss; elsewhere f32 is kept.
+    virtual bool attention_takes_bf16_qk(int64_t /*head_dim*/) const { return false; }
     // x as a product of M x K by K x N (either side, either transpose) would multiply it: x
     // itself, or on CUDA at bf16 precision an f32 x rounded to a bf16 copy (the rounding gemm
     // does inside; same bits). A caller that multiplies x again (linear: forward, then the
@@ -201,7 +205,8 @@ public:
     // out is f32, or bf16 on a backend that takes_bf16_operands(): the f32 result rounded to
     // nearest even, for an output that only feeds a product (the layer's wo); the backward
     // then reads that out for delta = dO . O. There q and k may also be bf16 (rounded by
-    // rmsnorm_rope: the values the bf16 products would round them to); gradients are f32.
+    // rmsnorm_rope where attention_takes_bf16_qk: the values the tensor-core products would
+    // round them to; other kernels widen them exactly); gradients are f32.
     virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span,
                                    Tensor& out, Tensor& lse) = 0;
     virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -61,7 +61,8 @@ struct GemmDims {
     int64_t a_batch, b_batch, out_batch;  // each 1 or B (leading dims flattened)
 };
 // out is f32; or also bf16 when out_may_be_bf16 (the CUDA head's stored logits, checked
-// as the shape of the product whose gradient is taken).
+// as the shape of the product whose gradient is taken, or a bf16 gradient g handed to
+// gemm_backward in the same position).
 GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& out,
                     Device device, bool out_may_be_bf16 = false);
 

@@ -543,7 +543,7 @@ Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads,
     HSA_CHECK(x.ndim() == 3, op << ": x must be [B, T, Din], got " << shape_string(x.shape()));
     HSA_CHECK(weight.ndim() == 2 && weight.size(0) == x.size(2),
               op << ": weight " << shape_string(weight.shape()) << " must be [" << x.size(2) << ", heads * d]");
-    HSA_CHECK(heads > 0 && weight.size(1) % heads == 0 && (weight.size(1) / heads) % 2 == 0,
+    HSA_CHECK(heads > 0 && weight.size(1) > 0 && weight.size(1) % heads == 0 && (weight.size(1) / heads) % 2 == 0,
               op << ": " << weight.size(1) << " output features do not split into " << heads << " heads of even size");
     const int64_t B = x.size(0), T = x.size(1), k = x.size(2), n = weight.size(1), m = B * T, d = n / heads;
     check_norm_weight(x, norm_weight, d, op, "head dim");
@@ -557,17 +557,27 @@ Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads,
     Tensor out = Tensor::empty(projected.shape(), out_dtype, x.device());
     Tensor inv_rms = Tensor::empty({m * heads}, DType::F32, x.device());
     backend.rmsnorm_rope_forward(projected, norm_weight, eps, position_offset, base, out, inv_rms);
+    // Whether the backend multiplies this product in bf16 (its weight came back rounded):
+    // only then may the backward hand it a bf16 gradient; otherwise the product takes f32.
+    const bool product_in_bf16 = weight_operand.dtype() == DType::BF16 && weight.dtype() == DType::F32;
     if (Tape::current().should_record({&x, &weight, &norm_weight})) {
         const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
         const Tensor saved_weight = x.requires_grad() ? weight_operand : weight;
         Tape::current().record({out}, [x, weight, norm_weight, saved, saved_weight, projected, inv_rms, position_offset,
-                                       base, m, k, n](const std::vector<Tensor>& g) {
+                                       base, m, k, n, product_in_bf16](const std::vector<Tensor>& g) {
             Backend& be = backend_of(x);
             Tensor gnorm = norm_weight.defined() && norm_weight.requires_grad() ? grad_buffer(norm_weight) : Tensor();
             // The projection's output gradient in the form its products take it (bf16 on
             // CUDA at bf16 precision: the rounding gemm_backward would make of the f32 one).
-            const Tensor g_projected =
-                be.rmsnorm_rope_backward_operand(projected, norm_weight, inv_rms, position_offset, base, g[0], gnorm);
+            Tensor g_projected;
+            if (product_in_bf16) {
+                g_projected = be.rmsnorm_rope_backward_operand(projected, norm_weight, inv_rms, position_offset, base,
+                                                               g[0], gnorm);
+            } else {
+                g_projected = grad_buffer(projected);
+                be.rmsnorm_rope_backward(projected, norm_weight, inv_rms, position_offset, base, g[0], g_projected,
+                                         gnorm, false);
+            }
             if (gnorm.defined()) {
                 Tensor tn = norm_weight;
                 tn.accumulate_grad(gnorm);

@@ -43,16 +43,18 @@ std::pair<Tensor, Tensor> add_rmsnorm(const Tensor& x, const Tensor& a, const Te
 // rope(rmsnorm(x, weight, eps), position_offset, base) as one op (the q / k path), x
 // [B, T, H, d]: the same values as the two ops, through Backend::rmsnorm_rope_forward /
 // backward (one pass each way on CUDA). out_dtype as rmsnorm's: bf16 (where the backend
-// takes bf16 operands) for q / k that only feed local_attention, which rounds them to bf16
-// for its products anyway (the same bits, half the bytes). Its gradient is f32.
+// takes bf16 operands) for q / k that only feed local_attention where it rounds them to bf16
+// for its products anyway (Backend::attention_takes_bf16_qk: the same bits, half the
+// bytes). Its gradient is f32.
 Tensor rmsnorm_rope(const Tensor& x, const Tensor& weight, float eps, int64_t position_offset = 0,
                     float base = 10000.0f, DType out_dtype = DType::F32);
 // rmsnorm_rope(reshape(linear(x, weight), [..., heads, d]), norm_weight, ...) as one op (the
 // attention's q path), x [B, T, Din], weight [Din, heads * d]: the same values and gradients
-// (bit for bit on CUDA). On CUDA at bf16 precision the norm's backward hands the projection's
-// backward only the bf16 rounding of the gradient it would write (Backend::
-// rmsnorm_rope_backward_operand): the f32 gradient between them, which nothing else reads, is
-// never stored. out_dtype as rmsnorm_rope's.
+// (bit for bit on CUDA). Where the product runs in bf16 (CUDA at bf16 precision, dims that
+// are multiples of 8) the norm's backward hands the projection's backward only the bf16
+// rounding of the gradient it would write (Backend::rmsnorm_rope_backward_operand): the f32
+// gradient between them, which nothing else reads, is never stored. out_dtype as
+// rmsnorm_rope's.
 Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads, const Tensor& norm_weight, float eps,
                            int64_t position_offset = 0, float base = 10000.0f, DType out_dtype = DType::F32);
 // The SwiGLU MLP as one op: linear(swiglu(linear(x, w1), linear(x, w3)), w2), x [..., D],

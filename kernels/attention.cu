@@ -491,6 +491,10 @@ Tensor f32_of(const Tensor& t) { return t.dtype() == DType::BF16 ? widened_f32_c
 
 }  // namespace
 
+bool CudaBackend::attention_takes_bf16_qk(int64_t head_dim) const {
+    return matmul_precision() == MatmulPrecision::BF16 && attention_tensor_core_eligible(head_dim, {});
+}
+
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, AttentionSpan span, Tensor& out,
                                     Tensor& lse) {
     const AttentionDims A = checks::check_attention_forward(q, k, v, span, out, lse, Device::CUDA);

@@ -5,11 +5,13 @@
 // and dO as stored or rounded by the dQ kernel, which reads them anyway) through cp.async
 // into 128-byte swizzled shared memory, so the copy of the next tile overlaps the products
 // of the current one; the register-held rows (q, dO in forward and dQ) are rounded as they
-// are loaded. The backward's delta = dO . O is summed by the dQ kernel as it loads dO. Semantics and layouts: core/backend.h (Backend::attention_forward /
+// are loaded. The backward's delta = dO . O is summed by the dQ kernel as it loads dO (or,
+// when dQ is not wanted, by a rows kernel doing only that part). Semantics and layouts: core/backend.h (Backend::attention_forward /
 // attention_backward); the f32 CUDA-core version, used at f32 precision and for other head
 // dims: kernels/attention.cu.
 //
-// Layouts: q, out, dO, dQ [B, T, H, D]; k, v, dK, dV [B, T, Hk, D]; lse, delta [B, T, H].
+// Layouts: q, out, dO, dQ [B, T, H, D]; k, v, dK, dV [B, T, Hk, D]; lse [B, T, H]; lse and
+// delta by head for dK/dV [B, H, Tp] (Tp = T rounded up to 64).
 // Head h reads KV head g = h / G, G = H / Hk.
 //
 // Blocks are one warpgroup (4 warps) owning 64 rows, 16 a warp, the M of every product, and
@@ -462,8 +464,9 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_forward
 // computed; it reads the previous tile's K at a tile's first step, so K has three buffers
 // (tiles j - 1, j, and j + 1 being copied) and V two. The dO rows are rounded into a swizzled
 // shared tile, the A operand of dP from there: 16 registers fewer, so 4 blocks an SM fit
-// (48 KB of shared memory each). When q16_out is set, the block also leaves bf16
-// copies of its q and dO rows for the dK/dV kernel (no extra read pass).
+// (48 KB of shared memory each). For the dK/dV kernel the block also leaves, through
+// backward_rows, bf16 copies of its dO rows and (when q is f32) of its q rows, and its
+// rows' lse and delta by head (no extra read pass).
 template <int D>
 __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backward_dq_wgmma_kernel(TcParams P) {
     static_assert(D == 64, "one 64-dim bf16 row is one 128-byte swizzled line");
@@ -812,7 +815,7 @@ constexpr int attention_dkdv_shared_bytes(int D) {
 // ---------------------------------------------------------------- host side
 
 // The supported D: the model's, and one 64-dim bf16 row is one 128-byte swizzled line.
-// Occupancy (ptxas of nvcc 13.0, no spills): forward 128 registers and dQ 124 (dO from shared
+// Occupancy (ptxas of nvcc 13.0, no spills): forward 127 registers and dQ 122 (dO from shared
 // memory; with it in registers, 140 at 3 blocks, or wgmmas serialised at 4), 4 blocks an SM;
 // dK/dV 158 registers, 3 blocks an SM.
 constexpr int kHeadDim = 64;

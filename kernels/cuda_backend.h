@@ -19,6 +19,7 @@ class CudaBackend final : public Backend {
 public:
     Device device() const override { return Device::CUDA; }
     bool takes_bf16_operands() const override { return true; }
+    bool attention_takes_bf16_qk(int64_t head_dim) const override;  // attention.cu
     Tensor product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) override;  // gemm.cu
     HSA_BACKEND_OVERRIDES
     std::vector<double> sum_of_squares_many(const std::vector<Tensor>& xs) override;

@@ -193,11 +193,14 @@ TEST(CudaAttentionTensorCore, Bf16QueryAndKeyGiveTheSameBits) {
             EXPECT_EQ(from16.q.to_vector(), from32.q.to_vector()) << "grad_q";
             EXPECT_EQ(from16.k.to_vector(), from32.k.to_vector()) << "grad_k";
             EXPECT_EQ(from16.v.to_vector(), from32.v.to_vector()) << "grad_v";
-            // Equal poison would compare equal: every element must also have been written.
+            // Equal poison would compare equal: every element must also have been written
+            // (poisoned() stores -7777 in f32 and, rounded, -7776 in bf16).
+            const float poison16 = bf16_to_float(float_to_bf16(-7777.0f));
             for (const Tensor* t : {&out32, &lse32, &from32.q, &from32.k, &from32.v}) {
                 const std::vector<float> values = t->to_vector();
-                EXPECT_TRUE(std::all_of(values.begin(), values.end(),
-                                        [](float x) { return std::isfinite(x) && x != -7777.0f; }));
+                EXPECT_TRUE(std::all_of(values.begin(), values.end(), [poison16](float x) {
+                    return std::isfinite(x) && x != -7777.0f && x != poison16;
+                }));
             }
             Tensor none, only_k = poisoned(k32.shape()), only_v = poisoned(v.shape());
             gpu.attention_backward(q16, k16, v, out16, lse16, grad_out, c.span, none, only_k, only_v);

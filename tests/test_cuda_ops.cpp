@@ -714,20 +714,22 @@ TEST(CudaOps, RmsnormRopeMatchesCpuComposition) {
 // precision (where the fused op's backward writes only the bf16 gradient of the projection,
 // the rounding the composition's product makes of its f32 one; q stored in bf16 as the
 // model does) and at f32 precision; x f32 and, as the model's normalised input, bf16; head
-// dims 64 (the fused kernels) and 12 (the composed ones). x's gradient is accumulated
-// into (x feeds a second product).
+// dims 64 (the fused kernels) and 12 (the composed ones); 600 rows (the product in bf16)
+// and 602 (not a multiple of 8: the product multiplies f32, so the gradient stays f32).
+// x's gradient is accumulated into (x feeds a second product). Then the backend method
+// itself: a bf16 gradient exactly where the fused kernels run at bf16 precision.
 TEST(CudaOps, LinearRmsnormRopeEqualsTheComposition) {
     HSA_REQUIRE_GPU();
     HSA_SEED_TRACE();
     Rng rng = test_rng();
     for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
-        for (int64_t d : {64, 12}) {
+        for (auto [d, T] : std::vector<std::pair<int64_t, int64_t>>{{64, 300}, {12, 300}, {64, 301}}) {
             for (DType x_dtype : {DType::F32, DType::BF16}) {
                 if (x_dtype == DType::BF16 && precision != MatmulPrecision::BF16) continue;
-                SCOPED_TRACE(std::string(matmul_precision_name(precision)) + " d " + std::to_string(d) + " x " +
-                             dtype_name(x_dtype));
+                SCOPED_TRACE(std::string(matmul_precision_name(precision)) + " d " + std::to_string(d) + " T " +
+                             std::to_string(T) + " x " + dtype_name(x_dtype));
                 MatmulPrecisionScope scope(precision);
-                const int64_t B = 2, T = 300, Din = 128, heads = 4;
+                const int64_t B = 2, Din = 128, heads = 4;
                 const DType out_dtype = precision == MatmulPrecision::BF16 ? DType::BF16 : DType::F32;
                 Tensor x0 = on_gpu(test::rounded_to_bf16(rng.normal({B, T, Din})));
                 Tensor w0 = on_gpu(rng.normal({Din, heads * d}, 0.1f)), n0 = on_gpu(rng.normal({d}));
@@ -755,6 +757,23 @@ TEST(CudaOps, LinearRmsnormRopeEqualsTheComposition) {
                     EXPECT_EQ(fused_grads[i].to_vector(), plain_grads[i].to_vector()) << "gradient " << i;
                 }
             }
+        }
+    }
+    // The backend method: bf16 on the fused path at bf16 precision, f32 off it (d 12) or at f32.
+    for (MatmulPrecision precision : {MatmulPrecision::BF16, MatmulPrecision::F32}) {
+        for (int64_t d : {64, 12}) {
+            MatmulPrecisionScope scope(precision);
+            const Shape shape{2, 37, 3, d};
+            Tensor x = on_gpu(rng.normal(shape)), w = on_gpu(rng.normal({d})), g = on_gpu(rng.normal(shape));
+            Tensor out = poisoned(shape), inv = poisoned({2 * 37 * 3}), gw = poisoned({d}), gw_plain = poisoned({d});
+            gpu().rmsnorm_rope_forward(x, w, 1e-6f, 0, 10000.0f, out, inv);
+            const Tensor operand = gpu().rmsnorm_rope_backward_operand(x, w, inv, 0, 10000.0f, g, gw);
+            const bool fused_bf16 = precision == MatmulPrecision::BF16 && d == 64;
+            EXPECT_EQ(operand.dtype(), fused_bf16 ? DType::BF16 : DType::F32) << "d " << d;
+            Tensor gx = poisoned(shape);
+            gpu().rmsnorm_rope_backward(x, w, inv, 0, 10000.0f, g, gx, gw_plain, false);
+            EXPECT_EQ(operand.to_vector(), (fused_bf16 ? test::rounded_to_bf16(gx) : gx).to_vector()) << "d " << d;
+            EXPECT_EQ(gw.to_vector(), gw_plain.to_vector()) << "d " << d;
         }
     }
 }

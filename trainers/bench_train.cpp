@@ -43,6 +43,7 @@ public:
 
     Device device() const override { return Device::CUDA; }
     bool takes_bf16_operands() const override { return inner_.takes_bf16_operands(); }
+    bool attention_takes_bf16_qk(int64_t head_dim) const override { return inner_.attention_takes_bf16_qk(head_dim); }
     // Its own row: the rounding pass of an f32 product input kept for the weight gradient.
     Tensor product_operand(const Tensor& x, int64_t M, int64_t N, int64_t K) override {
         Tensor operand;

@@ -137,11 +137,11 @@ Tensor Model::attention_block(const SwaLayer& l, const Tensor& x, AttentionSpan 
     Tensor xn = ops::rmsnorm(x, l.attn_norm, c.norm_eps, operand_dtype());  // feeds the q and k / v products only
     // RMSNorm over the head dim then RoPE, as one op when the norm is on (for q also with its
     // projection: no f32 gradient between the two in the backward); stored as the attention's
-    // products take them (bf16 on the GPU at bf16 precision: the same bits the attention
-    // would round to, half the bytes written and read). q before k / v: the backward then
-    // runs k / v's small product first, which writes xn's gradient, and q's accumulates
-    // into it inside its larger product, where the read of the sum costs least.
-    const DType qk_dtype = operand_dtype();
+    // products take them (bf16 where its tensor-core kernels run: the same bits they would
+    // round to, half the bytes written and read; f32 for the f32 kernels). q before k / v: the
+    // backward then runs k / v's small product first, which writes xn's gradient, and q's
+    // accumulates into it inside its larger product, where the read of the sum costs least.
+    const DType qk_dtype = backend_for(device_).attention_takes_bf16_qk(d) ? DType::BF16 : DType::F32;
     Tensor q = c.qk_norm ? ops::linear_rmsnorm_rope(xn, l.wq, c.heads, l.q_norm, c.norm_eps, 0, c.rope_base, qk_dtype)
                          : ops::rope(ops::reshape(ops::linear(xn, l.wq), {n, len, c.heads, d}), 0, c.rope_base);
     // K and V in one product ([D, 2 Hk d]: with the model's single KV head two N = 64
