@@ -90,6 +90,45 @@ struct GradTarget {
     }
 };
 
+// The product of linear, x [..., k] . weight [k, n] -> f32 [m, n], and its backward, shared
+// with linear_rmsnorm_rope. The operands in the form the backend multiplies them (on CUDA
+// at bf16: each rounded once, the weight once a step rather than again in the backward, ~65
+// passes a step at the paper's scale; docs/PERF.md version 55), kept only for a gradient
+// that will be taken.
+struct LinearProduct {
+    Tensor x, weight;            // as given: their gradients
+    Tensor saved, saved_weight;  // what the backward multiplies
+    int64_t k = 0, n = 0;
+    bool in_bf16 = false;  // the backend multiplies it in bf16 (the weight came back rounded)
+
+    LinearProduct(const Tensor& x_in, const Tensor& weight_in, Tensor& out) : x(x_in), weight(weight_in) {
+        k = x.size(-1);
+        n = weight.size(1);
+        const int64_t m = x.numel() / std::max<int64_t>(k, 1);
+        Backend& backend = backend_of(x);
+        const Tensor operand = backend.product_operand(x.view({m, k}), m, n, k);
+        const Tensor weight_operand = backend.product_operand(weight, m, n, k);
+        out = Tensor::empty({m, n}, DType::F32, x.device());
+        backend.gemm(operand, false, weight_operand, false, out, false);
+        saved = weight.requires_grad() ? operand : x.view({m, k});
+        saved_weight = x.requires_grad() ? weight_operand : weight;
+        in_bf16 = weight_operand.dtype() == DType::BF16 && weight.dtype() == DType::F32;
+    }
+
+    // x's and the weight's gradients from g = d out (f32, or bf16 where in_bf16).
+    void backward(const Tensor& g) const {
+        GradTarget gx(x), gw(weight);
+        Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
+        // The rounded weight only while the products still run in bf16 (a backward at
+        // another precision multiplies the weight as it is).
+        const bool bf16_now = matmul_precision() == MatmulPrecision::BF16;
+        backend_of(x).gemm_backward(saved, false, bf16_now ? saved_weight : weight, false, g.view({-1, n}), gx_flat,
+                                    gw.grad, gx.accumulate, gw.accumulate);
+        gx.deliver(x);
+        gw.deliver(weight);
+    }
+};
+
 // The backward closures of add and rmsnorm, shared with add_rmsnorm (which records both).
 void record_add(const Tensor& a, const Tensor& b, const Tensor& out) {
     if (!Tape::current().should_record({&a, &b})) return;
@@ -386,32 +425,11 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
     check_operand(x, "linear", "x");
     check_operand(weight, "linear", "weight");
     check_same_device(x, weight, "linear");
-    const int64_t k = x.size(-1), n = weight.size(1), m = x.numel() / std::max<int64_t>(k, 1);
-    Tensor out = Tensor::empty({m, n}, DType::F32, x.device());
-    // x in the form the product takes it (on CUDA at bf16: rounded once), kept for the
-    // weight gradient only when there is one to compute.
-    const Tensor operand = backend_of(x).product_operand(x.view({m, k}), m, n, k);
-    // The weight likewise, kept for the input gradient's product: rounded once a step rather
-    // than again in the backward (~65 passes a step at the paper's scale; docs/PERF.md
-    // version 55), for a bf16 copy of each weight held until the backward.
-    const Tensor weight_operand = backend_of(x).product_operand(weight, m, n, k);
-    backend_of(x).gemm(operand, false, weight_operand, false, out, false);
+    Tensor out;
+    const LinearProduct product(x, weight, out);
     out = out.view(out_shape);
-    if (Tape::current().should_record({&x, &weight})) {
-        const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
-        const Tensor saved_weight = x.requires_grad() ? weight_operand : weight;
-        Tape::current().record({out}, [x, weight, saved, saved_weight, k, n](const std::vector<Tensor>& g) {
-            GradTarget gx(x), gw(weight);
-            Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
-            // The rounded weight only while the products still run in bf16 (a backward at
-            // another precision multiplies the weight as it is).
-            const bool bf16_now = matmul_precision() == MatmulPrecision::BF16;
-            backend_of(x).gemm_backward(saved, false, bf16_now ? saved_weight : weight, false, g[0].view({-1, n}),
-                                        gx_flat, gw.grad, gx.accumulate, gw.accumulate);
-            gx.deliver(x);
-            gw.deliver(weight);
-        });
-    }
+    if (Tape::current().should_record({&x, &weight}))
+        Tape::current().record({out}, [product](const std::vector<Tensor>& g) { product.backward(g[0]); });
     return out;
 }
 
@@ -545,32 +563,23 @@ Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads,
               op << ": weight " << shape_string(weight.shape()) << " must be [" << x.size(2) << ", heads * d]");
     HSA_CHECK(heads > 0 && weight.size(1) > 0 && weight.size(1) % heads == 0 && (weight.size(1) / heads) % 2 == 0,
               op << ": " << weight.size(1) << " output features do not split into " << heads << " heads of even size");
-    const int64_t B = x.size(0), T = x.size(1), k = x.size(2), n = weight.size(1), m = B * T, d = n / heads;
+    const int64_t B = x.size(0), T = x.size(1), m = B * T, d = weight.size(1) / heads;
     check_norm_weight(x, norm_weight, d, op, "head dim");
-    Backend& backend = backend_of(x);
-    // The product as linear makes it (operands rounded once, kept for the backward).
-    const Tensor operand = backend.product_operand(x.view({m, k}), m, n, k);
-    const Tensor weight_operand = backend.product_operand(weight, m, n, k);
-    Tensor projected = Tensor::empty({m, n}, DType::F32, x.device());
-    backend.gemm(operand, false, weight_operand, false, projected, false);
+    Tensor projected;
+    const LinearProduct product(x, weight, projected);  // as linear makes it
     projected = projected.view({B, T, heads, d});
     Tensor out = Tensor::empty(projected.shape(), out_dtype, x.device());
     Tensor inv_rms = Tensor::empty({m * heads}, DType::F32, x.device());
-    backend.rmsnorm_rope_forward(projected, norm_weight, eps, position_offset, base, out, inv_rms);
-    // Whether the backend multiplies this product in bf16 (its weight came back rounded):
-    // only then may the backward hand it a bf16 gradient; otherwise the product takes f32.
-    const bool product_in_bf16 = weight_operand.dtype() == DType::BF16 && weight.dtype() == DType::F32;
+    backend_of(x).rmsnorm_rope_forward(projected, norm_weight, eps, position_offset, base, out, inv_rms);
     if (Tape::current().should_record({&x, &weight, &norm_weight})) {
-        const Tensor saved = weight.requires_grad() ? operand : x.view({m, k});
-        const Tensor saved_weight = x.requires_grad() ? weight_operand : weight;
-        Tape::current().record({out}, [x, weight, norm_weight, saved, saved_weight, projected, inv_rms, position_offset,
-                                       base, m, k, n, product_in_bf16](const std::vector<Tensor>& g) {
-            Backend& be = backend_of(x);
+        Tape::current().record({out}, [product, norm_weight, projected, inv_rms, position_offset,
+                                       base](const std::vector<Tensor>& g) {
+            Backend& be = backend_of(product.x);
             Tensor gnorm = norm_weight.defined() && norm_weight.requires_grad() ? grad_buffer(norm_weight) : Tensor();
-            // The projection's output gradient in the form its products take it (bf16 on
-            // CUDA at bf16 precision: the rounding gemm_backward would make of the f32 one).
+            // The projection's output gradient in the form its product takes it: where that
+            // runs in bf16, only the rounding gemm_backward would make of the f32 one.
             Tensor g_projected;
-            if (product_in_bf16) {
+            if (product.in_bf16) {
                 g_projected = be.rmsnorm_rope_backward_operand(projected, norm_weight, inv_rms, position_offset, base,
                                                                g[0], gnorm);
             } else {
@@ -582,13 +591,7 @@ Tensor linear_rmsnorm_rope(const Tensor& x, const Tensor& weight, int64_t heads,
                 Tensor tn = norm_weight;
                 tn.accumulate_grad(gnorm);
             }
-            GradTarget gx(x), gw(weight);
-            Tensor gx_flat = gx.grad.defined() ? gx.grad.view({-1, k}) : Tensor();
-            const bool bf16_now = matmul_precision() == MatmulPrecision::BF16;
-            be.gemm_backward(saved, false, bf16_now ? saved_weight : weight, false, g_projected.view({m, n}), gx_flat,
-                             gw.grad, gx.accumulate, gw.accumulate);
-            gx.deliver(x);
-            gw.deliver(weight);
+            product.backward(g_projected);
         });
     }
     return out;
