@@ -75,37 +75,44 @@ __global__ void segment_bounds_kernel(const uint32_t* sorted_ids, int64_t N, int
     }
 }
 
-// Block (v, column tile): grad_table[v, j] = sum over v's positions p, ascending, of grad_out[p, j].
-__global__ void embedding_accumulate_kernel(const float* grad_out, const int32_t* sorted_pos, const int32_t* begin,
-                                            const int32_t* end, int64_t D, float* grad_table) {
-    const int64_t v = blockIdx.x;
-    const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-    if (j >= D) return;
-    const int32_t b = begin[v], e = end[v];
-    double acc = 0.0;
-    for (int32_t p = b; p < e; ++p) acc += static_cast<double>(grad_out[static_cast<int64_t>(sorted_pos[p]) * D + j]);
-    grad_table[v * D + j] = static_cast<float>(acc);
-}
-
-// The same sums four columns a thread (16-byte loads and stores; D % 4 == 0, aligned):
-// each column still adds its positions in ascending order in double, so the bits are those of
-// the kernel above. One float a thread ran at ~1 TB/s (docs/PERF.md version 58).
-__global__ void embedding_accumulate_vec_kernel(const float4* grad_out, const int32_t* sorted_pos, const int32_t* begin,
-                                                const int32_t* end, int64_t width, float4* grad_table) {
+// Block (v, column tile): grad_table[v, j] = sum over v's positions p, ascending, of
+// grad_out[p, j], in double. T is float (a column a thread) or float4 (four, with 16-byte
+// loads and stores where D % 4 == 0 and the rows are aligned: one float a thread ran at ~1
+// TB/s, docs/PERF.md version 58); each column adds in the same order either way, so the
+// bits are the same. width: D in T's.
+template <class T>
+__global__ void embedding_accumulate_kernel(const T* grad_out, const int32_t* sorted_pos, const int32_t* begin,
+                                            const int32_t* end, int64_t width, T* grad_table) {
+    constexpr int E = sizeof(T) / sizeof(float);
     const int64_t v = blockIdx.x;
     const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
     if (j >= width) return;
     const int32_t b = begin[v], e = end[v];
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    double acc[E] = {};
     for (int32_t p = b; p < e; ++p) {
-        const float4 g = grad_out[static_cast<int64_t>(sorted_pos[p]) * width + j];
-        a0 += static_cast<double>(g.x);
-        a1 += static_cast<double>(g.y);
-        a2 += static_cast<double>(g.z);
-        a3 += static_cast<double>(g.w);
+        const T g = grad_out[static_cast<int64_t>(sorted_pos[p]) * width + j];
+        const float* gf = reinterpret_cast<const float*>(&g);
+#pragma unroll
+        for (int c = 0; c < E; ++c) acc[c] += static_cast<double>(gf[c]);
     }
-    grad_table[v * width + j] =
-        make_float4(static_cast<float>(a0), static_cast<float>(a1), static_cast<float>(a2), static_cast<float>(a3));
+    T sum;
+    float* sf = reinterpret_cast<float*>(&sum);
+#pragma unroll
+    for (int c = 0; c < E; ++c) sf[c] = static_cast<float>(acc[c]);
+    grad_table[v * width + j] = sum;
+}
+
+// One block a vocabulary row, up to max_threads columns (in T's) a block.
+template <class T>
+void launch_embedding_accumulate(const T* grad_out, const int32_t* sorted_pos, const int32_t* begin,
+                                 const int32_t* end, int64_t V, int64_t D, int64_t width, int max_threads,
+                                 T* grad_table) {
+    const int threads = width >= max_threads ? max_threads : static_cast<int>((width + 31) / 32 * 32);
+    const int64_t tiles = (width + threads - 1) / threads;
+    HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");
+    const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
+    embedding_accumulate_kernel<T><<<grid, threads>>>(grad_out, sorted_pos, begin, end, width, grad_table);
+    HSA_CUDA_CHECK_LAUNCH("embedding_backward embedding_accumulate_kernel");
 }
 
 }  // namespace
@@ -193,24 +200,11 @@ void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& grad_out, 
     }
 
     // 4. One thread per (row, column or four columns), positions in ascending order.
-    if (D % 4 == 0 && aligned16(pg) && aligned16(pt)) {
-        const int64_t width = D / 4;
-        const int threads = width >= 256 ? 256 : static_cast<int>((width + 31) / 32 * 32);
-        const int64_t tiles = (width + threads - 1) / threads;
-        HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");
-        const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
-        embedding_accumulate_vec_kernel<<<grid, threads>>>(reinterpret_cast<const float4*>(pg),
-                                                           sorted_pos.data<int32_t>(), begin, end, width,
-                                                           reinterpret_cast<float4*>(pt));
-        HSA_CUDA_CHECK_LAUNCH("embedding_backward embedding_accumulate_vec_kernel");
-    } else {
-        const int threads = D >= 128 ? 128 : static_cast<int>((D + 31) / 32 * 32);
-        const int64_t tiles = (D + threads - 1) / threads;
-        HSA_CHECK(tiles <= 65535, "embedding_backward: D = " << D << " is too large");
-        const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
-        embedding_accumulate_kernel<<<grid, threads>>>(pg, sorted_pos.data<int32_t>(), begin, end, D, pt);
-        HSA_CUDA_CHECK_LAUNCH("embedding_backward embedding_accumulate_kernel");
-    }
+    if (D % 4 == 0 && aligned16(pg) && aligned16(pt))
+        launch_embedding_accumulate(reinterpret_cast<const float4*>(pg), sorted_pos.data<int32_t>(), begin, end, V, D,
+                                    D / 4, 256, reinterpret_cast<float4*>(pt));
+    else
+        launch_embedding_accumulate(pg, sorted_pos.data<int32_t>(), begin, end, V, D, D, 128, pt);
 }
 
 }  // namespace hsa
