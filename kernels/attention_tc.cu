@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(wgmma::kWarpgroupThreads, 4) attention_backwar
     __shared__ __align__(1024) __nv_bfloat16 Vs[2][kTile * D];
     __shared__ __align__(1024) __nv_bfloat16 dOs[kRows * D];
     const QueryBlock<D> Q(P);
-    const int warp = Q.warp, gid = Q.gid, tig = Q.tig, b = Q.b, h = Q.h, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
+    const int warp = Q.warp, gid = Q.gid, tig = Q.tig, t0 = Q.t0, ta = Q.ta, tb = Q.tb;
     const int lo = Q.lo, tiles = Q.tiles;
     const int64_t q_stride = Q.q_stride, kv_stride = Q.kv_stride, q_offset = Q.q_offset;
     const __nv_bfloat16 *k_base = Q.k_base, *v_base = Q.v_base;

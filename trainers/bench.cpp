@@ -156,19 +156,19 @@ int bench_swa(std::ostream& out, const ShapeFilter& filter, int64_t kv_heads) {
         Tensor gq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), gk = Tensor::empty(k.shape(), DType::F32, Device::CUDA),
                gv = Tensor::empty(k.shape(), DType::F32, Device::CUDA);
         const AttentionSpan span{true, W};
-        bool bf16 = false;
-        auto forward = [&] {
-            if (bf16) gpu.attention_forward(q16, k16, v, span, o16, lse);
-            else gpu.attention_forward(q, k, v, span, o32, lse);
-        };
+        const Tensor *qp = &q, *kp = &k;  // the storage of the precision being timed
+        Tensor* op = &o32;
+        auto forward = [&] { gpu.attention_forward(*qp, *kp, v, span, *op, lse); };
         auto both = [&] {
             forward();
-            if (bf16) gpu.attention_backward(q16, k16, v, o16, lse, grad_out, span, gq, gk, gv);
-            else gpu.attention_backward(q, k, v, o32, lse, grad_out, span, gq, gk, gv);
+            gpu.attention_backward(*qp, *kp, v, *op, lse, grad_out, span, gq, gk, gv);
         };
         double ms[2][2];  // [precision f32, bf16][fwd, fwd+bwd]
         for (int p = 0; p < 2; ++p) {
-            bf16 = p == 1;
+            const bool bf16 = p == 1;
+            qp = bf16 ? &q16 : &q;
+            kp = bf16 ? &k16 : &k;
+            op = bf16 ? &o16 : &o32;
             MatmulPrecisionScope precision(bf16 ? MatmulPrecision::BF16 : MatmulPrecision::F32);
             ms[p][0] = median_ms(forward, 2, repeats_for(forward));
             ms[p][1] = median_ms(both, 1, repeats_for(both));
